@@ -1,0 +1,164 @@
+//! The backup repository: one folder per backup under the run's `backups/<target>/`, each with
+//! its artefacts and a `manifest.json` recording what the harness knew when it took it (times,
+//! sha256 per artefact, row counts and digests of the snapshot).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::scenario::BackupMethod;
+use crate::workload::Micros;
+
+/// Row count and content digest of one dataset (a table, a keyspace, a queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetDigest {
+    pub rows: u64,
+    pub digest: String,
+}
+
+/// Datasets by name, in name order.
+pub type Contents = BTreeMap<String, DatasetDigest>;
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artefact {
+    /// Relative to the backup's folder.
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What a target reports about a backup it took.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// When the backup's consistency point was fixed (run µs): every write acknowledged before
+    /// it is in the backup.
+    pub consistent_at: Micros,
+    pub artefacts: Vec<Artefact>,
+    pub contents: Contents,
+    /// The newest workload seq the backup holds.
+    pub max_seq: Option<u64>,
+}
+
+/// A completed backup, as recorded in its manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backup {
+    pub target: String,
+    pub id: u32,
+    pub method: BackupMethod,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    pub began_ms: u64,
+    pub consistent_at_us: Micros,
+    pub finished_ms: u64,
+    pub artefacts: Vec<Artefact>,
+    pub contents: Contents,
+    pub max_seq: Option<u64>,
+}
+
+impl Backup {
+    pub fn size(&self) -> u64 {
+        self.artefacts.iter().map(|a| a.size).sum()
+    }
+
+    /// The artefact a damaging fault aims at: the largest one.
+    pub fn main_artefact(&self) -> Option<&Artefact> {
+        self.artefacts.iter().max_by_key(|a| a.size)
+    }
+
+    /// Recomputes each artefact's sha256; returns the artefacts that no longer match.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let mut damaged = Vec::new();
+        for a in &self.artefacts {
+            let path = self.dir.join(&a.file);
+            match sha256_file(&path) {
+                Ok((sum, size)) if sum == a.sha256 && size == a.size => {}
+                Ok((_, size)) => damaged.push(format!(
+                    "{} (sha256 differs; {size} bytes, manifest says {})",
+                    a.file, a.size
+                )),
+                Err(e) => damaged.push(format!("{} ({e:#})", a.file)),
+            }
+        }
+        Ok(damaged)
+    }
+}
+
+/// The run's backup folders.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+impl Repository {
+    pub fn new(root: PathBuf) -> Self {
+        Repository { root }
+    }
+
+    /// Creates and returns the folder for backup `id` of `target`.
+    pub fn prepare(&self, target: &str, id: u32, method: BackupMethod) -> Result<PathBuf> {
+        let dir = self.root.join(target).join(format!("{id:03}-{method}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Writes the manifest of a completed backup.
+    pub fn record(&self, backup: &Backup) -> Result<()> {
+        let path = backup.dir.join("manifest.json");
+        crate::report::write_atomically(&path, &serde_json::to_vec_pretty(backup)?)
+    }
+}
+
+/// sha256 and size of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_finds_a_changed_artefact() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dump"), b"hello backup").unwrap();
+        let (sha256, size) = sha256_file(&dir.path().join("dump")).unwrap();
+        let backup = Backup {
+            target: "pg".into(),
+            id: 1,
+            method: BackupMethod::PgDump,
+            dir: dir.path().to_path_buf(),
+            began_ms: 0,
+            consistent_at_us: 0,
+            finished_ms: 1,
+            artefacts: vec![Artefact {
+                file: "dump".into(),
+                size,
+                sha256,
+            }],
+            contents: Contents::new(),
+            max_seq: None,
+        };
+        assert!(backup.verify().unwrap().is_empty());
+        std::fs::write(dir.path().join("dump"), b"hello backuq").unwrap();
+        assert_eq!(backup.verify().unwrap().len(), 1);
+    }
+}

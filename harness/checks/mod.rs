@@ -1,0 +1,309 @@
+//! Checks after a restore. A check is `passed` only when it ran and found nothing wrong;
+//! one that could not run is `unknown`, never `passed`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backup::{Backup, Contents};
+use crate::scenario::CheckKind;
+use crate::targets::Target;
+use crate::workload::Comparison;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Passed,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub name: CheckKind,
+    pub status: CheckStatus,
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+impl CheckResult {
+    pub fn passed(name: CheckKind, detail: impl Into<String>) -> Self {
+        CheckResult {
+            name,
+            status: CheckStatus::Passed,
+            detail: detail.into(),
+            duration_ms: 0,
+        }
+    }
+
+    pub fn failed(name: CheckKind, detail: impl Into<String>) -> Self {
+        CheckResult {
+            name,
+            status: CheckStatus::Failed,
+            detail: detail.into(),
+            duration_ms: 0,
+        }
+    }
+
+    pub fn unknown(name: CheckKind, detail: impl Into<String>) -> Self {
+        CheckResult {
+            name,
+            status: CheckStatus::Unknown,
+            detail: detail.into(),
+            duration_ms: 0,
+        }
+    }
+
+    /// `passed` when `problems` is empty, else `failed` listing them.
+    pub fn from_problems(name: CheckKind, ok: impl Into<String>, problems: Vec<String>) -> Self {
+        if problems.is_empty() {
+            CheckResult::passed(name, ok)
+        } else {
+            CheckResult::failed(name, problems.join("; "))
+        }
+    }
+}
+
+/// What the checks compare against.
+pub struct Evidence<'a> {
+    /// The ledger against the read-back; `Err` says why the read-back failed.
+    pub comparison: &'a Result<Comparison, String>,
+    /// The backup that was restored, if the restore used one.
+    pub backup: Option<&'a Backup>,
+}
+
+/// Runs `check` against the restored `target`, bounded by `limit`.
+pub async fn run(
+    check: CheckKind,
+    target: &dyn Target,
+    evidence: &Evidence<'_>,
+    limit: Duration,
+) -> CheckResult {
+    let started = tokio::time::Instant::now();
+    let work = async {
+        match check {
+            CheckKind::Ledger => ledger(evidence.comparison),
+            CheckKind::RowCounts | CheckKind::Checksums => {
+                let Some(backup) = evidence.backup else {
+                    return CheckResult::unknown(check, "no backup was restored to compare with");
+                };
+                match target.contents().await {
+                    Ok(now) => compare_contents(check, &backup.contents, &now, backup.id),
+                    Err(e) => CheckResult::unknown(
+                        check,
+                        format!("could not read the restored data: {e:#}"),
+                    ),
+                }
+            }
+            CheckKind::BackupIntegrity => match evidence.backup {
+                None => CheckResult::unknown(check, "no backup was restored"),
+                Some(b) => match b.verify() {
+                    Ok(damaged) => CheckResult::from_problems(
+                        check,
+                        format!(
+                            "{} artefact(s) of backup {} match their manifest sha256",
+                            b.artefacts.len(),
+                            b.id
+                        ),
+                        damaged
+                            .into_iter()
+                            .map(|d| format!("backup {}: {d}", b.id))
+                            .collect(),
+                    ),
+                    Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+                },
+            },
+            CheckKind::ForeignKeys | CheckKind::Amcheck => target.check(check).await,
+        }
+    };
+    let mut result = match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => CheckResult::unknown(
+            check,
+            format!(
+                "did not finish within {}",
+                humantime::format_duration(limit)
+            ),
+        ),
+    };
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+fn ledger(comparison: &Result<Comparison, String>) -> CheckResult {
+    let c = match comparison {
+        Ok(c) => c,
+        Err(e) => {
+            return CheckResult::unknown(
+                CheckKind::Ledger,
+                format!("could not read the workload's writes back: {e}"),
+            );
+        }
+    };
+    let mut problems = Vec::new();
+    if c.holes > 0 {
+        problems.push(format!(
+            "{} hole(s): acknowledged writes missing below recovered ones (first lost seq {})",
+            c.holes, c.lost[0]
+        ));
+    }
+    if !c.unexpected.is_empty() {
+        problems.push(format!(
+            "{} write(s) present that were never attempted (first seq {})",
+            c.unexpected.len(),
+            c.unexpected[0]
+        ));
+    }
+    if !c.mismatched.is_empty() {
+        problems.push(format!(
+            "{} write(s) with a value other than the one written (first seq {})",
+            c.mismatched.len(),
+            c.mismatched[0]
+        ));
+    }
+    if !c.failed_present.is_empty() {
+        problems.push(format!(
+            "{} write(s) present that the server refused (first seq {})",
+            c.failed_present.len(),
+            c.failed_present[0]
+        ));
+    }
+    let summary = format!(
+        "{} of {} acknowledged writes recovered as a consistent prefix (lost {}, unacknowledged present {})",
+        c.acked - c.lost.len() as u64,
+        c.acked,
+        c.lost.len(),
+        c.unacked_present
+    );
+    CheckResult::from_problems(CheckKind::Ledger, summary, problems)
+}
+
+/// Compares per-dataset row counts (`row-counts`) or digests (`checksums`) with the backup's.
+pub fn compare_contents(
+    check: CheckKind,
+    expected: &Contents,
+    found: &Contents,
+    backup_id: u32,
+) -> CheckResult {
+    let mut problems = Vec::new();
+    for (name, want) in expected {
+        match found.get(name) {
+            None => problems.push(format!("{name} is missing")),
+            Some(have) if check == CheckKind::RowCounts && have.rows != want.rows => {
+                problems.push(format!(
+                    "{name} has {} rows, backup {backup_id} has {}",
+                    have.rows, want.rows
+                ));
+            }
+            Some(have) if check == CheckKind::Checksums && have.digest != want.digest => {
+                problems.push(format!(
+                    "{name} digest {} differs from backup {backup_id}'s {}",
+                    have.digest, want.digest
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for name in found.keys().filter(|n| !expected.contains_key(*n)) {
+        problems.push(format!("{name} is not in backup {backup_id}"));
+    }
+    let what = if check == CheckKind::RowCounts {
+        "row counts"
+    } else {
+        "digests"
+    };
+    let rows: u64 = expected.values().map(|d| d.rows).sum();
+    CheckResult::from_problems(
+        check,
+        format!(
+            "{} dataset(s), {rows} rows: {what} equal to backup {backup_id}",
+            expected.len()
+        ),
+        problems,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::DatasetDigest;
+
+    fn contents(items: &[(&str, u64, &str)]) -> Contents {
+        items
+            .iter()
+            .map(|&(n, rows, d)| {
+                (
+                    n.to_string(),
+                    DatasetDigest {
+                        rows,
+                        digest: d.to_string(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_contents_pass() {
+        let c = contents(&[("customers", 10, "a"), ("orders", 100, "b")]);
+        assert_eq!(
+            compare_contents(CheckKind::RowCounts, &c, &c, 1).status,
+            CheckStatus::Passed
+        );
+        assert_eq!(
+            compare_contents(CheckKind::Checksums, &c, &c, 1).status,
+            CheckStatus::Passed
+        );
+    }
+
+    #[test]
+    fn a_missing_table_and_a_changed_count_fail() {
+        let want = contents(&[("customers", 10, "a"), ("orders", 100, "b")]);
+        let have = contents(&[("orders", 99, "b")]);
+        let r = compare_contents(CheckKind::RowCounts, &want, &have, 3);
+        assert_eq!(r.status, CheckStatus::Failed);
+        assert_eq!(
+            r.detail,
+            "customers is missing; orders has 99 rows, backup 3 has 100"
+        );
+    }
+
+    #[test]
+    fn a_changed_digest_fails_checksums_but_not_row_counts() {
+        let want = contents(&[("orders", 100, "b")]);
+        let have = contents(&[("orders", 100, "c")]);
+        assert_eq!(
+            compare_contents(CheckKind::RowCounts, &want, &have, 1).status,
+            CheckStatus::Passed
+        );
+        assert_eq!(
+            compare_contents(CheckKind::Checksums, &want, &have, 1).status,
+            CheckStatus::Failed
+        );
+    }
+
+    #[test]
+    fn an_unreadable_ledger_is_unknown_not_passed() {
+        let r = ledger(&Err("connection refused".into()));
+        assert_eq!(r.status, CheckStatus::Unknown);
+    }
+
+    #[test]
+    fn holes_fail_the_ledger() {
+        let c = Comparison {
+            acked: 3,
+            lost: vec![2],
+            holes: 1,
+            r_star: Some(1),
+            ..Comparison::default()
+        };
+        assert_eq!(ledger(&Ok(c)).status, CheckStatus::Failed);
+        let prefix = Comparison {
+            acked: 3,
+            lost: vec![3],
+            r_star: Some(2),
+            ..Comparison::default()
+        };
+        assert_eq!(ledger(&Ok(prefix)).status, CheckStatus::Passed);
+    }
+}

@@ -1,0 +1,682 @@
+//! The Docker backend: containers are started with testcontainers and driven with bollard
+//! (kill, stop, exec, archives, logs). Every container, volume and network carries the run's
+//! labels, and the run only ever removes what carries its own run id.
+
+pub mod gc;
+pub mod image;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{NetworkCreateRequest, PortBinding, VolumeCreateRequest};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions, StartContainerOptions,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use testcontainers::core::{IntoContainerPort, Mount};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::io::AsyncWriteExt;
+
+pub use gc::{RunOwner, process_identity, remove_owned_by};
+
+/// Label carrying the run id on every resource a run creates.
+pub const RUN_LABEL: &str = "io.drillrig.run";
+/// Label carrying the scenario name.
+pub const SCENARIO_LABEL: &str = "io.drillrig.scenario";
+/// Labels naming the process that owns the run, so `gc` can tell dead runs from live ones.
+pub const HOST_LABEL: &str = "io.drillrig.host";
+pub const PID_LABEL: &str = "io.drillrig.pid";
+pub const PID_START_LABEL: &str = "io.drillrig.pid-start";
+
+/// The engine could not be reached or used: an environment problem (exit 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}")]
+pub struct EnvironmentError {
+    pub cause: String,
+    pub fix: String,
+}
+
+/// Connects to the engine (DOCKER_HOST or the default socket) and negotiates the API version.
+pub async fn connect() -> std::result::Result<bollard::Docker, EnvironmentError> {
+    let where_ =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let no_engine = |e: &dyn std::fmt::Display| EnvironmentError {
+        cause: format!("no Docker engine answers at {where_}: {e}"),
+        fix: "start dockerd (as root: fixtures/env/ensure-docker.sh) or set DOCKER_HOST".into(),
+    };
+    let api = bollard::Docker::connect_with_defaults().map_err(|e| no_engine(&e))?;
+    let api = tokio::time::timeout(Duration::from_secs(10), api.negotiate_version())
+        .await
+        .map_err(|_| no_engine(&"no answer within 10s"))?
+        .map_err(|e| no_engine(&e))?;
+    let version = api.version().await.map_err(|e| no_engine(&e))?;
+    let api_version = version.api_version.unwrap_or_default();
+    if version_below(&api_version, "1.41") {
+        return Err(EnvironmentError {
+            cause: format!(
+                "the Docker engine at {where_} speaks API {api_version}; drillrig needs 1.41 (Docker 20.10) or newer"
+            ),
+            fix: "upgrade the Docker engine".into(),
+        });
+    }
+    Ok(api)
+}
+
+fn version_below(have: &str, want: &str) -> bool {
+    let parse = |v: &str| {
+        v.split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    parse(have) < parse(want)
+}
+
+/// What a target needs from a container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Unique within the run, e.g. `pg-1`; the container is named `drillrig-<run>-<name>`.
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    pub cmd: Vec<String>,
+    /// The service port, published on 127.0.0.1 only.
+    pub port: u16,
+    /// A run volume mounted at the service's data directory.
+    pub volume: Option<(String, String)>,
+    pub hostname: Option<String>,
+    pub startup_timeout: Duration,
+}
+
+/// A container of this run.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// The service port inside the container.
+    pub port: u16,
+}
+
+/// Output of a command run inside a container.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+
+    /// The last lines of stderr (then stdout), for error messages.
+    pub fn tail(&self) -> String {
+        let text = if self.stderr.is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let text = String::from_utf8_lossy(text);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(6)..].join(" | ")
+    }
+}
+
+/// A file copied out of a container, with the metadata needed to put it back unchanged.
+pub struct ContainerFile {
+    pub header: tar::Header,
+    pub bytes: Vec<u8>,
+}
+
+/// The engine, bound to one run.
+pub struct Docker {
+    api: bollard::Docker,
+    run_id: String,
+    labels: HashMap<String, String>,
+    /// testcontainers handles, held until teardown so nothing is dropped (and removed) early.
+    started: Mutex<Vec<ContainerAsync<GenericImage>>>,
+    network: String,
+}
+
+impl Docker {
+    pub fn new(api: bollard::Docker, run_id: &str, scenario: &str, owner: &RunOwner) -> Self {
+        let labels = HashMap::from([
+            (RUN_LABEL.to_string(), run_id.to_string()),
+            (SCENARIO_LABEL.to_string(), scenario.to_string()),
+            (HOST_LABEL.to_string(), owner.host.clone()),
+            (PID_LABEL.to_string(), owner.pid.to_string()),
+            (PID_START_LABEL.to_string(), owner.start_ticks.to_string()),
+        ]);
+        Docker {
+            api,
+            run_id: run_id.to_string(),
+            labels,
+            started: Mutex::new(Vec::new()),
+            network: format!("drillrig-{run_id}"),
+        }
+    }
+
+    pub fn api(&self) -> &bollard::Docker {
+        &self.api
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn resource_name(&self, name: &str) -> String {
+        format!("drillrig-{}-{name}", self.run_id)
+    }
+
+    /// Creates the run's bridge network; targets join it.
+    pub async fn create_network(&self) -> Result<()> {
+        self.api
+            .create_network(NetworkCreateRequest {
+                name: self.network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(self.labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("create network {}", self.network))?;
+        Ok(())
+    }
+
+    /// Creates a labelled volume of this run; returns its name.
+    pub async fn create_volume(&self, name: &str) -> Result<String> {
+        let name = self.resource_name(name);
+        self.api
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(self.labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("create volume {name}"))?;
+        Ok(name)
+    }
+
+    /// Creates and starts a container; returns once the engine reports it started (readiness is
+    /// the target's business: a real query, never a port connect).
+    pub async fn start(&self, spec: &ContainerSpec) -> Result<Container> {
+        let (repo, tag) = image::split_reference(&spec.image);
+        let port = spec.port;
+        let mut request = GenericImage::new(repo, tag)
+            .with_exposed_port(port.tcp())
+            .with_container_name(self.resource_name(&spec.name))
+            .with_network(self.network.clone())
+            .with_startup_timeout(spec.startup_timeout)
+            .with_host_config_modifier(move |hc| {
+                // Publish on loopback only, on a port the engine picks.
+                hc.publish_all_ports = Some(false);
+                hc.port_bindings = Some(HashMap::from([(
+                    format!("{port}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )]));
+            });
+        for (k, v) in &self.labels {
+            request = request.with_label(k, v);
+        }
+        for (k, v) in &spec.env {
+            request = request.with_env_var(k, v);
+        }
+        if !spec.cmd.is_empty() {
+            request = request.with_cmd(spec.cmd.clone());
+        }
+        if let Some((volume, path)) = &spec.volume {
+            request = request.with_mount(Mount::volume_mount(volume, path));
+        }
+        if let Some(hostname) = &spec.hostname {
+            request = request.with_hostname(hostname);
+        }
+        let started = request
+            .start()
+            .await
+            .with_context(|| format!("start container {} from {}", spec.name, spec.image))?;
+        let container = Container {
+            id: started.id().to_string(),
+            name: spec.name.clone(),
+            port,
+        };
+        self.started.lock().expect("not poisoned").push(started);
+        Ok(container)
+    }
+
+    /// The host port (on 127.0.0.1) that reaches the container's service port now; it changes
+    /// when the container restarts.
+    pub async fn host_port(&self, c: &Container) -> Result<u16> {
+        let info = self
+            .api
+            .inspect_container(&c.id, None::<InspectContainerOptions>)
+            .await?;
+        let binding = info
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|mut p| p.remove(&format!("{}/tcp", c.port)))
+            .flatten()
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok());
+        binding.ok_or_else(|| {
+            anyhow!(
+                "container {} publishes no port for {}/tcp (is it running?)",
+                c.name,
+                c.port
+            )
+        })
+    }
+
+    /// Whether the container is running, and its exit code when not.
+    pub async fn state(&self, c: &Container) -> Result<(bool, Option<i64>)> {
+        let state = self
+            .api
+            .inspect_container(&c.id, None::<InspectContainerOptions>)
+            .await?
+            .state
+            .unwrap_or_default();
+        Ok((state.running.unwrap_or(false), state.exit_code))
+    }
+
+    pub async fn kill(&self, c: &Container, signal: &str) -> Result<()> {
+        self.api
+            .kill_container(
+                &c.id,
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal(signal)
+                        .build(),
+                ),
+            )
+            .await
+            .with_context(|| format!("kill -s {signal} container {}", c.name))
+    }
+
+    pub async fn stop(&self, c: &Container, grace: Duration) -> Result<()> {
+        self.api
+            .stop_container(
+                &c.id,
+                Some(
+                    StopContainerOptionsBuilder::default()
+                        .t(grace.as_secs() as i32)
+                        .build(),
+                ),
+            )
+            .await
+            .with_context(|| format!("stop container {}", c.name))
+    }
+
+    pub async fn start_again(&self, c: &Container) -> Result<()> {
+        self.api
+            .start_container(&c.id, None::<StartContainerOptions>)
+            .await
+            .with_context(|| format!("start container {}", c.name))
+    }
+
+    pub async fn pause(&self, c: &Container) -> Result<()> {
+        self.api
+            .pause_container(&c.id)
+            .await
+            .with_context(|| format!("pause container {}", c.name))
+    }
+
+    pub async fn unpause(&self, c: &Container) -> Result<()> {
+        self.api
+            .unpause_container(&c.id)
+            .await
+            .with_context(|| format!("unpause container {}", c.name))
+    }
+
+    /// Runs `cmd` in the container as `user` and collects its output.
+    pub async fn exec(&self, c: &Container, user: &str, cmd: &[&str]) -> Result<ExecOutput> {
+        let mut out = ExecOutput::default();
+        let code = self
+            .exec_streaming(
+                c,
+                user,
+                cmd,
+                None,
+                |chunk| {
+                    out.stdout.extend_from_slice(chunk);
+                    Ok(())
+                },
+                &mut out.stderr,
+            )
+            .await?;
+        out.exit_code = code;
+        Ok(out)
+    }
+
+    /// Runs `cmd` in the container, streaming its stdout into `dest` on the host; returns the
+    /// output (stderr only), the sha256 and the size of what was written.
+    pub async fn exec_to_file(
+        &self,
+        c: &Container,
+        user: &str,
+        cmd: &[&str],
+        dest: &Path,
+    ) -> Result<(ExecOutput, String, u64)> {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(dest).with_context(|| format!("create {}", dest.display()))?,
+        );
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut out = ExecOutput::default();
+        out.exit_code = self
+            .exec_streaming(
+                c,
+                user,
+                cmd,
+                None,
+                |chunk| {
+                    use std::io::Write as _;
+                    hasher.update(chunk);
+                    size += chunk.len() as u64;
+                    file.write_all(chunk)
+                        .with_context(|| format!("write {}", dest.display()))
+                },
+                &mut out.stderr,
+            )
+            .await?;
+        use std::io::Write as _;
+        file.flush()?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok((out, hex::encode(hasher.finalize()), size))
+    }
+
+    /// Runs `cmd` with `stdin` fed to it.
+    pub async fn exec_with_stdin(
+        &self,
+        c: &Container,
+        user: &str,
+        cmd: &[&str],
+        stdin: &[u8],
+    ) -> Result<ExecOutput> {
+        let mut out = ExecOutput::default();
+        let code = self
+            .exec_streaming(
+                c,
+                user,
+                cmd,
+                Some(stdin),
+                |chunk| {
+                    out.stdout.extend_from_slice(chunk);
+                    Ok(())
+                },
+                &mut out.stderr,
+            )
+            .await?;
+        out.exit_code = code;
+        Ok(out)
+    }
+
+    async fn exec_streaming(
+        &self,
+        c: &Container,
+        user: &str,
+        cmd: &[&str],
+        stdin: Option<&[u8]>,
+        mut on_stdout: impl FnMut(&[u8]) -> Result<()>,
+        stderr: &mut Vec<u8>,
+    ) -> Result<i64> {
+        let what = || format!("run `{}` in {}", cmd.join(" "), c.name);
+        let exec = self
+            .api
+            .create_exec(
+                &c.id,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    user: Some(user),
+                    attach_stdin: Some(stdin.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(what)?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = self
+            .api
+            .start_exec(&exec.id, None)
+            .await
+            .with_context(what)?
+        else {
+            bail!("{}: the engine did not attach", what());
+        };
+        if let Some(data) = stdin {
+            input.write_all(data).await.with_context(what)?;
+            input.shutdown().await.with_context(what)?;
+        }
+        while let Some(frame) = output.next().await {
+            match frame.with_context(what)? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    on_stdout(&message)?
+                }
+                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        let code = self
+            .api
+            .inspect_exec(&exec.id)
+            .await
+            .with_context(what)?
+            .exit_code;
+        code.ok_or_else(|| anyhow!("{}: no exit code", what()))
+    }
+
+    /// Copies one regular file out of the container (running or stopped).
+    pub async fn download(&self, c: &Container, path: &str) -> Result<ContainerFile> {
+        let mut stream = self.api.download_from_container(
+            &c.id,
+            Some(
+                DownloadFromContainerOptionsBuilder::default()
+                    .path(path)
+                    .build(),
+            ),
+        );
+        let mut tarball = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tarball.extend_from_slice(
+                &chunk.with_context(|| format!("copy {path} out of {}", c.name))?,
+            );
+        }
+        let mut archive = tar::Archive::new(&tarball[..]);
+        let mut entry = archive
+            .entries()?
+            .next()
+            .ok_or_else(|| anyhow!("copy {path} out of {}: empty archive", c.name))??;
+        let header = entry.header().clone();
+        let mut bytes = Vec::with_capacity(header.size()? as usize);
+        std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+        Ok(ContainerFile { header, bytes })
+    }
+
+    /// Writes `file` to `path` in the container (running or stopped), keeping owner and mode.
+    pub async fn upload(&self, c: &Container, path: &str, file: &ContainerFile) -> Result<()> {
+        let (dir, name) = path
+            .rsplit_once('/')
+            .ok_or_else(|| anyhow!("{path} is not an absolute path"))?;
+        let mut header = file.header.clone();
+        header.set_size(file.bytes.len() as u64);
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append_data(&mut header, name, &file.bytes[..])?;
+        let tarball = builder.into_inner()?;
+        self.api
+            .upload_to_container(
+                &c.id,
+                Some(
+                    UploadToContainerOptionsBuilder::default()
+                        .path(if dir.is_empty() { "/" } else { dir })
+                        .build(),
+                ),
+                bollard::body_full(tarball.into()),
+            )
+            .await
+            .with_context(|| format!("copy {path} into {}", c.name))
+    }
+
+    /// Copies a host file into the container at `path`, readable by everyone.
+    pub async fn upload_host_file(&self, c: &Container, src: &Path, path: &str) -> Result<()> {
+        let bytes = std::fs::read(src).with_context(|| format!("read {}", src.display()))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        let file = ContainerFile { header, bytes };
+        self.upload(c, path, &file).await
+    }
+
+    /// The container's stdout and stderr so far, with timestamps.
+    pub async fn logs(&self, c: &Container) -> Result<Vec<u8>> {
+        let mut stream = self.api.logs(
+            &c.id,
+            Some(
+                LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .timestamps(true)
+                    .build(),
+            ),
+        );
+        let mut out = Vec::new();
+        while let Some(frame) = stream.next().await {
+            out.extend_from_slice(&frame?.into_bytes());
+        }
+        Ok(out)
+    }
+
+    /// The ids of the containers this run started, in start order.
+    pub fn started(&self) -> Vec<String> {
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|c| c.id().to_string())
+            .collect()
+    }
+
+    /// Removes a container of this run now (with its anonymous volumes).
+    pub async fn remove(&self, c: &Container) -> Result<()> {
+        remove_container(&self.api, &c.id).await
+    }
+
+    /// Removes the run's volume `name` (created by [`Docker::create_volume`]).
+    pub async fn remove_volume(&self, volume: &str) -> Result<()> {
+        self.api
+            .remove_volume(volume, None::<RemoveVolumeOptions>)
+            .await
+            .with_context(|| format!("remove volume {volume}"))
+    }
+
+    /// Removes every container, volume and network carrying this run's id.
+    pub async fn teardown(&self) -> Result<Removed> {
+        let removed = remove_run(&self.api, &self.run_id).await;
+        // testcontainers would remove on drop too; everything is gone already.
+        for handle in self.started.lock().expect("not poisoned").drain(..) {
+            std::mem::forget(handle);
+        }
+        removed
+    }
+
+    /// Leaves the run's resources in place for inspection (DRILLRIG_KEEP).
+    pub fn keep(&self) {
+        for handle in self.started.lock().expect("not poisoned").drain(..) {
+            std::mem::forget(handle);
+        }
+    }
+}
+
+/// What a sweep removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub containers: usize,
+    pub volumes: usize,
+    pub networks: usize,
+}
+
+async fn remove_container(api: &bollard::Docker, id: &str) -> Result<()> {
+    match api
+        .remove_container(
+            id,
+            Some(
+                RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build(),
+            ),
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove container {id}")),
+    }
+}
+
+/// Removes every resource labelled with `run_id`: containers first, then volumes and networks.
+pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
+    let filter = HashMap::from([("label", vec![format!("{RUN_LABEL}={run_id}")])]);
+    let mut removed = Removed::default();
+    let containers = api
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .context("list the run's containers")?;
+    for c in containers {
+        if let Some(id) = c.id {
+            remove_container(api, &id).await?;
+            removed.containers += 1;
+        }
+    }
+    let volumes = api
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::default()
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .context("list the run's volumes")?;
+    for v in volumes.volumes.unwrap_or_default() {
+        api.remove_volume(&v.name, None::<RemoveVolumeOptions>)
+            .await
+            .with_context(|| format!("remove volume {}", v.name))?;
+        removed.volumes += 1;
+    }
+    let networks = api
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .context("list the run's networks")?;
+    for n in networks {
+        if let Some(id) = n.id {
+            api.remove_network(&id)
+                .await
+                .with_context(|| format!("remove network {}", n.name.unwrap_or_default()))?;
+            removed.networks += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,278 @@
+//! Measurement (DESIGN §3): one monotonic clock per run, outage detection by probes, and the
+//! RTO / RPO arithmetic over the ledger.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::workload::{Comparison, Ledger, Micros};
+
+/// The run's clock: every figure in a report is an offset on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock {
+            start: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Wall-clock time of the run's start (for reports only; never for durations).
+    pub fn started_at(&self) -> SystemTime {
+        self.wall
+    }
+
+    pub fn micros(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
+    pub fn millis(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The wall-clock time of a run offset, for tools that take wall-clock targets.
+    pub fn wall_at(&self, offset: Micros) -> SystemTime {
+        self.wall + Duration::from_micros(offset)
+    }
+
+    /// The run offset of `instant`.
+    pub fn offset_of(&self, instant: Instant) -> Micros {
+        instant.saturating_duration_since(self.start).as_micros() as Micros
+    }
+
+    pub fn instant_at(&self, offset: Micros) -> Instant {
+        self.start + Duration::from_micros(offset)
+    }
+}
+
+/// A health probe of one target: a real read of the workload's data.
+#[async_trait]
+pub trait Prober: Send {
+    /// `Err` with what failed when the target does not answer correctly.
+    async fn probe(&mut self) -> Result<(), String>;
+}
+
+/// Interval between probe starts during an outage.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// A probe that takes longer fails.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What detection saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Detection {
+    /// When the first failed probe completed (run ms); `None`: no probe failed in time.
+    pub detected_at_ms: Option<u64>,
+    /// What the failed probe said.
+    pub cause: Option<String>,
+    pub probes: u32,
+    pub probe_interval_ms: u64,
+    /// Mean and maximum probe latency seen, the resolution of the detection instant.
+    pub probe_latency_mean_ms: f64,
+    pub probe_latency_max_ms: f64,
+}
+
+/// Probes every [`PROBE_INTERVAL`] until one fails or `limit` passes.
+pub async fn detect(prober: &mut dyn Prober, clock: &Clock, limit: Duration) -> Detection {
+    let deadline = Instant::now() + limit;
+    let mut d = Detection {
+        probe_interval_ms: PROBE_INTERVAL.as_millis() as u64,
+        ..Detection::default()
+    };
+    let mut total = Duration::ZERO;
+    loop {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, prober.probe()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(PROBE_TIMEOUT)
+            )),
+        };
+        let latency = started.elapsed();
+        d.probes += 1;
+        total += latency;
+        d.probe_latency_max_ms = d.probe_latency_max_ms.max(latency.as_secs_f64() * 1e3);
+        d.probe_latency_mean_ms = total.as_secs_f64() * 1e3 / f64::from(d.probes);
+        if let Err(cause) = result {
+            d.detected_at_ms = Some(clock.millis());
+            d.cause = Some(cause);
+            return d;
+        }
+        let next = started + PROBE_INTERVAL;
+        if next >= deadline {
+            return d;
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// A phase of the recovery, from the fault to the verified target (RTO breakdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// From the fault until the restore begins (outage detection).
+    Detect,
+    /// A replacement container started and answering.
+    Provision,
+    /// The backup copied to where the restore tool reads it.
+    Fetch,
+    /// The service's own restore tool (and crash recovery or replay).
+    Restore,
+    /// Checks, ledger read-back and the fresh write round trip.
+    Verify,
+}
+
+/// Contiguous recovery phases: each phase ends where the next begins, so the phases add up to
+/// the whole recovery time, harness overhead included.
+#[derive(Debug, Clone)]
+pub struct Phases {
+    clock: Clock,
+    marks: Vec<(Phase, Micros)>,
+}
+
+impl Phases {
+    /// Starts the breakdown at `start` (run µs) in phase `first`.
+    pub fn new(clock: Clock, first: Phase, start: Micros) -> Self {
+        Phases {
+            clock,
+            marks: vec![(first, start)],
+        }
+    }
+
+    /// Ends the current phase now and begins `phase`.
+    pub fn enter(&mut self, phase: Phase) {
+        self.marks.push((phase, self.clock.micros()));
+    }
+
+    pub fn current(&self) -> Phase {
+        self.marks.last().expect("phases start with one").0
+    }
+
+    /// Milliseconds per phase, ending the last phase at `end` (run µs). A phase entered twice
+    /// adds up.
+    pub fn durations(&self, end: Micros) -> Vec<(Phase, u64)> {
+        let mut out: Vec<(Phase, u64)> = Vec::new();
+        for (i, &(phase, start)) in self.marks.iter().enumerate() {
+            let stop = self.marks.get(i + 1).map_or(end, |m| m.1);
+            let ms = stop.saturating_sub(start) / 1000;
+            match out.iter_mut().find(|(p, _)| *p == phase) {
+                Some((_, total)) => *total += ms,
+                None => out.push((phase, ms)),
+            }
+        }
+        out
+    }
+}
+
+/// RPO achieved (DESIGN §3): 0 when nothing acknowledged was lost; otherwise the ack time of the
+/// last write acknowledged before `t_fault` minus the ack time of `r*` (the end of the recovered
+/// consistent prefix), or minus `workload_start` when no acknowledged write survived.
+pub fn rpo(
+    ledger: &Ledger,
+    comparison: &Comparison,
+    t_fault: Micros,
+    workload_start: Micros,
+) -> Duration {
+    if comparison.lost.is_empty() {
+        return Duration::ZERO;
+    }
+    let Some(a_max) = ledger.last_acked_before(t_fault) else {
+        return Duration::ZERO;
+    };
+    let prefix_end = comparison
+        .r_star
+        .and_then(|r| ledger.get(r))
+        .map_or(workload_start, |w| w.completed);
+    Duration::from_micros(a_max.completed.saturating_sub(prefix_end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::ledger::{Outcome, Write, compare};
+    use proptest::prelude::*;
+
+    fn ledger(acked_at: &[(Outcome, u64)]) -> Ledger {
+        let mut l = Ledger::new();
+        for (i, &(outcome, t)) in acked_at.iter().enumerate() {
+            let seq = i as u64 + 1;
+            l.record(Write {
+                seq,
+                invoked: t.saturating_sub(1),
+                completed: t,
+                outcome,
+                digest: seq,
+            });
+        }
+        l
+    }
+
+    fn read(seqs: &[u64]) -> Vec<(u64, u64)> {
+        seqs.iter().map(|&s| (s, s)).collect()
+    }
+
+    #[test]
+    fn no_loss_is_zero_rpo() {
+        let l = ledger(&[(Outcome::Ok, 100), (Outcome::Ok, 200)]);
+        let c = compare(&l, &read(&[1, 2]));
+        assert_eq!(rpo(&l, &c, 1_000, 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn rpo_spans_from_the_prefix_end_to_the_last_ack_before_the_fault() {
+        let l = ledger(&[
+            (Outcome::Ok, 1_000),
+            (Outcome::Ok, 2_000),
+            (Outcome::Ok, 5_000),
+            (Outcome::Ok, 9_000),
+        ]);
+        let c = compare(&l, &read(&[1, 2]));
+        // Fault at 8 000 µs: a_max is seq 3 (5 000); the write acked after the fault is lost too
+        // but does not stretch the RPO.
+        assert_eq!(rpo(&l, &c, 8_000, 0), Duration::from_micros(3_000));
+    }
+
+    #[test]
+    fn nothing_surviving_measures_from_the_workload_start() {
+        let l = ledger(&[(Outcome::Ok, 1_000), (Outcome::Ok, 2_000)]);
+        let c = compare(&l, &read(&[]));
+        assert_eq!(rpo(&l, &c, 10_000, 400), Duration::from_micros(1_600));
+    }
+
+    #[test]
+    fn unacknowledged_writes_do_not_count() {
+        let l = ledger(&[
+            (Outcome::Ok, 1_000),
+            (Outcome::Info, 2_000),
+            (Outcome::Fail, 3_000),
+        ]);
+        let c = compare(&l, &read(&[1]));
+        assert_eq!(rpo(&l, &c, 10_000, 0), Duration::ZERO);
+    }
+
+    proptest! {
+        /// With prefix loss, the RPO is exactly the span of acknowledged writes lost before the fault.
+        #[test]
+        fn prefix_loss_rpo(gaps in prop::collection::vec(1u64..1_000, 1..100), kept in 0usize..100, fault_after in 0usize..100) {
+            let mut t = 0;
+            let times: Vec<u64> = gaps.iter().map(|g| { t += g; t }).collect();
+            let l = ledger(&times.iter().map(|&t| (Outcome::Ok, t)).collect::<Vec<_>>());
+            let kept = kept.min(times.len());
+            let c = compare(&l, &read(&(1..=kept as u64).collect::<Vec<_>>()));
+            let fault_idx = fault_after.min(times.len() - 1);
+            let t_fault = times[fault_idx] + 1;
+            let got = rpo(&l, &c, t_fault, 0);
+            let a_max = times[fault_idx];
+            let prefix_end = if kept == 0 { 0 } else { times[kept - 1] };
+            let want = if kept == times.len() { 0 } else { a_max.saturating_sub(prefix_end) };
+            prop_assert_eq!(got, Duration::from_micros(want));
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `report.md`: the run in a page a person (or a CI job summary) reads.
+
+use std::fmt::Write as _;
+
+use super::{Report, seconds};
+use crate::checks::CheckStatus;
+
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# drillrig: {} — {}\n",
+        r.scenario,
+        r.outcome.as_str().to_uppercase()
+    );
+    if !r.description.is_empty() {
+        let _ = writeln!(md, "{}\n", r.description);
+    }
+    let _ = writeln!(
+        md,
+        "- run `{}`, started {}, took {}",
+        r.run_id,
+        r.started_at,
+        seconds(r.duration_ms)
+    );
+    let _ = writeln!(md, "- scenario file `{}`, seed {}", r.scenario_file, r.seed);
+    if let Some(e) = &r.error {
+        let _ = writeln!(md, "- **{}**: {e}", r.outcome.as_str());
+    }
+    md.push('\n');
+
+    let _ = writeln!(
+        md,
+        "| target | RTO target | RTO achieved | RPO target | RPO achieved | lost writes | holes | checks | verdict |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for t in &r.targets {
+        let passed = t
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Passed)
+            .count();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {}/{} passed | {} |",
+            t.name,
+            seconds(t.rto.target_ms),
+            t.rto.achieved_ms.map_or("—".into(), seconds),
+            seconds(t.rpo.target_ms),
+            t.rpo.achieved_ms.map_or("—".into(), seconds),
+            t.rpo.lost_writes,
+            t.rpo.holes,
+            passed,
+            t.checks.len(),
+            if t.met() { "met" } else { "**missed**" }
+        );
+    }
+
+    for t in &r.targets {
+        let _ = writeln!(md, "\n## {} ({})\n", t.name, t.kind);
+        if let Some(image) = &t.image {
+            let _ = write!(md, "Image `{}`", image.image);
+            if let Some(note) = &image.note {
+                let _ = write!(md, " ({note})");
+            }
+            md.push_str(".\n\n");
+        }
+        let phases = t.rto.phases.entries();
+        if !phases.is_empty() {
+            let _ = writeln!(
+                md,
+                "Recovery phases: {}.\n",
+                phases
+                    .iter()
+                    .map(|(n, ms)| format!("{n} {}", seconds(*ms)))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            );
+        }
+        if let Some(note) = &t.rto.note {
+            let _ = writeln!(md, "RTO: {note}\n");
+        }
+        if let Some(note) = &t.rpo.note {
+            let _ = writeln!(md, "RPO: {note}\n");
+        }
+        let _ = writeln!(
+            md,
+            "Restore from `{}`{}{}.\n",
+            t.restore.from,
+            t.restore
+                .backup_id
+                .map(|id| format!(" (backup {id})"))
+                .unwrap_or_default(),
+            t.restore
+                .error
+                .as_ref()
+                .map(|e| format!(": **failed**: {e}"))
+                .unwrap_or_default()
+        );
+        let w = &t.workload;
+        let _ = writeln!(
+            md,
+            "Workload: {} writes attempted ({} ok, {} fail, {} info); {} acknowledged writes lost, {} unacknowledged present.\n",
+            w.attempted, w.ok, w.fail, w.info, t.rpo.lost_writes, t.rpo.unacked_present
+        );
+        if !t.checks.is_empty() {
+            let _ = writeln!(md, "| check | status | detail |\n| --- | --- | --- |");
+            for c in &t.checks {
+                let status = match c.status {
+                    CheckStatus::Passed => "passed",
+                    CheckStatus::Failed => "**failed**",
+                    CheckStatus::Unknown => "**unknown**",
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {status} | {} |",
+                    c.name,
+                    c.detail.replace('|', "\\|")
+                );
+            }
+        }
+    }
+
+    if !r.faults.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Faults\n\n| target | fault | scheduled | injected | result |\n| --- | --- | --- | --- | --- |"
+        );
+        for f in &r.faults {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                f.target,
+                f.kind,
+                seconds(f.scheduled_ms),
+                f.injected_at_ms.map_or("—".into(), seconds),
+                f.error.as_deref().unwrap_or("done")
+            );
+        }
+    }
+    md
+}

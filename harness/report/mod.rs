@@ -1,0 +1,289 @@
+//! What a run tells its readers: `report.json` (schema below, versioned; field names are stable),
+//! `report.md`, and the terminal summary. Files are written atomically.
+
+mod markdown;
+mod terminal;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+pub use markdown::markdown;
+pub use terminal::terminal;
+
+use crate::checks::{CheckResult, CheckStatus};
+use crate::docker::image::ImageChoice;
+use crate::measure::{Detection, Phase};
+use crate::scenario::{FaultKind, TargetKind};
+
+/// Version of the `report.json` schema. Bumped only when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The verdict of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every objective met and every check passed.
+    Met,
+    /// An objective missed, a check failed or unknown, or the restore failed.
+    Missed,
+    /// The drill could not run to its end (a step failed or overran its timeout).
+    Error,
+    /// Stopped by SIGINT / SIGTERM.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Met => "met",
+            Outcome::Missed => "missed",
+            Outcome::Error => "error",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub scenario: String,
+    pub scenario_file: String,
+    pub description: String,
+    pub run_id: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    /// What ended the drill early, for `error` and `interrupted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seed of every random choice in the run; `[drill] seed` replays it.
+    pub seed: u64,
+    pub drillrig_version: String,
+    /// The run's phases as far as it got, in order.
+    pub timeline: Vec<PhaseSpan>,
+    pub targets: Vec<TargetReport>,
+    pub faults: Vec<FaultRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSpan {
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub started_ms: u64,
+    /// `None` when the run stopped inside the phase.
+    pub ended_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub target: String,
+    pub kind: FaultKind,
+    /// The scheduled offset from the workload's start.
+    pub scheduled_ms: u64,
+    pub started_ms: u64,
+    /// When the injection returned success (`t_fault` for the first service fault).
+    pub injected_at_ms: Option<u64>,
+    /// What was done to the target, or why the injection failed.
+    pub details: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub name: String,
+    pub kind: TargetKind,
+    pub image: Option<ImageChoice>,
+    pub rto: Rto,
+    pub rpo: Rpo,
+    pub checks: Vec<CheckResult>,
+    pub restore: RestoreReport,
+    pub backups: Vec<BackupReport>,
+    pub workload: WorkloadReport,
+    pub detection: Detection,
+}
+
+impl TargetReport {
+    /// Whether this target met every objective and passed every check.
+    pub fn met(&self) -> bool {
+        self.rto.met
+            && self.rpo.met
+            && self.restore.error.is_none()
+            && self.checks.iter().all(|c| c.status == CheckStatus::Passed)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rto {
+    /// `t_recovered − t_fault`; `None` when the target never recovered.
+    pub achieved_ms: Option<u64>,
+    pub target_ms: u64,
+    pub met: bool,
+    pub phases: Phases,
+    /// `t_fault`: the first service fault returned (or the restore began, with no fault).
+    pub fault_at_ms: Option<u64>,
+    pub restore_started_at_ms: Option<u64>,
+    pub recovered_at_ms: Option<u64>,
+    /// Why no RTO was achieved, when none was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Milliseconds per recovery phase; they add up to the RTO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Phases {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provision: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<u64>,
+}
+
+impl Phases {
+    pub fn from_durations(durations: &[(Phase, u64)]) -> Self {
+        let mut p = Phases::default();
+        for &(phase, ms) in durations {
+            let slot = match phase {
+                Phase::Detect => &mut p.detect,
+                Phase::Provision => &mut p.provision,
+                Phase::Fetch => &mut p.fetch,
+                Phase::Restore => &mut p.restore,
+                Phase::Verify => &mut p.verify,
+            };
+            *slot = Some(slot.unwrap_or(0) + ms);
+        }
+        p
+    }
+
+    /// `(name, ms)` in phase order, present phases only.
+    pub fn entries(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("detect", self.detect),
+            ("provision", self.provision),
+            ("fetch", self.fetch),
+            ("restore", self.restore),
+            ("verify", self.verify),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rpo {
+    /// `None` when the restored writes could not be read back.
+    pub achieved_ms: Option<u64>,
+    pub target_ms: u64,
+    pub met: bool,
+    pub acked_writes: u64,
+    pub lost_writes: u64,
+    pub holes: u64,
+    pub unacked_present: u64,
+    pub unexpected: u64,
+    pub mismatched: u64,
+    pub failed_present: u64,
+    pub duplicates: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lost_writes: Option<u64>,
+    /// `r*`: the end of the recovered consistent prefix.
+    pub recovered_prefix_seq: Option<u64>,
+    /// `a_max`: the last write acknowledged before the fault.
+    pub last_acked_before_fault_seq: Option<u64>,
+    /// The oldest lost write's seq and ack time, if any was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_lost_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_lost_acked_at_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    /// `restart`, `latest`, `before-fault` or the timestamp.
+    pub from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub id: u32,
+    pub began_ms: u64,
+    /// When the backup's consistency point was fixed.
+    pub consistent_at_ms: Option<f64>,
+    pub finished_ms: u64,
+    pub size_bytes: u64,
+    pub max_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkloadReport {
+    /// Writes per second asked for (0: as fast as possible).
+    pub rate: u32,
+    pub started_ms: Option<u64>,
+    pub stopped_ms: Option<u64>,
+    pub attempted: u64,
+    pub ok: u64,
+    pub fail: u64,
+    pub info: u64,
+    /// The ledger as CSV, relative to the run folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_file: Option<String>,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename: readers see
+/// the old file or the whole new one, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes `report.json` and `report.md` into `dir`.
+pub fn write(report: &Report, dir: &Path) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(report)?;
+    json.push(b'\n');
+    write_atomically(&dir.join("report.json"), &json)?;
+    write_atomically(&dir.join("report.md"), markdown(report).as_bytes())
+}
+
+/// `1.234s` for milliseconds.
+pub fn seconds(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// Serde adapter: a `Duration` as whole milliseconds.
+pub mod millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}

@@ -1,0 +1,91 @@
+//! The summary printed at the end of `drillrig run`.
+
+use tabled::settings::Style;
+use tabled::{Table, builder::Builder};
+
+use super::{Report, seconds};
+use crate::checks::CheckStatus;
+
+fn yes_no(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+pub fn terminal(r: &Report) -> String {
+    let mut out = format!(
+        "drillrig {} ({}): {}\n",
+        r.scenario,
+        r.run_id,
+        r.outcome.as_str().to_uppercase()
+    );
+    if let Some(e) = &r.error {
+        out.push_str(&format!("{}: {e}\n", r.outcome.as_str()));
+    }
+
+    let mut objectives = Builder::default();
+    objectives.push_record(["target", "objective", "target", "achieved", "verdict"]);
+    for t in &r.targets {
+        objectives.push_record([
+            t.name.clone(),
+            "RTO".into(),
+            seconds(t.rto.target_ms),
+            t.rto.achieved_ms.map_or("—".into(), seconds),
+            yes_no(t.rto.met).into(),
+        ]);
+        objectives.push_record([
+            t.name.clone(),
+            "RPO".into(),
+            seconds(t.rpo.target_ms),
+            t.rpo.achieved_ms.map_or("—".into(), seconds),
+            yes_no(t.rpo.met).into(),
+        ]);
+        objectives.push_record([
+            t.name.clone(),
+            "lost writes".into(),
+            t.rpo.max_lost_writes.map_or("—".into(), |m| m.to_string()),
+            format!(
+                "{} of {} (holes {})",
+                t.rpo.lost_writes, t.rpo.acked_writes, t.rpo.holes
+            ),
+            String::new(),
+        ]);
+    }
+    out.push_str(&Table::from(objectives).with(Style::sharp()).to_string());
+    out.push('\n');
+
+    let mut phases = Builder::default();
+    phases.push_record(["target", "phase", "duration"]);
+    for t in &r.targets {
+        for (name, ms) in t.rto.phases.entries() {
+            phases.push_record([t.name.clone(), name.to_string(), seconds(ms)]);
+        }
+    }
+    if phases.count_records() > 1 {
+        out.push_str(&Table::from(phases).with(Style::sharp()).to_string());
+        out.push('\n');
+    }
+
+    let mut checks = Builder::default();
+    checks.push_record(["target", "check", "status", "detail"]);
+    for t in &r.targets {
+        if let Some(e) = &t.restore.error {
+            checks.push_record([t.name.clone(), "restore".into(), "FAILED".into(), e.clone()]);
+        }
+        for c in &t.checks {
+            let status = match c.status {
+                CheckStatus::Passed => "passed",
+                CheckStatus::Failed => "FAILED",
+                CheckStatus::Unknown => "UNKNOWN",
+            };
+            let mut detail = c.detail.clone();
+            if detail.chars().count() > 100 {
+                detail = detail.chars().take(97).collect::<String>() + "...";
+            }
+            checks.push_record([t.name.clone(), c.name.to_string(), status.into(), detail]);
+        }
+    }
+    if checks.count_records() > 1 {
+        out.push_str(&Table::from(checks).with(Style::sharp()).to_string());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,735 @@
+//! Scenario files (DESIGN §4, schema 1): parsed into [`raw`] serde types, then checked and turned
+//! into the domain types the drill runs. Every error names file, line, column and key.
+
+pub mod raw;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+pub use raw::RestorePoint;
+use raw::{HumanDuration, RawScenario, RawTarget};
+
+use crate::targets::capabilities;
+
+/// The schema version this drillrig reads.
+pub const SCHEMA: i64 = 1;
+
+/// Workload duration for targets without a fault when `[drill] duration` is not set.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// How long a target's workload keeps running after the last fault when `[drill] duration` is
+/// not set (only targets without faults use it).
+const DEFAULT_TAIL: Duration = Duration::from_secs(5);
+
+/// One drill, checked and ready to run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub path: PathBuf,
+    pub name: String,
+    pub description: String,
+    /// How long the workload runs on targets that no fault ends.
+    pub duration: Duration,
+    /// Seed for every random choice (values written, bytes damaged); `None`: chosen per run.
+    pub seed: Option<u64>,
+    pub timeouts: Timeouts,
+    /// Targets in name order.
+    pub targets: Vec<TargetSpec>,
+    /// Faults in `at` order (file order among equal offsets).
+    pub faults: Vec<FaultSpec>,
+}
+
+impl Scenario {
+    pub fn target(&self, name: &str) -> Option<&TargetSpec> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// The faults aimed at `target`, in `at` order.
+    pub fn faults_for<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a FaultSpec> + 'a {
+        self.faults.iter().filter(move |f| f.target == target)
+    }
+}
+
+/// A limit on every external step of a drill; a step that overruns ends the drill as `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    #[serde(with = "crate::report::millis")]
+    pub provision: Duration,
+    #[serde(with = "crate::report::millis")]
+    pub seed: Duration,
+    #[serde(with = "crate::report::millis")]
+    pub backup: Duration,
+    #[serde(with = "crate::report::millis")]
+    pub fault: Duration,
+    #[serde(with = "crate::report::millis")]
+    pub detect: Duration,
+    #[serde(with = "crate::report::millis")]
+    pub restore: Duration,
+    #[serde(with = "crate::report::millis")]
+    pub check: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            provision: Duration::from_secs(120),
+            seed: Duration::from_secs(600),
+            backup: Duration::from_secs(600),
+            fault: Duration::from_secs(120),
+            detect: Duration::from_secs(30),
+            restore: Duration::from_secs(1800),
+            check: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub name: String,
+    pub kind: TargetKind,
+    pub image: Option<String>,
+    pub dataset: Dataset,
+    /// Acknowledged writes per second; 0 = as fast as the target takes them.
+    pub rate: u32,
+    pub backup: Option<BackupSpec>,
+    pub restore: RestorePoint,
+    pub checks: Vec<CheckKind>,
+    pub objectives: Objectives,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    pub fixture: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSpec {
+    pub method: BackupMethod,
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Objectives {
+    pub rto: Duration,
+    pub rpo: Duration,
+    pub max_lost_writes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSpec {
+    pub target: String,
+    pub kind: FaultKind,
+    /// Offset from the workload's start.
+    pub at: Duration,
+    /// How long a temporary fault (pause, partition) lasts.
+    pub hold: Option<Duration>,
+    /// The relation (table) a fault aims at, where the kind takes one.
+    pub relation: Option<String>,
+}
+
+macro_rules! kebab_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+kebab_enum!(
+    /// The service a target runs.
+    TargetKind { Postgres = "postgres", Redis = "redis", Rabbitmq = "rabbitmq" }
+);
+
+kebab_enum!(
+    /// How backups are taken.
+    BackupMethod {
+        PgDump = "pg-dump",
+        PgBasebackupWal = "pg-basebackup-wal",
+        RedisRdb = "redis-rdb",
+        RedisAof = "redis-aof",
+        RabbitmqExport = "rabbitmq-export",
+    }
+);
+
+kebab_enum!(
+    /// A verification run after the restore.
+    CheckKind {
+        Ledger = "ledger",
+        RowCounts = "row-counts",
+        Checksums = "checksums",
+        ForeignKeys = "foreign-keys",
+        Amcheck = "amcheck",
+        BackupIntegrity = "backup-integrity",
+    }
+);
+
+kebab_enum!(
+    /// An injected failure (DESIGN §4).
+    FaultKind {
+        Kill = "kill",
+        Pause = "pause",
+        Stop = "stop",
+        NetworkPartition = "network-partition",
+        CorruptDataFile = "corrupt-data-file",
+        DropTable = "drop-table",
+        BadUpdate = "bad-update",
+        Flushall = "flushall",
+        DeleteQueue = "delete-queue",
+        Reset = "reset",
+        DeleteWalSegment = "delete-wal-segment",
+        CorruptBackup = "corrupt-backup",
+        TruncateBackup = "truncate-backup",
+        DiskFull = "disk-full",
+        VolumeLoss = "volume-loss",
+    }
+);
+
+impl FaultKind {
+    /// Faults on the backup chain: they damage artefacts silently and do not disturb the
+    /// running service, so they neither start the RTO clock nor end the workload.
+    pub fn is_latent(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CorruptBackup | FaultKind::TruncateBackup | FaultKind::DeleteWalSegment
+        )
+    }
+
+    /// Faults that heal after `for` (the option is required).
+    pub fn takes_hold(self) -> bool {
+        matches!(self, FaultKind::Pause | FaultKind::NetworkPartition)
+    }
+
+    /// Faults aimed at one relation (`relation`, default `orders`).
+    pub fn takes_relation(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CorruptDataFile | FaultKind::DropTable | FaultKind::BadUpdate
+        )
+    }
+}
+
+impl CheckKind {
+    /// Checks that compare the restored data with the backup it came from.
+    pub fn needs_backup(self) -> bool {
+        matches!(
+            self,
+            CheckKind::RowCounts | CheckKind::Checksums | CheckKind::BackupIntegrity
+        )
+    }
+}
+
+/// A scenario file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path (`targets.pg.objectives.rto`), when the problem has one.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Reads and checks a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: path.to_path_buf(),
+        position: None,
+        key: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Checks scenario text; `path` only names the file in errors and the scenario.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let at = Locator { path, text };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| at.toml_error(None, &e))?;
+    let raw: RawScenario = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let key = (key != ".").then_some(key);
+        at.toml_error(key, e.inner())
+    })?;
+    Validator { at }.scenario(raw)
+}
+
+/// Turns byte spans into `file:line:column` errors.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ScenarioError {
+        ScenarioError {
+            file: self.path.to_path_buf(),
+            position: Some(self.position(span.start)),
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, key: Option<String>, e: &toml::de::Error) -> ScenarioError {
+        ScenarioError {
+            file: self.path.to_path_buf(),
+            position: e.span().map(|s| self.position(s.start)),
+            key,
+            message: e.message().trim().to_string(),
+        }
+    }
+}
+
+struct Validator<'a> {
+    at: Locator<'a>,
+}
+
+type Checked<T> = Result<T, ScenarioError>;
+
+impl Validator<'_> {
+    fn scenario(self, raw: RawScenario) -> Checked<Scenario> {
+        if *raw.schema.get_ref() != SCHEMA {
+            return Err(self.at.error(
+                raw.schema.span(),
+                "schema",
+                format!(
+                    "unsupported schema version {} (this drillrig reads schema {SCHEMA})",
+                    raw.schema.get_ref()
+                ),
+            ));
+        }
+        let name = raw.name.get_ref();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(self.at.error(
+                raw.name.span(),
+                "name",
+                format!("invalid name {name:?}: use lowercase letters, digits and '-' (it names report folders)"),
+            ));
+        }
+        if raw.targets.get_ref().is_empty() {
+            return Err(self.at.error(
+                raw.targets.span(),
+                "targets",
+                "a scenario needs at least one target",
+            ));
+        }
+
+        let mut targets = Vec::new();
+        for (name, target) in raw.targets.get_ref() {
+            targets.push(self.target(name, target)?);
+        }
+
+        let mut faults = Vec::new();
+        for (i, fault) in raw.faults.iter().enumerate() {
+            faults.push(self.fault(i, fault.get_ref(), &targets)?);
+        }
+        faults.sort_by_key(|f| f.at);
+
+        let last_fault = faults
+            .iter()
+            .map(|f| f.at + f.hold.unwrap_or_default())
+            .max();
+        let duration = match &raw.drill.duration {
+            Some(d) => {
+                let duration = d.get_ref().0;
+                if let Some((i, f)) = raw
+                    .faults
+                    .iter()
+                    .enumerate()
+                    .find(|(_, f)| f.get_ref().at.get_ref().0 >= duration)
+                {
+                    return Err(self.at.error(
+                        f.get_ref().at.span(),
+                        format!("faults[{i}].at"),
+                        format!(
+                            "the fault fires at {} but the drill ends at {} (drill.duration)",
+                            humantime::format_duration(f.get_ref().at.get_ref().0),
+                            humantime::format_duration(duration)
+                        ),
+                    ));
+                }
+                if duration.is_zero() {
+                    return Err(self.at.error(
+                        d.span(),
+                        "drill.duration",
+                        "the drill needs a duration above zero",
+                    ));
+                }
+                duration
+            }
+            None => last_fault.map_or(DEFAULT_DURATION, |t| t + DEFAULT_TAIL),
+        };
+
+        for target in &targets {
+            self.restore_needs(target, &faults, &raw)?;
+        }
+
+        Ok(Scenario {
+            path: self.at.path.to_path_buf(),
+            name: name.clone(),
+            description: raw.description,
+            duration,
+            seed: raw.drill.seed,
+            timeouts: self.timeouts(&raw.timeouts)?,
+            targets,
+            faults,
+        })
+    }
+
+    fn timeouts(&self, raw: &raw::RawTimeouts) -> Checked<Timeouts> {
+        let mut t = Timeouts::default();
+        let fields: [(&str, &Option<Spanned<HumanDuration>>, &mut Duration); 7] = [
+            ("provision", &raw.provision, &mut t.provision),
+            ("seed", &raw.seed, &mut t.seed),
+            ("backup", &raw.backup, &mut t.backup),
+            ("fault", &raw.fault, &mut t.fault),
+            ("detect", &raw.detect, &mut t.detect),
+            ("restore", &raw.restore, &mut t.restore),
+            ("check", &raw.check, &mut t.check),
+        ];
+        for (key, value, slot) in fields {
+            if let Some(v) = value {
+                if v.get_ref().0.is_zero() {
+                    return Err(self.at.error(
+                        v.span(),
+                        format!("timeouts.{key}"),
+                        "a timeout of zero would fail every step",
+                    ));
+                }
+                *slot = v.get_ref().0;
+            }
+        }
+        Ok(t)
+    }
+
+    fn target(&self, name: &str, spanned: &Spanned<RawTarget>) -> Checked<TargetSpec> {
+        let raw = spanned.get_ref();
+        let key = |k: &str| format!("targets.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(self.at.error(
+                spanned.span(),
+                format!("targets.{name}"),
+                "a target name uses letters, digits, '-' and '_'",
+            ));
+        }
+        let kind = *raw.kind.get_ref();
+        let caps = capabilities(kind).ok_or_else(|| {
+            self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("target kind `{kind}` is not implemented yet (implemented: postgres)"),
+            )
+        })?;
+
+        let dataset = match &raw.dataset {
+            None => Dataset {
+                fixture: caps.fixtures[0].to_string(),
+                rows: caps.default_rows,
+            },
+            Some(d) => {
+                let d = d.get_ref();
+                let fixture = d.fixture.get_ref();
+                if !caps.fixtures.contains(&fixture.as_str()) {
+                    return Err(self.at.error(
+                        d.fixture.span(),
+                        key("dataset.fixture"),
+                        format!(
+                            "no {kind} fixture named {fixture:?} (fixtures: {})",
+                            caps.fixtures.join(", ")
+                        ),
+                    ));
+                }
+                let rows = *d.rows.get_ref();
+                if rows < 1 {
+                    return Err(self.at.error(
+                        d.rows.span(),
+                        key("dataset.rows"),
+                        format!("rows must be at least 1, got {rows}"),
+                    ));
+                }
+                Dataset {
+                    fixture: fixture.clone(),
+                    rows: rows as u64,
+                }
+            }
+        };
+
+        let rate = match &raw.workload {
+            None => caps.default_rate,
+            Some(w) => {
+                let rate = *w.rate.get_ref();
+                u32::try_from(rate).map_err(|_| {
+                    self.at.error(
+                        w.rate.span(),
+                        key("workload.rate"),
+                        format!("rate must be between 0 and {}, got {rate}", u32::MAX),
+                    )
+                })?
+            }
+        };
+
+        let backup = match &raw.backup {
+            None => None,
+            Some(b) => {
+                let b = b.get_ref();
+                let method = *b.method.get_ref();
+                if !caps.backups.contains(&method) {
+                    return Err(self.at.error(
+                        b.method.span(),
+                        key("backup.method"),
+                        format!("backup method `{method}` is not available for {kind} targets (available: {})", list(caps.backups)),
+                    ));
+                }
+                let every = b.every.get_ref().0;
+                if every.is_zero() {
+                    return Err(self.at.error(
+                        b.every.span(),
+                        key("backup.every"),
+                        "backups need an interval above zero",
+                    ));
+                }
+                Some(BackupSpec { method, every })
+            }
+        };
+
+        let restore_raw = raw.restore.get_ref();
+        let restore = *restore_raw.from.get_ref();
+        if restore != RestorePoint::Restart && backup.is_none() {
+            return Err(self.at.error(
+                restore_raw.from.span(),
+                key("restore.from"),
+                "restoring from a backup needs a `backup` for this target (or use `restart`)",
+            ));
+        }
+
+        let mut checks = Vec::new();
+        for check in &raw.checks {
+            let c = *check.get_ref();
+            if !caps.checks.contains(&c) {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    format!(
+                        "check `{c}` is not available for {kind} targets (available: {})",
+                        list(caps.checks)
+                    ),
+                ));
+            }
+            if c.needs_backup() && restore == RestorePoint::Restart {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    format!("check `{c}` compares with the restored backup, but restore.from is `restart`"),
+                ));
+            }
+            if checks.contains(&c) {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    format!("check `{c}` is listed twice"),
+                ));
+            }
+            checks.push(c);
+        }
+
+        let o = raw.objectives.get_ref();
+        let rto = o.rto.get_ref().0;
+        if rto.is_zero() {
+            return Err(self.at.error(
+                o.rto.span(),
+                key("objectives.rto"),
+                "an RTO of 0s can never be met: every recovery takes time",
+            ));
+        }
+        let max_lost_writes = match &o.max_lost_writes {
+            None => None,
+            Some(m) => Some(u64::try_from(*m.get_ref()).map_err(|_| {
+                self.at.error(
+                    m.span(),
+                    key("objectives.max_lost_writes"),
+                    "max_lost_writes cannot be negative",
+                )
+            })?),
+        };
+
+        Ok(TargetSpec {
+            name: name.to_string(),
+            kind,
+            image: raw.image.as_ref().map(|i| i.get_ref().clone()),
+            dataset,
+            rate,
+            backup,
+            restore,
+            checks,
+            objectives: Objectives {
+                rto,
+                rpo: o.rpo.get_ref().0,
+                max_lost_writes,
+            },
+        })
+    }
+
+    fn fault(&self, i: usize, raw: &raw::RawFault, targets: &[TargetSpec]) -> Checked<FaultSpec> {
+        let key = |k: &str| format!("faults[{i}].{k}");
+        let name = raw.target.get_ref();
+        let Some(target) = targets.iter().find(|t| &t.name == name) else {
+            let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+            return Err(self.at.error(
+                raw.target.span(),
+                key("target"),
+                format!("no target named {name:?} (targets: {})", known.join(", ")),
+            ));
+        };
+        let kind = *raw.kind.get_ref();
+        let caps = capabilities(target.kind).expect("target kinds were checked");
+        if !caps.faults.contains(&kind) {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!(
+                    "fault `{kind}` is not available for {} targets (available: {})",
+                    target.kind,
+                    list(caps.faults)
+                ),
+            ));
+        }
+        if kind.is_latent() && target.backup.is_none() {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("fault `{kind}` damages a backup, but target {name:?} takes none"),
+            ));
+        }
+        let hold = raw.for_.as_ref().map(|f| (f.span(), f.get_ref().0));
+        match (kind.takes_hold(), hold.clone()) {
+            (true, None) => {
+                return Err(self.at.error(
+                    raw.kind.span(),
+                    key("for"),
+                    format!("fault `{kind}` needs `for`, how long it lasts"),
+                ));
+            }
+            (false, Some((span, _))) => {
+                return Err(self.at.error(
+                    span,
+                    key("for"),
+                    format!("fault `{kind}` does not take `for`"),
+                ));
+            }
+            (true, Some((span, d))) if d.is_zero() => {
+                return Err(self.at.error(
+                    span,
+                    key("for"),
+                    "a fault that lasts 0s does not happen",
+                ));
+            }
+            _ => {}
+        }
+        if let (false, Some(r)) = (kind.takes_relation(), &raw.relation) {
+            return Err(self.at.error(
+                r.span(),
+                key("relation"),
+                format!("fault `{kind}` does not take `relation`"),
+            ));
+        }
+        let relation = kind.takes_relation().then(|| {
+            raw.relation.as_ref().map_or_else(
+                || caps.default_relation.to_string(),
+                |r| r.get_ref().clone(),
+            )
+        });
+        Ok(FaultSpec {
+            target: name.clone(),
+            kind,
+            at: raw.at.get_ref().0,
+            hold: hold.map(|(_, d)| d),
+            relation,
+        })
+    }
+
+    /// A restore from backup needs a backup taken before the target's first fault.
+    fn restore_needs(
+        &self,
+        target: &TargetSpec,
+        faults: &[FaultSpec],
+        raw: &RawScenario,
+    ) -> Checked<()> {
+        if target.restore == RestorePoint::Restart {
+            return Ok(());
+        }
+        let first = faults.iter().find(|f| f.target == target.name);
+        if first.is_some_and(|f| f.at.is_zero()) {
+            let (i, f) = raw
+                .faults
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.get_ref().target.get_ref() == &target.name)
+                .min_by_key(|(_, f)| f.get_ref().at.get_ref().0)
+                .expect("the fault came from this file");
+            return Err(self.at.error(
+                f.get_ref().at.span(),
+                format!("faults[{i}].at"),
+                "the fault fires as the workload starts, before any backup can be taken",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn list<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

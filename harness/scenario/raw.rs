@@ -1,0 +1,169 @@
+//! The scenario file as written: serde types that mirror schema 1 key for key.
+//!
+//! Every table denies unknown keys, and values that later validation must point at keep their
+//! byte span (`Spanned`), so each error can name file, line, column and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use super::{BackupMethod, CheckKind, FaultKind, TargetKind};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    pub schema: Spanned<i64>,
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub drill: RawDrill,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    pub targets: Spanned<BTreeMap<String, Spanned<RawTarget>>>,
+    #[serde(default)]
+    pub faults: Vec<Spanned<RawFault>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrill {
+    pub duration: Option<Spanned<HumanDuration>>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub provision: Option<Spanned<HumanDuration>>,
+    pub seed: Option<Spanned<HumanDuration>>,
+    pub backup: Option<Spanned<HumanDuration>>,
+    pub fault: Option<Spanned<HumanDuration>>,
+    pub detect: Option<Spanned<HumanDuration>>,
+    pub restore: Option<Spanned<HumanDuration>>,
+    pub check: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub kind: Spanned<TargetKind>,
+    pub image: Option<Spanned<String>>,
+    pub dataset: Option<Spanned<RawDataset>>,
+    pub workload: Option<RawWorkload>,
+    pub backup: Option<Spanned<RawBackup>>,
+    pub restore: Spanned<RawRestore>,
+    #[serde(default)]
+    pub checks: Vec<Spanned<CheckKind>>,
+    pub objectives: Spanned<RawObjectives>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataset {
+    pub fixture: Spanned<String>,
+    pub rows: Spanned<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    pub rate: Spanned<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub method: Spanned<BackupMethod>,
+    pub every: Spanned<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestore {
+    pub from: Spanned<RestorePoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObjectives {
+    pub rto: Spanned<HumanDuration>,
+    pub rpo: Spanned<HumanDuration>,
+    pub max_lost_writes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    pub target: Spanned<String>,
+    pub kind: Spanned<FaultKind>,
+    pub at: Spanned<HumanDuration>,
+    #[serde(rename = "for")]
+    pub for_: Option<Spanned<HumanDuration>>,
+    pub relation: Option<Spanned<String>>,
+}
+
+/// A humantime duration string ("500ms", "5s", "2m").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string such as \"500ms\", \"5s\" or \"2m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s)
+                    .map(HumanDuration)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// `restore.from`: which recovery point to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePoint {
+    /// The service recovers in place on its own data (crash recovery).
+    Restart,
+    /// The newest backup, restored into a fresh container.
+    Latest,
+    /// The newest recovery point before the fault.
+    BeforeFault,
+    /// Point-in-time recovery to this wall-clock time.
+    At(SystemTime),
+}
+
+impl<'de> Deserialize<'de> for RestorePoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RestorePoint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`restart`, `latest`, `before-fault` or an RFC 3339 timestamp")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RestorePoint, E> {
+                match s {
+                    "restart" => Ok(RestorePoint::Restart),
+                    "latest" => Ok(RestorePoint::Latest),
+                    "before-fault" => Ok(RestorePoint::BeforeFault),
+                    _ => humantime::parse_rfc3339(s).map(RestorePoint::At).map_err(|_| {
+                        E::custom(format!(
+                            "invalid restore point {s:?}: expected `restart`, `latest`, \
+                             `before-fault` or an RFC 3339 timestamp such as \"2026-11-21T10:00:00Z\""
+                        ))
+                    }),
+                }
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}

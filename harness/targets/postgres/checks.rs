@@ -1,0 +1,168 @@
+//! What PostgreSQL holds, and the PostgreSQL-only checks: per-table row counts and digests,
+//! foreign keys without orphans, and `pg_amcheck` over every heap and B-tree index.
+
+use anyhow::{Result, anyhow};
+use tokio_postgres::Client;
+
+use super::{DATABASE, Postgres, describe, quote_ident};
+use crate::backup::{Contents, DatasetDigest};
+use crate::checks::CheckResult;
+use crate::scenario::CheckKind;
+
+/// Row count and md5 digest (rows as text, in primary-key order) of every table in `public`.
+pub(super) async fn contents(client: &Client) -> Result<Contents> {
+    let tables = client
+        .query(
+            "SELECT c.relname, \
+                    coalesce((SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+                              FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                              WHERE i.indrelid = c.oid AND i.indisprimary), '') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!("list tables: {}", describe(&e)))?;
+    let mut contents = Contents::new();
+    for table in tables {
+        let (name, key): (String, String) = (table.get(0), table.get(1));
+        let order = if key.is_empty() {
+            "t::text".to_string()
+        } else {
+            key
+        };
+        let sql = format!(
+            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY {order}), '')) FROM public.{} AS t",
+            quote_ident(&name)
+        );
+        let row = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| anyhow!("digest table {name}: {}", describe(&e)))?;
+        let rows: i64 = row.get(0);
+        contents.insert(
+            name,
+            DatasetDigest {
+                rows: rows as u64,
+                digest: row.get(1),
+            },
+        );
+    }
+    Ok(contents)
+}
+
+/// Names of the foreign keys in `public`, in name order.
+pub(super) async fn foreign_key_names(client: &Client) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT con.conname FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace \
+             WHERE con.contype = 'f' AND n.nspname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!("list foreign keys: {}", describe(&e)))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Every foreign key the fixture declared exists, and no row references a missing parent.
+pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
+    let check = CheckKind::ForeignKeys;
+    let client = match pg.connect().await {
+        Ok(c) => c,
+        Err(e) => return CheckResult::unknown(check, format!("{e:#}")),
+    };
+    let constraints = match client
+        .query(
+            "SELECT con.conname, con.conrelid::regclass::text, con.confrelid::regclass::text, \
+                    (SELECT array_agg(quote_ident(a.attname) ORDER BY k.i) FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, i) \
+                     JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum), \
+                    (SELECT array_agg(quote_ident(a.attname) ORDER BY k.i) FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, i) \
+                     JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum) \
+             FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace \
+             WHERE con.contype = 'f' AND n.nspname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return CheckResult::unknown(check, format!("list foreign keys: {}", describe(&e))),
+    };
+    let mut problems = Vec::new();
+    let present: Vec<String> = constraints.iter().map(|r| r.get(0)).collect();
+    for missing in pg.foreign_keys.iter().filter(|fk| !present.contains(fk)) {
+        problems.push(format!("foreign key {missing} is missing"));
+    }
+    let mut checked = 0;
+    for row in &constraints {
+        let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let (child_cols, parent_cols): (Vec<String>, Vec<String>) = (row.get(3), row.get(4));
+        let not_null = child_cols
+            .iter()
+            .map(|c| format!("c.{c} IS NOT NULL"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let joined = child_cols
+            .iter()
+            .zip(&parent_cols)
+            .map(|(c, p)| format!("p.{p} = c.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "SELECT count(*) FROM {child} AS c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {joined})"
+        );
+        match client.query_one(&sql, &[]).await {
+            Ok(r) => {
+                let orphans: i64 = r.get(0);
+                if orphans > 0 {
+                    problems.push(format!(
+                        "{name}: {orphans} row(s) of {child} reference a missing {parent}"
+                    ));
+                }
+                checked += 1;
+            }
+            Err(e) => {
+                return CheckResult::unknown(check, format!("check {name}: {}", describe(&e)));
+            }
+        }
+    }
+    if pg.foreign_keys.is_empty() {
+        return CheckResult::unknown(check, "the fixture declared no foreign keys to check");
+    }
+    CheckResult::from_problems(
+        check,
+        format!("{checked} foreign key(s), no orphan rows"),
+        problems,
+    )
+}
+
+/// `pg_amcheck --heapallindexed --rootdescend` over the whole database, run in the container.
+pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
+    let check = CheckKind::Amcheck;
+    let c = match pg.serving() {
+        Ok(c) => c,
+        Err(e) => return CheckResult::unknown(check, format!("{e:#}")),
+    };
+    let cmd = [
+        "pg_amcheck",
+        "--install-missing",
+        "--heapallindexed",
+        "--rootdescend",
+        DATABASE,
+    ];
+    match pg.env.docker.exec(c, "postgres", &cmd).await {
+        Ok(out) if out.success() => CheckResult::passed(
+            check,
+            "pg_amcheck --heapallindexed --rootdescend found no corruption",
+        ),
+        // Exit 2: corruption found; anything else: pg_amcheck itself failed.
+        Ok(out) if out.exit_code == 2 => CheckResult::failed(
+            check,
+            format!("pg_amcheck found corruption: {}", out.tail()),
+        ),
+        Ok(out) => CheckResult::failed(
+            check,
+            format!("pg_amcheck exited with {}: {}", out.exit_code, out.tail()),
+        ),
+        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+    }
+}

@@ -1,0 +1,130 @@
+//! `pg-dump` backups and their restore.
+//!
+//! A backup opens a REPEATABLE READ transaction, exports its snapshot, and runs `pg_dump
+//! --snapshot` inside the container while the same snapshot yields the row counts and digests
+//! recorded in the manifest: the manifest describes exactly what the dump holds. The dump streams
+//! from the container's stdout into the repository (custom format, so `pg_restore -j` can use
+//! several jobs).
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+
+use super::{DATABASE, Postgres, checks, describe};
+use crate::backup::{Artefact, Backup, Taken};
+use crate::measure::{Phase, Phases};
+
+const DUMP_FILE: &str = "drill.dump";
+/// Where the dump is copied in the replacement container.
+const RESTORE_PATH: &str = "/tmp/drillrig-restore.dump";
+
+pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
+    let c = pg.serving()?;
+    let client = pg.connect().await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| anyhow!("open the backup transaction: {}", describe(&e)))?;
+    // The snapshot is taken by the transaction's first query: every write acknowledged before
+    // this instant is in it.
+    let consistent_at = pg.env.clock.micros();
+    let snapshot: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| anyhow!("export the backup snapshot: {}", describe(&e)))?
+        .get(0);
+
+    let dest = dir.join(DUMP_FILE);
+    let cmd = [
+        "pg_dump",
+        "--format=custom",
+        "--dbname",
+        DATABASE,
+        "--snapshot",
+        &snapshot,
+    ];
+    let (dumped, described) = tokio::join!(
+        pg.env.docker.exec_to_file(c, "postgres", &cmd, &dest),
+        async {
+            let contents = checks::contents(&client).await?;
+            let max_seq: Option<i64> = client
+                .query_one("SELECT max(seq) FROM orders", &[])
+                .await
+                .map_err(|e| anyhow!("read the newest seq in the snapshot: {}", describe(&e)))?
+                .get(0);
+            anyhow::Ok((contents, max_seq))
+        }
+    );
+    let (output, sha256, size) = dumped?;
+    let (contents, max_seq) = described?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| anyhow!("close the backup transaction: {}", describe(&e)))?;
+    if !output.success() {
+        bail!(
+            "pg_dump exited with {}: {}",
+            output.exit_code,
+            output.tail()
+        );
+    }
+    Ok(Taken {
+        consistent_at,
+        artefacts: vec![Artefact {
+            file: DUMP_FILE.into(),
+            size,
+            sha256,
+        }],
+        contents,
+        max_seq: max_seq.map(|s| s as u64),
+    })
+}
+
+pub(super) async fn restore(pg: &mut Postgres, backup: &Backup, phases: &mut Phases) -> Result<()> {
+    phases.enter(Phase::Provision);
+    pg.start_container().await?;
+    let c = pg.serving()?.clone();
+
+    phases.enter(Phase::Fetch);
+    let artefact = backup
+        .artefacts
+        .iter()
+        .find(|a| a.file == DUMP_FILE)
+        .ok_or_else(|| anyhow!("backup {} has no {DUMP_FILE}", backup.id))?;
+    pg.env
+        .docker
+        .upload_host_file(&c, &backup.dir.join(&artefact.file), RESTORE_PATH)
+        .await?;
+
+    phases.enter(Phase::Restore);
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
+    let output = pg
+        .env
+        .docker
+        .exec(
+            &c,
+            "postgres",
+            &[
+                "pg_restore",
+                "--dbname",
+                DATABASE,
+                "--exit-on-error",
+                "--no-owner",
+                "--jobs",
+                &jobs,
+                RESTORE_PATH,
+            ],
+        )
+        .await?;
+    if !output.success() {
+        bail!(
+            "pg_restore of backup {} exited with {}: {}",
+            backup.id,
+            output.exit_code,
+            output.tail()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! PostgreSQL targets: the `orders` fixture, an INSERT workload keeping the ledger, `pg_dump`
+//! backups taken in an exported snapshot (so their row counts and digests are exact), faults on
+//! live data files and tables, restores with `pg_restore`, and the catalogue checks.
+//!
+//! Every PostgreSQL tool runs inside a container (`docker exec`), never on the host.
+
+mod checks;
+mod dump;
+mod faults;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_postgres::error::{Severity, SqlState};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{Capabilities, Target, TargetEnv};
+use crate::backup::{Backup, Contents, Taken};
+use crate::checks::CheckResult;
+use crate::docker::{Container, ContainerSpec};
+use crate::measure::{Phases, Prober};
+use crate::scenario::{BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::workload::{Outcome, ReadBack, Writer, mix};
+
+pub const CAPABILITIES: Capabilities = Capabilities {
+    fixtures: &["orders"],
+    default_rows: 10_000,
+    default_rate: 100,
+    default_relation: "orders",
+    backups: &[BackupMethod::PgDump],
+    faults: &[
+        FaultKind::Kill,
+        FaultKind::CorruptDataFile,
+        FaultKind::DropTable,
+        FaultKind::CorruptBackup,
+        FaultKind::TruncateBackup,
+    ],
+    checks: &[
+        CheckKind::Ledger,
+        CheckKind::RowCounts,
+        CheckKind::Checksums,
+        CheckKind::ForeignKeys,
+        CheckKind::Amcheck,
+        CheckKind::BackupIntegrity,
+    ],
+};
+
+/// The database the drill uses in every container.
+const DATABASE: &str = "drill";
+const PGDATA: &str = "/var/lib/postgresql/data";
+const PORT: u16 = 5432;
+/// Rows written by the round trip carry this status.
+const CANARY_STATUS: &str = "drillrig-canary";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+const INSERT: &str =
+    "INSERT INTO orders (customer_id, amount_cents, status, seq) VALUES ($1, $2, 'new', $3)";
+/// The probe reads the newest workload row through the `seq` index, so it touches the heap page
+/// the workload writes to.
+const PROBE: &str = "SELECT amount_cents FROM orders WHERE seq = (SELECT max(seq) FROM orders)";
+
+/// Where the current container listens, and how to log in. Clones follow restarts and restores.
+#[derive(Clone)]
+struct Endpoint {
+    port: watch::Receiver<u16>,
+    password: Arc<str>,
+}
+
+impl Endpoint {
+    async fn connect(&self) -> Result<Client> {
+        let port = *self.port.borrow();
+        if port == 0 {
+            bail!("no container is serving");
+        }
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password(self.password.as_bytes())
+            .dbname(DATABASE)
+            .connect_timeout(CONNECT_TIMEOUT);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| {
+                anyhow!("connect to 127.0.0.1:{port}: no answer within {CONNECT_TIMEOUT:?}")
+            })?
+            .map_err(|e| anyhow!("connect to 127.0.0.1:{port}: {}", describe(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// A PostgreSQL error in one line: SQLSTATE and message for server errors, the cause otherwise.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn no_params() -> impl ExactSizeIterator<Item = &'static (dyn ToSql + Sync)> {
+    std::iter::empty()
+}
+
+/// The order the workload writes for `seq`: `(customer_id, amount_cents)`.
+fn order_for(seed: u64, customers: u64, seq: u64) -> (i64, i64) {
+    let h = mix(seed, seq);
+    (1 + (h % customers) as i64, ((h >> 32) % 100_000) as i64)
+}
+
+fn order_digest(customer_id: i64, amount_cents: i64) -> u64 {
+    mix(customer_id as u64, amount_cents as u64)
+}
+
+pub struct Postgres {
+    env: TargetEnv,
+    current: Option<Container>,
+    /// Containers started so far; names the next one (`pg-1`, `pg-2`, …).
+    generation: u32,
+    port: watch::Sender<u16>,
+    customers: u64,
+    /// Foreign keys the fixture declared, checked after restore.
+    foreign_keys: Vec<String>,
+}
+
+impl Postgres {
+    pub fn new(env: TargetEnv) -> Self {
+        let customers = (env.spec.dataset.rows / 10).max(1);
+        Postgres {
+            env,
+            current: None,
+            generation: 0,
+            port: watch::channel(0).0,
+            customers,
+            foreign_keys: Vec::new(),
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            port: self.port.subscribe(),
+            password: self.env.password.as_str().into(),
+        }
+    }
+
+    fn serving(&self) -> Result<&Container> {
+        self.current
+            .as_ref()
+            .ok_or_else(|| anyhow!("target {} has no container", self.env.spec.name))
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        self.endpoint().connect().await
+    }
+
+    /// Starts a new container on a new volume and waits until it answers queries.
+    async fn start_container(&mut self) -> Result<()> {
+        self.generation += 1;
+        let name = format!("{}-{}", self.env.spec.name, self.generation);
+        let volume = self
+            .env
+            .docker
+            .create_volume(&format!("{name}-data"))
+            .await?;
+        let spec = ContainerSpec {
+            name,
+            image: self.env.image.clone(),
+            env: vec![
+                ("POSTGRES_PASSWORD".into(), self.env.password.clone()),
+                ("POSTGRES_DB".into(), DATABASE.into()),
+                ("POSTGRES_INITDB_ARGS".into(), "--data-checksums".into()),
+            ],
+            cmd: vec![],
+            port: PORT,
+            volume: Some((volume, PGDATA.into())),
+            hostname: None,
+            startup_timeout: self.env.timeouts.provision,
+        };
+        let container = self.env.docker.start(&spec).await?;
+        self.current = Some(container);
+        self.wait_ready(self.env.timeouts.provision).await
+    }
+
+    /// Polls with a real query until the current container answers; fails early when the
+    /// container exits. Publishes the (possibly new) host port first.
+    async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let c = self.serving()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let last_error;
+            match self.env.docker.host_port(c).await {
+                Ok(port) => {
+                    self.port.send_replace(port);
+                    match self.connect().await {
+                        Ok(client) => match client.simple_query("SELECT 1").await {
+                            Ok(_) => return Ok(()),
+                            Err(e) => last_error = describe(&e),
+                        },
+                        Err(e) => last_error = format!("{e:#}"),
+                    }
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            if let Ok((false, code)) = self.env.docker.state(c).await {
+                bail!(
+                    "container {} exited (code {}) before PostgreSQL answered: {last_error}",
+                    c.name,
+                    code.unwrap_or(-1)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "PostgreSQL in {} did not answer within {}: {last_error}",
+                    c.name,
+                    humantime::format_duration(limit)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Target for Postgres {
+    fn container(&self) -> Option<&Container> {
+        self.current.as_ref()
+    }
+
+    async fn provision(&mut self) -> Result<()> {
+        self.start_container().await
+    }
+
+    async fn seed(&mut self) -> Result<()> {
+        let fixture = &self.env.spec.dataset.fixture;
+        let sql = match fixture.as_str() {
+            "orders" => include_str!("../../../fixtures/postgres/orders.sql"),
+            other => bail!("no postgres fixture {other:?}"),
+        };
+        let sql = sql
+            .replace("{{rows}}", &self.env.spec.dataset.rows.to_string())
+            .replace("{{customers}}", &self.customers.to_string());
+        let client = self.connect().await?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| anyhow!("load fixture {fixture}: {}", describe(&e)))?;
+        self.foreign_keys = checks::foreign_key_names(&client).await?;
+        Ok(())
+    }
+
+    fn writer(&self) -> Box<dyn Writer> {
+        Box::new(PgWriter {
+            endpoint: self.endpoint(),
+            session: None,
+            in_flight: false,
+            seed: self.env.seed,
+            customers: self.customers,
+        })
+    }
+
+    fn prober(&self) -> Box<dyn Prober> {
+        Box::new(PgProber {
+            endpoint: self.endpoint(),
+            client: None,
+        })
+    }
+
+    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<Taken> {
+        match method {
+            BackupMethod::PgDump => dump::take(self, dir).await,
+            other => bail!("backup method {other} is not implemented for postgres"),
+        }
+    }
+
+    async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        let relation = fault
+            .relation
+            .as_deref()
+            .unwrap_or(CAPABILITIES.default_relation);
+        match fault.kind {
+            FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
+            FaultKind::DropTable => faults::drop_table(self, relation).await,
+            other => bail!("fault {other} is not a postgres fault"),
+        }
+    }
+
+    async fn restart(&mut self, limit: Duration) -> Result<()> {
+        let c = self.serving()?.clone();
+        if let Ok((true, _)) = self.env.docker.state(&c).await {
+            self.env.docker.stop(&c, Duration::from_secs(30)).await?;
+        }
+        self.env.docker.start_again(&c).await?;
+        self.wait_ready(limit).await
+    }
+
+    async fn restore(&mut self, backup: &Backup, phases: &mut Phases) -> Result<()> {
+        match backup.method {
+            BackupMethod::PgDump => dump::restore(self, backup, phases).await,
+            other => bail!("restoring {other} backups is not implemented for postgres"),
+        }
+    }
+
+    async fn read_back(&self) -> Result<ReadBack> {
+        use futures::TryStreamExt;
+        let client = self.connect().await?;
+        let rows = client
+            .query_raw(
+                "SELECT seq, customer_id, amount_cents FROM orders WHERE seq IS NOT NULL",
+                no_params(),
+            )
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            // The table is gone: nothing of the workload survived.
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(ReadBack::new()),
+            Err(e) => bail!("read the workload's orders: {}", describe(&e)),
+        };
+        futures::pin_mut!(rows);
+        let mut read = ReadBack::new();
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| anyhow!("read the workload's orders: {}", describe(&e)))?
+        {
+            let (seq, customer, amount): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            read.push((seq as u64, order_digest(customer, amount)));
+        }
+        Ok(read)
+    }
+
+    async fn contents(&self) -> Result<Contents> {
+        let client = self.connect().await?;
+        checks::contents(&client).await
+    }
+
+    async fn check(&self, check: CheckKind) -> CheckResult {
+        match check {
+            CheckKind::ForeignKeys => checks::foreign_keys(self).await,
+            CheckKind::Amcheck => checks::amcheck(self).await,
+            other => CheckResult::unknown(other, "not a postgres-specific check"),
+        }
+    }
+
+    async fn round_trip(&self) -> Result<()> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO orders (customer_id, amount_cents, status) \
+                 VALUES ((SELECT min(id) FROM customers), 0, $1) RETURNING id",
+                &[&CANARY_STATUS],
+            )
+            .await
+            .map_err(|e| anyhow!("write a canary order: {}", describe(&e)))?;
+        let id: i64 = row.get(0);
+        let status: String = client
+            .query_one("SELECT status FROM orders WHERE id = $1", &[&id])
+            .await
+            .map_err(|e| anyhow!("read the canary order back: {}", describe(&e)))?
+            .get(0);
+        if status != CANARY_STATUS {
+            bail!("the canary order {id} reads back as {status:?}");
+        }
+        Ok(())
+    }
+}
+
+/// The workload's writer: one INSERT per seq, in autocommit, on a prepared statement.
+struct PgWriter {
+    endpoint: Endpoint,
+    session: Option<(Client, Statement)>,
+    /// Set while a write is on the wire: if the runner abandons it (timeout), the session's
+    /// state is unknown and it is replaced.
+    in_flight: bool,
+    seed: u64,
+    customers: u64,
+}
+
+#[async_trait]
+impl Writer for PgWriter {
+    fn digest(&self, seq: u64) -> u64 {
+        let (customer, amount) = order_for(self.seed, self.customers, seq);
+        order_digest(customer, amount)
+    }
+
+    async fn write(&mut self, seq: u64) -> Outcome {
+        if std::mem::take(&mut self.in_flight) {
+            self.session = None;
+        }
+        if self.session.is_none() {
+            let opened = async {
+                let client = self.endpoint.connect().await?;
+                let insert = client
+                    .prepare(INSERT)
+                    .await
+                    .map_err(|e| anyhow!(describe(&e)))?;
+                anyhow::Ok((client, insert))
+            };
+            match opened.await {
+                Ok(session) => self.session = Some(session),
+                // Nothing was sent.
+                Err(_) => return Outcome::Fail,
+            }
+        }
+        let (client, insert) = self.session.as_ref().expect("opened above");
+        let (customer, amount) = order_for(self.seed, self.customers, seq);
+        self.in_flight = true;
+        let result = client
+            .execute(insert, &[&customer, &amount, &(seq as i64)])
+            .await;
+        self.in_flight = false;
+        match result {
+            Ok(1) => Outcome::Ok,
+            Ok(_) => Outcome::Info,
+            // An ERROR ends the statement's implicit transaction: not committed.
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|d| d.parsed_severity() == Some(Severity::Error)) =>
+            {
+                Outcome::Fail
+            }
+            // FATAL, PANIC, a broken connection: the commit may or may not have happened.
+            Err(_) => {
+                self.session = None;
+                Outcome::Info
+            }
+        }
+    }
+}
+
+struct PgProber {
+    endpoint: Endpoint,
+    client: Option<Client>,
+}
+
+#[async_trait]
+impl Prober for PgProber {
+    async fn probe(&mut self) -> Result<(), String> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(
+                self.endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| format!("{e:#}"))?,
+            );
+        }
+        let client = self.client.as_ref().expect("connected above");
+        match client.query_opt(PROBE, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.as_db_error().is_none() {
+                    self.client = None;
+                }
+                Err(describe(&e))
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The workload: one writer per target, writing at the scenario's rate and recording every
+//! attempt in the [`Ledger`], outages included.
+
+pub mod ledger;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+pub use ledger::{Comparison, Ledger, Micros, Outcome, ReadBack, Write};
+
+use crate::measure::Clock;
+
+/// A write that takes longer than this is recorded as `info` (unknown).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause after a failed write at rate 0, so an outage is recorded without spinning.
+const FAILURE_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Writes one record per `seq` to a target and classifies what the server said.
+#[async_trait]
+pub trait Writer: Send {
+    /// The digest of the value written for `seq`; what a read-back of that write must show.
+    fn digest(&self, seq: u64) -> u64;
+
+    /// Writes `seq`. `Fail` only when the write certainly did not apply.
+    async fn write(&mut self, seq: u64) -> Outcome;
+}
+
+/// Runs `writer` at `rate` writes per second (0: back to back) until `stop`, recording every
+/// attempt. A write cut short by `stop` is recorded as `info`.
+pub async fn run(
+    mut writer: Box<dyn Writer>,
+    rate: u32,
+    clock: Clock,
+    stop: CancellationToken,
+) -> Ledger {
+    let mut ledger = Ledger::new();
+    let mut ticks = (rate > 0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs(1) / rate);
+        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        t
+    });
+    loop {
+        if let Some(t) = ticks.as_mut() {
+            tokio::select! {
+                _ = t.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+        } else if stop.is_cancelled() {
+            break;
+        }
+        let seq = ledger.next_seq();
+        let digest = writer.digest(seq);
+        let invoked = clock.micros();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(Outcome::Info),
+            _ = stop.cancelled() => Outcome::Info,
+        };
+        ledger.record(Write {
+            seq,
+            invoked,
+            completed: clock.micros(),
+            outcome,
+            digest,
+        });
+        if stop.is_cancelled() {
+            break;
+        }
+        if ticks.is_none() && outcome != Outcome::Ok {
+            tokio::time::sleep(FAILURE_BACKOFF).await;
+        }
+    }
+    ledger
+}
+
+/// A deterministic 64-bit mix (splitmix64): values and digests derived from `(seed, seq)`.
+pub fn mix(seed: u64, x: u64) -> u64 {
+    let mut z = seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
