@@ -163,7 +163,7 @@ pub async fn run(
     let stop = match docker::connect().await {
         Err(e) => Some(Stop::Environment(format!("{} (fix: {})", e.cause, e.fix))),
         Ok(api) => {
-            match docker::gc::collect(&api).await {
+            match docker::gc::collect(&api, false).await {
                 Ok(dead) => {
                     for run in dead {
                         info!(
@@ -175,7 +175,13 @@ pub async fn run(
                 Err(e) => warn!("could not look for leftovers of dead runs: {e:#}"),
             }
             let owner = docker::process_identity();
-            let d = Arc::new(Docker::new(api, &run_id, &scenario.name, &owner));
+            let d = Arc::new(Docker::new(
+                api,
+                &run_id,
+                &scenario.name,
+                &owner,
+                opts.keep != Keep::Never,
+            ));
             engine = Some(d.clone());
             let drill = Drill {
                 scenario,

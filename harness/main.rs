@@ -43,7 +43,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Remove containers, volumes and networks left by drillrig runs that are no longer alive.
+    /// Remove containers, volumes and networks of drillrig runs whose process has exited
+    /// (runs kept with DRILLRIG_KEEP included).
     Gc,
 }
 
@@ -114,7 +115,7 @@ async fn gc() -> u8 {
         Ok(api) => api,
         Err(e) => return environment_error(&e),
     };
-    match docker::gc::collect(&api).await {
+    match docker::gc::collect(&api, true).await {
         Ok(dead) if dead.is_empty() => {
             println!("nothing to remove");
             0

@@ -9,7 +9,7 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
 };
 
-use super::{HOST_LABEL, PID_LABEL, PID_START_LABEL, RUN_LABEL, Removed, remove_run};
+use super::{HOST_LABEL, KEEP_LABEL, PID_LABEL, PID_START_LABEL, RUN_LABEL, Removed, remove_run};
 
 /// The process that owns a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,10 +131,16 @@ async fn remove_where(
     Ok(removed_runs)
 }
 
+/// Whether `gc` may remove the run whose resource carries `labels`: its owner is dead, and it
+/// was not kept for inspection (unless `kept_too`).
+pub fn collectable(labels: &HashMap<String, String>, kept_too: bool) -> bool {
+    !owner_alive(labels) && (kept_too || !labels.contains_key(KEEP_LABEL))
+}
+
 /// Removes the resources of every dead run; returns what went, per run. Resources of live runs
-/// (this one included) stay.
-pub async fn collect(api: &bollard::Docker) -> Result<Vec<DeadRun>> {
-    remove_where(api, |labels| !owner_alive(labels)).await
+/// (this one included) stay, and so do runs kept for inspection unless `kept_too`.
+pub async fn collect(api: &bollard::Docker, kept_too: bool) -> Result<Vec<DeadRun>> {
+    remove_where(api, |labels| collectable(labels, kept_too)).await
 }
 
 /// Removes every run `owner` created (the forced second interrupt).
@@ -194,6 +200,26 @@ mod tests {
             start_ticks: 1,
         };
         assert!(owner_alive(&labels(&stranger)));
+    }
+
+    #[test]
+    fn kept_runs_wait_for_an_explicit_gc() {
+        let mut l = labels(&RunOwner {
+            host: process_identity().host,
+            pid: u32::MAX,
+            start_ticks: 1,
+        });
+        assert!(collectable(&l, false));
+        l.insert(KEEP_LABEL.to_string(), "true".to_string());
+        assert!(
+            !collectable(&l, false),
+            "a later run leaves a kept run alone"
+        );
+        assert!(collectable(&l, true), "`drillrig gc` removes it");
+        assert!(
+            !collectable(&labels(&process_identity()), true),
+            "never a live run"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub const SCENARIO_LABEL: &str = "io.drillrig.scenario";
 pub const HOST_LABEL: &str = "io.drillrig.host";
 pub const PID_LABEL: &str = "io.drillrig.pid";
 pub const PID_START_LABEL: &str = "io.drillrig.pid-start";
+/// Present on runs started with `DRILLRIG_KEEP`: only an explicit `drillrig gc` removes them.
+pub const KEEP_LABEL: &str = "io.drillrig.keep";
 
 /// The engine could not be reached or used: an environment problem (exit 3).
 #[derive(Debug, thiserror::Error)]
@@ -149,14 +151,24 @@ pub struct Docker {
 }
 
 impl Docker {
-    pub fn new(api: bollard::Docker, run_id: &str, scenario: &str, owner: &RunOwner) -> Self {
-        let labels = HashMap::from([
+    /// `keepable`: the run may be kept for inspection, so later runs must not collect it.
+    pub fn new(
+        api: bollard::Docker,
+        run_id: &str,
+        scenario: &str,
+        owner: &RunOwner,
+        keepable: bool,
+    ) -> Self {
+        let mut labels = HashMap::from([
             (RUN_LABEL.to_string(), run_id.to_string()),
             (SCENARIO_LABEL.to_string(), scenario.to_string()),
             (HOST_LABEL.to_string(), owner.host.clone()),
             (PID_LABEL.to_string(), owner.pid.to_string()),
             (PID_START_LABEL.to_string(), owner.start_ticks.to_string()),
         ]);
+        if keepable {
+            labels.insert(KEEP_LABEL.to_string(), "true".to_string());
+        }
         Docker {
             api,
             run_id: run_id.to_string(),
@@ -584,12 +596,13 @@ impl Docker {
 
     /// Removes every container, volume and network carrying this run's id.
     pub async fn teardown(&self) -> Result<Removed> {
-        let removed = remove_run(&self.api, &self.run_id).await;
-        // testcontainers would remove on drop too; everything is gone already.
+        let removed = remove_run(&self.api, &self.run_id).await?;
+        // Everything is gone already; testcontainers need not try again on drop. (On error the
+        // handles stay, and their drop retries the removal.)
         for handle in self.started.lock().expect("not poisoned").drain(..) {
             std::mem::forget(handle);
         }
-        removed
+        Ok(removed)
     }
 
     /// Leaves the run's resources in place for inspection (DRILLRIG_KEEP).

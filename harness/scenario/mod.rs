@@ -276,12 +276,30 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let at = Locator { path, text };
     let deserializer = toml::Deserializer::parse(text).map_err(|e| at.toml_error(None, &e))?;
-    let raw: RawScenario = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = e.path().to_string();
-        let key = (key != ".").then_some(key);
-        at.toml_error(key, e.inner())
-    })?;
+    let raw: RawScenario = serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| at.toml_error(key_path(e.path()), e.inner()))?;
     Validator { at }.scenario(raw)
+}
+
+/// The dotted key path (`targets.pg.objectives.rto`, `faults[0].kind`) of a serde error, without
+/// the wrapper keys of `Spanned` values.
+fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: k } if k.starts_with("$__serde_spanned") => {}
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    (!key.is_empty()).then_some(key)
 }
 
 /// Turns byte spans into `file:line:column` errors.
@@ -317,7 +335,10 @@ impl Locator<'_> {
             file: self.path.to_path_buf(),
             position: e.span().map(|s| self.position(s.start)),
             key,
-            message: e.message().trim().to_string(),
+            message: e
+                .message()
+                .trim()
+                .replace("expected i64", "expected an integer"),
         }
     }
 }
@@ -733,3 +754,6 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const GOOD: &str = r#"schema = 1
+name = "pg-test"
+description = "a test"
+
+[targets.pg]
+kind = "postgres"
+dataset = { fixture = "orders", rows = 500 }
+workload = { rate = 50 }
+backup = { method = "pg-dump", every = "5s" }
+restore = { from = "latest" }
+checks = ["ledger", "row-counts"]
+objectives = { rto = "60s", rpo = "10s", max_lost_writes = 3 }
+
+[[faults]]
+target = "pg"
+kind = "drop-table"
+at = "12s"
+"#;
+
+fn parse_text(text: &str) -> Result<Scenario, ScenarioError> {
+    parse(Path::new("s.toml"), text)
+}
+
+/// The error `GOOD` gives after replacing `from` with `to` (which must occur once).
+fn error_after(from: &str, to: &str) -> String {
+    assert_eq!(GOOD.matches(from).count(), 1, "{from:?} must occur once");
+    parse_text(&GOOD.replacen(from, to, 1))
+        .expect_err("must be rejected")
+        .to_string()
+}
+
+#[test]
+fn a_good_file_becomes_domain_types() {
+    let s = parse_text(GOOD).unwrap();
+    assert_eq!(s.name, "pg-test");
+    assert_eq!(
+        s.duration,
+        Duration::from_secs(17),
+        "last fault + 5s by default"
+    );
+    let t = &s.targets[0];
+    assert_eq!(t.kind, TargetKind::Postgres);
+    assert_eq!(
+        t.dataset,
+        Dataset {
+            fixture: "orders".into(),
+            rows: 500
+        }
+    );
+    assert_eq!(t.rate, 50);
+    assert_eq!(
+        t.backup,
+        Some(BackupSpec {
+            method: BackupMethod::PgDump,
+            every: Duration::from_secs(5)
+        })
+    );
+    assert_eq!(t.restore, RestorePoint::Latest);
+    assert_eq!(t.checks, vec![CheckKind::Ledger, CheckKind::RowCounts]);
+    assert_eq!(
+        t.objectives,
+        Objectives {
+            rto: Duration::from_secs(60),
+            rpo: Duration::from_secs(10),
+            max_lost_writes: Some(3)
+        }
+    );
+    assert_eq!(
+        s.faults,
+        vec![FaultSpec {
+            target: "pg".into(),
+            kind: FaultKind::DropTable,
+            at: Duration::from_secs(12),
+            hold: None,
+            relation: Some("orders".into())
+        }]
+    );
+    assert_eq!(s.timeouts, Timeouts::default());
+}
+
+#[test]
+fn defaults_fill_optional_tables() {
+    let text = "schema = 1\nname = \"x\"\n[targets.db]\nkind = \"postgres\"\nrestore = { from = \"restart\" }\nobjectives = { rto = \"1m\", rpo = \"0s\" }\n";
+    let s = parse_text(text).unwrap();
+    assert_eq!(s.duration, Duration::from_secs(10));
+    assert_eq!(s.targets[0].dataset.rows, 10_000);
+    assert_eq!(s.targets[0].rate, 100);
+    assert!(s.faults.is_empty());
+}
+
+#[test]
+fn timestamps_and_timeouts_parse() {
+    let s = parse_text(
+        &GOOD
+            .replace("from = \"latest\"", "from = \"2026-11-21T10:00:00Z\"")
+            .replace(
+                "[targets.pg]",
+                "[timeouts]\nrestore = \"5m\"\n\n[targets.pg]",
+            ),
+    )
+    .unwrap();
+    assert_eq!(
+        s.targets[0].restore,
+        RestorePoint::At(humantime::parse_rfc3339("2026-11-21T10:00:00Z").unwrap())
+    );
+    assert_eq!(s.timeouts.restore, Duration::from_secs(300));
+}
+
+#[test]
+fn unknown_key() {
+    assert_eq!(
+        error_after(
+            "workload = { rate = 50 }",
+            "workload = { rate = 50, burst = 2 }"
+        ),
+        "s.toml:8:25: targets.pg.workload.burst: unknown field `burst`, expected `rate`"
+    );
+}
+
+#[test]
+fn unknown_top_level_table() {
+    assert_eq!(
+        error_after("[[faults]]", "[chaos]\nx = 1\n\n[[faults]]"),
+        "s.toml:14:2: chaos: unknown field `chaos`, expected one of `schema`, `name`, `description`, `drill`, `timeouts`, `targets`, `faults`"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_eq!(
+        error_after("rows = 500", "rows = \"500\""),
+        "s.toml:7:40: targets.pg.dataset.rows: invalid type: string \"500\", expected an integer"
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_eq!(
+        error_after("rpo = \"10s\"", "rpo = \"10 parsecs\""),
+        "s.toml:12:35: targets.pg.objectives.rpo: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)"
+    );
+}
+
+#[test]
+fn unknown_kind() {
+    let e = error_after("kind = \"drop-table\"", "kind = \"meteor\"");
+    assert!(
+        e.starts_with(
+            "s.toml:16:8: faults[0].kind: unknown variant `meteor`, expected one of `kill`, `pause`"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        error_after("kind = \"postgres\"", "kind = \"mysql\""),
+        "s.toml:6:8: targets.pg.kind: unknown variant `mysql`, expected one of `postgres`, `redis`, `rabbitmq`"
+    );
+}
+
+#[test]
+fn dangling_target() {
+    assert_eq!(
+        error_after("target = \"pg\"", "target = \"db\""),
+        "s.toml:15:10: faults[0].target: no target named \"db\" (targets: pg)"
+    );
+}
+
+#[test]
+fn fault_after_the_drill_ends() {
+    assert_eq!(
+        error_after(
+            "[targets.pg]",
+            "[drill]\nduration = \"10s\"\n\n[targets.pg]"
+        ),
+        "s.toml:20:6: faults[0].at: the fault fires at 12s but the drill ends at 10s (drill.duration)"
+    );
+}
+
+#[test]
+fn impossible_objective() {
+    assert_eq!(
+        error_after("rto = \"60s\"", "rto = \"0s\""),
+        "s.toml:12:22: targets.pg.objectives.rto: an RTO of 0s can never be met: every recovery takes time"
+    );
+}
+
+#[test]
+fn missing_fixture() {
+    assert_eq!(
+        error_after("fixture = \"orders\"", "fixture = \"invoices\""),
+        "s.toml:7:23: targets.pg.dataset.fixture: no postgres fixture named \"invoices\" (fixtures: orders)"
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let e = load(Path::new("/nonexistent/drill.toml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/drill.toml: cannot read the file: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn syntax_error() {
+    assert_eq!(
+        error_after("[targets.pg]", "[targets.pg"),
+        "s.toml:5:12: unclosed table, expected `]`"
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    let e = error_after(
+        "objectives = { rto = \"60s\", rpo = \"10s\", max_lost_writes = 3 }\n",
+        "",
+    );
+    assert_eq!(e, "s.toml:5:1: targets.pg: missing field `objectives`");
+}
+
+#[test]
+fn kind_specific_rules() {
+    assert_eq!(
+        error_after("kind = \"drop-table\"", "kind = \"flushall\""),
+        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `corrupt-data-file`, `drop-table`, `corrupt-backup`, `truncate-backup`)"
+    );
+    assert_eq!(
+        error_after("at = \"12s\"", "at = \"12s\"\nfor = \"1s\""),
+        "s.toml:18:7: faults[0].for: fault `drop-table` does not take `for`"
+    );
+    assert_eq!(
+        error_after("from = \"latest\"", "from = \"restart\""),
+        "s.toml:11:21: targets.pg.checks: check `row-counts` compares with the restored backup, but restore.from is `restart`"
+    );
+    assert_eq!(
+        error_after("backup = { method = \"pg-dump\", every = \"5s\" }\n", ""),
+        "s.toml:9:20: targets.pg.restore.from: restoring from a backup needs a `backup` for this target (or use `restart`)"
+    );
+    assert_eq!(
+        error_after("method = \"pg-dump\"", "method = \"redis-rdb\""),
+        "s.toml:9:21: targets.pg.backup.method: backup method `redis-rdb` is not available for postgres targets (available: `pg-dump`)"
+    );
+    assert_eq!(
+        error_after("schema = 1", "schema = 2"),
+        "s.toml:1:10: schema: unsupported schema version 2 (this drillrig reads schema 1)"
+    );
+    assert_eq!(
+        error_after("name = \"pg-test\"", "name = \"PG Test\""),
+        "s.toml:2:8: name: invalid name \"PG Test\": use lowercase letters, digits and '-' (it names report folders)"
+    );
+}
+
+#[test]
+fn every_shipped_scenario_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut seen = 0;
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                let s = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    path.file_stem().unwrap().to_str().unwrap(),
+                    s.name,
+                    "a scenario file is named after its scenario"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4, "found only {seen} scenarios");
+}
+
+proptest! {
+    /// Byte-level damage to a valid file never panics the parser, and every rejection says
+    /// where in the file the problem is.
+    #[test]
+    fn damaged_files_are_rejected_with_a_position(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(vec!["", "\"", "=", "]", "[", "\n", "x", "0", "-1", "{", "}", ",", "99999999999999999999", "\"5q\""])), 1..4)
+    ) {
+        let mut text = GOOD.to_string();
+        for (at, insert) in edits {
+            let mut i = at.index(text.len() + 1);
+            while !text.is_char_boundary(i) { i -= 1; }
+            let cut = (i + 1).min(text.len());
+            let cut = if text.is_char_boundary(cut) { cut } else { i };
+            text.replace_range(i..cut, insert);
+        }
+        if let Err(e) = parse_text(&text) {
+            prop_assert!(e.position.is_some(), "no position in: {e}");
+            prop_assert!(!e.message.is_empty());
+        }
+    }
+}
