@@ -524,3 +524,65 @@ fn validate_reports_each_bad_file_and_exits_2() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: "));
 }
+
+#[test]
+fn a_second_sigint_forces_removal_at_once() {
+    let _engine = engine();
+    let dir = out_dir("interrupted-twice");
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            repo("scenarios/pg-kill.toml").to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the workload has written, so containers exist.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run_id = loop {
+        let labels = Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                "label=io.drillrig.scenario=pg-kill",
+                "--format",
+                "{{.Label \"io.drillrig.run\"}}",
+            ])
+            .output()
+            .unwrap();
+        let id = String::from_utf8_lossy(&labels.stdout).trim().to_string();
+        if !id.is_empty() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no container appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("interrupted again"));
+    assert_eq!(resources_of(&run_id), Vec::<String>::new());
+}

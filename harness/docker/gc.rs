@@ -9,7 +9,7 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
 };
 
-use super::{HOST_LABEL, KEEP_LABEL, PID_LABEL, PID_START_LABEL, RUN_LABEL, Removed, remove_run};
+use super::{HOST_LABEL, KEEP_LABEL, PID_LABEL, PID_START_LABEL, RUN_LABEL, Removed, sweep};
 
 /// The process that owns a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +124,7 @@ async fn remove_where(
     let mut removed_runs = Vec::new();
     for (run_id, labels) in runs(api).await? {
         if pick(&labels) {
-            let removed = remove_run(api, &run_id).await?;
+            let removed = sweep(api, &run_id).await?;
             removed_runs.push(DeadRun { run_id, removed });
         }
     }

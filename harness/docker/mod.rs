@@ -596,7 +596,7 @@ impl Docker {
 
     /// Removes every container, volume and network carrying this run's id.
     pub async fn teardown(&self) -> Result<Removed> {
-        let removed = remove_run(&self.api, &self.run_id).await?;
+        let removed = sweep(&self.api, &self.run_id).await?;
         // Everything is gone already; testcontainers need not try again on drop. (On error the
         // handles stay, and their drop retries the removal.)
         for handle in self.started.lock().expect("not poisoned").drain(..) {
@@ -621,9 +621,42 @@ pub struct Removed {
     pub networks: usize,
 }
 
+/// Whether a removal error means the resource is already gone (someone else removed it).
+fn gone(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Retries a removal while the engine answers 409 (still in use by a container being removed),
+/// for up to 10 s; a 404 counts as removed.
+async fn remove_with_retry<F, Fut>(what: String, mut remove: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), bollard::errors::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match remove().await {
+            Ok(()) => return Ok(()),
+            Err(e) if gone(&e) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context(what),
+        }
+    }
+}
+
 async fn remove_container(api: &bollard::Docker, id: &str) -> Result<()> {
-    match api
-        .remove_container(
+    remove_with_retry(format!("remove container {id}"), || {
+        api.remove_container(
             id,
             Some(
                 RemoveContainerOptionsBuilder::default()
@@ -632,20 +665,40 @@ async fn remove_container(api: &bollard::Docker, id: &str) -> Result<()> {
                     .build(),
             ),
         )
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("remove container {id}")),
+    })
+    .await
+}
+
+/// [`remove_run`] until a pass finds nothing: a creation that was in flight when the run stopped
+/// (an interrupt drops the request, not the engine's work) is caught by the next pass.
+pub async fn sweep(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
+    let mut total = remove_run(api, run_id).await?;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let more = remove_run(api, run_id).await?;
+        if more == Removed::default() {
+            break;
+        }
+        total.containers += more.containers;
+        total.volumes += more.volumes;
+        total.networks += more.networks;
     }
+    Ok(total)
 }
 
 /// Removes every resource labelled with `run_id`: containers first, then volumes and networks.
+/// Keeps going past a failed removal and reports the first failure at the end; resources that
+/// are already gone count as removed (another sweep may be running).
 pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
     let filter = HashMap::from([("label", vec![format!("{RUN_LABEL}={run_id}")])]);
     let mut removed = Removed::default();
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut note = |r: Result<()>, count: &mut usize| match r {
+        Ok(()) => *count += 1,
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    };
     let containers = api
         .list_containers(Some(
             ListContainersOptionsBuilder::default()
@@ -655,11 +708,8 @@ pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> 
         ))
         .await
         .context("list the run's containers")?;
-    for c in containers {
-        if let Some(id) = c.id {
-            remove_container(api, &id).await?;
-            removed.containers += 1;
-        }
+    for id in containers.into_iter().filter_map(|c| c.id) {
+        note(remove_container(api, &id).await, &mut removed.containers);
     }
     let volumes = api
         .list_volumes(Some(
@@ -670,10 +720,11 @@ pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> 
         .await
         .context("list the run's volumes")?;
     for v in volumes.volumes.unwrap_or_default() {
-        api.remove_volume(&v.name, None::<RemoveVolumeOptions>)
-            .await
-            .with_context(|| format!("remove volume {}", v.name))?;
-        removed.volumes += 1;
+        let r = remove_with_retry(format!("remove volume {}", v.name), || {
+            api.remove_volume(&v.name, None::<RemoveVolumeOptions>)
+        })
+        .await;
+        note(r, &mut removed.volumes);
     }
     let networks = api
         .list_networks(Some(
@@ -683,13 +734,12 @@ pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> 
         ))
         .await
         .context("list the run's networks")?;
-    for n in networks {
-        if let Some(id) = n.id {
-            api.remove_network(&id)
-                .await
-                .with_context(|| format!("remove network {}", n.name.unwrap_or_default()))?;
-            removed.networks += 1;
-        }
+    for id in networks.into_iter().filter_map(|n| n.id) {
+        let r = remove_with_retry(format!("remove network {id}"), || api.remove_network(&id)).await;
+        note(r, &mut removed.networks);
     }
-    Ok(removed)
+    match first_error {
+        None => Ok(removed),
+        Some(e) => Err(e),
+    }
 }
