@@ -4,12 +4,11 @@
 //! so an interrupted or failed run still reports how far it got.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::{join_all, try_join_all};
+use futures::future::try_join_all;
 use rand::RngExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -64,16 +63,37 @@ pub struct RunResult {
     pub report: Report,
     pub dir: PathBuf,
     pub exit_code: i32,
+    /// What ended the run early, and how to fix it when the environment did.
+    pub error: Option<String>,
+    pub fix: Option<String>,
 }
 
 /// Why a drill stopped before its end.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Stop {
     /// The environment failed (engine, image, disk): exit 3.
-    Environment(String),
+    Environment(docker::EnvironmentError),
     /// A step failed or overran its timeout: exit 1.
     Step(String),
     Interrupted,
+}
+
+impl Stop {
+    fn environment(cause: String, fix: impl Into<String>) -> Stop {
+        Stop::Environment(docker::EnvironmentError {
+            cause,
+            fix: fix.into(),
+        })
+    }
+
+    /// The line the report and the terminal show.
+    fn message(&self) -> String {
+        match self {
+            Stop::Environment(e) => format!("{} (fix: {})", e.cause, e.fix),
+            Stop::Step(s) => s.clone(),
+            Stop::Interrupted => "interrupted by signal".into(),
+        }
+    }
 }
 
 /// What the run has learned so far.
@@ -147,6 +167,7 @@ pub async fn run(
             fix: "free disk space or choose another folder with --out".into(),
         })
     })?;
+    check_free_space(&dir)?;
     let seed = scenario.seed.unwrap_or_else(|| rand::rng().random());
     info!("run {run_id} of {} into {}", scenario.name, dir.display());
 
@@ -161,7 +182,7 @@ pub async fn run(
 
     let mut engine: Option<Arc<Docker>> = None;
     let stop = match docker::connect().await {
-        Err(e) => Some(Stop::Environment(format!("{} (fix: {})", e.cause, e.fix))),
+        Err(e) => Some(Stop::Environment(e)),
         Ok(api) => {
             match docker::gc::collect(&api, false).await {
                 Ok(dead) => {
@@ -230,7 +251,21 @@ pub async fn run(
         report.timeline = progress.lock().expect("not poisoned").timeline.clone();
         report.duration_ms = clock.millis();
     }
-    report::write(&report, &dir)?;
+    report::write(&report, &dir).map_err(|e| {
+        if host_storage_full(&e) {
+            anyhow::Error::new(docker::EnvironmentError {
+                cause: format!("cannot write the report into {}: {e:#}", dir.display()),
+                fix: "free space there, or write elsewhere with --out or DRILLRIG_REPORTS".into(),
+            })
+        } else {
+            e
+        }
+    })?;
+    let (error, fix) = match &stop {
+        Some(Stop::Environment(e)) => (Some(e.cause.clone()), Some(e.fix.clone())),
+        Some(other) => (Some(other.message()), None),
+        None => (None, None),
+    };
     let exit_code = match (&report.outcome, &stop) {
         (Outcome::Met, _) => 0,
         (Outcome::Missed, _) => 1,
@@ -242,7 +277,34 @@ pub async fn run(
         report,
         dir,
         exit_code,
+        error,
+        fix,
     })
+}
+
+/// Space a run folder needs, in MiB, unless `DRILLRIG_MIN_FREE_MB` says otherwise: backups,
+/// the ledger and the container logs go there.
+const MIN_FREE_MB: u64 = 256;
+
+fn check_free_space(dir: &Path) -> anyhow::Result<()> {
+    let need = std::env::var("DRILLRIG_MIN_FREE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIN_FREE_MB);
+    let st =
+        rustix::fs::statvfs(dir).map_err(|e| anyhow::anyhow!("statvfs {}: {e}", dir.display()))?;
+    let free_mb = st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024);
+    if free_mb < need {
+        return Err(docker::EnvironmentError {
+            cause: format!(
+                "the report folder {} has {free_mb} MiB free; a drill needs at least {need} MiB (backups, ledger, logs)",
+                dir.display()
+            ),
+            fix: "free space there, write elsewhere with --out or DRILLRIG_REPORTS, or lower DRILLRIG_MIN_FREE_MB".into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn empty_report(t: &TargetSpec) -> TargetReport {
@@ -293,11 +355,8 @@ fn build_report(
     let p = progress.lock().expect("not poisoned");
     let targets: Vec<TargetReport> = p.targets.values().cloned().collect();
     let (outcome, error) = match stop {
-        Some(Stop::Interrupted) => (
-            Outcome::Interrupted,
-            Some("interrupted by signal".to_string()),
-        ),
-        Some(Stop::Environment(e)) | Some(Stop::Step(e)) => (Outcome::Error, Some(e.clone())),
+        Some(Stop::Interrupted) => (Outcome::Interrupted, Some(Stop::Interrupted.message())),
+        Some(stop) => (Outcome::Error, Some(stop.message())),
         None if targets.iter().all(TargetReport::met) => (Outcome::Met, None),
         None => (Outcome::Missed, None),
     };
@@ -384,10 +443,26 @@ async fn bounded<T>(
 }
 
 fn classify(step: &str, e: anyhow::Error) -> Stop {
-    match e.downcast_ref::<docker::EnvironmentError>() {
-        Some(env) => Stop::Environment(format!("{step}: {} (fix: {})", env.cause, env.fix)),
-        None => Stop::Step(format!("{step}: {e:#}")),
+    if let Some(env) = e.downcast_ref::<docker::EnvironmentError>() {
+        return Stop::environment(format!("{step}: {}", env.cause), env.fix.clone());
     }
+    if host_storage_full(&e) {
+        return Stop::environment(
+            format!("{step}: the host's report folder is full: {e:#}"),
+            "free space there, or write elsewhere with --out or DRILLRIG_REPORTS",
+        );
+    }
+    Stop::Step(format!("{step}: {e:#}"))
+}
+
+/// Whether `e` comes from a write on the host that found no space left (the report folder): an
+/// environment problem, not a finding about the target.
+fn host_storage_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+        })
+    })
 }
 
 impl Drill<'_> {
@@ -407,12 +482,7 @@ impl Drill<'_> {
                 spec.image.as_deref(),
             )
             .await
-            .map_err(|e| {
-                Stop::Environment(format!(
-                    "target {}: {} (fix: {})",
-                    spec.name, e.cause, e.fix
-                ))
-            })?;
+            .map_err(|e| Stop::environment(format!("target {}: {}", spec.name, e.cause), e.fix))?;
             if let Some(note) = &choice.note {
                 info!("{}: {note}", spec.name);
             }
@@ -500,7 +570,7 @@ impl Drill<'_> {
             workload_start + faults.first().map_or(s.duration, |f| f.at).as_micros() as Micros;
         let catalog = self
             .backups(spec, target, workload_start, backups_until)
-            .await;
+            .await?;
 
         // Faults fire on schedule; probing starts with the first fault that hits the service.
         let (fault_tx, fault_rx) = oneshot::channel::<Micros>();
@@ -570,10 +640,7 @@ impl Drill<'_> {
                         }
                     }
                     Err(stop) => {
-                        record.error = Some(match &stop {
-                            Stop::Environment(e) | Stop::Step(e) => e.clone(),
-                            Stop::Interrupted => "interrupted".into(),
-                        });
+                        record.error = Some(stop.message());
                         self.progress
                             .lock()
                             .expect("not poisoned")
@@ -646,25 +713,29 @@ impl Drill<'_> {
 
         let span = begin(&self.progress, &clock, "verify", Some(name));
         phases.enter(Phase::Verify);
+        let overran = |step: &str| {
+            Stop::Step(format!(
+                "{step} of {name}: did not finish within {} (timeouts.check)",
+                humantime::format_duration(s.timeouts.check)
+            ))
+        };
         let comparison = match tokio::time::timeout(s.timeouts.check, target.read_back()).await {
             Ok(Ok(read)) => Ok(compare(&ledger, &read)),
             Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(_) => Err(format!(
-                "reading back did not finish within {}",
-                humantime::format_duration(s.timeouts.check)
-            )),
+            Err(_) => return Err(overran("reading the workload back")),
         };
         let evidence = Evidence {
             comparison: &comparison,
             backup: restored,
         };
         let target_ref: &dyn Target = target;
-        let results = join_all(
+        let results = try_join_all(
             spec.checks
                 .iter()
                 .map(|&c| checks::run(c, target_ref, &evidence, s.timeouts.check)),
         )
-        .await;
+        .await
+        .map_err(|o| overran(&format!("check {}", o.check)))?;
         let all_passed =
             restore_error.is_none() && results.iter().all(|c| c.status == CheckStatus::Passed);
         let mut recovered = None;
@@ -675,9 +746,7 @@ impl Drill<'_> {
                 Ok(Err(e)) => {
                     rto_note = Some(format!("the fresh write and read-back failed: {e:#}"))
                 }
-                Err(_) => {
-                    rto_note = Some("the fresh write and read-back did not finish in time".into())
-                }
+                Err(_) => return Err(overran("the fresh write and read-back")),
             }
         } else if restore_error.is_some() {
             rto_note = Some("the restore failed".into());
@@ -719,16 +788,19 @@ impl Drill<'_> {
 
     /// Takes backups every `every` from the workload's start until `until`; a backup running at
     /// `until` finishes first (the fault waits for it, and the report shows the delay).
+    ///
+    /// A backup the service refuses is recorded as failed, and the drill goes on (a finding). A
+    /// backup that overruns `timeouts.backup`, or that the host cannot store, ends the drill.
     async fn backups(
         &self,
         spec: &TargetSpec,
         target: &dyn Target,
         start: Micros,
         until: Micros,
-    ) -> Vec<Backup> {
+    ) -> Result<Vec<Backup>, Stop> {
         let mut catalog = Vec::new();
         let Some(plan) = spec.backup else {
-            return catalog;
+            return Ok(catalog);
         };
         let every = plan.every.as_micros() as Micros;
         let mut next = start;
@@ -783,12 +855,20 @@ impl Drill<'_> {
                         catalog.push(backup);
                     }
                 }
+                Ok(Err(e)) if host_storage_full(&e) => {
+                    entry.error = Some(format!("{e:#}"));
+                    update(&self.progress, &spec.name, |t| t.backups.push(entry));
+                    return Err(classify(&format!("backup {id} of {}", spec.name), e));
+                }
                 Ok(Err(e)) => entry.error = Some(format!("{e:#}")),
                 Err(_) => {
-                    entry.error = Some(format!(
-                        "did not finish within {}",
-                        humantime::format_duration(self.scenario.timeouts.backup)
-                    ))
+                    let limit = humantime::format_duration(self.scenario.timeouts.backup);
+                    entry.error = Some(format!("did not finish within {limit}"));
+                    update(&self.progress, &spec.name, |t| t.backups.push(entry));
+                    return Err(Stop::Step(format!(
+                        "backup {id} of {}: did not finish within {limit} (timeouts.backup)",
+                        spec.name
+                    )));
                 }
             }
             if let Some(e) = &entry.error {
@@ -800,7 +880,7 @@ impl Drill<'_> {
                 next += every;
             }
         }
-        catalog
+        Ok(catalog)
     }
 
     /// Runs the restore the scenario asks for. `Ok((backup used, restore error))`; `Err` only
@@ -870,27 +950,27 @@ impl Drill<'_> {
             .map(|c| c.lost.iter().copied().collect())
             .unwrap_or_default();
         let write = || -> anyhow::Result<()> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(self.dir.join(&name))?);
-            writeln!(out, "seq,invoked_ms,completed_ms,outcome,lost")?;
-            for w in ledger.writes() {
-                // Only acknowledged writes can be lost.
-                let lost = match (w.outcome, comparison.is_ok()) {
-                    (workload::Outcome::Ok, false) => "unknown",
-                    (workload::Outcome::Ok, true) if lost.contains(&w.seq) => "yes",
-                    (workload::Outcome::Ok, true) => "no",
-                    _ => "",
-                };
-                writeln!(
-                    out,
-                    "{},{:.3},{:.3},{},{lost}",
-                    w.seq,
-                    w.invoked as f64 / 1e3,
-                    w.completed as f64 / 1e3,
-                    w.outcome.as_str()
-                )?;
-            }
-            out.flush()?;
-            Ok(())
+            report::write_atomically_with(&self.dir.join(&name), |out| {
+                writeln!(out, "seq,invoked_ms,completed_ms,outcome,lost")?;
+                for w in ledger.writes() {
+                    // Only acknowledged writes can be lost.
+                    let lost = match (w.outcome, comparison.is_ok()) {
+                        (workload::Outcome::Ok, false) => "unknown",
+                        (workload::Outcome::Ok, true) if lost.contains(&w.seq) => "yes",
+                        (workload::Outcome::Ok, true) => "no",
+                        _ => "",
+                    };
+                    writeln!(
+                        out,
+                        "{},{:.3},{:.3},{},{lost}",
+                        w.seq,
+                        w.invoked as f64 / 1e3,
+                        w.completed as f64 / 1e3,
+                        w.outcome.as_str()
+                    )?;
+                }
+                Ok(())
+            })
         };
         match write() {
             Ok(()) => Some(name),

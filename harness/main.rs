@@ -53,6 +53,10 @@ const EXIT_ENVIRONMENT: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    // A bug shows as one line, not a backtrace; the exit code is 101 as for any panic.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("internal error (a drillrig bug; please report it): {info}");
+    }));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -183,6 +187,12 @@ async fn run(path: PathBuf, out: Option<PathBuf>, images: Vec<String>, reports: 
         Ok(result) => {
             print!("{}", report::terminal(&result.report));
             println!("report: {}", result.dir.join("report.json").display());
+            if let Some(error) = &result.error {
+                eprintln!("error: {error}");
+            }
+            if let Some(fix) = &result.fix {
+                eprintln!("  fix: {fix}");
+            }
             result.exit_code as u8
         }
         Err(e) => match e.downcast_ref::<EnvironmentError>() {

@@ -72,13 +72,21 @@ pub struct Evidence<'a> {
     pub backup: Option<&'a Backup>,
 }
 
+/// A check that did not finish within its timeout: the drill ends as `error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("check {check} did not finish within {}", humantime::format_duration(*.limit))]
+pub struct Overran {
+    pub check: CheckKind,
+    pub limit: Duration,
+}
+
 /// Runs `check` against the restored `target`, bounded by `limit`.
 pub async fn run(
     check: CheckKind,
     target: &dyn Target,
     evidence: &Evidence<'_>,
     limit: Duration,
-) -> CheckResult {
+) -> Result<CheckResult, Overran> {
     let started = tokio::time::Instant::now();
     let work = async {
         match check {
@@ -116,18 +124,11 @@ pub async fn run(
             CheckKind::ForeignKeys | CheckKind::Amcheck => target.check(check).await,
         }
     };
-    let mut result = match tokio::time::timeout(limit, work).await {
-        Ok(r) => r,
-        Err(_) => CheckResult::unknown(
-            check,
-            format!(
-                "did not finish within {}",
-                humantime::format_duration(limit)
-            ),
-        ),
-    };
+    let mut result = tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| Overran { check, limit })?;
     result.duration_ms = started.elapsed().as_millis() as u64;
-    result
+    Ok(result)
 }
 
 fn ledger(comparison: &Result<Comparison, String>) -> CheckResult {

@@ -254,10 +254,18 @@ impl Docker {
         if let Some(hostname) = &spec.hostname {
             request = request.with_hostname(hostname);
         }
-        let started = request
-            .start()
-            .await
-            .with_context(|| format!("start container {} from {}", spec.name, spec.image))?;
+        let started = request.start().await.map_err(|e| {
+            let text = format!("{e:#}");
+            let exhausted = ["address already in use", "port is already allocated", "all ports are allocated"];
+            if exhausted.iter().any(|m| text.contains(m)) {
+                anyhow::Error::new(EnvironmentError {
+                    cause: format!("no free port on 127.0.0.1 to publish port {port} of {}: {text}", spec.name),
+                    fix: "free host ports (other services; leftovers of dead runs: drillrig gc), or widen net.ipv4.ip_local_port_range".into(),
+                })
+            } else {
+                anyhow::Error::new(e).context(format!("start container {} from {}", spec.name, spec.image))
+            }
+        })?;
         let container = Container {
             id: started.id().to_string(),
             name: spec.name.clone(),

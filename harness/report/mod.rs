@@ -249,14 +249,28 @@ pub struct WorkloadReport {
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename: readers see
 /// the old file or the whole new one, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// Like [`write_atomically`], with the content streamed by `fill` (buffered).
+pub fn write_atomically_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
     use std::io::Write as _;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
+    let mut out = std::io::BufWriter::new(tmp);
+    fill(&mut out).with_context(|| format!("write {}", path.display()))?;
+    out.flush()
+        .with_context(|| format!("write {}", path.display()))?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| e.into_error())
         .with_context(|| format!("write {}", path.display()))?;
     tmp.as_file()
         .sync_all()

@@ -302,6 +302,54 @@ fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
+/// The key a syntax error sits at, read from the text: the enclosing table header (arrays of
+/// tables counted, `faults[2]`) and the key of the line, e.g. `targets.pg.objectives`. At the top
+/// of the file, before any key: `(document)`.
+fn key_near(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text[..line_start].lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let own = if line.starts_with('[') {
+        // The error is in a header: name the table it opens (or the one before it).
+        let opened = line
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        if let Some(name) = opened {
+            return name.to_string();
+        }
+        None
+    } else {
+        line.split('=')
+            .next()
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && !k.starts_with('#') && line.contains('='))
+    };
+    match (table.is_empty(), own) {
+        (true, Some(k)) => k.to_string(),
+        (false, Some(k)) => format!("{table}.{k}"),
+        (false, None) => table,
+        (true, None) => "(document)".to_string(),
+    }
+}
+
 /// Turns byte spans into `file:line:column` errors.
 struct Locator<'a> {
     path: &'a Path,
@@ -331,10 +379,18 @@ impl Locator<'_> {
     }
 
     fn toml_error(&self, key: Option<String>, e: &toml::de::Error) -> ScenarioError {
+        let offset = e.span().map_or(self.text.len(), |s| s.start);
         ScenarioError {
             file: self.path.to_path_buf(),
-            position: e.span().map(|s| self.position(s.start)),
-            key,
+            position: Some(self.position(offset)),
+            key: key
+                .or_else(|| {
+                    e.message()
+                        .strip_prefix("missing field `")
+                        .and_then(|m| m.split('`').next())
+                        .map(String::from)
+                })
+                .or_else(|| Some(key_near(self.text, offset))),
             message: e
                 .message()
                 .trim()

@@ -211,7 +211,7 @@ fn unreadable_file() {
 fn syntax_error() {
     assert_eq!(
         error_after("[targets.pg]", "[targets.pg"),
-        "s.toml:5:12: unclosed table, expected `]`"
+        "s.toml:5:12: targets.pg: unclosed table, expected `]`"
     );
 }
 
@@ -280,24 +280,167 @@ fn every_shipped_scenario_validates() {
     assert!(seen >= 4, "found only {seen} scenarios");
 }
 
-proptest! {
-    /// Byte-level damage to a valid file never panics the parser, and every rejection says
-    /// where in the file the problem is.
-    #[test]
-    fn damaged_files_are_rejected_with_a_position(
-        edits in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(vec!["", "\"", "=", "]", "[", "\n", "x", "0", "-1", "{", "}", ",", "99999999999999999999", "\"5q\""])), 1..4)
-    ) {
-        let mut text = GOOD.to_string();
-        for (at, insert) in edits {
-            let mut i = at.index(text.len() + 1);
-            while !text.is_char_boundary(i) { i -= 1; }
-            let cut = (i + 1).min(text.len());
-            let cut = if text.is_char_boundary(cut) { cut } else { i };
-            text.replace_range(i..cut, insert);
+/// The shipped scenarios, as `(path, text)`.
+fn shipped() -> Vec<(std::path::PathBuf, String)> {
+    let mut files = Vec::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                files.push((path, text));
+            }
         }
-        if let Err(e) = parse_text(&text) {
-            prop_assert!(e.position.is_some(), "no position in: {e}");
-            prop_assert!(!e.message.is_empty());
+    }
+    files.sort();
+    files
+}
+
+/// One random edit of a scenario file.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// Replace the bytes at `at..at+len` (clamped to char boundaries) with `with`.
+    Splice {
+        at: prop::sample::Index,
+        len: usize,
+        with: String,
+    },
+    /// Replace a whole line.
+    Line {
+        line: prop::sample::Index,
+        with: String,
+    },
+    /// Duplicate a line.
+    Duplicate { line: prop::sample::Index },
+    /// Swap two lines.
+    Swap {
+        a: prop::sample::Index,
+        b: prop::sample::Index,
+    },
+}
+
+/// Fragments that make syntax errors, type errors and every class of semantic error likely.
+const FRAGMENTS: &[&str] = &[
+    "",
+    "\"",
+    "=",
+    "]",
+    "[",
+    "[[",
+    "]]",
+    "\n",
+    "{",
+    "}",
+    ",",
+    "#",
+    "x",
+    "0",
+    "-1",
+    "1.5",
+    "true",
+    "99999999999999999999",
+    "\"5q\"",
+    "\"0s\"",
+    "\"99h\"",
+    "\"restart\"",
+    "\"nope\"",
+    "kind = \"redis\"",
+    "kind = \"meteor\"",
+    "kind = \"pause\"",
+    "target = \"ghost\"",
+    "at = \"0s\"",
+    "at = \"1h\"",
+    "rto = \"0s\"",
+    "for = \"2s\"",
+    "relation = \"orders\"",
+    "fixture = \"none\"",
+    "rows = 0",
+    "rate = -5",
+    "checks = [\"row-counts\"]",
+    "from = \"2026-13-45T99:00:00Z\"",
+    "method = \"redis-rdb\"",
+    "[drill]\nduration = \"1s\"",
+    "[timeouts]\nseed = \"0s\"",
+    "[[faults]]\ntarget = \"pg\"\nkind = \"kill\"\nat = \"1s\"",
+    "schema = 2",
+    "name = \"Bad Name\"",
+    "max_lost_writes = -1",
+    "unknown = 1",
+    "[targets.pg]",
+    "[targets.x]\nkind = \"postgres\"",
+    "\u{e9}",
+    "\u{1F4A5}",
+];
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let fragment = || prop::sample::select(FRAGMENTS).prop_map(String::from);
+    prop_oneof![
+        (any::<prop::sample::Index>(), 0usize..8, fragment())
+            .prop_map(|(at, len, with)| Edit::Splice { at, len, with }),
+        (any::<prop::sample::Index>(), fragment())
+            .prop_map(|(line, with)| Edit::Line { line, with }),
+        any::<prop::sample::Index>().prop_map(|line| Edit::Duplicate { line }),
+        (any::<prop::sample::Index>(), any::<prop::sample::Index>())
+            .prop_map(|(a, b)| Edit::Swap { a, b }),
+    ]
+}
+
+fn apply(text: &str, edit: &Edit) -> String {
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    match edit {
+        Edit::Splice { at, len, with } => {
+            let mut start = at.index(text.len() + 1);
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = (start + len).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut t = text.to_string();
+            t.replace_range(start..end, with);
+            return t;
+        }
+        Edit::Line { line, with } if !lines.is_empty() => {
+            let i = line.index(lines.len());
+            lines[i] = with.clone();
+        }
+        Edit::Duplicate { line } if !lines.is_empty() => {
+            let i = line.index(lines.len());
+            let l = lines[i].clone();
+            lines.insert(i, l);
+        }
+        Edit::Swap { a, b } if !lines.is_empty() => {
+            let (a, b) = (a.index(lines.len()), b.index(lines.len()));
+            lines.swap(a, b);
+        }
+        _ => {}
+    }
+    lines.join("\n")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random edits of the shipped scenarios never panic the parser, and every rejection names
+    /// the file, a line and column, and a key.
+    #[test]
+    fn mutated_scenarios_are_rejected_with_file_line_and_key(
+        which in any::<prop::sample::Index>(),
+        edits in prop::collection::vec(edit(), 1..4),
+    ) {
+        thread_local!(static SHIPPED: Vec<(std::path::PathBuf, String)> = shipped());
+        let (path, text) = SHIPPED.with(|s| s[which.index(s.len())].clone());
+        let mutated = edits.iter().fold(text, |t, e| apply(&t, e));
+        if let Err(e) = parse(&path, &mutated) {
+            let shown = e.to_string();
+            prop_assert!(shown.starts_with(&path.display().to_string()), "no file in: {shown}");
+            prop_assert!(e.position.is_some(), "no line in: {shown}");
+            prop_assert!(e.key.as_deref().is_some_and(|k| !k.is_empty()), "no key in: {shown}");
+            prop_assert!(!e.message.is_empty(), "no message in: {shown}");
         }
     }
 }

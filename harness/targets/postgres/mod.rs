@@ -189,7 +189,9 @@ impl Postgres {
             port: PORT,
             volume: Some((volume, PGDATA.into())),
             hostname: None,
-            startup_timeout: self.env.timeouts.provision,
+            // The drill bounds the whole provision step; this only keeps testcontainers from
+            // giving up first.
+            startup_timeout: self.env.timeouts.provision + Duration::from_secs(60),
         };
         let container = self.env.docker.start(&spec).await?;
         self.current = Some(container);

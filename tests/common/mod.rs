@@ -1,0 +1,257 @@
+//! Helpers shared by the integration tests: run the real `drillrig` binary, read what a user
+//! reads (report.json, the ledger CSV), and ask the engine what is left.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_drillrig");
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A fresh output folder for one test, kept after the run for inspection.
+pub fn out_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("drills")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Drills run one at a time: each `drillrig run` starts with a gc of dead runs, which would race
+/// with a test inspecting a kept or crashed run, and concurrent drills would skew each other's
+/// timings.
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn engine() -> std::sync::MutexGuard<'static, ()> {
+    require_docker();
+    ENGINE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "no Docker engine answers: these tests need one (run fixtures/env/prepare.sh as root)"
+    );
+}
+
+pub struct Run {
+    pub output: Output,
+    pub dir: PathBuf,
+    pub report: Value,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn target(&self) -> &Value {
+        &self.report["targets"][0]
+    }
+
+    pub fn run_id(&self) -> &str {
+        self.report["run_id"].as_str().unwrap()
+    }
+
+    pub fn check(&self, name: &str) -> &str {
+        self.target()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name} in {}", self.target()["checks"]))["status"]
+            .as_str()
+            .unwrap()
+    }
+
+    /// `(seq, completed_ms, outcome, lost)` per ledger row.
+    pub fn ledger(&self) -> Vec<(u64, f64, String, String)> {
+        let text = std::fs::read_to_string(self.dir.join("ledger-pg.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].to_string(),
+                    f[4].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn debug(&self) -> String {
+        format!(
+            "exit {:?}\nstderr:\n{}\nstdout:\n{}",
+            self.code(),
+            self.stderr(),
+            self.stdout()
+        )
+    }
+}
+
+pub fn read_report(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("report.json"))
+        .unwrap_or_else(|e| panic!("no report.json in {}: {e}", dir.display()));
+    serde_json::from_str(&text).expect("report.json parses")
+}
+
+/// Runs a drill to its end; the caller holds [`engine`].
+pub fn drill(scenario: &str, test: &str, env: &[(&str, &str)]) -> Run {
+    drill_with(scenario, test, env, &[])
+}
+
+pub fn drill_with(scenario: &str, test: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let dir = out_dir(test);
+    let output = Command::new(BIN)
+        .args([
+            "run",
+            repo(scenario).to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run drillrig");
+    let report = std::fs::read_to_string(dir.join("report.json"))
+        .map(|t| serde_json::from_str(&t).expect("report.json parses"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no report.json ({e}):\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    Run {
+        output,
+        dir,
+        report,
+    }
+}
+
+/// Starts a drill in the background; the caller holds [`engine`].
+pub fn spawn_drill(scenario: &str, dir: &Path) -> Child {
+    Command::new(BIN)
+        .args([
+            "run",
+            repo(scenario).to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `ready` holds, failing after `limit` or when `child` ends first.
+pub fn wait_until(child: &mut Child, limit: Duration, what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the drill ended before {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The run id of the running drill of `scenario` (from its containers' labels), if any.
+pub fn running_run_id(scenario: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=io.drillrig.scenario={scenario}"),
+            "--format",
+            "{{.Label \"io.drillrig.run\"}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(String::from)
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Names of the engine's containers, volumes and networks labelled with `run_id`.
+pub fn resources_of(run_id: &str) -> Vec<String> {
+    let label = format!("label=io.drillrig.run={run_id}");
+    let mut found = Vec::new();
+    for (what, format) in [
+        ("container", "{{.Names}}"),
+        ("volume", "{{.Name}}"),
+        ("network", "{{.Name}}"),
+    ] {
+        let mut args = vec![what, "ls", "--filter", &label, "--format", format];
+        if what == "container" {
+            args.insert(2, "-a");
+        }
+        let out = Command::new("docker").args(&args).output().unwrap();
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("{what} {l}")),
+        );
+    }
+    found
+}
+
+pub fn assert_no_leftovers(run_id: &str) {
+    assert_eq!(
+        resources_of(run_id),
+        Vec::<String>::new(),
+        "run {run_id} left resources behind"
+    );
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
