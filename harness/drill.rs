@@ -25,7 +25,7 @@ use crate::report::{
     TargetReport, WorkloadReport,
 };
 use crate::scenario::{RestorePoint, Scenario, TargetSpec};
-use crate::targets::{self, Target, TargetEnv};
+use crate::targets::{self, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv};
 use crate::workload::{self, Ledger, Micros, ledger::compare};
 
 /// When to leave a run's containers in place for inspection (`DRILLRIG_KEEP`).
@@ -168,6 +168,9 @@ pub async fn run(
         })
     })?;
     check_free_space(&dir)?;
+    // Containers mount parts of the run folder: it must be absolute.
+    let dir = std::fs::canonicalize(&dir)
+        .map_err(|e| anyhow::anyhow!("resolve {}: {e}", dir.display()))?;
     let seed = scenario.seed.unwrap_or_else(|| rand::rng().random());
     info!("run {run_id} of {} into {}", scenario.name, dir.display());
 
@@ -202,6 +205,7 @@ pub async fn run(
                 &scenario.name,
                 &owner,
                 opts.keep != Keep::Never,
+                dir.join("logs"),
             ));
             engine = Some(d.clone());
             let drill = Drill {
@@ -224,7 +228,7 @@ pub async fn run(
     let mut report = build_report(scenario, &run_id, seed, &clock, &progress, stop.as_ref());
     if let Some(d) = engine {
         let span = begin(&progress, &clock, "teardown", None);
-        collect_logs(&d, &dir.join("logs")).await;
+        d.save_logs().await;
         let keep = match opts.keep {
             Keep::Always => true,
             Keep::OnFailure => report.outcome != Outcome::Met,
@@ -378,41 +382,12 @@ fn build_report(
     }
 }
 
-async fn collect_logs(d: &Docker, dir: &Path) {
-    let containers = d.started();
-    if containers.is_empty() {
-        return;
-    }
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        warn!("cannot create {}: {e}", dir.display());
-        return;
-    }
-    for id in containers {
-        let name = d
-            .api()
-            .inspect_container(
-                &id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .ok()
-            .and_then(|i| i.name);
-        let name = name.map_or(id.clone(), |n| n.trim_start_matches('/').to_string());
-        let c = docker::Container {
-            id,
-            name: name.clone(),
-            port: 0,
-        };
-        match tokio::time::timeout(Duration::from_secs(30), d.logs(&c)).await {
-            Ok(Ok(bytes)) => {
-                if let Err(e) = std::fs::write(dir.join(format!("{name}.log")), bytes) {
-                    warn!("cannot write the log of {name}: {e}");
-                }
-            }
-            Ok(Err(e)) => warn!("cannot read the log of {name}: {e:#}"),
-            Err(_) => warn!("reading the log of {name} took over 30s; skipped"),
-        }
-    }
+/// What `Drill::restore` did: the backup it used, what the service reached, and the error
+/// that stopped it (a finding, not a stop of the drill).
+struct RestoreOutcome<'c> {
+    backup: Option<&'c Backup>,
+    restored: Restored,
+    error: Option<String>,
 }
 
 struct Drill<'a> {
@@ -494,6 +469,7 @@ impl Drill<'_> {
                 seed: self.seed,
                 clock: self.clock,
                 timeouts: s.timeouts,
+                repository: self.repo.root().join(&spec.name),
             };
             update(&self.progress, &spec.name, |t| t.image = Some(choice));
             targets.push((spec.clone(), targets::build(env)));
@@ -589,11 +565,25 @@ impl Drill<'_> {
         let injections = async {
             let mut fault_tx = Some(fault_tx);
             let mut t_fault = None;
+            let mut recovery_point = None;
             for f in &faults {
                 tokio::time::sleep_until(
                     clock.instant_at(workload_start + f.at.as_micros() as Micros),
                 )
                 .await;
+                if !f.kind.is_latent() && t_fault.is_none() && spec.restore != RestorePoint::Restart
+                {
+                    // The point `before-fault` restores to: the last moment the target was whole.
+                    recovery_point = bounded(
+                        &format!("capture the recovery point of {name}"),
+                        s.timeouts.fault,
+                        target.recovery_point(),
+                    )
+                    .await?;
+                    update(&self.progress, name, |t| {
+                        t.restore.recovery_point = recovery_point.clone()
+                    });
+                }
                 let span = begin(
                     &self.progress,
                     &clock,
@@ -650,10 +640,10 @@ impl Drill<'_> {
                     }
                 }
             }
-            Ok::<_, Stop>(t_fault)
+            Ok::<_, Stop>((t_fault, recovery_point))
         };
-        let (t_fault, detection) = tokio::join!(injections, detection);
-        let t_fault = t_fault?;
+        let (injected, detection) = tokio::join!(injections, detection);
+        let (t_fault, recovery_point) = injected?;
         if t_fault.is_none() {
             // No fault hit the service: a restore test, measured from the restore's start.
             tokio::time::sleep_until(
@@ -703,12 +693,23 @@ impl Drill<'_> {
 
         let span = begin(&self.progress, &clock, "restore", Some(name));
         let mut phases = Phases::new(clock, Phase::Detect, t_fault);
-        let (restored, restore_error) = self
-            .restore(spec, target, &catalog, t_fault, &mut phases)
+        let outcome = self
+            .restore(
+                spec,
+                target,
+                &catalog,
+                t_fault,
+                recovery_point.as_ref(),
+                &mut phases,
+            )
             .await?;
         end(&self.progress, &clock, span);
+        let (restored, restore_error) = (outcome.backup, outcome.error);
         if let Some(e) = &restore_error {
             warn!("{name}: restore failed: {e}");
+        }
+        if let Some(note) = &outcome.restored.note {
+            warn!("{name}: {note}");
         }
 
         let span = begin(&self.progress, &clock, "verify", Some(name));
@@ -727,6 +728,9 @@ impl Drill<'_> {
         let evidence = Evidence {
             comparison: &comparison,
             backup: restored,
+            catalog: &catalog,
+            t_fault,
+            rpo_objective: spec.objectives.rpo,
         };
         let target_ref: &dyn Target = target;
         let results = try_join_all(
@@ -765,7 +769,11 @@ impl Drill<'_> {
 
         let end_of_phases = recovered.unwrap_or_else(|| clock.micros());
         let ledger_file = self.write_ledger(name, &ledger, &comparison);
-        let rpo = rpo_report(spec, &ledger, &comparison, t_fault, workload_start);
+        let mut rpo = rpo_report(spec, &ledger, &comparison, t_fault, workload_start);
+        if let (false, Some(note)) = (rpo.met, &outcome.restored.note) {
+            // Damage to the backup chain is the reason the RPO was missed.
+            rpo.note = Some(rpo.note.map_or(note.clone(), |n| format!("{n}; {note}")));
+        }
         let rto_achieved = recovered.map(|r| (r - t_fault) / 1000);
         update(&self.progress, name, |t| {
             t.rto.phases = report::Phases::from_durations(&phases.durations(end_of_phases));
@@ -777,6 +785,9 @@ impl Drill<'_> {
             t.checks = results;
             t.restore.backup_id = restored.map(|b| b.id);
             t.restore.error = restore_error;
+            t.restore.recovery_target = outcome.restored.recovery_target.clone();
+            t.restore.reached = outcome.restored.reached.clone();
+            t.restore.note = outcome.restored.note.clone();
             t.workload.ledger_file = ledger_file;
         });
         match rto_achieved {
@@ -838,6 +849,7 @@ impl Drill<'_> {
                         artefacts: taken.artefacts,
                         contents: taken.contents,
                         max_seq: taken.max_seq,
+                        details: taken.details,
                     };
                     if let Err(e) = self.repo.record(&backup) {
                         entry.error = Some(format!("write the manifest: {e:#}"));
@@ -891,48 +903,75 @@ impl Drill<'_> {
         target: &mut dyn Target,
         catalog: &'c [Backup],
         t_fault: Micros,
+        recovery_point: Option<&RecoveryPoint>,
         phases: &mut Phases,
-    ) -> Result<(Option<&'c Backup>, Option<String>), Stop> {
+    ) -> Result<RestoreOutcome<'c>, Stop> {
         let limit = self.scenario.timeouts.restore;
         let step = format!("restore {}", spec.name);
+        let overran = || {
+            Stop::Step(format!(
+                "{step}: did not finish within {} (timeouts.restore)",
+                humantime::format_duration(limit)
+            ))
+        };
         let chosen = match spec.restore {
             RestorePoint::Restart => {
                 phases.enter(Phase::Restore);
-                return match tokio::time::timeout(limit, target.restart(limit)).await {
-                    Ok(Ok(())) => Ok((None, None)),
-                    Ok(Err(e)) => Ok((None, Some(format!("{e:#}")))),
-                    Err(_) => Err(Stop::Step(format!(
-                        "{step}: did not finish within {}",
-                        humantime::format_duration(limit)
-                    ))),
+                let error = match tokio::time::timeout(limit, target.restart(limit)).await {
+                    Ok(r) => r.err().map(|e| format!("{e:#}")),
+                    Err(_) => return Err(overran()),
                 };
+                let restored = Restored {
+                    recovery_target: Some("crash recovery in place".into()),
+                    ..Restored::default()
+                };
+                return Ok(RestoreOutcome {
+                    backup: None,
+                    restored,
+                    error,
+                });
             }
             RestorePoint::Latest => catalog.last(),
             RestorePoint::BeforeFault => catalog
                 .iter()
                 .rev()
                 .find(|b| b.finished_ms * 1000 <= t_fault),
+            // A backup restores to a time only once it has completed by then (a base backup
+            // cannot stop recovery before its own end).
             RestorePoint::At(when) => catalog
                 .iter()
                 .rev()
-                .find(|b| self.clock.wall_at(b.consistent_at_us) <= when),
+                .find(|b| self.clock.wall_at(b.finished_ms * 1000) <= when),
         };
         let Some(backup) = chosen else {
-            return Ok((
-                None,
-                Some(format!(
-                    "no completed backup matches `{}`",
-                    restore_label(spec.restore)
-                )),
-            ));
+            let error = format!(
+                "no completed backup matches `{}`",
+                restore_label(spec.restore)
+            );
+            return Ok(RestoreOutcome {
+                backup: None,
+                restored: Restored::default(),
+                error: Some(error),
+            });
         };
-        match tokio::time::timeout(limit, target.restore(backup, phases)).await {
-            Ok(Ok(())) => Ok((Some(backup), None)),
-            Ok(Err(e)) => Ok((Some(backup), Some(format!("{e:#}")))),
-            Err(_) => Err(Stop::Step(format!(
-                "{step}: did not finish within {}",
-                humantime::format_duration(limit)
-            ))),
+        let request = RestoreRequest {
+            backup,
+            point: spec.restore,
+            recovery_point,
+            catalog,
+        };
+        match tokio::time::timeout(limit, target.restore(&request, phases)).await {
+            Ok(Ok(restored)) => Ok(RestoreOutcome {
+                backup: Some(backup),
+                restored,
+                error: None,
+            }),
+            Ok(Err(e)) => Ok(RestoreOutcome {
+                backup: Some(backup),
+                restored: Restored::default(),
+                error: Some(format!("{e:#}")),
+            }),
+            Err(_) => Err(overran()),
         }
     }
 

@@ -32,6 +32,13 @@ pub struct Artefact {
     pub sha256: String,
 }
 
+impl Artefact {
+    /// WAL carried inside a base backup.
+    pub fn is_wal(&self) -> bool {
+        self.file.contains("pg_wal/")
+    }
+}
+
 /// What a target reports about a backup it took.
 #[derive(Debug, Clone)]
 pub struct Taken {
@@ -42,6 +49,8 @@ pub struct Taken {
     pub contents: Contents,
     /// The newest workload seq the backup holds.
     pub max_seq: Option<u64>,
+    /// What only this method knows (start and end LSN of a base backup, …).
+    pub details: serde_json::Value,
 }
 
 /// A completed backup, as recorded in its manifest.
@@ -58,6 +67,8 @@ pub struct Backup {
     pub artefacts: Vec<Artefact>,
     pub contents: Contents,
     pub max_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
 }
 
 impl Backup {
@@ -65,9 +76,22 @@ impl Backup {
         self.artefacts.iter().map(|a| a.size).sum()
     }
 
-    /// The artefact a damaging fault aims at: the largest one.
+    /// The size of the data itself: WAL a base backup carries along is left out, since its
+    /// size follows segment boundaries rather than the data.
+    pub fn data_size(&self) -> u64 {
+        self.artefacts
+            .iter()
+            .filter(|a| !a.is_wal())
+            .map(|a| a.size)
+            .sum()
+    }
+
+    /// The artefact a damaging fault aims at: the largest data file.
     pub fn main_artefact(&self) -> Option<&Artefact> {
-        self.artefacts.iter().max_by_key(|a| a.size)
+        self.artefacts
+            .iter()
+            .filter(|a| !a.is_wal())
+            .max_by_key(|a| a.size)
     }
 
     /// Recomputes each artefact's sha256; returns the artefacts that no longer match.
@@ -97,6 +121,10 @@ pub struct Repository {
 impl Repository {
     pub fn new(root: PathBuf) -> Self {
         Repository { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Creates and returns the folder for backup `id` of `target`.
@@ -156,6 +184,7 @@ mod tests {
             }],
             contents: Contents::new(),
             max_seq: None,
+            details: serde_json::Value::Null,
         };
         assert!(backup.verify().unwrap().is_empty());
         std::fs::write(dir.path().join("dump"), b"hello backuq").unwrap();

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::backup::{Backup, Contents};
 use crate::scenario::CheckKind;
 use crate::targets::Target;
-use crate::workload::Comparison;
+use crate::workload::{Comparison, Micros};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +70,16 @@ pub struct Evidence<'a> {
     pub comparison: &'a Result<Comparison, String>,
     /// The backup that was restored, if the restore used one.
     pub backup: Option<&'a Backup>,
+    /// Every completed backup of the target, oldest first.
+    pub catalog: &'a [Backup],
+    /// `t_fault` (run µs).
+    pub t_fault: Micros,
+    /// The RPO objective, which the newest recovery point's age must not exceed.
+    pub rpo_objective: Duration,
 }
+
+/// A backup's size changing by more than this fraction from the previous one is flagged.
+pub const SIZE_CHANGE_LIMIT: f64 = 0.10;
 
 /// A check that did not finish within its timeout: the drill ends as `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,7 +130,12 @@ pub async fn run(
                     Err(e) => CheckResult::unknown(check, format!("{e:#}")),
                 },
             },
-            CheckKind::ForeignKeys | CheckKind::Amcheck => target.check(check).await,
+            CheckKind::BackupSize => backup_size(evidence),
+            CheckKind::ForeignKeys
+            | CheckKind::Amcheck
+            | CheckKind::PgVerifybackup
+            | CheckKind::BackupAge
+            | CheckKind::WalContinuity => target.check(check, evidence).await,
         }
     };
     let mut result = tokio::time::timeout(limit, work)
@@ -129,6 +143,39 @@ pub async fn run(
         .map_err(|_| Overran { check, limit })?;
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// The restored backup's data size against the backup before it.
+fn backup_size(evidence: &Evidence<'_>) -> CheckResult {
+    let check = CheckKind::BackupSize;
+    let Some(b) = evidence.backup else {
+        return CheckResult::unknown(check, "no backup was restored");
+    };
+    let Some(previous) = evidence.catalog.iter().rev().find(|p| p.id < b.id) else {
+        return CheckResult::unknown(
+            check,
+            format!(
+                "backup {} is the first; there is none to compare its size with",
+                b.id
+            ),
+        );
+    };
+    let (now, before) = (b.data_size(), previous.data_size());
+    let change = (now as f64 - before as f64) / (before.max(1) as f64);
+    let detail = format!(
+        "backup {} holds {now} bytes of data, backup {} {before} ({:+.1}%)",
+        b.id,
+        previous.id,
+        change * 100.0
+    );
+    if change.abs() > SIZE_CHANGE_LIMIT {
+        CheckResult::failed(
+            check,
+            format!("{detail}: beyond ±{:.0}%", SIZE_CHANGE_LIMIT * 100.0),
+        )
+    } else {
+        CheckResult::passed(check, detail)
+    }
 }
 
 fn ledger(comparison: &Result<Comparison, String>) -> CheckResult {

@@ -6,7 +6,7 @@ pub mod gc;
 pub mod image;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,12 +22,14 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use testcontainers::core::{IntoContainerPort, Mount};
+use testcontainers::core::{AccessMode, IntoContainerPort, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::io::AsyncWriteExt;
 
 pub use gc::{RunOwner, process_identity, remove_owned_by};
+
+use crate::backup::Artefact;
 
 /// Label carrying the run id on every resource a run creates.
 pub const RUN_LABEL: &str = "io.drillrig.run";
@@ -95,6 +97,10 @@ pub struct ContainerSpec {
     pub port: u16,
     /// A run volume mounted at the service's data directory.
     pub volume: Option<(String, String)>,
+    /// Host folders mounted into the container: `(host path, container path, read-only)`.
+    pub binds: Vec<(PathBuf, String, bool)>,
+    /// Replaces the image's entrypoint (a helper container: `sleep` with `cmd` `["infinity"]`).
+    pub entrypoint: Option<String>,
     pub hostname: Option<String>,
     pub startup_timeout: Duration,
 }
@@ -148,6 +154,8 @@ pub struct Docker {
     /// testcontainers handles, held until teardown so nothing is dropped (and removed) early.
     started: Mutex<Vec<ContainerAsync<GenericImage>>>,
     network: String,
+    /// Where containers' logs are saved: at teardown, and before a container is removed early.
+    logs_dir: PathBuf,
 }
 
 impl Docker {
@@ -158,6 +166,7 @@ impl Docker {
         scenario: &str,
         owner: &RunOwner,
         keepable: bool,
+        logs_dir: PathBuf,
     ) -> Self {
         let mut labels = HashMap::from([
             (RUN_LABEL.to_string(), run_id.to_string()),
@@ -175,6 +184,7 @@ impl Docker {
             labels,
             started: Mutex::new(Vec::new()),
             network: format!("drillrig-{run_id}"),
+            logs_dir,
         }
     }
 
@@ -223,8 +233,11 @@ impl Docker {
     pub async fn start(&self, spec: &ContainerSpec) -> Result<Container> {
         let (repo, tag) = image::split_reference(&spec.image);
         let port = spec.port;
-        let mut request = GenericImage::new(repo, tag)
-            .with_exposed_port(port.tcp())
+        let mut image = GenericImage::new(repo, tag).with_exposed_port(port.tcp());
+        if let Some(entrypoint) = &spec.entrypoint {
+            image = image.with_entrypoint(entrypoint);
+        }
+        let mut request = image
             .with_container_name(self.resource_name(&spec.name))
             .with_network(self.network.clone())
             .with_startup_timeout(spec.startup_timeout)
@@ -250,6 +263,16 @@ impl Docker {
         }
         if let Some((volume, path)) = &spec.volume {
             request = request.with_mount(Mount::volume_mount(volume, path));
+        }
+        for (host, path, read_only) in &spec.binds {
+            let mode = if *read_only {
+                AccessMode::ReadOnly
+            } else {
+                AccessMode::ReadWrite
+            };
+            request = request.with_mount(
+                Mount::bind_mount(host.display().to_string(), path).with_access_mode(mode),
+            );
         }
         if let Some(hostname) = &spec.hostname {
             request = request.with_hostname(hostname);
@@ -526,6 +549,64 @@ impl Docker {
         Ok(ContainerFile { header, bytes })
     }
 
+    /// Copies the folder `path` out of the container into `dest` on the host (created), and
+    /// returns each regular file with its size and sha256, relative to `dest`'s parent folder
+    /// under `prefix` (e.g. `base/global/pg_control`).
+    pub async fn download_dir(
+        &self,
+        c: &Container,
+        path: &str,
+        dest: &Path,
+        prefix: &str,
+    ) -> Result<Vec<Artefact>> {
+        let mut stream = self.api.download_from_container(
+            &c.id,
+            Some(
+                DownloadFromContainerOptionsBuilder::default()
+                    .path(path)
+                    .build(),
+            ),
+        );
+        let mut tarball = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tarball.extend_from_slice(
+                &chunk.with_context(|| format!("copy {path} out of {}", c.name))?,
+            );
+        }
+        std::fs::create_dir_all(dest).with_context(|| format!("create {}", dest.display()))?;
+        let mut artefacts = Vec::new();
+        let mut archive = tar::Archive::new(&tarball[..]);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            // Entries are `<folder name>/…`: drop the folder name.
+            let inner: PathBuf = entry.path()?.components().skip(1).collect();
+            if inner.as_os_str().is_empty() {
+                continue;
+            }
+            let target = dest.join(&inner);
+            match entry.header().entry_type() {
+                tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+                tar::EntryType::Regular => {
+                    let mut bytes = Vec::with_capacity(entry.header().size()? as usize);
+                    std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&target, &bytes)
+                        .with_context(|| format!("write {}", target.display()))?;
+                    artefacts.push(Artefact {
+                        file: format!("{prefix}/{}", inner.display()),
+                        size: bytes.len() as u64,
+                        sha256: hex::encode(Sha256::digest(&bytes)),
+                    });
+                }
+                _ => {}
+            }
+        }
+        artefacts.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(artefacts)
+    }
+
     /// Writes `file` to `path` in the container (running or stopped), keeping owner and mode.
     pub async fn upload(&self, c: &Container, path: &str, file: &ContainerFile) -> Result<()> {
         let (dir, name) = path
@@ -591,7 +672,50 @@ impl Docker {
 
     /// Removes a container of this run now (with its anonymous volumes).
     pub async fn remove(&self, c: &Container) -> Result<()> {
+        if let Err(e) = self.save_log(&c.id).await {
+            tracing::warn!("cannot keep the log of {}: {e:#}", c.name);
+        }
         remove_container(&self.api, &c.id).await
+    }
+
+    /// Saves the log of every container this run started that still exists (removed ones were
+    /// saved before their removal).
+    pub async fn save_logs(&self) {
+        for id in self.started() {
+            match self.save_log(&id).await {
+                Ok(()) => {}
+                Err(e)
+                    if e.chain()
+                        .any(|c| c.downcast_ref::<bollard::errors::Error>().is_some_and(gone)) => {}
+                Err(e) => tracing::warn!("cannot keep the log of container {id}: {e:#}"),
+            }
+        }
+    }
+
+    /// Writes the container's stdout and stderr to `<logs dir>/<container name>.log`.
+    async fn save_log(&self, id: &str) -> Result<()> {
+        let info = self
+            .api
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .context("inspect")?;
+        let name = info
+            .name
+            .unwrap_or_else(|| id.to_string())
+            .trim_start_matches('/')
+            .to_string();
+        let c = Container {
+            id: id.to_string(),
+            name: name.clone(),
+            port: 0,
+        };
+        let bytes = tokio::time::timeout(Duration::from_secs(30), self.logs(&c))
+            .await
+            .map_err(|_| anyhow!("reading the log of {name} took over 30s"))??;
+        std::fs::create_dir_all(&self.logs_dir)
+            .with_context(|| format!("create {}", self.logs_dir.display()))?;
+        let path = self.logs_dir.join(format!("{name}.log"));
+        std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))
     }
 
     /// Removes the run's volume `name` (created by [`Docker::create_volume`]).

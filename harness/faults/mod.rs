@@ -52,7 +52,7 @@ pub async fn inject(
             details["file"] = json!(path.display().to_string());
             Ok(details)
         }
-        _ => target.inject(fault).await,
+        _ => target.inject(fault, backups).await,
     }
 }
 

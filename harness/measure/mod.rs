@@ -42,6 +42,12 @@ impl Clock {
         self.wall + Duration::from_micros(offset)
     }
 
+    /// The run offset of a wall-clock time (0 for times before the run).
+    pub fn offset_of_wall(&self, t: SystemTime) -> Micros {
+        t.duration_since(self.wall)
+            .map_or(0, |d| d.as_micros() as Micros)
+    }
+
     /// The run offset of `instant`.
     pub fn offset_of(&self, instant: Instant) -> Micros {
         instant.saturating_duration_since(self.start).as_micros() as Micros

@@ -88,11 +88,16 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(
             md,
-            "Restore from `{}`{}{}.\n",
+            "Restore from `{}`{}{}{}.\n",
             t.restore.from,
             t.restore
                 .backup_id
                 .map(|id| format!(" (backup {id})"))
+                .unwrap_or_default(),
+            t.restore
+                .recovery_target
+                .as_ref()
+                .map(|r| format!(", recovering to {r}"))
                 .unwrap_or_default(),
             t.restore
                 .error
@@ -100,6 +105,12 @@ pub fn markdown(r: &Report) -> String {
                 .map(|e| format!(": **failed**: {e}"))
                 .unwrap_or_default()
         );
+        if let Some(reached) = &t.restore.reached {
+            let _ = writeln!(md, "Recovery: {reached}.\n");
+        }
+        if let Some(note) = &t.restore.note {
+            let _ = writeln!(md, "**Backup chain:** {note}.\n");
+        }
         let w = &t.workload;
         let _ = writeln!(
             md,

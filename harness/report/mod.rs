@@ -214,6 +214,18 @@ pub struct RestoreReport {
     pub from: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<u32>,
+    /// The point captured just before the first fault (what `before-fault` restores to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<crate::targets::RecoveryPoint>,
+    /// The recovery target the service was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target: Option<String>,
+    /// Where recovery stopped, in the service's words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<String>,
+    /// Damage found in the backup chain, and where it stopped the restore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

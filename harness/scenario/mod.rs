@@ -111,7 +111,12 @@ pub struct Dataset {
 pub struct BackupSpec {
     pub method: BackupMethod,
     pub every: Duration,
+    /// WAL archiving methods: force a segment switch at least this often (bounds the RPO).
+    pub archive_timeout: Option<Duration>,
 }
+
+/// `archive_timeout` when a WAL-archiving backup does not set one.
+pub const DEFAULT_ARCHIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Objectives {
@@ -176,8 +181,12 @@ kebab_enum!(
         RowCounts = "row-counts",
         Checksums = "checksums",
         ForeignKeys = "foreign-keys",
-        Amcheck = "amcheck",
+                Amcheck = "amcheck",
         BackupIntegrity = "backup-integrity",
+        PgVerifybackup = "pg-verifybackup",
+        BackupSize = "backup-size",
+        BackupAge = "backup-age",
+        WalContinuity = "wal-continuity",
     }
 );
 
@@ -227,12 +236,39 @@ impl FaultKind {
 }
 
 impl CheckKind {
-    /// Checks that compare the restored data with the backup it came from.
+    /// Checks that look at the restored backup (there is none after `restart`).
     pub fn needs_backup(self) -> bool {
         matches!(
             self,
-            CheckKind::RowCounts | CheckKind::Checksums | CheckKind::BackupIntegrity
+            CheckKind::RowCounts
+                | CheckKind::Checksums
+                | CheckKind::BackupIntegrity
+                | CheckKind::PgVerifybackup
+                | CheckKind::BackupSize
+                | CheckKind::WalContinuity
         )
+    }
+
+    /// Checks that compare with a logical snapshot taken at backup time.
+    pub fn needs_snapshot(self) -> bool {
+        matches!(self, CheckKind::RowCounts | CheckKind::Checksums)
+    }
+
+    /// Checks of a WAL archive and the physical base backups it extends.
+    pub fn needs_wal_archive(self) -> bool {
+        matches!(self, CheckKind::PgVerifybackup | CheckKind::WalContinuity)
+    }
+}
+
+impl BackupMethod {
+    /// Methods whose backups record a logical snapshot (row counts and digests of each table).
+    pub fn takes_snapshot(self) -> bool {
+        matches!(self, BackupMethod::PgDump)
+    }
+
+    /// Methods that archive WAL continuously next to their base backups.
+    pub fn archives_wal(self) -> bool {
+        matches!(self, BackupMethod::PgBasebackupWal)
     }
 }
 
@@ -615,7 +651,29 @@ impl Validator<'_> {
                         "backups need an interval above zero",
                     ));
                 }
-                Some(BackupSpec { method, every })
+                let archive_timeout = match &b.archive_timeout {
+                    Some(t) if !method.archives_wal() => {
+                        return Err(self.at.error(
+                            t.span(),
+                            key("backup.archive_timeout"),
+                            format!("backup method `{method}` archives no WAL; archive_timeout does not apply"),
+                        ));
+                    }
+                    Some(t) if t.get_ref().0 < Duration::from_secs(1) => {
+                        return Err(self.at.error(
+                            t.span(),
+                            key("backup.archive_timeout"),
+                            "PostgreSQL takes archive_timeout in whole seconds, at least 1s",
+                        ));
+                    }
+                    Some(t) => Some(t.get_ref().0),
+                    None => method.archives_wal().then_some(DEFAULT_ARCHIVE_TIMEOUT),
+                };
+                Some(BackupSpec {
+                    method,
+                    every,
+                    archive_timeout,
+                })
             }
         };
 
@@ -647,6 +705,31 @@ impl Validator<'_> {
                     check.span(),
                     key("checks"),
                     format!("check `{c}` compares with the restored backup, but restore.from is `restart`"),
+                ));
+            }
+            let method = backup.map(|b| b.method);
+            if c.needs_snapshot() && method.is_some_and(|m| !m.takes_snapshot()) {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    format!(
+                        "check `{c}` compares with a backup's logical snapshot; `{}` restores a point in time (use `ledger`, `foreign-keys`, `amcheck`)",
+                        method.expect("checked above")
+                    ),
+                ));
+            }
+            if c.needs_wal_archive() && !method.is_some_and(BackupMethod::archives_wal) {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    format!("check `{c}` verifies a WAL archive and its base backups; it needs backup method `pg-basebackup-wal`"),
+                ));
+            }
+            if c == CheckKind::BackupAge && backup.is_none() {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    "check `backup-age` needs a `backup` for this target",
                 ));
             }
             if checks.contains(&c) {
@@ -725,6 +808,22 @@ impl Validator<'_> {
                 raw.kind.span(),
                 key("kind"),
                 format!("fault `{kind}` damages a backup, but target {name:?} takes none"),
+            ));
+        }
+        if kind == FaultKind::DeleteWalSegment
+            && !target.backup.is_some_and(|b| b.method.archives_wal())
+        {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("fault `{kind}` needs a WAL archive: target {name:?} must use backup method `pg-basebackup-wal`"),
+            ));
+        }
+        if kind == FaultKind::VolumeLoss && target.restore == RestorePoint::Restart {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("fault `{kind}` leaves no data to restart on; target {name:?} must restore from a backup"),
             ));
         }
         let hold = raw.for_.as_ref().map(|f| (f.span(), f.get_ref().0));

@@ -80,6 +80,7 @@ pub struct RawWorkload {
 pub struct RawBackup {
     pub method: Spanned<BackupMethod>,
     pub every: Spanned<HumanDuration>,
+    pub archive_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,7 +59,8 @@ fn a_good_file_becomes_domain_types() {
         t.backup,
         Some(BackupSpec {
             method: BackupMethod::PgDump,
-            every: Duration::from_secs(5)
+            every: Duration::from_secs(5),
+            archive_timeout: None
         })
     );
     assert_eq!(t.restore, RestorePoint::Latest);
@@ -228,7 +229,7 @@ fn missing_required_key() {
 fn kind_specific_rules() {
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"flushall\""),
-        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `corrupt-data-file`, `drop-table`, `corrupt-backup`, `truncate-backup`)"
+        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `corrupt-data-file`, `drop-table`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
     );
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nfor = \"1s\""),
@@ -244,7 +245,7 @@ fn kind_specific_rules() {
     );
     assert_eq!(
         error_after("method = \"pg-dump\"", "method = \"redis-rdb\""),
-        "s.toml:9:21: targets.pg.backup.method: backup method `redis-rdb` is not available for postgres targets (available: `pg-dump`)"
+        "s.toml:9:21: targets.pg.backup.method: backup method `redis-rdb` is not available for postgres targets (available: `pg-dump`, `pg-basebackup-wal`)"
     );
     assert_eq!(
         error_after("schema = 1", "schema = 2"),
@@ -253,6 +254,46 @@ fn kind_specific_rules() {
     assert_eq!(
         error_after("name = \"pg-test\"", "name = \"PG Test\""),
         "s.toml:2:8: name: invalid name \"PG Test\": use lowercase letters, digits and '-' (it names report folders)"
+    );
+}
+
+#[test]
+fn backup_method_rules() {
+    let wal = |text: &str| text.replace("method = \"pg-dump\"", "method = \"pg-basebackup-wal\"");
+    assert_eq!(
+        error_after("every = \"5s\"", "every = \"5s\", archive_timeout = \"2s\""),
+        "s.toml:9:64: targets.pg.backup.archive_timeout: backup method `pg-dump` archives no WAL; archive_timeout does not apply"
+    );
+    let e = parse_text(&wal(GOOD)).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "s.toml:11:21: targets.pg.checks: check `row-counts` compares with a backup's logical snapshot; `pg-basebackup-wal` restores a point in time (use `ledger`, `foreign-keys`, `amcheck`)"
+    );
+    assert_eq!(
+        error_after("\"row-counts\"]", "\"wal-continuity\"]"),
+        "s.toml:11:21: targets.pg.checks: check `wal-continuity` verifies a WAL archive and its base backups; it needs backup method `pg-basebackup-wal`"
+    );
+    assert_eq!(
+        error_after("kind = \"drop-table\"", "kind = \"delete-wal-segment\""),
+        "s.toml:16:8: faults[0].kind: fault `delete-wal-segment` needs a WAL archive: target \"pg\" must use backup method `pg-basebackup-wal`"
+    );
+    let s = parse_text(&wal(&GOOD.replace(
+        "\"row-counts\"]",
+        "\"wal-continuity\", \"pg-verifybackup\"]",
+    )))
+    .unwrap();
+    assert_eq!(
+        s.targets[0].backup.unwrap().archive_timeout,
+        Some(DEFAULT_ARCHIVE_TIMEOUT)
+    );
+    let restart = GOOD
+        .replace("from = \"latest\"", "from = \"restart\"")
+        .replace(", \"row-counts\"", "");
+    assert_eq!(
+        parse_text(&restart.replace("kind = \"drop-table\"", "kind = \"volume-loss\""))
+            .unwrap_err()
+            .to_string(),
+        "s.toml:16:8: faults[0].kind: fault `volume-loss` leaves no data to restart on; target \"pg\" must restore from a backup"
     );
 }
 

@@ -11,13 +11,13 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use crate::backup::{Backup, Contents, Taken};
-use crate::checks::CheckResult;
+use crate::checks::{CheckResult, Evidence};
 use crate::docker::{Container, Docker};
 use crate::measure::{Clock, Phases, Prober};
 use crate::scenario::{
-    BackupMethod, CheckKind, FaultKind, FaultSpec, TargetKind, TargetSpec, Timeouts,
+    BackupMethod, CheckKind, FaultKind, FaultSpec, RestorePoint, TargetKind, TargetSpec, Timeouts,
 };
-use crate::workload::{ReadBack, Writer};
+use crate::workload::{Micros, ReadBack, Writer};
 
 /// What a target kind supports.
 #[derive(Debug)]
@@ -52,6 +52,43 @@ pub struct TargetEnv {
     pub seed: u64,
     pub clock: Clock,
     pub timeouts: Timeouts,
+    /// This target's folder in the run's backup repository (absolute: containers mount it).
+    pub repository: std::path::PathBuf,
+}
+
+/// A point the service can be recovered to, captured just before the first fault hit it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryPoint {
+    /// The service's own name for it (PostgreSQL: a WAL location such as `0/3000148`).
+    pub label: String,
+    /// When the capture was asked for (run µs): every write acknowledged before is before it.
+    pub asked_at_us: Micros,
+    /// When the answer came (run µs): every write invoked after is after it.
+    pub answered_at_us: Micros,
+}
+
+/// What the drill asks a restore for.
+pub struct RestoreRequest<'a> {
+    pub backup: &'a Backup,
+    pub point: RestorePoint,
+    /// The point captured at the first fault, for `before-fault`.
+    pub recovery_point: Option<&'a RecoveryPoint>,
+    /// Every completed backup, oldest first.
+    pub catalog: &'a [Backup],
+}
+
+/// What a restore reached, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    /// The recovery target given to the service (`lsn 0/3000148`, `end of archive`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target: Option<String>,
+    /// Where recovery stopped, as the service reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<String>,
+    /// Damage found on the way and what it cost (a WAL gap, a target beyond reach…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Builds the target for `env.spec.kind`.
@@ -87,13 +124,23 @@ pub trait Target: Send + Sync {
     async fn backup(&self, method: BackupMethod, dir: &Path) -> Result<Taken>;
 
     /// Injects a fault that is specific to this kind; returns what was done, for the report.
-    async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value>;
+    /// `backups` are the completed backups, oldest first.
+    async fn inject(&mut self, fault: &FaultSpec, backups: &[Backup]) -> Result<serde_json::Value>;
+
+    /// Captures the point `before-fault` restores to; `None` where the kind has none.
+    async fn recovery_point(&self) -> Result<Option<RecoveryPoint>> {
+        Ok(None)
+    }
 
     /// Crash recovery in place: starts the same container on its own data, waits until ready.
     async fn restart(&mut self, timeout: Duration) -> Result<()>;
 
-    /// Restores `backup` into a fresh container, entering the restore phases as it goes.
-    async fn restore(&mut self, backup: &Backup, phases: &mut Phases) -> Result<()>;
+    /// Restores into a fresh container, entering the restore phases as it goes.
+    async fn restore(
+        &mut self,
+        request: &RestoreRequest<'_>,
+        phases: &mut Phases,
+    ) -> Result<Restored>;
 
     /// The workload's writes as the target holds them now.
     async fn read_back(&self) -> Result<ReadBack>;
@@ -102,7 +149,7 @@ pub trait Target: Send + Sync {
     async fn contents(&self) -> Result<Contents>;
 
     /// Runs a check only this kind knows how to run.
-    async fn check(&self, check: CheckKind) -> CheckResult;
+    async fn check(&self, check: CheckKind, evidence: &Evidence<'_>) -> CheckResult;
 
     /// A fresh write and its read-back: the last condition of recovery.
     async fn round_trip(&self) -> Result<()>;

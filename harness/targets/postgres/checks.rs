@@ -4,9 +4,12 @@
 use anyhow::{Result, anyhow};
 use tokio_postgres::Client;
 
-use super::{DATABASE, Postgres, describe, quote_ident};
+use std::time::Duration;
+
+use super::{DATABASE, Postgres, describe, physical, quote_ident};
 use crate::backup::{Contents, DatasetDigest};
 use crate::checks::CheckResult;
+use crate::checks::Evidence;
 use crate::scenario::CheckKind;
 
 /// Row count and md5 digest (rows as text, in primary-key order) of every table in `public`.
@@ -164,5 +167,38 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
             format!("pg_amcheck exited with {}: {}", out.exit_code, out.tail()),
         ),
         Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+    }
+}
+
+/// `backup-age`: at the fault, the newest recovery point (the newest dump's snapshot, or the
+/// newest archived WAL segment) is no older than the RPO objective.
+pub(super) fn backup_age(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
+    let check = CheckKind::BackupAge;
+    let newest = if pg.archives_wal() {
+        match physical::newest_archived(pg, evidence.t_fault) {
+            Ok(n) => n.map(|(name, at)| (format!("WAL segment {name}, archived"), at)),
+            Err(e) => return CheckResult::unknown(check, format!("read the archive: {e:#}")),
+        }
+    } else {
+        evidence
+            .catalog
+            .iter()
+            .rev()
+            .find(|b| b.consistent_at_us <= evidence.t_fault)
+            .map(|b| (format!("backup {}, consistent", b.id), b.consistent_at_us))
+    };
+    let Some((what, at)) = newest else {
+        return CheckResult::failed(check, "no recovery point existed when the fault hit");
+    };
+    let age = Duration::from_micros(evidence.t_fault.saturating_sub(at));
+    let detail = format!(
+        "at the fault the newest recovery point was {what} {} earlier; the RPO objective is {}",
+        crate::report::seconds(age.as_millis() as u64),
+        crate::report::seconds(evidence.rpo_objective.as_millis() as u64)
+    );
+    if age <= evidence.rpo_objective {
+        CheckResult::passed(check, detail)
+    } else {
+        CheckResult::failed(check, detail)
     }
 }

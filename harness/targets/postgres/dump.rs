@@ -10,9 +10,10 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{DATABASE, Postgres, checks, describe};
+use super::{DATABASE, Postgres, Ready, checks, describe};
 use crate::backup::{Artefact, Backup, Taken};
 use crate::measure::{Phase, Phases};
+use crate::targets::Restored;
 
 const DUMP_FILE: &str = "drill.dump";
 /// Where the dump is copied in the replacement container.
@@ -77,12 +78,20 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
         }],
         contents,
         max_seq: max_seq.map(|s| s as u64),
+        details: serde_json::json!({ "snapshot": snapshot }),
     })
 }
 
-pub(super) async fn restore(pg: &mut Postgres, backup: &Backup, phases: &mut Phases) -> Result<()> {
+pub(super) async fn restore(
+    pg: &mut Postgres,
+    backup: &Backup,
+    phases: &mut Phases,
+) -> Result<Restored> {
     phases.enter(Phase::Provision);
-    pg.start_container().await?;
+    let (name, volume) = pg.next_container().await?;
+    let spec = pg.container_spec(name, volume, Vec::new(), Vec::new());
+    pg.start_container(spec, Ready::Serving, pg.env.timeouts.restore)
+        .await?;
     let c = pg.serving()?.clone();
 
     phases.enter(Phase::Fetch);
@@ -126,5 +135,9 @@ pub(super) async fn restore(pg: &mut Postgres, backup: &Backup, phases: &mut Pha
             output.tail()
         );
     }
-    Ok(())
+    Ok(Restored {
+        recovery_target: Some(format!("the snapshot of dump {}", backup.id)),
+        reached: None,
+        note: None,
+    })
 }

@@ -73,7 +73,8 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     let after = hex::encode(&*bytes);
     docker.upload(&c, &path, &data).await?;
     docker.start_again(&c).await?;
-    pg.wait_ready(pg.env.timeouts.fault).await?;
+    pg.wait_ready(super::Ready::Serving, pg.env.timeouts.fault)
+        .await?;
     Ok(json!({
         "relation": relation,
         "file": path,
@@ -94,4 +95,21 @@ pub(super) async fn drop_table(pg: &mut Postgres, relation: &str) -> Result<serd
         .await
         .map_err(|e| anyhow!("{sql}: {}", describe(&e)))?;
     Ok(json!({ "statement": sql }))
+}
+
+/// `volume-loss`: the primary's container and its data volume are removed. What survives is the
+/// backup repository, outside every container.
+pub(super) async fn volume_loss(pg: &mut Postgres) -> Result<serde_json::Value> {
+    let c = pg.serving()?.clone();
+    let volume = pg
+        .volume
+        .clone()
+        .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
+    pg.env.docker.remove(&c).await?;
+    pg.env.docker.remove_volume(&volume).await?;
+    pg.current = None;
+    pg.volume = None;
+    // Clients see nothing serving at all.
+    pg.port.send_replace(0);
+    Ok(json!({ "container": c.name, "volume": volume }))
 }

@@ -7,6 +7,7 @@
 mod checks;
 mod dump;
 mod faults;
+mod physical;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,9 @@ use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Capabilities, Target, TargetEnv};
+use super::{Capabilities, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, Taken};
-use crate::checks::CheckResult;
+use crate::checks::{CheckResult, Evidence};
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phases, Prober};
 use crate::scenario::{BackupMethod, CheckKind, FaultKind, FaultSpec};
@@ -32,13 +33,15 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     default_rows: 10_000,
     default_rate: 100,
     default_relation: "orders",
-    backups: &[BackupMethod::PgDump],
+    backups: &[BackupMethod::PgDump, BackupMethod::PgBasebackupWal],
     faults: &[
         FaultKind::Kill,
         FaultKind::CorruptDataFile,
         FaultKind::DropTable,
+        FaultKind::VolumeLoss,
         FaultKind::CorruptBackup,
         FaultKind::TruncateBackup,
+        FaultKind::DeleteWalSegment,
     ],
     checks: &[
         CheckKind::Ledger,
@@ -47,6 +50,10 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::ForeignKeys,
         CheckKind::Amcheck,
         CheckKind::BackupIntegrity,
+        CheckKind::PgVerifybackup,
+        CheckKind::BackupSize,
+        CheckKind::BackupAge,
+        CheckKind::WalContinuity,
     ],
 };
 
@@ -130,6 +137,8 @@ fn order_digest(customer_id: i64, amount_cents: i64) -> u64 {
 pub struct Postgres {
     env: TargetEnv,
     current: Option<Container>,
+    /// The current container's data volume.
+    volume: Option<String>,
     /// Containers started so far; names the next one (`pg-1`, `pg-2`, …).
     generation: u32,
     port: watch::Sender<u16>,
@@ -144,6 +153,7 @@ impl Postgres {
         Postgres {
             env,
             current: None,
+            volume: None,
             generation: 0,
             port: watch::channel(0).0,
             customers,
@@ -168,8 +178,21 @@ impl Postgres {
         self.endpoint().connect().await
     }
 
-    /// Starts a new container on a new volume and waits until it answers queries.
-    async fn start_container(&mut self) -> Result<()> {
+    /// Whether the backup method archives WAL: the primary then archives into the repository.
+    fn archives_wal(&self) -> bool {
+        self.env
+            .spec
+            .backup
+            .is_some_and(|b| b.method.archives_wal())
+    }
+
+    /// The WAL archive in the repository, outside every container.
+    fn archive_dir(&self) -> std::path::PathBuf {
+        self.env.repository.join("wal")
+    }
+
+    /// Names the next container (`pg-1`, `pg-2`, …) and creates its data volume.
+    async fn next_container(&mut self) -> Result<(String, String)> {
         self.generation += 1;
         let name = format!("{}-{}", self.env.spec.name, self.generation);
         let volume = self
@@ -177,40 +200,72 @@ impl Postgres {
             .docker
             .create_volume(&format!("{name}-data"))
             .await?;
-        let spec = ContainerSpec {
+        Ok((name, volume))
+    }
+
+    /// The container spec every PostgreSQL container of this target shares.
+    fn container_spec(
+        &self,
+        name: String,
+        volume: String,
+        cmd: Vec<String>,
+        binds: Vec<(std::path::PathBuf, String, bool)>,
+    ) -> ContainerSpec {
+        ContainerSpec {
             name,
             image: self.env.image.clone(),
             env: vec![
                 ("POSTGRES_PASSWORD".into(), self.env.password.clone()),
                 ("POSTGRES_DB".into(), DATABASE.into()),
-                ("POSTGRES_INITDB_ARGS".into(), "--data-checksums".into()),
+                // 1 MB WAL segments keep archives of short drills small.
+                (
+                    "POSTGRES_INITDB_ARGS".into(),
+                    "--data-checksums --wal-segsize=1".into(),
+                ),
             ],
-            cmd: vec![],
+            cmd,
             port: PORT,
             volume: Some((volume, PGDATA.into())),
+            binds,
+            entrypoint: None,
             hostname: None,
-            // The drill bounds the whole provision step; this only keeps testcontainers from
-            // giving up first.
-            startup_timeout: self.env.timeouts.provision + Duration::from_secs(60),
-        };
-        let container = self.env.docker.start(&spec).await?;
-        self.current = Some(container);
-        self.wait_ready(self.env.timeouts.provision).await
+            // The drill bounds the whole step; this only keeps testcontainers from giving up
+            // first.
+            startup_timeout: self.env.timeouts.provision + self.env.timeouts.restore,
+        }
     }
 
-    /// Polls with a real query until the current container answers; fails early when the
+    /// Starts a container and waits until it is `ready`.
+    async fn start_container(
+        &mut self,
+        spec: ContainerSpec,
+        ready: Ready,
+        limit: Duration,
+    ) -> Result<()> {
+        let container = self.env.docker.start(&spec).await?;
+        self.volume = spec.volume.map(|(v, _)| v);
+        self.current = Some(container);
+        self.wait_ready(ready, limit).await
+    }
+
+    /// Polls with a real query until the current container is `ready`; fails early when the
     /// container exits. Publishes the (possibly new) host port first.
-    async fn wait_ready(&self, limit: Duration) -> Result<()> {
+    async fn wait_ready(&self, ready: Ready, limit: Duration) -> Result<()> {
         let c = self.serving()?;
         let deadline = Instant::now() + limit;
+        let query = match ready {
+            Ready::Serving => "SELECT true",
+            Ready::Promoted => "SELECT NOT pg_is_in_recovery()",
+        };
         loop {
             let last_error;
             match self.env.docker.host_port(c).await {
                 Ok(port) => {
                     self.port.send_replace(port);
                     match self.connect().await {
-                        Ok(client) => match client.simple_query("SELECT 1").await {
-                            Ok(_) => return Ok(()),
+                        Ok(client) => match client.query_one(query, &[]).await {
+                            Ok(row) if row.get::<_, bool>(0) => return Ok(()),
+                            Ok(_) => last_error = "still in recovery".to_string(),
                             Err(e) => last_error = describe(&e),
                         },
                         Err(e) => last_error = format!("{e:#}"),
@@ -237,6 +292,15 @@ impl Postgres {
     }
 }
 
+/// What "ready" means for a container being started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// Answers queries.
+    Serving,
+    /// Answers queries and has left recovery (promoted after a point-in-time restore).
+    Promoted,
+}
+
 #[async_trait]
 impl Target for Postgres {
     fn container(&self) -> Option<&Container> {
@@ -244,7 +308,20 @@ impl Target for Postgres {
     }
 
     async fn provision(&mut self) -> Result<()> {
-        self.start_container().await
+        let (name, volume) = self.next_container().await?;
+        let (cmd, binds) = if self.archives_wal() {
+            let dir = self.archive_dir();
+            physical::prepare_archive(&dir)?;
+            (
+                physical::archiving_command(self.env.spec.backup.and_then(|b| b.archive_timeout)),
+                vec![(dir, physical::ARCHIVE.to_string(), false)],
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let spec = self.container_spec(name, volume, cmd, binds);
+        self.start_container(spec, Ready::Serving, self.env.timeouts.provision)
+            .await
     }
 
     async fn seed(&mut self) -> Result<()> {
@@ -285,11 +362,12 @@ impl Target for Postgres {
     async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<Taken> {
         match method {
             BackupMethod::PgDump => dump::take(self, dir).await,
+            BackupMethod::PgBasebackupWal => physical::take(self, dir).await,
             other => bail!("backup method {other} is not implemented for postgres"),
         }
     }
 
-    async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+    async fn inject(&mut self, fault: &FaultSpec, backups: &[Backup]) -> Result<serde_json::Value> {
         let relation = fault
             .relation
             .as_deref()
@@ -297,8 +375,25 @@ impl Target for Postgres {
         match fault.kind {
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
+            FaultKind::VolumeLoss => faults::volume_loss(self).await,
+            FaultKind::DeleteWalSegment => physical::delete_segment(self, backups),
             other => bail!("fault {other} is not a postgres fault"),
         }
+    }
+
+    async fn recovery_point(&self) -> Result<Option<RecoveryPoint>> {
+        let client = self.connect().await?;
+        let asked_at_us = self.env.clock.micros();
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| anyhow!("read the current WAL location: {}", describe(&e)))?
+            .get(0);
+        Ok(Some(RecoveryPoint {
+            label: lsn,
+            asked_at_us,
+            answered_at_us: self.env.clock.micros(),
+        }))
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
@@ -307,12 +402,17 @@ impl Target for Postgres {
             self.env.docker.stop(&c, Duration::from_secs(30)).await?;
         }
         self.env.docker.start_again(&c).await?;
-        self.wait_ready(limit).await
+        self.wait_ready(Ready::Serving, limit).await
     }
 
-    async fn restore(&mut self, backup: &Backup, phases: &mut Phases) -> Result<()> {
-        match backup.method {
-            BackupMethod::PgDump => dump::restore(self, backup, phases).await,
+    async fn restore(
+        &mut self,
+        request: &RestoreRequest<'_>,
+        phases: &mut Phases,
+    ) -> Result<Restored> {
+        match request.backup.method {
+            BackupMethod::PgDump => dump::restore(self, request.backup, phases).await,
+            BackupMethod::PgBasebackupWal => physical::restore(self, request, phases).await,
             other => bail!("restoring {other} backups is not implemented for postgres"),
         }
     }
@@ -350,10 +450,13 @@ impl Target for Postgres {
         checks::contents(&client).await
     }
 
-    async fn check(&self, check: CheckKind) -> CheckResult {
+    async fn check(&self, check: CheckKind, evidence: &Evidence<'_>) -> CheckResult {
         match check {
             CheckKind::ForeignKeys => checks::foreign_keys(self).await,
             CheckKind::Amcheck => checks::amcheck(self).await,
+            CheckKind::PgVerifybackup => physical::verify_backup(self, evidence).await,
+            CheckKind::WalContinuity => physical::wal_continuity(self, evidence),
+            CheckKind::BackupAge => checks::backup_age(self, evidence),
             other => CheckResult::unknown(other, "not a postgres-specific check"),
         }
     }

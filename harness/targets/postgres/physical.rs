@@ -1,0 +1,579 @@
+//! `pg-basebackup-wal`: the primary archives every WAL segment into the repository (a host folder
+//! mounted at `/archive`, so losing the primary loses none of it), base backups run on schedule,
+//! and restores replay the archive to the end, to the point captured before the fault, or to a
+//! time. Before replaying, the chain is read: a missing segment ends what can be reached, and the
+//! restore says so instead of failing blind.
+//!
+//! Segment arithmetic follows PostgreSQL's file names: `TTTTTTTTHHHHHHHHLLLLLLLL`, timeline, then
+//! the segment number split in units of 4 GiB / segment size.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::json;
+
+use super::{PGDATA, PORT, Postgres, Ready, describe};
+use crate::backup::{Backup, Contents, Taken, sha256_file};
+use crate::checks::{CheckResult, Evidence};
+use crate::docker::ContainerSpec;
+use crate::measure::{Phase, Phases};
+use crate::scenario::{CheckKind, DEFAULT_ARCHIVE_TIMEOUT, RestorePoint};
+use crate::targets::{RestoreRequest, Restored};
+
+/// Where containers see the WAL archive.
+pub(super) const ARCHIVE: &str = "/archive";
+/// Where restore containers see the target's backup repository (read-only).
+const REPOSITORY: &str = "/repository";
+/// A base backup's folder inside its backup folder.
+const BASE: &str = "pgdata";
+/// Where pg_basebackup writes inside the primary before the copy out.
+const STAGING: &str = "/tmp/drillrig-basebackup";
+
+/// Copies a finished segment in under a temporary name, records its sha256 next to it, then
+/// renames it: a segment name in the archive always means a whole segment.
+const ARCHIVE_COMMAND: &str = "test ! -f /archive/%f && cp %p /archive/%f.part \
+     && sha256sum /archive/%f.part | cut -c1-64 > /archive/%f.sha256 && mv /archive/%f.part /archive/%f";
+
+/// Creates the archive folder. The server writes there as its own user, whose uid the host does
+/// not know, hence the open mode (the folder sits inside the run folder).
+pub(super) fn prepare_archive(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .with_context(|| format!("open {} to the server", dir.display()))
+}
+
+/// The primary's command line: archive every segment, and switch segments at least every
+/// `archive_timeout`.
+pub(super) fn archiving_command(archive_timeout: Option<Duration>) -> Vec<String> {
+    let timeout = archive_timeout.unwrap_or(DEFAULT_ARCHIVE_TIMEOUT).as_secs();
+    [
+        "postgres".to_string(),
+        "-c".into(),
+        "wal_level=replica".into(),
+        "-c".into(),
+        "archive_mode=on".into(),
+        "-c".into(),
+        format!("archive_timeout={timeout}s"),
+        "-c".into(),
+        format!("archive_command={ARCHIVE_COMMAND}"),
+    ]
+    .into()
+}
+
+/// A WAL location as a number.
+pub(super) fn parse_lsn(lsn: &str) -> Option<u64> {
+    let (hi, lo) = lsn.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub(super) fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Segments per 4 GiB of WAL (the `HHHHHHHH` unit of segment names).
+fn segments_per_id(segment_size: u64) -> u64 {
+    0x1_0000_0000 / segment_size
+}
+
+pub(super) fn segment_name(timeline: u32, number: u64, segment_size: u64) -> String {
+    let per = segments_per_id(segment_size);
+    format!("{timeline:08X}{:08X}{:08X}", number / per, number % per)
+}
+
+/// `(timeline, segment number)` of a segment file name.
+pub(super) fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let timeline = u32::from_str_radix(&name[..8], 16).ok()?;
+    let hi = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let lo = u64::from_str_radix(&name[16..], 16).ok()?;
+    Some((timeline, hi * segments_per_id(segment_size) + lo))
+}
+
+/// What a base backup records about its place in the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    timeline: u32,
+    start_lsn: u64,
+    segment_size: u64,
+}
+
+impl Position {
+    fn of(backup: &Backup) -> Result<Position> {
+        let d = &backup.details;
+        let lsn = |k: &str| {
+            d[k].as_str()
+                .and_then(parse_lsn)
+                .ok_or_else(|| anyhow!("backup {} records no {k}", backup.id))
+        };
+        Ok(Position {
+            timeline: d["timeline"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("backup {} records no timeline", backup.id))?
+                as u32,
+            start_lsn: lsn("start_lsn")?,
+            segment_size: d["wal_segment_size"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("backup {} records no segment size", backup.id))?,
+        })
+    }
+
+    fn start_segment(&self) -> u64 {
+        self.start_lsn / self.segment_size
+    }
+
+    fn name(&self, number: u64) -> String {
+        segment_name(self.timeline, number, self.segment_size)
+    }
+}
+
+/// The archive's whole segments of one timeline, by number.
+fn archived_segments(archive: &Path, p: &Position) -> Result<BTreeMap<u64, String>> {
+    let mut segments = BTreeMap::new();
+    for entry in
+        std::fs::read_dir(archive).with_context(|| format!("list {}", archive.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some((timeline, number)) = parse_segment(&name, p.segment_size)
+            && timeline == p.timeline
+        {
+            segments.insert(number, name);
+        }
+    }
+    Ok(segments)
+}
+
+/// The archive as seen from a base backup: how far replay can go from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chain {
+    /// Segments from the backup's start onward, in order.
+    present: Vec<u64>,
+    /// Segments missing between the backup's start and the newest archived segment.
+    missing: Vec<u64>,
+}
+
+impl Chain {
+    fn read(archive: &Path, p: &Position) -> Result<Chain> {
+        let segments = archived_segments(archive, p)?;
+        let present: Vec<u64> = segments
+            .range(p.start_segment()..)
+            .map(|(n, _)| *n)
+            .collect();
+        let missing = match present.last() {
+            Some(&newest) => (p.start_segment()..=newest)
+                .filter(|n| !segments.contains_key(n))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Chain { present, missing })
+    }
+
+    /// The end of the WAL replay can reach, when a gap stops it: the end of the last segment
+    /// before the first missing one.
+    fn reachable_end(&self, p: &Position) -> Option<u64> {
+        self.missing.first().map(|&gap| gap * p.segment_size)
+    }
+}
+
+pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
+    let c = pg.serving()?;
+    let docker = &pg.env.docker;
+    let consistent_at = pg.env.clock.micros();
+    let client = pg.connect().await?;
+    let segment_size: i64 = client
+        .query_one(
+            "SELECT pg_size_bytes(current_setting('wal_segment_size'))",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!("read the WAL segment size: {}", describe(&e)))?
+        .get(0);
+    docker.exec(c, "postgres", &["rm", "-rf", STAGING]).await?;
+    let cmd = [
+        "pg_basebackup",
+        "-D",
+        STAGING,
+        "-Fp",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "--manifest-checksums=SHA256",
+        "-l",
+        "drillrig",
+    ];
+    let out = docker.exec(c, "postgres", &cmd).await?;
+    if !out.success() {
+        bail!(
+            "pg_basebackup exited with {}: {}",
+            out.exit_code,
+            out.tail()
+        );
+    }
+    let artefacts = docker
+        .download_dir(c, STAGING, &dir.join(BASE), BASE)
+        .await?;
+    docker.exec(c, "postgres", &["rm", "-rf", STAGING]).await?;
+    let manifest_path = dir.join(BASE).join("backup_manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&manifest_path)
+            .with_context(|| format!("read {}", manifest_path.display()))?,
+    )
+    .with_context(|| format!("parse {}", manifest_path.display()))?;
+    let range = &manifest["WAL-Ranges"][0];
+    let (start, end) = (
+        range["Start-LSN"].as_str().unwrap_or_default(),
+        range["End-LSN"].as_str().unwrap_or_default(),
+    );
+    let timeline = range["Timeline"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("backup_manifest has no WAL range"))?;
+    let start_lsn =
+        parse_lsn(start).ok_or_else(|| anyhow!("backup_manifest start LSN {start:?}"))?;
+    Ok(Taken {
+        consistent_at,
+        artefacts,
+        contents: Contents::new(),
+        max_seq: None,
+        details: json!({
+            "timeline": timeline,
+            "start_lsn": start,
+            "end_lsn": end,
+            "start_segment": segment_name(timeline as u32, start_lsn / segment_size as u64, segment_size as u64),
+            "wal_segment_size": segment_size,
+        }),
+    })
+}
+
+pub(super) async fn restore(
+    pg: &mut Postgres,
+    request: &RestoreRequest<'_>,
+    phases: &mut Phases,
+) -> Result<Restored> {
+    let backup = request.backup;
+    let position = Position::of(backup)?;
+    let chain = Chain::read(&pg.archive_dir(), &position)?;
+    let reachable = chain.reachable_end(&position);
+    let mut note = chain.missing.first().map(|&gap| {
+        format!(
+            "WAL segment {} is missing from the archive: replay from backup {} stops at {}, the end of segment {}",
+            position.name(gap),
+            backup.id,
+            format_lsn(gap * position.segment_size),
+            position.name(gap.saturating_sub(1)),
+        )
+    });
+    let mut settings = vec![
+        "restore_command=cp /archive/%f %p".to_string(),
+        "archive_mode=off".into(),
+        "recovery_target_timeline=current".into(),
+    ];
+    let recovery_target = match request.point {
+        RestorePoint::Latest | RestorePoint::Restart => "the end of the archive".to_string(),
+        RestorePoint::BeforeFault => {
+            let point = request
+                .recovery_point
+                .ok_or_else(|| anyhow!("no recovery point was captured before the fault"))?;
+            let lsn = parse_lsn(&point.label)
+                .ok_or_else(|| anyhow!("recovery point {:?} is not a WAL location", point.label))?;
+            match reachable {
+                Some(end) if lsn > end => {
+                    note = note.map(|n| format!("{n}; the point before the fault ({}) lies beyond it, so the restore goes as far as it can", point.label));
+                    "the end of the archive (the point before the fault is beyond a gap)"
+                        .to_string()
+                }
+                _ => {
+                    settings.push(format!("recovery_target_lsn={}", point.label));
+                    settings.push("recovery_target_action=promote".into());
+                    format!("lsn {} (captured before the fault)", point.label)
+                }
+            }
+        }
+        RestorePoint::At(when) => {
+            // PostgreSQL's recovery_target_time refuses RFC 3339's `T…Z` form.
+            let when = humantime::format_rfc3339_micros(when)
+                .to_string()
+                .replace('T', " ")
+                .replace('Z', "+00");
+            settings.push(format!("recovery_target_time={when}"));
+            settings.push("recovery_target_action=promote".into());
+            format!("time {when}")
+        }
+    };
+
+    phases.enter(Phase::Provision);
+    let (name, volume) = pg.next_container().await?;
+    let loader = ContainerSpec {
+        name: format!("{name}-loader"),
+        image: pg.env.image.clone(),
+        env: Vec::new(),
+        cmd: vec!["infinity".into()],
+        port: PORT,
+        volume: Some((volume.clone(), PGDATA.into())),
+        binds: vec![(pg.env.repository.clone(), REPOSITORY.into(), true)],
+        entrypoint: Some("sleep".into()),
+        hostname: None,
+        startup_timeout: pg.env.timeouts.provision,
+    };
+    let docker = pg.env.docker.clone();
+    let helper = docker.start(&loader).await?;
+
+    phases.enter(Phase::Fetch);
+    let folder = backup
+        .dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("backup {} has no folder", backup.id))?;
+    let script = format!(
+        "cp -a {REPOSITORY}/{folder}/{BASE}/. {PGDATA}/ && touch {PGDATA}/recovery.signal \
+         && chown -R postgres:postgres {PGDATA} && chmod 700 {PGDATA}"
+    );
+    let copied = docker.exec(&helper, "root", &["sh", "-c", &script]).await?;
+    docker.remove(&helper).await?;
+    if !copied.success() {
+        bail!(
+            "copying base backup {} into the new data volume failed: {}",
+            backup.id,
+            copied.tail()
+        );
+    }
+
+    phases.enter(Phase::Restore);
+    let mut cmd = vec!["postgres".to_string()];
+    for s in settings {
+        cmd.push("-c".into());
+        cmd.push(s);
+    }
+    let binds = vec![
+        (pg.archive_dir(), ARCHIVE.into(), true),
+        (pg.env.repository.clone(), REPOSITORY.into(), true),
+    ];
+    let spec = pg.container_spec(name, volume, cmd, binds);
+    pg.start_container(spec, Ready::Promoted, pg.env.timeouts.restore)
+        .await?;
+    let reached = recovery_end(pg).await;
+    Ok(Restored {
+        recovery_target: Some(recovery_target),
+        reached,
+        note,
+    })
+}
+
+/// Where recovery stopped, from the server's own log lines.
+async fn recovery_end(pg: &Postgres) -> Option<String> {
+    let c = pg.serving().ok()?;
+    let logs = pg.env.docker.logs(c).await.ok()?;
+    let logs = String::from_utf8_lossy(&logs);
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            l.contains("recovery stopping")
+                || l.contains("redo done at")
+                || l.contains("selected new timeline ID")
+        })
+        .map(|l| l.split_once("LOG:").map_or(l, |(_, m)| m).trim())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+/// `delete-wal-segment`: removes a segment from the middle of what the newest base backup needs.
+pub(super) fn delete_segment(pg: &Postgres, backups: &[Backup]) -> Result<serde_json::Value> {
+    let newest = backups
+        .last()
+        .ok_or_else(|| anyhow!("no base backup has been taken yet"))?;
+    let position = Position::of(newest)?;
+    let archive = pg.archive_dir();
+    let segments = archived_segments(&archive, &position)?;
+    let after: Vec<(&u64, &String)> = segments.range(position.start_segment()..).collect();
+    if after.len() < 3 {
+        bail!(
+            "the archive holds {} segment(s) from base backup {} on; a gap in the middle needs at least 3 (fire the fault later, or lower archive_timeout)",
+            after.len(),
+            newest.id
+        );
+    }
+    let (&number, name) = after[after.len() / 2];
+    std::fs::remove_file(archive.join(name)).with_context(|| format!("remove {name}"))?;
+    Ok(json!({
+        "segment": name,
+        "lsn_from": format_lsn(number * position.segment_size),
+        "lsn_to": format_lsn((number + 1) * position.segment_size),
+        "base_backup": newest.id,
+        "segments_since_base_backup": after.len(),
+    }))
+}
+
+/// `wal-continuity`: every segment from the restored base backup's start to the newest archived
+/// one is there, and matches the sha256 recorded when it was archived.
+pub(super) fn wal_continuity(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
+    let check = CheckKind::WalContinuity;
+    let Some(backup) = evidence.backup else {
+        return CheckResult::unknown(check, "no base backup was restored");
+    };
+    let run = || -> Result<CheckResult> {
+        let position = Position::of(backup)?;
+        let archive = pg.archive_dir();
+        let chain = Chain::read(&archive, &position)?;
+        let mut problems: Vec<String> = chain
+            .missing
+            .iter()
+            .map(|&n| {
+                format!(
+                    "segment {} ({}–{}) is missing",
+                    position.name(n),
+                    format_lsn(n * position.segment_size),
+                    format_lsn((n + 1) * position.segment_size)
+                )
+            })
+            .collect();
+        for &n in &chain.present {
+            let name = position.name(n);
+            let recorded = std::fs::read_to_string(archive.join(format!("{name}.sha256")));
+            match recorded {
+                Err(_) => problems.push(format!("segment {name} has no recorded sha256")),
+                Ok(recorded) => {
+                    let (actual, _) = sha256_file(&archive.join(&name))?;
+                    if recorded.trim() != actual {
+                        problems.push(format!(
+                            "segment {name} differs from the sha256 recorded when it was archived"
+                        ));
+                    }
+                }
+            }
+        }
+        let (Some(first), Some(last)) = (chain.present.first(), chain.present.last()) else {
+            return Ok(CheckResult::failed(
+                check,
+                format!(
+                    "no archived segment from base backup {}'s start on",
+                    backup.id
+                ),
+            ));
+        };
+        Ok(CheckResult::from_problems(
+            check,
+            format!(
+                "{} segment(s) {}…{} contiguous from base backup {}, each matching its sha256",
+                chain.present.len(),
+                position.name(*first),
+                position.name(*last),
+                backup.id
+            ),
+            problems,
+        ))
+    };
+    run().unwrap_or_else(|e| CheckResult::unknown(check, format!("{e:#}")))
+}
+
+/// `pg-verifybackup` on the restored base backup, in the restored container.
+pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
+    let check = CheckKind::PgVerifybackup;
+    let (Some(backup), Ok(c)) = (evidence.backup, pg.serving()) else {
+        return CheckResult::unknown(check, "no base backup was restored");
+    };
+    let Some(folder) = backup.dir.file_name().and_then(|n| n.to_str()) else {
+        return CheckResult::unknown(check, format!("backup {} has no folder", backup.id));
+    };
+    let path = format!("{REPOSITORY}/{folder}/{BASE}");
+    // As root: the repository's files belong to the host user.
+    match pg
+        .env
+        .docker
+        .exec(c, "root", &["pg_verifybackup", &path])
+        .await
+    {
+        Ok(out) if out.success() => CheckResult::passed(
+            check,
+            format!(
+                "pg_verifybackup: backup {} is valid (files and WAL against its manifest)",
+                backup.id
+            ),
+        ),
+        Ok(out) => CheckResult::failed(
+            check,
+            format!(
+                "pg_verifybackup on backup {} exited with {}: {}",
+                backup.id,
+                out.exit_code,
+                out.tail()
+            ),
+        ),
+        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+    }
+}
+
+/// The newest archived segment at `t_fault`, with its archive time (run µs).
+pub(super) fn newest_archived(
+    pg: &Postgres,
+    before: crate::workload::Micros,
+) -> Result<Option<(String, crate::workload::Micros)>> {
+    let limit = pg.env.clock.wall_at(before);
+    let mut newest: Option<(String, crate::workload::Micros)> = None;
+    for entry in std::fs::read_dir(pg.archive_dir())? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let archived = entry.metadata()?.modified()?;
+        if archived > limit {
+            continue;
+        }
+        let at = pg.env.clock.offset_of_wall(archived);
+        if newest.as_ref().is_none_or(|(_, t)| at > *t) {
+            newest = Some((name, at));
+        }
+    }
+    Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn lsns_round_trip() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x3000148));
+        assert_eq!(parse_lsn("1A/FF"), Some((0x1A << 32) | 0xFF));
+        assert_eq!(format_lsn(0x3000148), "0/3000148");
+        assert_eq!(parse_lsn("nonsense"), None);
+    }
+
+    #[test]
+    fn segment_names_follow_postgres() {
+        // 16 MB segments: 256 per 4 GiB; 1 MB: 4096.
+        assert_eq!(segment_name(1, 3, 16 * MB), "000000010000000000000003");
+        assert_eq!(segment_name(1, 256, 16 * MB), "000000010000000100000000");
+        assert_eq!(segment_name(2, 4097, MB), "000000020000000100000001");
+        assert_eq!(
+            parse_segment("000000020000000100000001", MB),
+            Some((2, 4097))
+        );
+        assert_eq!(parse_segment("000000010000000000000003.sha256", MB), None);
+        assert_eq!(parse_segment("00000002.history", MB), None);
+    }
+
+    #[test]
+    fn a_chain_stops_at_its_first_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Position {
+            timeline: 1,
+            start_lsn: 3 * MB + 40,
+            segment_size: MB,
+        };
+        for n in [2, 3, 4, 6, 7] {
+            std::fs::write(dir.path().join(segment_name(1, n, MB)), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(segment_name(2, 5, MB)), b"other timeline").unwrap();
+        let chain = Chain::read(dir.path(), &p).unwrap();
+        assert_eq!(chain.present, vec![3, 4, 6, 7]);
+        assert_eq!(chain.missing, vec![5]);
+        assert_eq!(chain.reachable_end(&p), Some(5 * MB));
+    }
+}

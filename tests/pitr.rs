@@ -1,0 +1,243 @@
+//! Point-in-time recovery and damage to the backup chain (`pg-basebackup-wal`), against real
+//! containers: the restored writes are checked against the ledger and the captured recovery point.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use serde_json::Value;
+
+/// `(seq, invoked_ms, completed_ms, outcome, lost)` per ledger row.
+fn ledger_rows(run: &Run) -> Vec<(u64, f64, f64, String, String)> {
+    std::fs::read_to_string(run.dir.join("ledger-pg.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].to_string(),
+                f[4].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every acknowledged write completed before `before_ms` is present; every acknowledged write
+/// invoked after `after_ms` is lost; the loss is a prefix (no holes).
+fn assert_cut_between(run: &Run, before_ms: f64, after_ms: f64) {
+    let rows = ledger_rows(run);
+    let acked: Vec<_> = rows.iter().filter(|w| w.3 == "ok").collect();
+    let kept_before = acked.iter().filter(|w| w.2 < before_ms).count();
+    let lost_after = acked.iter().filter(|w| w.1 > after_ms).count();
+    assert!(
+        kept_before > 100 && lost_after > 0,
+        "the cut must fall inside the workload ({kept_before} before, {lost_after} after)"
+    );
+    for w in &acked {
+        if w.2 < before_ms {
+            assert_eq!(
+                w.4, "no",
+                "seq {} was acknowledged at {} ms, before the recovery target, and is lost",
+                w.0, w.2
+            );
+        }
+        if w.1 > after_ms {
+            assert_eq!(
+                w.4, "yes",
+                "seq {} was written at {} ms, after the recovery target, and was restored",
+                w.0, w.1
+            );
+        }
+    }
+    assert_eq!(run.target()["rpo"]["holes"], 0);
+}
+
+#[test]
+fn pitr_before_a_dropped_table_keeps_every_write_before_the_target_and_none_after() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/pg-pitr-drop-table.toml",
+        "pg-pitr-drop-table",
+        &[],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let point = &t["restore"]["recovery_point"];
+    let lsn = point["label"].as_str().unwrap();
+    assert!(
+        t["restore"]["recovery_target"]
+            .as_str()
+            .unwrap()
+            .contains(lsn)
+    );
+    assert!(t["restore"]["reached"].as_str().unwrap().contains(&format!(
+        "recovery stopping after WAL location (LSN) \"{lsn}\""
+    )));
+    let asked = point["asked_at_us"].as_f64().unwrap() / 1e3;
+    let answered = point["answered_at_us"].as_f64().unwrap() / 1e3;
+    assert_cut_between(&run, asked, answered);
+    // The lost writes are exactly those acknowledged between the target and the drop.
+    let dropped = run.report["faults"][0]["injected_at_ms"].as_f64().unwrap();
+    for w in ledger_rows(&run).iter().filter(|w| w.4 == "yes") {
+        assert!(
+            w.2 >= asked && w.2 <= dropped + 1.0,
+            "seq {} acknowledged at {} ms is outside {asked}..{dropped}",
+            w.0,
+            w.2
+        );
+    }
+    for check in [
+        "ledger",
+        "foreign-keys",
+        "amcheck",
+        "backup-integrity",
+        "pg-verifybackup",
+        "wal-continuity",
+        "backup-age",
+    ] {
+        assert_eq!(run.check(check), "passed", "{check}");
+    }
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn volume_loss_loses_at_most_the_unarchived_segment() {
+    let _engine = engine();
+    let run = drill("scenarios/pg-volume-loss.toml", "pg-volume-loss", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    assert_eq!(run.report["faults"][0]["kind"], "volume-loss");
+    assert!(
+        t["rpo"]["lost_writes"].as_u64().unwrap() > 0,
+        "the unarchived tail is lost"
+    );
+    assert_eq!(t["rpo"]["holes"], 0);
+    // archive_timeout = 2s, 200 writes/s: one write interval is 5 ms.
+    let rpo = t["rpo"]["achieved_ms"].as_u64().unwrap();
+    assert!(
+        rpo <= 2_000 + 5,
+        "RPO {rpo} ms exceeds archive_timeout + one write interval"
+    );
+    assert_eq!(t["restore"]["recovery_target"], "the end of the archive");
+    for check in [
+        "ledger",
+        "foreign-keys",
+        "amcheck",
+        "backup-integrity",
+        "pg-verifybackup",
+        "wal-continuity",
+        "backup-age",
+        "backup-size",
+    ] {
+        assert_eq!(run.check(check), "passed", "{check}");
+    }
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn a_wal_gap_stops_the_restore_where_the_report_says() {
+    let _engine = engine();
+    let run = drill("scenarios/pg-wal-gap.toml", "pg-wal-gap", &[]);
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    assert_eq!(run.report["outcome"], "missed");
+    let gap = &run.report["faults"][0]["details"];
+    let segment = gap["segment"].as_str().unwrap();
+    let t = run.target();
+    let note = t["restore"]["note"].as_str().unwrap();
+    assert!(
+        note.contains(&format!("WAL segment {segment} is missing")),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!("stops at {}", gap["lsn_from"].as_str().unwrap())),
+        "{note}"
+    );
+    assert!(
+        t["rpo"]["note"].as_str().unwrap().contains(segment),
+        "the missed RPO names its reason"
+    );
+    assert_eq!(t["rpo"]["met"], false);
+    assert_eq!(
+        t["rpo"]["holes"], 0,
+        "replay stopped at the gap: a consistent prefix"
+    );
+    assert_eq!(run.check("ledger"), "passed");
+    assert_eq!(run.check("wal-continuity"), "failed");
+    // Replay really stopped before the missing segment.
+    let reached = t["restore"]["reached"].as_str().unwrap();
+    let redo = reached
+        .split("redo done at ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let lsn = |s: &str| {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    assert!(
+        lsn(redo) <= lsn(gap["lsn_from"].as_str().unwrap()),
+        "redo done at {redo}, beyond the gap"
+    );
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn a_damaged_base_backup_fails_the_drill() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/pg-damaged-basebackup.toml",
+        "pg-damaged-basebackup",
+        &[],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    assert_eq!(run.report["outcome"], "missed");
+    assert_eq!(run.check("backup-integrity"), "failed");
+    assert_eq!(run.check("pg-verifybackup"), "failed");
+    assert_eq!(run.target()["rto"]["achieved_ms"], Value::Null);
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn a_timestamp_restore_stops_at_that_time() {
+    let _engine = engine();
+    // The target time must fall inside the run: 20 s from now is after the second base backup
+    // (the workload starts about 3 s in; backups every 5 s) and before the drop at 25 s.
+    let target = SystemTime::now() + Duration::from_secs(20);
+    let stamp = humantime::format_rfc3339_millis(target).to_string();
+    let text = std::fs::read_to_string(repo("scenarios/pg-pitr-drop-table.toml"))
+        .unwrap()
+        .replace("from = \"before-fault\"", &format!("from = \"{stamp}\""))
+        .replace("every = \"10s\"", "every = \"5s\"")
+        .replace("at = \"15s\"", "at = \"25s\"")
+        .replace(", \"backup-age\"", "")
+        // Restoring to a time well before the drop loses those seconds by design.
+        .replace("rpo = \"5s\"", "rpo = \"30s\"");
+    let dir = out_dir("pitr-timestamp-scenario");
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("pg-pitr-drop-table.toml");
+    std::fs::write(&scenario, text).unwrap();
+    let run = drill(scenario.to_str().unwrap(), "pitr-timestamp", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    assert!(
+        t["restore"]["recovery_target"]
+            .as_str()
+            .unwrap()
+            .starts_with("time "),
+        "{}",
+        t["restore"]
+    );
+    // The target as a run offset (the containers share the host's clock).
+    let started = humantime::parse_rfc3339(run.report["started_at"].as_str().unwrap()).unwrap();
+    let at_ms = target.duration_since(started).unwrap().as_secs_f64() * 1e3;
+    // started_at is rounded to the millisecond: leave a margin either side of the cut.
+    assert_cut_between(&run, at_ms - 2.0, at_ms + 2.0);
+    assert_no_leftovers(run.run_id());
+}
