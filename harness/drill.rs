@@ -107,6 +107,10 @@ struct Progress {
 type Shared = Arc<Mutex<Progress>>;
 
 fn begin(progress: &Shared, clock: &Clock, phase: &str, target: Option<&str>) -> usize {
+    match target {
+        Some(t) => info!("{t}: phase {phase}"),
+        None => info!("phase {phase}"),
+    }
     let mut p = progress.lock().expect("not poisoned");
     p.timeline.push(PhaseSpan {
         phase: phase.into(),
@@ -917,13 +921,19 @@ impl Drill<'_> {
         let chosen = match spec.restore {
             RestorePoint::Restart => {
                 phases.enter(Phase::Restore);
-                let error = match tokio::time::timeout(limit, target.restart(limit)).await {
-                    Ok(r) => r.err().map(|e| format!("{e:#}")),
-                    Err(_) => return Err(overran()),
-                };
-                let restored = Restored {
+                let mut restored = Restored {
                     recovery_target: Some("crash recovery in place".into()),
                     ..Restored::default()
+                };
+                let recovered = async {
+                    if spec.repair {
+                        restored.note = target.repair().await?;
+                    }
+                    target.restart(limit).await
+                };
+                let error = match tokio::time::timeout(limit, recovered).await {
+                    Ok(r) => r.err().map(|e| format!("{e:#}")),
+                    Err(_) => return Err(overran()),
                 };
                 return Ok(RestoreOutcome {
                     backup: None,

@@ -43,34 +43,73 @@ fn phase_reached(report: &serde_json::Value) -> String {
         })
 }
 
+/// The phases the interrupt test aims at, with how long into each it may wait (ms): about the
+/// phase's length in the fast scenario, so the signal lands inside it.
+const PHASES: &[(&str, u64)] = &[
+    ("provision", 1500),
+    ("seed", 100),
+    ("workload", 4000),
+    ("fault", 800),
+    ("detect", 0),
+    ("restore", 1500),
+    ("verify", 100),
+    ("teardown", 300),
+];
+
 #[test]
 fn interrupts_at_random_phases_leave_nothing_and_a_partial_report() {
     let _engine = engine();
     let mut rng = seeded("interrupts");
     let mut reached: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..50 {
+        let (aim, window) = PHASES[i % PHASES.len()];
+        let delay = Duration::from_millis(rng.random_range(0..=window));
+        let sig = if rng.random_bool(0.5) { "INT" } else { "TERM" };
         let dir = out_dir(&format!("interrupt-{i:02}"));
         let mut child = spawn_drill(FAST, &dir);
-        let delay = Duration::from_millis(rng.random_range(150..12_500));
-        let sig = if rng.random_bool(0.5) { "INT" } else { "TERM" };
+        // The drill logs each phase as it begins: wait for the aimed one, then a random moment.
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in stderr.lines().map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        let marker = format!("phase {aim}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.contains(&marker) => break,
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "iteration {i}: {aim} never began"
+                ),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("iteration {i}: the drill ended before {aim}")
+                }
+            }
+        }
         std::thread::sleep(delay);
-        let finished_first = child.try_wait().unwrap().is_some();
-        if !finished_first {
+        if child.try_wait().unwrap().is_none() {
             signal(&child, sig);
         }
-        let output = child.wait_with_output().unwrap();
+        let status = child.wait().unwrap();
+        let log = reader.join().unwrap();
         let report = read_report(&dir);
         let run_id = report["run_id"].as_str().unwrap();
         let outcome = report["outcome"].as_str().unwrap();
         let context = format!(
-            "iteration {i}: SIG{sig} after {delay:?} ended {outcome} with {:?}\n{}",
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr)
+            "iteration {i}: SIG{sig} {delay:?} into {aim} ended {outcome} with {:?}\n{log}",
+            status.code()
         );
         if outcome == "interrupted" {
-            assert_eq!(output.status.code(), Some(130), "{context}");
-            let phase = phase_reached(&report);
-            *reached.entry(phase).or_default() += 1;
+            assert_eq!(status.code(), Some(130), "{context}");
+            *reached.entry(phase_reached(&report)).or_default() += 1;
         } else {
             // The signal came after the drill had finished (during teardown): its verdict stands.
             assert!(["met", "missed"].contains(&outcome), "{context}");
@@ -79,11 +118,12 @@ fn interrupts_at_random_phases_leave_nothing_and_a_partial_report() {
         assert_eq!(resources_of(run_id), Vec::<String>::new(), "{context}");
     }
     eprintln!("interrupts by phase reached: {reached:?}");
-    let phases = reached.keys().filter(|p| *p != "after the drill").count();
-    assert!(
-        phases >= 5,
-        "interrupts reached only {phases} phases: {reached:?}"
-    );
+    for phase in ["provision", "seed", "workload", "fault", "restore"] {
+        assert!(
+            reached.contains_key(phase),
+            "no interrupt landed in {phase}: {reached:?}"
+        );
+    }
 }
 
 #[test]
