@@ -135,7 +135,8 @@ pub async fn run(
             | CheckKind::Amcheck
             | CheckKind::PgVerifybackup
             | CheckKind::BackupAge
-            | CheckKind::WalContinuity => target.check(check, evidence).await,
+            | CheckKind::WalContinuity
+            | CheckKind::RedisCheck => target.check(check, evidence).await,
         }
     };
     let mut result = tokio::time::timeout(limit, work)
@@ -175,6 +176,36 @@ fn backup_size(evidence: &Evidence<'_>) -> CheckResult {
         )
     } else {
         CheckResult::passed(check, detail)
+    }
+}
+
+/// The newest backup consistent at the fault: the recovery point of methods without a log.
+pub fn newest_backup_point(evidence: &Evidence<'_>) -> Option<(String, Micros)> {
+    evidence
+        .catalog
+        .iter()
+        .rev()
+        .find(|b| b.consistent_at_us <= evidence.t_fault)
+        .map(|b| (format!("backup {}, consistent", b.id), b.consistent_at_us))
+}
+
+/// `backup-age`: at the fault, the newest recovery point (`what`, at run µs) is no older than
+/// the RPO objective.
+pub fn backup_age(evidence: &Evidence<'_>, newest: Option<(String, Micros)>) -> CheckResult {
+    let check = CheckKind::BackupAge;
+    let Some((what, at)) = newest else {
+        return CheckResult::failed(check, "no recovery point existed when the fault hit");
+    };
+    let age = Duration::from_micros(evidence.t_fault.saturating_sub(at));
+    let detail = format!(
+        "at the fault the newest recovery point was {what} {} earlier; the RPO objective is {}",
+        crate::report::seconds(age.as_millis() as u64),
+        crate::report::seconds(evidence.rpo_objective.as_millis() as u64)
+    );
+    if age <= evidence.rpo_objective {
+        CheckResult::passed(check, detail)
+    } else {
+        CheckResult::failed(check, detail)
     }
 }
 

@@ -101,6 +101,8 @@ pub struct ContainerSpec {
     pub binds: Vec<(PathBuf, String, bool)>,
     /// Replaces the image's entrypoint (a helper container: `sleep` with `cmd` `["infinity"]`).
     pub entrypoint: Option<String>,
+    /// Host files or folders copied into the container before it starts: `(host, container path)`.
+    pub copy_in: Vec<(PathBuf, String)>,
     pub hostname: Option<String>,
     pub startup_timeout: Duration,
 }
@@ -276,6 +278,9 @@ impl Docker {
         }
         if let Some(hostname) = &spec.hostname {
             request = request.with_hostname(hostname);
+        }
+        for (host, path) in &spec.copy_in {
+            request = request.with_copy_to(path.clone(), host.as_path());
         }
         let started = request.start().await.map_err(|e| {
             let text = format!("{e:#}");

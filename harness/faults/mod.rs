@@ -33,7 +33,12 @@ pub async fn inject(
             if running {
                 bail!("container {} still runs after SIGKILL", c.name);
             }
-            Ok(json!({ "container": c.name, "signal": "SIGKILL", "exit_code": exit_code }))
+            Ok(json!({
+                "container": c.name,
+                "signal": "SIGKILL",
+                "exit_code": exit_code,
+                "note": "a process crash, not a host crash: what the service wrote but did not fsync survives in the host's page cache",
+            }))
         }
         FaultKind::CorruptBackup | FaultKind::TruncateBackup => {
             let newest = backups

@@ -6,6 +6,15 @@ use tabled::{Table, builder::Builder};
 use super::{Report, seconds};
 use crate::checks::CheckStatus;
 
+/// A detail cut to fit a terminal row; report.json and report.md keep it whole.
+fn shorten(detail: &str) -> String {
+    if detail.chars().count() > 100 {
+        detail.chars().take(97).collect::<String>() + "..."
+    } else {
+        detail.to_string()
+    }
+}
+
 fn yes_no(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
@@ -68,7 +77,12 @@ pub fn terminal(r: &Report) -> String {
     checks.push_record(["target", "check", "status", "detail"]);
     for t in &r.targets {
         if let Some(e) = &t.restore.error {
-            checks.push_record([t.name.clone(), "restore".into(), "FAILED".into(), e.clone()]);
+            checks.push_record([
+                t.name.clone(),
+                "restore".into(),
+                "FAILED".into(),
+                shorten(e),
+            ]);
         }
         for c in &t.checks {
             let status = match c.status {
@@ -76,11 +90,12 @@ pub fn terminal(r: &Report) -> String {
                 CheckStatus::Failed => "FAILED",
                 CheckStatus::Unknown => "UNKNOWN",
             };
-            let mut detail = c.detail.clone();
-            if detail.chars().count() > 100 {
-                detail = detail.chars().take(97).collect::<String>() + "...";
-            }
-            checks.push_record([t.name.clone(), c.name.to_string(), status.into(), detail]);
+            checks.push_record([
+                t.name.clone(),
+                c.name.to_string(),
+                status.into(),
+                shorten(&c.detail),
+            ]);
         }
     }
     if checks.count_records() > 1 {

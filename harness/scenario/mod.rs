@@ -97,8 +97,31 @@ pub struct TargetSpec {
     pub rate: u32,
     pub backup: Option<BackupSpec>,
     pub restore: RestorePoint,
+    /// Redis: `redis-check-aof --fix` before a `restart`; what it drops is measured as loss.
+    pub repair: bool,
     pub checks: Vec<CheckKind>,
     pub objectives: Objectives,
+    /// Redis persistence (defaults: Redis's own).
+    pub persistence: Option<Persistence>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    pub appendonly: bool,
+    pub appendfsync: Fsync,
+    /// RDB `save` rules in Redis's syntax (`"3600 1 300 100"`); empty: none.
+    pub save: String,
+}
+
+impl Default for Persistence {
+    /// Redis 7.0's defaults.
+    fn default() -> Self {
+        Persistence {
+            appendonly: false,
+            appendfsync: Fsync::Everysec,
+            save: "3600 1 300 100 60 10000".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,14 +158,16 @@ pub struct FaultSpec {
     pub hold: Option<Duration>,
     /// The relation (table) a fault aims at, where the kind takes one.
     pub relation: Option<String>,
+    /// The data file a Redis `corrupt-data-file` damages.
+    pub file: Option<DataFile>,
 }
 
 macro_rules! kebab_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -161,6 +186,23 @@ macro_rules! kebab_enum {
 kebab_enum!(
     /// The service a target runs.
     TargetKind { Postgres = "postgres", Redis = "redis", Rabbitmq = "rabbitmq" }
+);
+
+kebab_enum!(
+    /// Redis `appendfsync`.
+    Fsync { Always = "always", Everysec = "everysec", No = "no" }
+);
+
+kebab_enum!(
+    /// Which Redis data file `corrupt-data-file` damages.
+    DataFile {
+        /// Bytes in the middle of `dump.rdb`.
+        Rdb = "rdb",
+        /// Bytes in the middle of the newest incremental AOF file.
+        Aof = "aof",
+        /// The last bytes of the newest incremental AOF file cut off: a torn write.
+        AofTail = "aof-tail",
+    }
 );
 
 kebab_enum!(
@@ -186,7 +228,8 @@ kebab_enum!(
         PgVerifybackup = "pg-verifybackup",
         BackupSize = "backup-size",
         BackupAge = "backup-age",
-        WalContinuity = "wal-continuity",
+                WalContinuity = "wal-continuity",
+        RedisCheck = "redis-check",
     }
 );
 
@@ -246,6 +289,7 @@ impl CheckKind {
                 | CheckKind::PgVerifybackup
                 | CheckKind::BackupSize
                 | CheckKind::WalContinuity
+                | CheckKind::RedisCheck
         )
     }
 
@@ -263,7 +307,10 @@ impl CheckKind {
 impl BackupMethod {
     /// Methods whose backups record a logical snapshot (row counts and digests of each table).
     pub fn takes_snapshot(self) -> bool {
-        matches!(self, BackupMethod::PgDump)
+        matches!(
+            self,
+            BackupMethod::PgDump | BackupMethod::RedisRdb | BackupMethod::RedisAof
+        )
     }
 
     /// Methods that archive WAL continuously next to their base backups.
@@ -580,7 +627,9 @@ impl Validator<'_> {
             self.at.error(
                 raw.kind.span(),
                 key("kind"),
-                format!("target kind `{kind}` is not implemented yet (implemented: postgres)"),
+                format!(
+                    "target kind `{kind}` is not implemented yet (implemented: postgres, redis)"
+                ),
             )
         })?;
 
@@ -631,11 +680,43 @@ impl Validator<'_> {
             }
         };
 
+        let persistence = match (&raw.persistence, kind) {
+            (Some(p), TargetKind::Redis) => {
+                let p = p.get_ref();
+                let defaults = Persistence::default();
+                Some(Persistence {
+                    appendonly: p.appendonly.unwrap_or(defaults.appendonly),
+                    appendfsync: p
+                        .appendfsync
+                        .as_ref()
+                        .map_or(defaults.appendfsync, |f| *f.get_ref()),
+                    save: p.save.clone().unwrap_or(defaults.save),
+                })
+            }
+            (None, TargetKind::Redis) => Some(Persistence::default()),
+            (Some(p), _) => {
+                return Err(self.at.error(
+                    p.span(),
+                    key("persistence"),
+                    format!("persistence settings apply to redis targets, not {kind}"),
+                ));
+            }
+            (None, _) => None,
+        };
+        let appendonly = persistence.as_ref().is_some_and(|p| p.appendonly);
+
         let backup = match &raw.backup {
             None => None,
             Some(b) => {
                 let b = b.get_ref();
                 let method = *b.method.get_ref();
+                if method == BackupMethod::RedisAof && !appendonly {
+                    return Err(self.at.error(
+                        b.method.span(),
+                        key("backup.method"),
+                        "backup method `redis-aof` copies the append-only file: set persistence.appendonly = true",
+                    ));
+                }
                 if !caps.backups.contains(&method) {
                     return Err(self.at.error(
                         b.method.span(),
@@ -686,6 +767,22 @@ impl Validator<'_> {
                 "restoring from a backup needs a `backup` for this target (or use `restart`)",
             ));
         }
+        let repair = match &restore_raw.repair {
+            Some(r)
+                if *r.get_ref()
+                    && !(kind == TargetKind::Redis
+                        && restore == RestorePoint::Restart
+                        && appendonly) =>
+            {
+                return Err(self.at.error(
+                    r.span(),
+                    key("restore.repair"),
+                    "repair runs `redis-check-aof --fix` before a restart: it needs a redis target, restore.from = \"restart\" and persistence.appendonly = true",
+                ));
+            }
+            Some(r) => *r.get_ref(),
+            None => false,
+        };
 
         let mut checks = Vec::new();
         for check in &raw.checks {
@@ -770,12 +867,14 @@ impl Validator<'_> {
             rate,
             backup,
             restore,
+            repair,
             checks,
             objectives: Objectives {
                 rto,
                 rpo: o.rpo.get_ref().0,
                 max_lost_writes,
             },
+            persistence,
         })
     }
 
@@ -851,25 +950,64 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        if let (false, Some(r)) = (kind.takes_relation(), &raw.relation) {
+        // Tables belong to PostgreSQL, data files to Redis.
+        let takes_relation = kind.takes_relation() && target.kind == TargetKind::Postgres;
+        if let (false, Some(r)) = (takes_relation, &raw.relation) {
             return Err(self.at.error(
                 r.span(),
                 key("relation"),
-                format!("fault `{kind}` does not take `relation`"),
+                format!(
+                    "fault `{kind}` on a {} target does not take `relation`",
+                    target.kind
+                ),
             ));
         }
-        let relation = kind.takes_relation().then(|| {
+        let relation = takes_relation.then(|| {
             raw.relation.as_ref().map_or_else(
                 || caps.default_relation.to_string(),
                 |r| r.get_ref().clone(),
             )
         });
+        let takes_file = kind == FaultKind::CorruptDataFile && target.kind == TargetKind::Redis;
+        if let (false, Some(f)) = (takes_file, &raw.file) {
+            return Err(self.at.error(
+                f.span(),
+                key("file"),
+                format!(
+                    "fault `{kind}` on a {} target does not take `file`",
+                    target.kind
+                ),
+            ));
+        }
+        let appendonly = target.persistence.as_ref().is_some_and(|p| p.appendonly);
+        let file = match (takes_file, &raw.file) {
+            (false, _) => None,
+            (true, None) => Some(if appendonly {
+                DataFile::Aof
+            } else {
+                DataFile::Rdb
+            }),
+            (true, Some(f)) => {
+                let file = *f.get_ref();
+                let wanted = file != DataFile::Rdb;
+                if wanted != appendonly {
+                    let why = if appendonly {
+                        "with appendonly the server loads the AOF and ignores dump.rdb: damage `aof` or `aof-tail`"
+                    } else {
+                        "without appendonly there is no AOF to damage: use `rdb` or set persistence.appendonly = true"
+                    };
+                    return Err(self.at.error(f.span(), key("file"), why));
+                }
+                Some(file)
+            }
+        };
         Ok(FaultSpec {
             target: name.clone(),
             kind,
             at: raw.at.get_ref().0,
             hold: hold.map(|(_, d)| d),
             relation,
+            file,
         })
     }
 

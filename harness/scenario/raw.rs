@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{BackupMethod, CheckKind, FaultKind, TargetKind};
+use super::{BackupMethod, CheckKind, DataFile, FaultKind, Fsync, TargetKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +60,16 @@ pub struct RawTarget {
     #[serde(default)]
     pub checks: Vec<Spanned<CheckKind>>,
     pub objectives: Spanned<RawObjectives>,
+    pub persistence: Option<Spanned<RawPersistence>>,
+}
+
+/// Redis persistence settings, passed to `redis-server`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistence {
+    pub appendonly: Option<bool>,
+    pub appendfsync: Option<Spanned<Fsync>>,
+    pub save: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +97,8 @@ pub struct RawBackup {
 #[serde(deny_unknown_fields)]
 pub struct RawRestore {
     pub from: Spanned<RestorePoint>,
+    /// Redis: repair a damaged AOF with `redis-check-aof --fix` before restarting.
+    pub repair: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +118,7 @@ pub struct RawFault {
     #[serde(rename = "for")]
     pub for_: Option<Spanned<HumanDuration>>,
     pub relation: Option<Spanned<String>>,
+    pub file: Option<Spanned<DataFile>>,
 }
 
 /// A humantime duration string ("500ms", "5s", "2m").

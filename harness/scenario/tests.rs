@@ -80,7 +80,8 @@ fn a_good_file_becomes_domain_types() {
             kind: FaultKind::DropTable,
             at: Duration::from_secs(12),
             hold: None,
-            relation: Some("orders".into())
+            relation: Some("orders".into()),
+            file: None
         }]
     );
     assert_eq!(s.timeouts, Timeouts::default());

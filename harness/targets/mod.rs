@@ -2,6 +2,7 @@
 //! supports in its [`Capabilities`], which `validate` reads without starting anything.
 
 pub mod postgres;
+pub mod redis;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,7 +38,8 @@ pub struct Capabilities {
 pub fn capabilities(kind: TargetKind) -> Option<&'static Capabilities> {
     match kind {
         TargetKind::Postgres => Some(&postgres::CAPABILITIES),
-        TargetKind::Redis | TargetKind::Rabbitmq => None,
+        TargetKind::Redis => Some(&redis::CAPABILITIES),
+        TargetKind::Rabbitmq => None,
     }
 }
 
@@ -95,7 +97,8 @@ pub struct Restored {
 pub fn build(env: TargetEnv) -> Box<dyn Target> {
     match env.spec.kind {
         TargetKind::Postgres => Box::new(postgres::Postgres::new(env)),
-        kind @ (TargetKind::Redis | TargetKind::Rabbitmq) => {
+        TargetKind::Redis => Box::new(redis::Redis::new(env)),
+        kind @ TargetKind::Rabbitmq => {
             unreachable!("validation rejects unimplemented target kind {kind}")
         }
     }
@@ -134,6 +137,12 @@ pub trait Target: Send + Sync {
 
     /// Crash recovery in place: starts the same container on its own data, waits until ready.
     async fn restart(&mut self, timeout: Duration) -> Result<()>;
+
+    /// Repairs the stopped service's own files before a `restart` (`restore.repair`); returns
+    /// what the repair tool says it did.
+    async fn repair(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
 
     /// Restores into a fresh container, entering the restore phases as it goes.
     async fn restore(

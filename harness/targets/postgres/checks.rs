@@ -4,8 +4,6 @@
 use anyhow::{Result, anyhow};
 use tokio_postgres::Client;
 
-use std::time::Duration;
-
 use super::{DATABASE, Postgres, describe, physical, quote_ident};
 use crate::backup::{Contents, DatasetDigest};
 use crate::checks::CheckResult;
@@ -170,35 +168,21 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
     }
 }
 
-/// `backup-age`: at the fault, the newest recovery point (the newest dump's snapshot, or the
-/// newest archived WAL segment) is no older than the RPO objective.
+/// `backup-age`: the newest recovery point at the fault is the newest archived WAL segment, or
+/// the newest dump's snapshot.
 pub(super) fn backup_age(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
-    let check = CheckKind::BackupAge;
     let newest = if pg.archives_wal() {
         match physical::newest_archived(pg, evidence.t_fault) {
             Ok(n) => n.map(|(name, at)| (format!("WAL segment {name}, archived"), at)),
-            Err(e) => return CheckResult::unknown(check, format!("read the archive: {e:#}")),
+            Err(e) => {
+                return CheckResult::unknown(
+                    CheckKind::BackupAge,
+                    format!("read the archive: {e:#}"),
+                );
+            }
         }
     } else {
-        evidence
-            .catalog
-            .iter()
-            .rev()
-            .find(|b| b.consistent_at_us <= evidence.t_fault)
-            .map(|b| (format!("backup {}, consistent", b.id), b.consistent_at_us))
+        crate::checks::newest_backup_point(evidence)
     };
-    let Some((what, at)) = newest else {
-        return CheckResult::failed(check, "no recovery point existed when the fault hit");
-    };
-    let age = Duration::from_micros(evidence.t_fault.saturating_sub(at));
-    let detail = format!(
-        "at the fault the newest recovery point was {what} {} earlier; the RPO objective is {}",
-        crate::report::seconds(age.as_millis() as u64),
-        crate::report::seconds(evidence.rpo_objective.as_millis() as u64)
-    );
-    if age <= evidence.rpo_objective {
-        CheckResult::passed(check, detail)
-    } else {
-        CheckResult::failed(check, detail)
-    }
+    crate::checks::backup_age(evidence, newest)
 }

@@ -228,6 +228,7 @@ impl Postgres {
             volume: Some((volume, PGDATA.into())),
             binds,
             entrypoint: None,
+            copy_in: Vec::new(),
             hostname: None,
             // The drill bounds the whole step; this only keeps testcontainers from giving up
             // first.

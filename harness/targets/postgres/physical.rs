@@ -316,6 +316,7 @@ pub(super) async fn restore(
         volume: Some((volume.clone(), PGDATA.into())),
         binds: vec![(pg.env.repository.clone(), REPOSITORY.into(), true)],
         entrypoint: Some("sleep".into()),
+        copy_in: Vec::new(),
         hostname: None,
         startup_timeout: pg.env.timeouts.provision,
     };

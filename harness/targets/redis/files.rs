@@ -1,0 +1,441 @@
+//! Redis's own files: RDB and AOF backups, damage to the files a server loads at startup, the
+//! `redis-check-*` tools, restores into fresh containers, and the `redis-check-aof --fix` repair.
+//!
+//! Backups describe exactly what they hold. An RDB backup's `DBSIZE` and `DEBUG DIGEST` are taken
+//! in the same transaction as its `BGSAVE`, so they see the fork's dataset. An AOF backup is
+//! rewritten, then copied while `CLIENT PAUSE WRITE` holds writes, with the digest taken in the
+//! pause (Redis writes the AOF buffer out before it answers, so the file on disk matches memory).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{DATA, KEYSPACE, LEDGER_LIST, PORT, Redis};
+use crate::backup::{Artefact, Backup, Contents, DatasetDigest, Taken};
+use crate::checks::CheckResult;
+use crate::docker::{Container, ContainerSpec};
+use crate::measure::{Phase, Phases};
+use crate::scenario::{BackupMethod, CheckKind, DataFile};
+use crate::targets::{RestoreRequest, Restored};
+
+const RDB_FILE: &str = "dump.rdb";
+const AOF_DIR: &str = "appendonlydir";
+const AOF_MANIFEST: &str = "appendonly.aof.manifest";
+/// Where helper containers see the target's backup repository (read-only).
+const REPOSITORY: &str = "/repository";
+/// Bytes inverted by `corrupt-data-file`, and bytes cut off by a torn tail.
+const DAMAGE_LEN: usize = 16;
+const TORN_TAIL: usize = 7;
+
+/// `INFO persistence` as key → value.
+async fn persistence_info(con: &mut MultiplexedConnection) -> Result<HashMap<String, String>> {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(con)
+        .await
+        .map_err(|e| anyhow!("INFO persistence: {e}"))?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
+/// Waits until no RDB save and no AOF rewrite runs; returns `INFO persistence` then.
+async fn wait_idle(con: &mut MultiplexedConnection) -> Result<HashMap<String, String>> {
+    loop {
+        let info = persistence_info(con).await?;
+        let busy = [
+            "rdb_bgsave_in_progress",
+            "aof_rewrite_in_progress",
+            "aof_rewrite_scheduled",
+        ]
+        .iter()
+        .any(|k| info.get(*k).is_some_and(|v| v != "0"));
+        if !busy {
+            return Ok(info);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn keyspace(keys: u64, digest: String) -> Contents {
+    Contents::from([(KEYSPACE.to_string(), DatasetDigest { rows: keys, digest })])
+}
+
+pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
+    let c = r.serving()?;
+    let mut con = r.connect().await?;
+    loop {
+        wait_idle(&mut con).await?;
+        // Every write acknowledged before the BGSAVE forks is in the RDB.
+        let consistent_at = r.env.clock.micros();
+        let started: redis::RedisResult<(u64, String, Option<u64>, String)> = redis::pipe()
+            .atomic()
+            .cmd("DBSIZE")
+            .cmd("DEBUG")
+            .arg("DIGEST")
+            .cmd("LINDEX")
+            .arg(LEDGER_LIST)
+            .arg(-1)
+            .cmd("BGSAVE")
+            .query_async(&mut con)
+            .await;
+        let (keys, digest, newest, _) = match started {
+            Ok(s) => s,
+            // An automatic save began meanwhile: wait for it and take our own.
+            Err(e) if e.to_string().contains("in progress") => continue,
+            Err(e) => bail!("BGSAVE: {e}"),
+        };
+        let info = wait_idle(&mut con).await?;
+        if info.get("rdb_last_bgsave_status").map(String::as_str) != Some("ok") {
+            bail!(
+                "BGSAVE failed (rdb_last_bgsave_status {:?})",
+                info.get("rdb_last_bgsave_status")
+            );
+        }
+        let saved = info.get("rdb_last_save_time").cloned();
+        let file = r
+            .env
+            .docker
+            .download(c, &format!("{DATA}/{RDB_FILE}"))
+            .await?;
+        // A save rule firing between our BGSAVE and the copy would have replaced dump.rdb.
+        if persistence_info(&mut con).await?.get("rdb_last_save_time") != saved.as_ref() {
+            continue;
+        }
+        let path = dir.join(RDB_FILE);
+        std::fs::write(&path, &file.bytes).with_context(|| format!("write {}", path.display()))?;
+        return Ok(Taken {
+            consistent_at,
+            artefacts: vec![Artefact {
+                file: RDB_FILE.into(),
+                size: file.bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(&file.bytes)),
+            }],
+            contents: keyspace(keys, digest),
+            max_seq: newest,
+            details: json!({ "rdb_last_save_time": saved }),
+        });
+    }
+}
+
+/// `BGREWRITEAOF`, waited for: the dataset becomes the AOF's new base file.
+pub(super) async fn rewrite_aof(con: &mut MultiplexedConnection) -> Result<()> {
+    wait_idle(con).await?;
+    redis::cmd("BGREWRITEAOF")
+        .query_async::<()>(con)
+        .await
+        .map_err(|e| anyhow!("BGREWRITEAOF: {e}"))?;
+    let info = wait_idle(con).await?;
+    if info.get("aof_last_bgrewrite_status").map(String::as_str) != Some("ok") {
+        bail!(
+            "BGREWRITEAOF failed (aof_last_bgrewrite_status {:?})",
+            info.get("aof_last_bgrewrite_status")
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<Taken> {
+    let c = r.serving()?;
+    let mut con = r.connect().await?;
+    rewrite_aof(&mut con).await?;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut con)
+        .await
+        .map_err(|e| anyhow!("CLIENT PAUSE: {e}"))?;
+    let copied = async {
+        let consistent_at = r.env.clock.micros();
+        let (contents, newest) = Redis::describe(&mut con).await?;
+        let artefacts = r
+            .env
+            .docker
+            .download_dir(c, &format!("{DATA}/{AOF_DIR}"), &dir.join(AOF_DIR), AOF_DIR)
+            .await?;
+        anyhow::Ok((consistent_at, contents, newest, artefacts))
+    }
+    .await;
+    let unpaused = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut con)
+        .await;
+    let (consistent_at, contents, max_seq, artefacts) = copied?;
+    unpaused.map_err(|e| anyhow!("CLIENT UNPAUSE: {e}"))?;
+    Ok(Taken {
+        consistent_at,
+        artefacts,
+        contents,
+        max_seq,
+        details: json!({}),
+    })
+}
+
+/// The newest incremental AOF file named by the manifest in `manifest` text.
+fn newest_incr(manifest: &str) -> Option<String> {
+    manifest
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["type", "i"])
+        })
+        .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+        .next_back()
+}
+
+/// `corrupt-data-file`: the server crashes (SIGKILL: no save on the way down) and the file it
+/// would load at startup is damaged on disk. The server stays down; the restore meets the damage.
+pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::Value> {
+    let c = r.serving()?.clone();
+    let docker = r.env.docker.clone();
+    docker.kill(&c, "SIGKILL").await?;
+    let path = match file {
+        DataFile::Rdb => format!("{DATA}/{RDB_FILE}"),
+        DataFile::Aof | DataFile::AofTail => {
+            let manifest = docker
+                .download(&c, &format!("{DATA}/{AOF_DIR}/{AOF_MANIFEST}"))
+                .await?;
+            let manifest = String::from_utf8_lossy(&manifest.bytes).into_owned();
+            let incr = newest_incr(&manifest).ok_or_else(|| {
+                anyhow!("the AOF manifest names no incremental file:\n{manifest}")
+            })?;
+            format!("{DATA}/{AOF_DIR}/{incr}")
+        }
+    };
+    let mut data = docker
+        .download(&c, &path)
+        .await
+        .with_context(|| format!("{path}: the server has not written it (no save yet?)"))?;
+    let size = data.bytes.len();
+    let details = match file {
+        DataFile::AofTail => {
+            if size < TORN_TAIL {
+                bail!("{path} holds {size} bytes: nothing to tear");
+            }
+            data.bytes.truncate(size - TORN_TAIL);
+            json!({ "file": path, "size_before": size, "size_after": size - TORN_TAIL, "torn_bytes": TORN_TAIL })
+        }
+        DataFile::Rdb | DataFile::Aof => {
+            if size < 2 * DAMAGE_LEN {
+                bail!("{path} holds {size} bytes: too small to damage in the middle");
+            }
+            let offset = (size - DAMAGE_LEN) / 2;
+            let window = &mut data.bytes[offset..offset + DAMAGE_LEN];
+            let before = hex::encode(&*window);
+            window.iter_mut().for_each(|b| *b = !*b);
+            json!({ "file": path, "offset": offset, "length": DAMAGE_LEN, "bytes_before": before, "bytes_after": hex::encode(&*window) })
+        }
+    };
+    docker.upload(&c, &path, &data).await?;
+    Ok(details)
+}
+
+/// `volume-loss`: the container and its data volume are removed; the backups remain.
+pub(super) async fn volume_loss(r: &mut Redis) -> Result<serde_json::Value> {
+    let c = r.serving()?.clone();
+    let volume = r
+        .volume
+        .clone()
+        .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
+    r.env.docker.remove(&c).await?;
+    r.env.docker.remove_volume(&volume).await?;
+    r.current = None;
+    r.volume = None;
+    r.port.send_replace(0);
+    Ok(json!({ "container": c.name, "volume": volume }))
+}
+
+/// A short-lived container of the target's image, to run a tool on files: `mounts` are
+/// `(volume, path)`; the repository is mounted read-only at `/repository`.
+async fn helper(r: &Redis, name: &str, volume: Option<(String, String)>) -> Result<Container> {
+    // A drill without backups has no repository folder yet.
+    std::fs::create_dir_all(&r.env.repository)
+        .with_context(|| format!("create {}", r.env.repository.display()))?;
+    let spec = ContainerSpec {
+        name: name.to_string(),
+        image: r.env.image.clone(),
+        env: Vec::new(),
+        cmd: vec!["infinity".into()],
+        port: PORT,
+        volume,
+        binds: vec![(r.env.repository.clone(), REPOSITORY.into(), true)],
+        entrypoint: Some("sleep".into()),
+        copy_in: Vec::new(),
+        hostname: None,
+        startup_timeout: r.env.timeouts.provision,
+    };
+    r.env.docker.start(&spec).await
+}
+
+/// `redis-check-rdb` or `redis-check-aof` on a backup's artefacts, read from the repository.
+async fn check_artefacts(r: &Redis, backup: &Backup, tools: &Container) -> CheckResult {
+    let check = CheckKind::RedisCheck;
+    let Some(folder) = backup.dir.file_name().and_then(|n| n.to_str()) else {
+        return CheckResult::unknown(check, format!("backup {} has no folder", backup.id));
+    };
+    // redis-check-aof opens its files for writing even without --fix: check a scratch copy.
+    let (tool, script) = match backup.method {
+        BackupMethod::RedisRdb => (
+            "redis-check-rdb",
+            format!("redis-check-rdb {REPOSITORY}/{folder}/{RDB_FILE}"),
+        ),
+        _ => (
+            "redis-check-aof",
+            format!(
+                "cp -r {REPOSITORY}/{folder}/{AOF_DIR} /tmp/check && redis-check-aof /tmp/check/{AOF_MANIFEST}"
+            ),
+        ),
+    };
+    match r
+        .env
+        .docker
+        .exec(tools, "root", &["sh", "-c", &script])
+        .await
+    {
+        Ok(out) if out.success() => CheckResult::passed(
+            check,
+            format!("{tool} on backup {}: {}", backup.id, out.tail()),
+        ),
+        Ok(out) => CheckResult::failed(
+            check,
+            format!(
+                "{tool} on backup {} exited with {}: {}",
+                backup.id,
+                out.exit_code,
+                out.tail()
+            ),
+        ),
+        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+    }
+}
+
+pub(super) async fn restore(
+    r: &mut Redis,
+    request: &RestoreRequest<'_>,
+    phases: &mut Phases,
+) -> Result<Restored> {
+    let backup = request.backup;
+    phases.enter(Phase::Provision);
+    let (name, volume) = r.next_container().await?;
+    let tools = helper(r, &format!("{name}-check"), None).await?;
+
+    phases.enter(Phase::Fetch);
+    let checked = check_artefacts(r, backup, &tools).await;
+    r.env.docker.remove(&tools).await?;
+    *r.artefact_check.lock().expect("not poisoned") = Some(checked);
+
+    phases.enter(Phase::Restore);
+    // An RDB loads only with the AOF off: a server with appendonly yes would start empty.
+    let (copy_in, appendonly) = match backup.method {
+        BackupMethod::RedisRdb => (
+            vec![(backup.dir.join(RDB_FILE), format!("{DATA}/{RDB_FILE}"))],
+            false,
+        ),
+        BackupMethod::RedisAof => (
+            vec![(backup.dir.join(AOF_DIR), format!("{DATA}/{AOF_DIR}"))],
+            true,
+        ),
+        other => bail!("{other} is not a redis backup method"),
+    };
+    let spec = r.container_spec(name, volume, r.server_command(appendonly), copy_in);
+    r.start_container(spec, r.env.timeouts.restore).await?;
+    let mut con = r.connect().await?;
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| anyhow!("DBSIZE: {e}"))?;
+    if !appendonly && r.persistence.appendonly {
+        // Back to the scenario's persistence: the AOF is rewritten from the loaded data.
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendonly")
+            .arg("yes")
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| anyhow!("CONFIG SET appendonly yes: {e}"))?;
+        wait_idle(&mut con).await?;
+    }
+    Ok(Restored {
+        recovery_target: Some(format!("the contents of backup {}", backup.id)),
+        reached: Some(format!("{keys} keys loaded")),
+        note: None,
+    })
+}
+
+/// `restore.repair`: `redis-check-aof --fix` on the crashed server's AOF, in a helper container
+/// that mounts its data volume. Returns what the tool says it cut; the ledger measures the loss.
+pub(super) async fn repair_aof(r: &mut Redis) -> Result<String> {
+    let c = r.serving()?.clone();
+    if let Ok((true, _)) = r.env.docker.state(&c).await {
+        r.env.docker.stop(&c, Duration::from_secs(30)).await?;
+    }
+    let volume = r
+        .volume
+        .clone()
+        .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
+    let name = format!(
+        "{}-repair",
+        c.name.rsplit_once('-').map_or(c.name.as_str(), |(n, _)| n)
+    );
+    let tools = helper(
+        r,
+        &format!("{name}-{}", r.generation),
+        Some((volume, DATA.into())),
+    )
+    .await?;
+    let fix = format!("echo y | redis-check-aof --fix {DATA}/{AOF_DIR}/{AOF_MANIFEST}");
+    let out = r.env.docker.exec(&tools, "root", &["sh", "-c", &fix]).await;
+    r.env.docker.remove(&tools).await?;
+    let out = out?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let summary: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.contains("truncat")
+                || l.contains("ok_up_to")
+                || l.contains("Bad file")
+                || l.contains("valid")
+                || l.contains("diff=")
+        })
+        .collect();
+    if !out.success() {
+        bail!(
+            "redis-check-aof --fix exited with {}: {}",
+            out.exit_code,
+            out.tail()
+        );
+    }
+    Ok(format!(
+        "redis-check-aof --fix repaired the AOF before the restart: {}",
+        summary.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_incremental_file_is_the_last_one_listed() {
+        let manifest = "file appendonly.aof.2.base.rdb seq 2 type b\nfile appendonly.aof.2.incr.aof seq 2 type i\nfile appendonly.aof.3.incr.aof seq 3 type i\n";
+        assert_eq!(
+            newest_incr(manifest).as_deref(),
+            Some("appendonly.aof.3.incr.aof")
+        );
+        assert_eq!(
+            newest_incr("file appendonly.aof.1.base.rdb seq 1 type b\n"),
+            None
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Redis drills against real containers: crash recovery per appendfsync policy, RDB and AOF
+//! restores, damaged files and the `redis-check-aof --fix` repair, measured against the ledger.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// `(seq, completed_ms, outcome, lost)` per ledger row of target `cache`.
+fn ledger(run: &Run) -> Vec<(u64, f64, String, String)> {
+    std::fs::read_to_string(run.dir.join("ledger-cache.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].to_string(),
+                f[4].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn lost_in_ledger(run: &Run) -> u64 {
+    ledger(run).iter().filter(|w| w.3 == "yes").count() as u64
+}
+
+#[test]
+fn appendfsync_always_and_a_kill_lose_no_acknowledged_write() {
+    let _engine = engine();
+    let run = drill("scenarios/redis-kill-always.toml", "redis-kill-always", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    assert!(t["rpo"]["acked_writes"].as_u64().unwrap() > 1000);
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    assert_eq!(run.report["faults"][0]["details"]["exit_code"], 137);
+    assert_eq!(run.check("ledger"), "passed");
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn appendfsync_everysec_reports_its_measured_loss_under_a_process_crash() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/redis-kill-everysec.toml",
+        "redis-kill-everysec",
+        &[],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    // A container kill is a process crash: the page cache keeps what Redis wrote, and the report
+    // says so next to the measured loss.
+    assert_eq!(
+        t["rpo"]["lost_writes"].as_u64().unwrap(),
+        lost_in_ledger(&run)
+    );
+    assert_eq!(t["rpo"]["holes"], 0);
+    assert!(
+        run.report["faults"][0]["details"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("page cache")
+    );
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn an_rdb_restore_loses_only_writes_acknowledged_after_its_bgsave() {
+    let _engine = engine();
+    let run = drill("scenarios/redis-flushall.toml", "redis-flushall", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let restored = t["restore"]["backup_id"].as_u64().unwrap();
+    let backup = t["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == restored)
+        .unwrap();
+    let bgsave_at = backup["consistent_at_ms"].as_f64().unwrap();
+    let rows = ledger(&run);
+    let lost: Vec<_> = rows.iter().filter(|w| w.3 == "yes").collect();
+    assert!(!lost.is_empty(), "writes after the BGSAVE are lost");
+    for w in &lost {
+        assert!(
+            w.1 >= bgsave_at,
+            "seq {} was acknowledged at {} ms, before the BGSAVE at {bgsave_at} ms",
+            w.0,
+            w.1
+        );
+    }
+    // Everything acknowledged before the BGSAVE is back, and the keyspace is the backup's.
+    assert!(
+        rows.iter()
+            .filter(|w| w.2 == "ok" && w.1 < bgsave_at)
+            .all(|w| w.3 == "no")
+    );
+    assert_eq!(t["rpo"]["holes"], 0);
+    for check in [
+        "ledger",
+        "row-counts",
+        "checksums",
+        "backup-integrity",
+        "backup-size",
+        "backup-age",
+        "redis-check",
+    ] {
+        assert_eq!(run.check(check), "passed", "{check}");
+    }
+    assert_eq!(
+        backup["max_seq"].as_u64().unwrap(),
+        t["rpo"]["recovered_prefix_seq"].as_u64().unwrap()
+    );
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn the_aof_repair_path_loses_what_the_ledger_counts() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/redis-aof-corruption.toml",
+        "redis-aof-corruption",
+        &[],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let damage = &run.report["faults"][0]["details"];
+    assert_ne!(damage["bytes_before"], damage["bytes_after"]);
+    assert!(damage["file"].as_str().unwrap().ends_with(".incr.aof"));
+    let note = t["restore"]["note"].as_str().unwrap();
+    assert!(
+        note.contains("redis-check-aof --fix") && note.contains("truncated"),
+        "{note}"
+    );
+    let lost = t["rpo"]["lost_writes"].as_u64().unwrap();
+    assert!(lost > 0, "the repair cut acknowledged writes");
+    assert_eq!(
+        lost,
+        lost_in_ledger(&run),
+        "the reported loss is the ledger's"
+    );
+    assert_eq!(
+        t["rpo"]["holes"], 0,
+        "the repair truncates: what is lost is a suffix"
+    );
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn a_torn_aof_tail_costs_at_most_the_write_being_written() {
+    let _engine = engine();
+    let run = drill(
+        "tests/scenarios/redis-aof-torn-tail.toml",
+        "redis-aof-torn-tail",
+        &[],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    assert_eq!(run.report["faults"][0]["details"]["torn_bytes"], 7);
+    assert!(t["rpo"]["lost_writes"].as_u64().unwrap() <= 1);
+    assert_eq!(t["rpo"]["holes"], 0);
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn an_aof_backup_restores_a_lost_site() {
+    let _engine = engine();
+    let run = drill(
+        "tests/scenarios/redis-aof-volume-loss.toml",
+        "redis-aof-volume-loss",
+        &[],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let restored = t["restore"]["backup_id"].as_u64().unwrap();
+    let backup = t["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == restored)
+        .unwrap();
+    let paused_at = backup["consistent_at_ms"].as_f64().unwrap();
+    for w in ledger(&run).iter().filter(|w| w.3 == "yes") {
+        assert!(
+            w.1 >= paused_at,
+            "seq {} acknowledged at {} ms, before the backup's pause at {paused_at} ms",
+            w.0,
+            w.1
+        );
+    }
+    for check in [
+        "ledger",
+        "row-counts",
+        "checksums",
+        "backup-integrity",
+        "redis-check",
+    ] {
+        assert_eq!(run.check(check), "passed", "{check}");
+    }
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn a_damaged_rdb_backup_fails_the_drill() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/redis-damaged-rdb.toml",
+        "redis-damaged-rdb",
+        &[],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    assert_eq!(run.report["outcome"], "missed");
+    assert_eq!(run.check("redis-check"), "failed");
+    assert_eq!(run.check("backup-integrity"), "failed");
+    assert_eq!(run.target()["rto"]["achieved_ms"], Value::Null);
+    assert_no_leftovers(run.run_id());
+}
