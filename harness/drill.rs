@@ -569,6 +569,7 @@ impl Drill<'_> {
         let injections = async {
             let mut fault_tx = Some(fault_tx);
             let mut t_fault = None;
+            let mut fault_began = None;
             let mut recovery_point = None;
             for f in &faults {
                 tokio::time::sleep_until(
@@ -594,7 +595,7 @@ impl Drill<'_> {
                     &format!("fault {}", f.kind),
                     Some(name),
                 );
-                let started_ms = clock.millis();
+                let started = clock.micros();
                 let result = bounded(
                     &format!("inject {} into {name}", f.kind),
                     s.timeouts.fault,
@@ -607,7 +608,7 @@ impl Drill<'_> {
                     target: name.into(),
                     kind: f.kind,
                     scheduled_ms: (workload_start + f.at.as_micros() as Micros) / 1000,
-                    started_ms,
+                    started_ms: started / 1000,
                     injected_at_ms: None,
                     details: serde_json::Value::Null,
                     error: None,
@@ -628,6 +629,7 @@ impl Drill<'_> {
                             .push(record);
                         if !f.kind.is_latent() && t_fault.is_none() {
                             t_fault = Some(injected);
+                            fault_began = Some(started);
                             if let Some(tx) = fault_tx.take() {
                                 let _ = tx.send(injected);
                             }
@@ -644,10 +646,10 @@ impl Drill<'_> {
                     }
                 }
             }
-            Ok::<_, Stop>((t_fault, recovery_point))
+            Ok::<_, Stop>((t_fault, fault_began, recovery_point))
         };
         let (injected, detection) = tokio::join!(injections, detection);
-        let (t_fault, recovery_point) = injected?;
+        let (t_fault, fault_began, recovery_point) = injected?;
         if t_fault.is_none() {
             // No fault hit the service: a restore test, measured from the restore's start.
             tokio::time::sleep_until(
@@ -664,6 +666,7 @@ impl Drill<'_> {
             .map_err(|e| Stop::Step(format!("{name} workload: {e}")))?;
         end(&self.progress, &clock, workload_span);
         let t_fault = t_fault.unwrap_or(restore_start);
+        let fault_began = fault_began.unwrap_or(t_fault);
         update(&self.progress, name, |t| {
             t.workload = WorkloadReport {
                 rate: spec.rate,
@@ -733,7 +736,7 @@ impl Drill<'_> {
             comparison: &comparison,
             backup: restored,
             catalog: &catalog,
-            t_fault,
+            fault_began,
             rpo_objective: spec.objectives.rpo,
         };
         let target_ref: &dyn Target = target;

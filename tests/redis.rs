@@ -6,26 +6,11 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// `(seq, completed_ms, outcome, lost)` per ledger row of target `cache`.
-fn ledger(run: &Run) -> Vec<(u64, f64, String, String)> {
-    std::fs::read_to_string(run.dir.join("ledger-cache.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (
-                f[0].parse().unwrap(),
-                f[2].parse().unwrap(),
-                f[3].to_string(),
-                f[4].to_string(),
-            )
-        })
-        .collect()
-}
-
 fn lost_in_ledger(run: &Run) -> u64 {
-    ledger(run).iter().filter(|w| w.3 == "yes").count() as u64
+    run.ledger_of("cache")
+        .iter()
+        .filter(|w| w.3 == "yes")
+        .count() as u64
 }
 
 #[test]
@@ -73,15 +58,9 @@ fn an_rdb_restore_loses_only_writes_acknowledged_after_its_bgsave() {
     let run = drill("scenarios/redis-flushall.toml", "redis-flushall", &[]);
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     let t = run.target();
-    let restored = t["restore"]["backup_id"].as_u64().unwrap();
-    let backup = t["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == restored)
-        .unwrap();
+    let backup = run.restored_backup();
     let bgsave_at = backup["consistent_at_ms"].as_f64().unwrap();
-    let rows = ledger(&run);
+    let rows = run.ledger_of("cache");
     let lost: Vec<_> = rows.iter().filter(|w| w.3 == "yes").collect();
     assert!(!lost.is_empty(), "writes after the BGSAVE are lost");
     for w in &lost {
@@ -174,16 +153,8 @@ fn an_aof_backup_restores_a_lost_site() {
         &[],
     );
     assert_eq!(run.code(), Some(0), "{}", run.debug());
-    let t = run.target();
-    let restored = t["restore"]["backup_id"].as_u64().unwrap();
-    let backup = t["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == restored)
-        .unwrap();
-    let paused_at = backup["consistent_at_ms"].as_f64().unwrap();
-    for w in ledger(&run).iter().filter(|w| w.3 == "yes") {
+    let paused_at = run.restored_backup()["consistent_at_ms"].as_f64().unwrap();
+    for w in run.ledger_of("cache").iter().filter(|w| w.3 == "yes") {
         assert!(
             w.1 >= paused_at,
             "seq {} acknowledged at {} ms, before the backup's pause at {paused_at} ms",

@@ -72,8 +72,10 @@ pub struct Evidence<'a> {
     pub backup: Option<&'a Backup>,
     /// Every completed backup of the target, oldest first.
     pub catalog: &'a [Backup],
-    /// `t_fault` (run µs).
-    pub t_fault: Micros,
+    /// When the injection of the first fault that hit the service began (run µs): no backup can
+    /// be taken after it, so the age of the newest recovery point is measured there. It equals
+    /// `t_fault` for instant faults; a `reset` takes seconds.
+    pub fault_began: Micros,
     /// The RPO objective, which the newest recovery point's age must not exceed.
     pub rpo_objective: Duration,
 }
@@ -136,7 +138,8 @@ pub async fn run(
             | CheckKind::PgVerifybackup
             | CheckKind::BackupAge
             | CheckKind::WalContinuity
-            | CheckKind::RedisCheck => target.check(check, evidence).await,
+            | CheckKind::RedisCheck
+            | CheckKind::Definitions => target.check(check, evidence).await,
         }
     };
     let mut result = tokio::time::timeout(limit, work)
@@ -185,7 +188,7 @@ pub fn newest_backup_point(evidence: &Evidence<'_>) -> Option<(String, Micros)> 
         .catalog
         .iter()
         .rev()
-        .find(|b| b.consistent_at_us <= evidence.t_fault)
+        .find(|b| b.consistent_at_us <= evidence.fault_began)
         .map(|b| (format!("backup {}, consistent", b.id), b.consistent_at_us))
 }
 
@@ -196,7 +199,7 @@ pub fn backup_age(evidence: &Evidence<'_>, newest: Option<(String, Micros)>) -> 
     let Some((what, at)) = newest else {
         return CheckResult::failed(check, "no recovery point existed when the fault hit");
     };
-    let age = Duration::from_micros(evidence.t_fault.saturating_sub(at));
+    let age = Duration::from_micros(evidence.fault_began.saturating_sub(at));
     let detail = format!(
         "at the fault the newest recovery point was {what} {} earlier; the RPO objective is {}",
         crate::report::seconds(age.as_millis() as u64),

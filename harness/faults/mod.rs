@@ -44,9 +44,28 @@ pub async fn inject(
             let newest = backups
                 .last()
                 .ok_or_else(|| anyhow!("no backup has been taken yet to damage"))?;
-            let artefact = newest
-                .main_artefact()
-                .ok_or_else(|| anyhow!("backup {} has no artefacts", newest.id))?;
+            let artefact = match &fault.artefact {
+                Some(name) => newest
+                    .artefacts
+                    .iter()
+                    .find(|a| &a.file == name)
+                    .ok_or_else(|| {
+                        let files: Vec<&str> = newest
+                            .artefacts
+                            .iter()
+                            .map(|a| a.file.as_str())
+                            .take(10)
+                            .collect();
+                        anyhow!(
+                            "backup {} has no artefact {name:?} (it has {})",
+                            newest.id,
+                            files.join(", ")
+                        )
+                    })?,
+                None => newest
+                    .main_artefact()
+                    .ok_or_else(|| anyhow!("backup {} has no artefacts", newest.id))?,
+            };
             let path = newest.dir.join(&artefact.file);
             let mut details = if fault.kind == FaultKind::CorruptBackup {
                 corrupt_file(&path)?

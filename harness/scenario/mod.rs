@@ -160,6 +160,10 @@ pub struct FaultSpec {
     pub relation: Option<String>,
     /// The data file a Redis `corrupt-data-file` damages.
     pub file: Option<DataFile>,
+    /// The queue a RabbitMQ `delete-queue` deletes.
+    pub queue: Option<String>,
+    /// The backup artefact `corrupt-backup` / `truncate-backup` damages (default: the largest).
+    pub artefact: Option<String>,
 }
 
 macro_rules! kebab_enum {
@@ -223,13 +227,14 @@ kebab_enum!(
         RowCounts = "row-counts",
         Checksums = "checksums",
         ForeignKeys = "foreign-keys",
-                Amcheck = "amcheck",
+        Amcheck = "amcheck",
         BackupIntegrity = "backup-integrity",
         PgVerifybackup = "pg-verifybackup",
         BackupSize = "backup-size",
         BackupAge = "backup-age",
-                WalContinuity = "wal-continuity",
+        WalContinuity = "wal-continuity",
         RedisCheck = "redis-check",
+        Definitions = "definitions",
     }
 );
 
@@ -290,6 +295,7 @@ impl CheckKind {
                 | CheckKind::BackupSize
                 | CheckKind::WalContinuity
                 | CheckKind::RedisCheck
+                | CheckKind::Definitions
         )
     }
 
@@ -309,7 +315,10 @@ impl BackupMethod {
     pub fn takes_snapshot(self) -> bool {
         matches!(
             self,
-            BackupMethod::PgDump | BackupMethod::RedisRdb | BackupMethod::RedisAof
+            BackupMethod::PgDump
+                | BackupMethod::RedisRdb
+                | BackupMethod::RedisAof
+                | BackupMethod::RabbitmqExport
         )
     }
 
@@ -623,15 +632,7 @@ impl Validator<'_> {
             ));
         }
         let kind = *raw.kind.get_ref();
-        let caps = capabilities(kind).ok_or_else(|| {
-            self.at.error(
-                raw.kind.span(),
-                key("kind"),
-                format!(
-                    "target kind `{kind}` is not implemented yet (implemented: postgres, redis)"
-                ),
-            )
-        })?;
+        let caps = capabilities(kind);
 
         let dataset = match &raw.dataset {
             None => Dataset {
@@ -878,6 +879,32 @@ impl Validator<'_> {
         })
     }
 
+    /// A fault's `relation` or `queue` (`field`): one of the fixture's `known` (default: the first).
+    fn relation(
+        &self,
+        i: usize,
+        value: &Option<Spanned<String>>,
+        known: &[&str],
+        field: &str,
+        noun: &str,
+    ) -> Checked<String> {
+        let Some(value) = value else {
+            return Ok(known[0].to_string());
+        };
+        let name = value.get_ref();
+        if known.contains(&name.as_str()) {
+            return Ok(name.clone());
+        }
+        Err(self.at.error(
+            value.span(),
+            format!("faults[{i}].{field}"),
+            format!(
+                "the fixture has no {noun} {name:?} ({noun}s: {})",
+                known.join(", ")
+            ),
+        ))
+    }
+
     fn fault(&self, i: usize, raw: &raw::RawFault, targets: &[TargetSpec]) -> Checked<FaultSpec> {
         let key = |k: &str| format!("faults[{i}].{k}");
         let name = raw.target.get_ref();
@@ -890,7 +917,7 @@ impl Validator<'_> {
             ));
         };
         let kind = *raw.kind.get_ref();
-        let caps = capabilities(target.kind).expect("target kinds were checked");
+        let caps = capabilities(target.kind);
         if !caps.faults.contains(&kind) {
             return Err(self.at.error(
                 raw.kind.span(),
@@ -962,12 +989,11 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let relation = takes_relation.then(|| {
-            raw.relation.as_ref().map_or_else(
-                || caps.default_relation.to_string(),
-                |r| r.get_ref().clone(),
-            )
-        });
+        let relation = if takes_relation {
+            Some(self.relation(i, &raw.relation, caps.relations, "relation", "table")?)
+        } else {
+            None
+        };
         let takes_file = kind == FaultKind::CorruptDataFile && target.kind == TargetKind::Redis;
         if let (false, Some(f)) = (takes_file, &raw.file) {
             return Err(self.at.error(
@@ -1001,6 +1027,33 @@ impl Validator<'_> {
                 Some(file)
             }
         };
+        let takes_queue = kind == FaultKind::DeleteQueue && target.kind == TargetKind::Rabbitmq;
+        if let (false, Some(q)) = (takes_queue, &raw.queue) {
+            return Err(self.at.error(
+                q.span(),
+                key("queue"),
+                format!(
+                    "fault `{kind}` on a {} target does not take `queue`",
+                    target.kind
+                ),
+            ));
+        }
+        let queue = if takes_queue {
+            Some(self.relation(i, &raw.queue, caps.relations, "queue", "queue")?)
+        } else {
+            None
+        };
+        if let (false, Some(a)) = (
+            matches!(kind, FaultKind::CorruptBackup | FaultKind::TruncateBackup),
+            &raw.artefact,
+        ) {
+            return Err(self.at.error(
+                a.span(),
+                key("artefact"),
+                format!("fault `{kind}` does not take `artefact`"),
+            ));
+        }
+        let artefact = raw.artefact.as_ref().map(|a| a.get_ref().clone());
         Ok(FaultSpec {
             target: name.clone(),
             kind,
@@ -1008,6 +1061,8 @@ impl Validator<'_> {
             hold: hold.map(|(_, d)| d),
             relation,
             file,
+            queue,
+            artefact,
         })
     }
 

@@ -119,6 +119,8 @@ pub struct RawFault {
     pub for_: Option<Spanned<HumanDuration>>,
     pub relation: Option<Spanned<String>>,
     pub file: Option<Spanned<DataFile>>,
+    pub queue: Option<Spanned<String>>,
+    pub artefact: Option<Spanned<String>>,
 }
 
 /// A humantime duration string ("500ms", "5s", "2m").

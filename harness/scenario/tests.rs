@@ -81,7 +81,9 @@ fn a_good_file_becomes_domain_types() {
             at: Duration::from_secs(12),
             hold: None,
             relation: Some("orders".into()),
-            file: None
+            file: None,
+            queue: None,
+            artefact: None
         }]
     );
     assert_eq!(s.timeouts, Timeouts::default());
@@ -231,6 +233,18 @@ fn kind_specific_rules() {
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"flushall\""),
         "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `corrupt-data-file`, `drop-table`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
+    );
+    assert_eq!(
+        error_after("at = \"12s\"", "at = \"12s\"\nrelation = \"order\""),
+        "s.toml:18:12: faults[0].relation: the fixture has no table \"order\" (tables: orders, customers)"
+    );
+    assert_eq!(
+        error_after("at = \"12s\"", "at = \"12s\"\nqueue = \"orders\""),
+        "s.toml:18:9: faults[0].queue: fault `drop-table` on a postgres target does not take `queue`"
+    );
+    assert_eq!(
+        error_after("at = \"12s\"", "at = \"12s\"\nartefact = \"x\""),
+        "s.toml:18:12: faults[0].artefact: fault `drop-table` does not take `artefact`"
     );
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nfor = \"1s\""),
@@ -398,6 +412,10 @@ const FRAGMENTS: &[&str] = &[
     "rto = \"0s\"",
     "for = \"2s\"",
     "relation = \"orders\"",
+    "relation = \"ghost\"",
+    "queue = \"orders.classic\"",
+    "artefact = \"definitions.json\"",
+    "kind = \"rabbitmq\"",
     "fixture = \"none\"",
     "rows = 0",
     "rate = -5",
@@ -485,4 +503,33 @@ proptest! {
             prop_assert!(!e.message.is_empty(), "no message in: {shown}");
         }
     }
+}
+
+#[test]
+fn a_rabbitmq_fault_names_a_queue_of_the_topology() {
+    let text = r#"schema = 1
+name = "mq-test"
+
+[targets.mq]
+kind = "rabbitmq"
+backup = { method = "rabbitmq-export", every = "5s" }
+restore = { from = "latest" }
+checks = ["ledger", "definitions"]
+objectives = { rto = "60s", rpo = "10s" }
+
+[[faults]]
+target = "mq"
+kind = "delete-queue"
+queue = "orders.classic"
+at = "8s"
+"#;
+    let s = parse_text(text).unwrap();
+    assert_eq!(s.faults[0].queue.as_deref(), Some("orders.classic"));
+    let e = parse_text(&text.replace("\"orders.classic\"", "\"orders.lost\"")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "s.toml:14:9: faults[0].queue: the fixture has no queue \"orders.lost\" (queues: orders.quorum, orders.classic)"
+    );
+    let default = parse_text(&text.replace("queue = \"orders.classic\"\n", "")).unwrap();
+    assert_eq!(default.faults[0].queue.as_deref(), Some("orders.quorum"));
 }

@@ -2,6 +2,7 @@
 //! supports in its [`Capabilities`], which `validate` reads without starting anything.
 
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 
 use std::path::Path;
@@ -27,19 +28,19 @@ pub struct Capabilities {
     pub fixtures: &'static [&'static str],
     pub default_rows: u64,
     pub default_rate: u32,
-    /// The relation a fault aims at when the scenario names none.
-    pub default_relation: &'static str,
+    /// What `relation` (a table) or `queue` may name in a fault; the first is the default.
+    pub relations: &'static [&'static str],
     pub backups: &'static [BackupMethod],
     pub faults: &'static [FaultKind],
     pub checks: &'static [CheckKind],
 }
 
-/// The capabilities of `kind`, or `None` while the kind is not implemented.
-pub fn capabilities(kind: TargetKind) -> Option<&'static Capabilities> {
+/// What a target of `kind` offers.
+pub fn capabilities(kind: TargetKind) -> &'static Capabilities {
     match kind {
-        TargetKind::Postgres => Some(&postgres::CAPABILITIES),
-        TargetKind::Redis => Some(&redis::CAPABILITIES),
-        TargetKind::Rabbitmq => None,
+        TargetKind::Postgres => &postgres::CAPABILITIES,
+        TargetKind::Redis => &redis::CAPABILITIES,
+        TargetKind::Rabbitmq => &rabbitmq::CAPABILITIES,
     }
 }
 
@@ -98,9 +99,7 @@ pub fn build(env: TargetEnv) -> Box<dyn Target> {
     match env.spec.kind {
         TargetKind::Postgres => Box::new(postgres::Postgres::new(env)),
         TargetKind::Redis => Box::new(redis::Redis::new(env)),
-        kind @ TargetKind::Rabbitmq => {
-            unreachable!("validation rejects unimplemented target kind {kind}")
-        }
+        TargetKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::new(env)),
     }
 }
 

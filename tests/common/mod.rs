@@ -85,9 +85,28 @@ impl Run {
             .unwrap()
     }
 
-    /// `(seq, completed_ms, outcome, lost)` per ledger row.
+    /// The backup the first target was restored from.
+    pub fn restored_backup(&self) -> &Value {
+        let t = self.target();
+        let id = t["restore"]["backup_id"]
+            .as_u64()
+            .expect("a backup was restored");
+        t["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .expect("the restored backup is in the catalog")
+    }
+
+    /// `(seq, completed_ms, outcome, lost)` per ledger row of target `pg`.
     pub fn ledger(&self) -> Vec<(u64, f64, String, String)> {
-        let text = std::fs::read_to_string(self.dir.join("ledger-pg.csv")).unwrap();
+        self.ledger_of("pg")
+    }
+
+    /// `(seq, completed_ms, outcome, lost)` per ledger row of `target`.
+    pub fn ledger_of(&self, target: &str) -> Vec<(u64, f64, String, String)> {
+        let text = std::fs::read_to_string(self.dir.join(format!("ledger-{target}.csv"))).unwrap();
         text.lines()
             .skip(1)
             .map(|l| {

@@ -172,7 +172,7 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
 /// the newest dump's snapshot.
 pub(super) fn backup_age(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
     let newest = if pg.archives_wal() {
-        match physical::newest_archived(pg, evidence.t_fault) {
+        match physical::newest_archived(pg, evidence.fault_began) {
             Ok(n) => n.map(|(name, at)| (format!("WAL segment {name}, archived"), at)),
             Err(e) => {
                 return CheckResult::unknown(

@@ -32,7 +32,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     fixtures: &["orders"],
     default_rows: 10_000,
     default_rate: 100,
-    default_relation: "orders",
+    relations: &["orders", "customers"],
     backups: &[BackupMethod::PgDump, BackupMethod::PgBasebackupWal],
     faults: &[
         FaultKind::Kill,
@@ -372,7 +372,7 @@ impl Target for Postgres {
         let relation = fault
             .relation
             .as_deref()
-            .unwrap_or(CAPABILITIES.default_relation);
+            .unwrap_or(CAPABILITIES.relations[0]);
         match fault.kind {
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,

@@ -29,7 +29,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     fixtures: &["items"],
     default_rows: 10_000,
     default_rate: 200,
-    default_relation: "",
+    relations: &[],
     backups: &[BackupMethod::RedisRdb, BackupMethod::RedisAof],
     faults: &[
         FaultKind::Kill,
