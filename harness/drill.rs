@@ -997,31 +997,9 @@ impl Drill<'_> {
         comparison: &Result<workload::Comparison, String>,
     ) -> Option<String> {
         let name = format!("ledger-{target}.csv");
-        let lost: std::collections::HashSet<u64> = comparison
-            .as_ref()
-            .map(|c| c.lost.iter().copied().collect())
-            .unwrap_or_default();
         let write = || -> anyhow::Result<()> {
             report::write_atomically_with(&self.dir.join(&name), |out| {
-                writeln!(out, "seq,invoked_ms,completed_ms,outcome,lost")?;
-                for w in ledger.writes() {
-                    // Only acknowledged writes can be lost.
-                    let lost = match (w.outcome, comparison.is_ok()) {
-                        (workload::Outcome::Ok, false) => "unknown",
-                        (workload::Outcome::Ok, true) if lost.contains(&w.seq) => "yes",
-                        (workload::Outcome::Ok, true) => "no",
-                        _ => "",
-                    };
-                    writeln!(
-                        out,
-                        "{},{:.3},{:.3},{},{lost}",
-                        w.seq,
-                        w.invoked as f64 / 1e3,
-                        w.completed as f64 / 1e3,
-                        w.outcome.as_str()
-                    )?;
-                }
-                Ok(())
+                ledger.write_csv(comparison.as_ref().ok(), out)
             })
         };
         match write() {

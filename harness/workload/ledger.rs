@@ -97,6 +97,42 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Writes the ledger as CSV: `seq,invoked_ms,completed_ms,outcome,lost`, where `lost` is
+    /// `yes` / `no` for acknowledged writes (`unknown` without a comparison) and empty otherwise.
+    pub fn write_csv(
+        &self,
+        comparison: Option<&Comparison>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        writeln!(out, "seq,invoked_ms,completed_ms,outcome,lost")?;
+        // `lost` is ascending, as are the writes: walk both once.
+        let mut lost = comparison.map(|c| c.lost.iter().copied().peekable());
+        for w in &self.writes {
+            let mark = match (w.outcome, lost.as_mut()) {
+                (Outcome::Ok, None) => "unknown",
+                (Outcome::Ok, Some(lost)) => {
+                    if lost.next_if_eq(&w.seq).is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                }
+                _ => "",
+            };
+            writeln!(
+                out,
+                "{},{:.3},{:.3},{},{mark}",
+                w.seq,
+                w.invoked as f64 / 1e3,
+                w.completed as f64 / 1e3,
+                w.outcome.as_str()
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// What a restored target holds: `(seq, value digest)` per write read back. A seq may appear more
 /// than once (queues redeliver).
 pub type ReadBack = Vec<(u64, u64)>;
@@ -237,6 +273,30 @@ mod tests {
         assert_eq!(c.unacked_present, 1);
         assert_eq!(c.holes, 0);
         assert!(c.consistent());
+    }
+
+    #[test]
+    fn the_csv_marks_lost_writes_only_among_acknowledged_ones() {
+        let l = ledger(&[Acked, Acked, Fail, Info, Acked]);
+        let c = compare(&l, &read(&[1, 4]));
+        let mut csv = Vec::new();
+        l.write_csv(Some(&c), &mut csv).unwrap();
+        assert_eq!(
+            String::from_utf8(csv).unwrap(),
+            "seq,invoked_ms,completed_ms,outcome,lost\n\
+             1,0.010,0.015,ok,no\n\
+             2,0.020,0.025,ok,yes\n\
+             3,0.030,0.035,fail,\n\
+             4,0.040,0.045,info,\n\
+             5,0.050,0.055,ok,yes\n"
+        );
+        let mut csv = Vec::new();
+        l.write_csv(None, &mut csv).unwrap();
+        assert!(
+            String::from_utf8(csv)
+                .unwrap()
+                .ends_with("5,0.050,0.055,ok,unknown\n")
+        );
     }
 
     #[test]

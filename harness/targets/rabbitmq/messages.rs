@@ -4,11 +4,18 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
 use lapin::Channel;
 use lapin::Confirmation;
-use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -28,20 +35,50 @@ pub(super) struct Message {
     pub body: Vec<u8>,
 }
 
-/// Every message in `queue`, in order, left in place: each is fetched unacknowledged, then each
-/// is requeued in the order it came. (One `multiple` nack would be fewer frames, but a quorum
-/// queue requeues such a batch in no particular order.)
+/// How long a browse waits for the next delivery before it takes the queue as read (the depth it
+/// counted may include messages that left meanwhile).
+const QUIET: Duration = Duration::from_secs(2);
+
+/// The most unacknowledged deliveries a browsing consumer asks for (AMQP's limit; "unlimited"
+/// would let a quorum queue stop at 2000).
+const PREFETCH: u16 = u16::MAX;
+
+/// Every message in `queue`, in order, left in place. A consumer takes as many messages as the
+/// queue held when the browse began (messages that arrive meanwhile and reach it are included),
+/// without acknowledging any; `basic.get`, which no prefetch limit stops, fetches what is left
+/// past `PREFETCH`. Then each message is requeued in the order it came. (One `multiple` nack would be fewer frames, but a quorum queue requeues
+/// such a batch in no particular order.)
 pub(super) async fn browse(channel: &Channel, queue: &str) -> Result<Vec<Message>> {
-    let mut messages = Vec::new();
-    let mut tags = Vec::new();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let depth = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(|e| anyhow!("read queue {queue}: {e}"))?
+        .message_count() as usize;
+    let mut messages = Vec::with_capacity(depth);
+    if depth == 0 {
+        return Ok(messages);
+    }
+    let mut tags = Vec::with_capacity(depth);
+    let tag = format!("drillrig-browse-{queue}");
     let fetched = async {
-        while let Some(got) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await?
-        {
-            tags.push(got.delivery.delivery_tag);
-            let id = got
-                .delivery
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut take = |delivery: Delivery, messages: &mut Vec<Message>| {
+            tags.push(delivery.delivery_tag);
+            let id = delivery
                 .properties
                 .message_id()
                 .as_ref()
@@ -49,8 +86,33 @@ pub(super) async fn browse(channel: &Channel, queue: &str) -> Result<Vec<Message
                 .unwrap_or_default();
             messages.push(Message {
                 id,
-                body: got.delivery.data,
+                body: delivery.data,
             });
+        };
+        while messages.len() < depth.min(PREFETCH.into()) {
+            match tokio::time::timeout(QUIET, consumer.next()).await {
+                Ok(Some(delivery)) => take(delivery?, &mut messages),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries already on their way when the consumer was cancelled are unacknowledged
+        // too: they are read and requeued like the rest.
+        while let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+        {
+            take(delivery?, &mut messages);
+        }
+        while messages.len() < depth {
+            let Some(got) = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            take(got.delivery, &mut messages);
         }
         lapin::Result::Ok(())
     }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Workload density: acknowledged writes per second of drillrig's writer at `rate = 0` (as fast as
+# it can, ledger on), against a plain client doing a comparable write on the same container,
+# through the same published port on 127.0.0.1:
+#   postgres  pgbench, one client, prepared, one INSERT INTO orders per transaction;
+#   redis     redis-benchmark, one client, EVAL doing SET + RPUSH (drillrig: MULTI SET RPUSH EXEC);
+#   rabbitmq  examples/confirmed_publish.rs, publish one persistent message, wait for its confirm.
+# drillrig runs benches/scenarios/<kind>-density.toml with DRILLRIG_KEEP=always so the baseline
+# runs against the very container drillrig drove; `drillrig gc` removes it afterwards.
+# Prints both rates per kind and the ratio drillrig / baseline (goal >= 0.8).
+#
+# usage: benches/workload-density.sh [postgres|redis|rabbitmq ...]   (default all; needs docker, jq)
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+command -v jq >/dev/null || { echo "workload-density: needs jq" >&2; exit 2; }
+kinds=("$@"); [ ${#kinds[@]} -gt 0 ] || kinds=(postgres redis rabbitmq)
+seconds=10
+cargo build --release --quiet --bin drillrig --example confirmed_publish
+bin=target/release/drillrig
+work=$(mktemp -d /tmp/drillrig-density.XXXXXX)
+trap '"$bin" gc >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+# Runs a client tool in a throwaway container on the host's network, so it reaches the service
+# through the same published port (and docker-proxy) as drillrig's writer does.
+client() { # CONTAINER ARGS... (the image of CONTAINER provides the tool)
+    local image
+    image=$(docker inspect -f '{{.Config.Image}}' "$1"); shift
+    docker run --rm -i --network host --entrypoint "$1" "$image" "${@:2}"
+}
+env_of() { docker inspect -f '{{json .Config.Env}}' "$1" | jq -r --arg k "$2=" '.[] | select(startswith($k)) | ltrimstr($k)'; }
+port_of() { docker port "$1" "$2/tcp" | head -1 | sed 's/.*://'; }
+
+baseline() { # KIND CONTAINER -> writes per second
+    local c=$2
+    case $1 in
+    postgres)
+        docker exec -u postgres "$c" psql -d drill -qAt -c "create sequence bench_seq start 1000000000" >/dev/null
+        echo "INSERT INTO orders (customer_id, amount_cents, status, seq) VALUES (1 + :client_id, 100, 'new', nextval('bench_seq'));" |
+            client "$c" sh -c "cat > /tmp/insert.sql && PGPASSWORD='$(env_of "$c" POSTGRES_PASSWORD)' pgbench -n -M prepared -c 1 -T $seconds -f /tmp/insert.sql -h 127.0.0.1 -p $(port_of "$c" 5432) -U postgres drill" |
+            awk '/^tps = / { print $3 }'
+        ;;
+    redis)
+        local pass
+        pass=$(docker inspect -f '{{json .Config.Cmd}}' "$c" | jq -r 'index("--requirepass") as $i | .[$i + 1]')
+        client "$c" redis-benchmark -h 127.0.0.1 -p "$(port_of "$c" 6379)" -a "$pass" -c 1 -n 50000 -r 100000000 --csv \
+            EVAL "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('RPUSH', 'bench:ledger', ARGV[1])" \
+            1 bench:__rand_int__ __rand_int__ | tail -1 | awk -F'","' '{ print $2 }'
+        ;;
+        rabbitmq)
+        # After drillrig's verify the broker is still settling the requeued messages: a first,
+        # discarded run waits that out.
+        export AMQP_URI="amqp://drill:$(env_of "$c" RABBITMQ_DEFAULT_PASS)@127.0.0.1:$(port_of "$c" 5672)/drill"
+        target/release/examples/confirmed_publish orders order.bench 5 >/dev/null
+        target/release/examples/confirmed_publish orders order.bench "$seconds"
+        ;;
+    esac
+}
+
+printf '%-9s %16s %16s %8s\n' target drillrig_ok_per_s baseline_per_s ratio
+for kind in "${kinds[@]}"; do
+    case $kind in postgres) s=pg ;; *) s=$kind ;; esac
+    out=$work/$kind
+    DRILLRIG_KEEP=always "$bin" run "benches/scenarios/$s-density.toml" --out "$out" >"$work/$kind.log" 2>&1 ||
+        { echo "the $kind drill failed; see $work/$kind.log" >&2; trap - EXIT; "$bin" gc >/dev/null 2>&1; exit 1; }
+    drill=$(jq '.targets[0].workload | .ok / ((.stopped_ms - .started_ms) / 1000)' "$out/report.json")
+    run_id=$(jq -r .run_id "$out/report.json")
+    container=$(docker ps -q --filter "label=io.drillrig.run=$run_id" | head -1)
+    base=$(baseline "$kind" "$container")
+    "$bin" gc >/dev/null 2>&1
+    awk -v k="$kind" -v d="$drill" -v b="$base" 'BEGIN { printf "%-9s %16.0f %16.0f %8.3f\n", k, d, b, d / b }'
+done
