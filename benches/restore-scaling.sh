@@ -15,7 +15,7 @@ bin=target/release/drillrig
 work=$(mktemp -d /tmp/drillrig-scaling.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-printf '%9s %9s %10s %8s %9s %9s %9s\n' orders dump_MB provision fetch restore verify rto
+printf '%9s %9s %8s %10s %8s %9s %9s %9s\n' orders dump_MB detect provision fetch restore verify rto
 for rows in "${sizes[@]}"; do
     scenario=$work/pg-restore-scaling-$rows.toml
     sed "s/rows = 10000/rows = $rows/" benches/scenarios/pg-restore-scaling.toml >"$scenario"
@@ -24,8 +24,8 @@ for rows in "${sizes[@]}"; do
         { echo "the drill at $rows orders did not meet its objectives; see $work/log-$rows" >&2; trap - EXIT; exit 1; }
     jq -r --arg rows "$rows" '.targets[0] as $t
         | ($t.backups[] | select(.id == $t.restore.backup_id) | .size_bytes / 1e6) as $mb
-        | [$rows, ($mb * 10 | round / 10), ($t.rto.phases | .provision, .fetch, .restore, .verify), $t.rto.achieved_ms]
+        | [$rows, ($mb * 10 | round / 10), ($t.rto.phases | .detect, .provision, .fetch, .restore, .verify), $t.rto.achieved_ms]
         | @tsv' "$out/report.json" |
-        awk -F'\t' '{ printf "%9s %9s %9.2fs %7.2fs %8.2fs %8.2fs %8.2fs\n", $1, $2, $3/1000, $4/1000, $5/1000, $6/1000, $7/1000 }'
+        awk -F'\t' '{ printf "%9s %9s %7.2fs %9.2fs %7.2fs %8.2fs %8.2fs %8.2fs\n", $1, $2, $3/1000, $4/1000, $5/1000, $6/1000, $7/1000, $8/1000 }'
     rm -rf "$out"
 done
