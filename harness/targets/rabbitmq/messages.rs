@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::Confirmation;
 use lapin::message::Delivery;
@@ -44,10 +44,11 @@ const QUIET: Duration = Duration::from_secs(2);
 const PREFETCH: u16 = u16::MAX;
 
 /// Every message in `queue`, in order, left in place. A consumer takes as many messages as the
-/// queue held when the browse began (messages that arrive meanwhile and reach it are included),
-/// without acknowledging any; `basic.get`, which no prefetch limit stops, fetches what is left
-/// past `PREFETCH`. Then each message is requeued in the order it came. (One `multiple` nack would be fewer frames, but a quorum queue requeues
-/// such a batch in no particular order.)
+/// queue reported when the browse began, without acknowledging any; then `basic.get`, which no
+/// prefetch limit stops, takes the rest until the queue answers empty (past `PREFETCH`, and
+/// whatever a quorum queue's lagging depth left out). Then each message is requeued in the order
+/// it came. (One `multiple` nack would be fewer frames, but a quorum queue requeues such a batch
+/// in no particular order.)
 pub(super) async fn browse(channel: &Channel, queue: &str) -> Result<Vec<Message>> {
     let passive = QueueDeclareOptions {
         passive: true,
@@ -59,9 +60,6 @@ pub(super) async fn browse(channel: &Channel, queue: &str) -> Result<Vec<Message
         .map_err(|e| anyhow!("read queue {queue}: {e}"))?
         .message_count() as usize;
     let mut messages = Vec::with_capacity(depth);
-    if depth == 0 {
-        return Ok(messages);
-    }
     let mut tags = Vec::with_capacity(depth);
     let tag = format!("drillrig-browse-{queue}");
     let fetched = async {
@@ -98,14 +96,12 @@ pub(super) async fn browse(channel: &Channel, queue: &str) -> Result<Vec<Message
         channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await?;
-        // Deliveries already on their way when the consumer was cancelled are unacknowledged
-        // too: they are read and requeued like the rest.
-        while let Ok(Some(delivery)) =
-            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
-        {
+        // Deliveries that came before the cancel's answer are unacknowledged too, and already
+        // buffered: they are read and requeued like the rest.
+        while let Some(Some(delivery)) = consumer.next().now_or_never() {
             take(delivery?, &mut messages);
         }
-        while messages.len() < depth {
+        loop {
             let Some(got) = channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                 .await?
