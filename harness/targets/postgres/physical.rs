@@ -389,22 +389,29 @@ pub(super) fn delete_segment(pg: &Postgres, backups: &[Backup]) -> Result<serde_
     let position = Position::of(newest)?;
     let archive = pg.archive_dir();
     let segments = archived_segments(&archive, &position)?;
-    let after: Vec<(&u64, &String)> = segments.range(position.start_segment()..).collect();
-    if after.len() < 3 {
+    let since_start = segments.range(position.start_segment()..).count();
+    // The base backup carries its own copy of the WAL up to its end (`-X stream`): a gap that
+    // replay must cross lies after the segment holding the end, with more archive behind it.
+    let end = newest.details["end_lsn"]
+        .as_str()
+        .and_then(parse_lsn)
+        .ok_or_else(|| anyhow!("backup {} records no end_lsn", newest.id))?;
+    let after: Vec<(&u64, &String)> = segments.range(end / position.segment_size + 1..).collect();
+    if after.len() < 2 {
         bail!(
-            "the archive holds {} segment(s) from base backup {} on; a gap in the middle needs at least 3 (fire the fault later, or lower archive_timeout)",
+            "the archive holds {} segment(s) after the end of base backup {}; a gap in the middle needs at least 2 (fire the fault later, or lower archive_timeout)",
             after.len(),
             newest.id
         );
     }
-    let (&number, name) = after[after.len() / 2];
+    let (&number, name) = after[(after.len() - 1) / 2];
     std::fs::remove_file(archive.join(name)).with_context(|| format!("remove {name}"))?;
     Ok(json!({
         "segment": name,
         "lsn_from": format_lsn(number * position.segment_size),
         "lsn_to": format_lsn((number + 1) * position.segment_size),
         "base_backup": newest.id,
-        "segments_since_base_backup": after.len(),
+        "segments_since_base_backup": since_start,
     }))
 }
 
