@@ -1,10 +1,10 @@
 //! Redis's own files: RDB and AOF backups, damage to the files a server loads at startup, the
 //! `redis-check-*` tools, restores into fresh containers, and the `redis-check-aof --fix` repair.
 //!
-//! Backups describe exactly what they hold. An RDB backup's `DBSIZE` and `DEBUG DIGEST` are taken
-//! in the same transaction as its `BGSAVE`, so they see the fork's dataset. An AOF backup is
-//! rewritten, then copied while `CLIENT PAUSE WRITE` holds writes, with the digest taken in the
-//! pause (Redis writes the AOF buffer out before it answers, so the file on disk matches memory).
+//! Backups describe exactly what they hold: `CLIENT PAUSE WRITE` holds writes while `DBSIZE` and
+//! `DEBUG DIGEST` are taken and an RDB backup's `BGSAVE` forks, or an AOF backup (rewritten just
+//! before) is copied; Redis writes the AOF buffer out before it answers, so the file on disk
+//! matches memory.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,8 +15,8 @@ use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{DATA, KEYSPACE, LEDGER_LIST, PORT, Redis};
-use crate::backup::{Artefact, Backup, Contents, DatasetDigest, Taken};
+use super::{DATA, PORT, Redis};
+use crate::backup::{Artefact, Backup, Taken};
 use crate::checks::CheckResult;
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phase, Phases};
@@ -64,8 +64,24 @@ async fn wait_idle(con: &mut MultiplexedConnection) -> Result<HashMap<String, St
     }
 }
 
-fn keyspace(keys: u64, digest: String) -> Contents {
-    Contents::from([(KEYSPACE.to_string(), DatasetDigest { rows: keys, digest })])
+/// `CLIENT PAUSE WRITE`: writes wait (they do not fail) until [`unpause_writes`] or 10 s, so a
+/// crashed harness cannot hold them for ever.
+async fn pause_writes(con: &mut MultiplexedConnection) -> Result<()> {
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query_async::<()>(con)
+        .await
+        .map_err(|e| anyhow!("CLIENT PAUSE: {e}"))
+}
+
+async fn unpause_writes(con: &mut MultiplexedConnection) -> Result<()> {
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(con)
+        .await
+        .map_err(|e| anyhow!("CLIENT UNPAUSE: {e}"))
 }
 
 pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
@@ -73,25 +89,30 @@ pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
     let mut con = r.connect().await?;
     loop {
         wait_idle(&mut con).await?;
-        // Every write acknowledged before the BGSAVE forks is in the RDB.
-        let consistent_at = r.env.clock.micros();
-        let started: redis::RedisResult<(u64, String, Option<u64>, String)> = redis::pipe()
-            .atomic()
-            .cmd("DBSIZE")
-            .cmd("DEBUG")
-            .arg("DIGEST")
-            .cmd("LINDEX")
-            .arg(LEDGER_LIST)
-            .arg(-1)
-            .cmd("BGSAVE")
-            .query_async(&mut con)
-            .await;
-        let (keys, digest, newest, _) = match started {
-            Ok(s) => s,
-            // An automatic save began meanwhile: wait for it and take our own.
-            Err(e) if e.to_string().contains("in progress") => continue,
+        // Writes are held while the dataset is described and BGSAVE forks, so the RDB holds
+        // exactly what was described: every write acknowledged before the pause. (Inside
+        // MULTI, Redis 7 only schedules a BGSAVE, and writes slip in before the fork.)
+        pause_writes(&mut con).await?;
+        let described = async {
+            let consistent_at = r.env.clock.micros();
+            let (contents, newest) = Redis::describe(&mut con).await?;
+            let started: redis::RedisResult<String> =
+                redis::cmd("BGSAVE").query_async(&mut con).await;
+            anyhow::Ok((consistent_at, contents, newest, started))
+        }
+        .await;
+        let unpaused = unpause_writes(&mut con).await;
+        let (consistent_at, contents, max_seq, started) = described?;
+        unpaused?;
+        match started {
+            Ok(reply) if reply.contains("started") => {}
+            Ok(reply) => bail!("BGSAVE answered {reply:?}, not a save started now"),
+            // An automatic save or a rewrite began meanwhile: wait for it and take our own.
+            Err(e) if e.to_string().contains("in progress") || e.to_string().contains("active") => {
+                continue;
+            }
             Err(e) => bail!("BGSAVE: {e}"),
-        };
+        }
         let info = wait_idle(&mut con).await?;
         if info.get("rdb_last_bgsave_status").map(String::as_str) != Some("ok") {
             bail!(
@@ -118,8 +139,8 @@ pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
                 size: file.bytes.len() as u64,
                 sha256: hex::encode(Sha256::digest(&file.bytes)),
             }],
-            contents: keyspace(keys, digest),
-            max_seq: newest,
+            contents,
+            max_seq,
             details: json!({ "rdb_last_save_time": saved }),
         });
     }
@@ -146,13 +167,7 @@ pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<Taken> {
     let c = r.serving()?;
     let mut con = r.connect().await?;
     rewrite_aof(&mut con).await?;
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query_async::<()>(&mut con)
-        .await
-        .map_err(|e| anyhow!("CLIENT PAUSE: {e}"))?;
+    pause_writes(&mut con).await?;
     let copied = async {
         let consistent_at = r.env.clock.micros();
         let (contents, newest) = Redis::describe(&mut con).await?;
@@ -164,12 +179,9 @@ pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<Taken> {
         anyhow::Ok((consistent_at, contents, newest, artefacts))
     }
     .await;
-    let unpaused = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async::<()>(&mut con)
-        .await;
+    let unpaused = unpause_writes(&mut con).await;
     let (consistent_at, contents, max_seq, artefacts) = copied?;
-    unpaused.map_err(|e| anyhow!("CLIENT UNPAUSE: {e}"))?;
+    unpaused?;
     Ok(Taken {
         consistent_at,
         artefacts,
