@@ -320,6 +320,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         name: t.name.clone(),
         kind: t.kind,
         image: None,
+        dataset_rows: t.dataset.rows,
         rto: Rto {
             target_ms: t.objectives.rto.as_millis() as u64,
             ..Rto::default()

@@ -5,11 +5,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use drillrig::docker::{self, EnvironmentError};
 use drillrig::drill::{self, Keep, RunOptions};
+use drillrig::history::regression::{self, Gate, Verdict};
+use drillrig::history::{self, History, RunRecord};
+use drillrig::scenario::Scenario;
+use drillrig::suite::{self, Partition};
 use drillrig::{report, scenario};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info};
 
 #[derive(Parser)]
 #[command(
@@ -24,19 +30,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a drill and write its report.
+    /// Run drills: scenario files or folders of them, as one suite with one exit code.
     Run {
-        /// The scenario file.
-        scenario: PathBuf,
-        /// Output folder (default: <reports>/<scenario>/<run-id>/).
+        /// Scenario files, or folders whose *.toml files are scenarios.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Output folder of a single drill (default: <reports>/<scenario>/<run-id>/).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Image for one target, overriding the scenario and the default (repeatable).
         #[arg(long = "image", value_name = "TARGET=IMAGE")]
         images: Vec<String>,
-        /// Root of the reports folder.
-        #[arg(long, default_value = "reports", env = "DRILLRIG_REPORTS")]
-        reports: PathBuf,
+        /// Drills run at once (default: one per two cores, at most one per 4 GiB of memory).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Run only the K-th of N shards of the suite (scenarios ordered by name, every N-th).
+        #[arg(long, value_name = "K/N", default_value = "1/1")]
+        partition: Partition,
+        /// Exit 1 when a drill's RTO regressed against its recent runs (see --regression-ratio).
+        #[arg(long)]
+        fail_on_regression: bool,
+        #[command(flatten)]
+        gate: GateArgs,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
+    /// Judge the latest run of each scenario in the history against its recent runs; exit 1 on
+    /// a regression.
+    Compare {
+        /// Scenario names (default: every scenario in the history).
+        scenarios: Vec<String>,
+        #[command(flatten)]
+        gate: GateArgs,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
+    /// Write reports from the history: the latest run of each scenario, and trends over runs.
+    Report {
+        #[command(flatten)]
+        outputs: Outputs,
     },
     /// Check scenario files without starting anything.
     Validate {
@@ -46,6 +78,103 @@ enum Command {
     /// Remove containers, volumes and networks of drillrig runs whose process has exited
     /// (runs kept with DRILLRIG_KEEP included).
     Gc,
+}
+
+#[derive(Args)]
+struct GateArgs {
+    /// A regression: achieved RTO above this ratio × the median of the recent runs.
+    #[arg(long, default_value_t = Gate::default().ratio)]
+    regression_ratio: f64,
+    /// How many recent runs of the same scenario the median is taken over.
+    #[arg(long, default_value_t = Gate::default().window)]
+    regression_window: usize,
+}
+
+impl GateArgs {
+    fn gate(&self) -> Result<Gate, String> {
+        if !(self.regression_ratio.is_finite() && self.regression_ratio >= 1.0) {
+            return Err(format!(
+                "--regression-ratio {}: expected a ratio of at least 1.0, e.g. 1.25",
+                self.regression_ratio
+            ));
+        }
+        if self.regression_window == 0 {
+            return Err("--regression-window 0: expected at least 1 run".into());
+        }
+        Ok(Gate {
+            ratio: self.regression_ratio,
+            window: self.regression_window,
+        })
+    }
+}
+
+#[derive(Args)]
+struct Outputs {
+    /// Root of the reports folder.
+    #[arg(long, default_value = "reports", env = "DRILLRIG_REPORTS")]
+    reports: PathBuf,
+    /// The run history: a SQLite file (default <reports>/history.sqlite), a postgres://… URL,
+    /// or `none`.
+    #[arg(long, env = "DRILLRIG_HISTORY")]
+    history: Option<String>,
+    /// Write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write a Markdown summary here (e.g. "$GITHUB_STEP_SUMMARY").
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
+    /// Write OpenMetrics text here.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+    /// Write the HTML report (latest runs, phase timelines, RTO/RPO trends) here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Where the history lives, or `None` for `--history none`.
+    fn history_location(&self) -> Option<String> {
+        match self.history.as_deref() {
+            Some("none") => None,
+            Some(location) => Some(location.to_string()),
+            None => Some(self.reports.join("history.sqlite").display().to_string()),
+        }
+    }
+
+    async fn open_history(&self) -> Result<Option<History>, u8> {
+        let Some(location) = self.history_location() else {
+            return Ok(None);
+        };
+        match History::open(&location).await {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                eprintln!("error: history {location}: {e:#}");
+                eprintln!("  fix: check the path or URL, or pass --history none to record nothing");
+                Err(EXIT_ENVIRONMENT)
+            }
+        }
+    }
+
+    /// Writes the files asked for: JUnit, summary and metrics about `runs`, the HTML report
+    /// about `all` the runs in the history.
+    fn write(&self, runs: &[RunRecord], verdicts: &[Verdict], all: &[RunRecord]) -> Result<(), u8> {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let files: [(&Option<PathBuf>, &dyn Fn() -> String); 4] = [
+            (&self.junit, &|| report::ci::junit(runs)),
+            (&self.summary, &|| report::ci::summary(runs, verdicts)),
+            (&self.metrics, &|| report::ci::openmetrics(runs)),
+            (&self.html, &|| report::html::html(all, &now)),
+        ];
+        for (path, text) in files {
+            if let Some(path) = path
+                && let Err(e) = report::write_atomically(path, text().as_bytes())
+            {
+                eprintln!("error: {e:#}");
+                return Err(EXIT_ENVIRONMENT);
+            }
+        }
+        Ok(())
+    }
 }
 
 const EXIT_USAGE: u8 = 2;
@@ -65,6 +194,7 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -79,11 +209,30 @@ fn main() -> ExitCode {
             Command::Validate { files } => validate(&files),
             Command::Gc => gc().await,
             Command::Run {
-                scenario,
+                scenarios,
                 out,
                 images,
-                reports,
-            } => run(scenario, out, images, reports).await,
+                jobs,
+                partition,
+                fail_on_regression,
+                gate,
+                outputs,
+            } => {
+                let suite = Suite {
+                    out,
+                    images,
+                    jobs,
+                    partition,
+                    fail_on_regression,
+                };
+                run(&scenarios, suite, &gate, &outputs).await
+            }
+            Command::Compare {
+                scenarios,
+                gate,
+                outputs,
+            } => compare(&scenarios, &gate, &outputs).await,
+            Command::Report { outputs } => report_from_history(&outputs).await,
         }
     });
     ExitCode::from(code)
@@ -141,16 +290,50 @@ async fn gc() -> u8 {
     }
 }
 
-async fn run(path: PathBuf, out: Option<PathBuf>, images: Vec<String>, reports: PathBuf) -> u8 {
-    let scenario = match scenario::load(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
+/// How `run` runs its scenarios.
+struct Suite {
+    out: Option<PathBuf>,
+    images: Vec<String>,
+    jobs: Option<usize>,
+    partition: Partition,
+    fail_on_regression: bool,
+}
+
+/// The scenarios of `paths`, in this partition; every invalid file is reported before any
+/// drill starts.
+fn load_suite(paths: &[PathBuf], partition: Partition) -> Result<Vec<(PathBuf, Scenario)>, u8> {
+    let files = suite::scenario_files(paths).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USAGE
+    })?;
+    let mut loaded = Vec::new();
+    let mut invalid = false;
+    for file in files {
+        match scenario::load(&file) {
+            Ok(s) => loaded.push((file, s)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                invalid = true;
+            }
         }
-    };
-    let mut image_overrides = BTreeMap::new();
-    for spec in images {
+    }
+    if invalid {
+        return Err(EXIT_USAGE);
+    }
+    Ok(suite::partition(
+        loaded,
+        |(file, s)| (s.name.as_str(), file.as_path()),
+        partition,
+    ))
+}
+
+/// `--image TARGET=IMAGE` overrides, each naming a target some scenario of the suite has.
+fn image_overrides(
+    specs: &[String],
+    scenarios: &[(PathBuf, Scenario)],
+) -> Result<BTreeMap<String, String>, u8> {
+    let mut overrides = BTreeMap::new();
+    for spec in specs {
         let Some((target, image)) = spec
             .split_once('=')
             .filter(|(t, i)| !t.is_empty() && !i.is_empty())
@@ -158,51 +341,269 @@ async fn run(path: PathBuf, out: Option<PathBuf>, images: Vec<String>, reports: 
             eprintln!(
                 "error: --image {spec:?}: expected TARGET=IMAGE, e.g. --image pg=postgres:15"
             );
-            return EXIT_USAGE;
+            return Err(EXIT_USAGE);
         };
-        if scenario.target(target).is_none() {
+        if !scenarios.iter().any(|(_, s)| s.target(target).is_some()) {
             eprintln!(
-                "error: --image {spec:?}: scenario {} has no target named {target:?}",
-                scenario.name
+                "error: --image {spec:?}: no scenario of this run has a target named {target:?}"
             );
+            return Err(EXIT_USAGE);
+        }
+        overrides.insert(target.to_string(), image.to_string());
+    }
+    Ok(overrides)
+}
+
+async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs) -> u8 {
+    let gate = match gate.gate() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
             return EXIT_USAGE;
         }
-        image_overrides.insert(target.to_string(), image.to_string());
+    };
+    let scenarios = match load_suite(paths, suite.partition) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if scenarios.is_empty() {
+        println!(
+            "partition {} holds no scenario: nothing to run",
+            suite.partition
+        );
+        return 0;
     }
+    if suite.out.is_some() && scenarios.len() > 1 {
+        eprintln!(
+            "error: --out names the folder of one drill, and this run has {}: leave it out \
+             (each drill writes into <reports>/<scenario>/<run-id>/)",
+            scenarios.len()
+        );
+        return EXIT_USAGE;
+    }
+    let images = match image_overrides(&suite.images, &scenarios) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     let keep_var = std::env::var("DRILLRIG_KEEP").unwrap_or_default();
     let Some(keep) = Keep::parse(&keep_var) else {
         eprintln!("error: DRILLRIG_KEEP={keep_var:?}: expected never, on-failure or always");
         return EXIT_USAGE;
     };
-    let options = RunOptions {
-        out_dir: out,
-        reports_root: reports,
-        images: image_overrides,
-        keep,
+    let jobs = match suite.jobs {
+        Some(0) => {
+            eprintln!("error: --jobs 0: expected at least 1");
+            return EXIT_USAGE;
+        }
+        Some(n) => n,
+        None => suite::default_jobs(),
     };
+    let mut history = match outputs.open_history().await {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    if scenarios.len() > 1 {
+        info!(
+            "suite of {} drill(s), {jobs} at a time, partition {}",
+            scenarios.len(),
+            suite.partition
+        );
+    }
 
     let cancel = CancellationToken::new();
     tokio::spawn(escalate_signals(cancel.clone()));
-    match drill::run(&scenario, &options, cancel).await {
-        Ok(result) => {
-            print!("{}", report::terminal(&result.report));
-            println!("report: {}", result.dir.join("report.json").display());
-            if let Some(error) = &result.error {
-                eprintln!("error: {error}");
+    let options = |s: &Scenario| RunOptions {
+        out_dir: suite.out.clone(),
+        reports_root: outputs.reports.clone(),
+        images: images
+            .iter()
+            .filter(|(t, _)| s.target(t).is_some())
+            .map(|(t, i)| (t.clone(), i.clone()))
+            .collect(),
+        keep,
+    };
+    let mut drills = futures::stream::iter(scenarios.iter())
+        .map(|(file, s)| {
+            let cancel = cancel.clone();
+            let options = options(s);
+            async move {
+                // After an interrupt, drills not yet started do not start.
+                if cancel.is_cancelled() {
+                    return (file, s, None);
+                }
+                let result = drill::run(s, &options, cancel)
+                    .instrument(tracing::info_span!("drill", scenario = %s.name))
+                    .await;
+                (file, s, Some(result))
             }
-            if let Some(fix) = &result.fix {
-                eprintln!("  fix: {fix}");
+        })
+        .buffer_unordered(jobs);
+
+    let mut codes = Vec::new();
+    let mut records = Vec::new();
+    while let Some((file, s, result)) = drills.next().await {
+        let Some(result) = result else {
+            println!("drillrig {}: not started (interrupted)", s.name);
+            codes.push(EXIT_INTERRUPTED);
+            continue;
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                codes.push(match e.downcast_ref::<EnvironmentError>() {
+                    Some(env) => environment_error(env),
+                    None => {
+                        eprintln!("error: {}: {e:#}", s.name);
+                        1
+                    }
+                });
+                continue;
             }
-            result.exit_code as u8
+        };
+        print!("{}", report::terminal(&result.report));
+        println!("report: {}", result.dir.join("report.json").display());
+        if let Some(error) = &result.error {
+            eprintln!("error: {error}");
         }
-        Err(e) => match e.downcast_ref::<EnvironmentError>() {
-            Some(env) => environment_error(env),
-            None => {
-                eprintln!("error: {e:#}");
-                1
-            }
-        },
+        if let Some(fix) = &result.fix {
+            eprintln!("  fix: {fix}");
+        }
+        codes.push(result.exit_code as u8);
+        let record = RunRecord::from_report(
+            &result.report,
+            history::git_revision(file),
+            Some(&result.dir),
+        );
+        if let Some(h) = history.as_mut()
+            && let Err(e) = h.record(&record).await
+        {
+            eprintln!("error: {e:#}");
+            codes.push(EXIT_ENVIRONMENT);
+        }
+        records.push(record);
     }
+    records.sort_by(|a, b| (&a.scenario, &a.started_at).cmp(&(&b.scenario, &b.started_at)));
+
+    let all = match &history {
+        Some(h) => h.runs().await.unwrap_or_else(|e| {
+            eprintln!("error: read the history: {e:#}");
+            codes.push(EXIT_ENVIRONMENT);
+            Vec::new()
+        }),
+        None => records.clone(),
+    };
+    let verdicts: Vec<Verdict> = records
+        .iter()
+        .flat_map(|r| regression::judge(r, &all, gate))
+        .collect();
+    print_verdicts(&verdicts);
+    if suite.fail_on_regression && verdicts.iter().any(|v| v.regressed) {
+        eprintln!("error: RTO regression (--fail-on-regression)");
+        codes.push(1);
+    }
+    if records.len() > 1 {
+        print!("{}", report::terminal_suite(&records));
+    }
+    if let Err(code) = outputs.write(&records, &verdicts, &all) {
+        codes.push(code);
+    }
+    suite::worst_exit(codes)
+}
+
+fn print_verdicts(verdicts: &[Verdict]) {
+    for v in verdicts {
+        let line = match (v.regressed, v.ratio, v.baseline_ms) {
+            (true, Some(r), Some(b)) => format!(
+                "REGRESSION: RTO {} is {r:.2}× the median {} of its last {} run(s)",
+                v.achieved_ms
+                    .map_or("none".into(), |a| report::seconds(a as u64)),
+                report::seconds(b as u64),
+                v.baseline_runs
+            ),
+            (false, Some(r), Some(b)) => format!(
+                "RTO {r:.2}× the median {} of its last {} run(s): within bounds",
+                report::seconds(b as u64),
+                v.baseline_runs
+            ),
+            _ => v.note.clone().unwrap_or_default(),
+        };
+        println!("{} / {}: {line}", v.scenario, v.target);
+    }
+}
+
+async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
+    let gate = match gate.gate() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(history) = (match outputs.open_history().await {
+        Ok(h) => h,
+        Err(code) => return code,
+    }) else {
+        eprintln!("error: compare reads the history: --history none leaves nothing to compare");
+        return EXIT_USAGE;
+    };
+    let all = match history.runs().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: read the history: {e:#}");
+            return EXIT_ENVIRONMENT;
+        }
+    };
+    let latest = history::latest_per_scenario(&all);
+    for name in names {
+        if !latest.iter().any(|r| &r.scenario == name) {
+            eprintln!("error: the history has no run of scenario {name:?}");
+            return EXIT_USAGE;
+        }
+    }
+    let judged: Vec<RunRecord> = latest
+        .into_iter()
+        .filter(|r| names.is_empty() || names.contains(&r.scenario))
+        .collect();
+    let verdicts: Vec<Verdict> = judged
+        .iter()
+        .flat_map(|r| regression::judge(r, &all, gate))
+        .collect();
+    print_verdicts(&verdicts);
+    if let Err(code) = outputs.write(&judged, &verdicts, &all) {
+        return code;
+    }
+    u8::from(verdicts.iter().any(|v| v.regressed))
+}
+
+async fn report_from_history(outputs: &Outputs) -> u8 {
+    let Some(history) = (match outputs.open_history().await {
+        Ok(h) => h,
+        Err(code) => return code,
+    }) else {
+        eprintln!("error: report reads the history: --history none leaves nothing to report");
+        return EXIT_USAGE;
+    };
+    let all = match history.runs().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: read the history: {e:#}");
+            return EXIT_ENVIRONMENT;
+        }
+    };
+    let latest = history::latest_per_scenario(&all);
+    let verdicts: Vec<Verdict> = latest
+        .iter()
+        .flat_map(|r| regression::judge(r, &all, Gate::default()))
+        .collect();
+    if let Err(code) = outputs.write(&latest, &verdicts, &all) {
+        return code;
+    }
+    println!(
+        "{} run(s) of {} scenario(s) in the history",
+        all.len(),
+        latest.len()
+    );
+    0
 }
 
 /// First SIGINT or SIGTERM: stop the drill, write the partial report, remove the run's

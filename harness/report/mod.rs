@@ -1,6 +1,8 @@
 //! What a run tells its readers: `report.json` (schema below, versioned; field names are stable),
 //! `report.md`, and the terminal summary. Files are written atomically.
 
+pub mod ci;
+pub mod html;
 mod markdown;
 mod terminal;
 
@@ -10,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 pub use markdown::markdown;
-pub use terminal::terminal;
+pub use terminal::{terminal, terminal_suite};
 
 use crate::checks::{CheckResult, CheckStatus};
 use crate::docker::image::ImageChoice;
@@ -98,6 +100,8 @@ pub struct TargetReport {
     pub name: String,
     pub kind: TargetKind,
     pub image: Option<ImageChoice>,
+    /// Rows of the seeded fixture (the dataset size RTO is projected from).
+    pub dataset_rows: u64,
     pub rto: Rto,
     pub rpo: Rpo,
     pub checks: Vec<CheckResult>,
@@ -283,6 +287,11 @@ pub fn write_atomically_with(
     let tmp = out
         .into_inner()
         .map_err(|e| e.into_error())
+        .with_context(|| format!("write {}", path.display()))?;
+    // Reports are read by CI artefact uploads and other users: not the temp file's 0600.
+    use std::os::unix::fs::PermissionsExt as _;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
         .with_context(|| format!("write {}", path.display()))?;
     tmp.as_file()
         .sync_all()

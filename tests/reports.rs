@@ -1,0 +1,358 @@
+//! Suites, the history (SQLite and a real PostgreSQL), the regression gate and the reports, through
+//! the `drillrig` command.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{BIN, engine, out_dir, repo};
+use drillrig::history::{CheckRecord, History, RunRecord, TargetRecord};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// A recorded run of `scenario` with one target whose RTO was `rto_ms` (objective 60 s).
+fn past_run(i: usize, scenario: &str, rto_ms: i64) -> RunRecord {
+    RunRecord {
+        run_id: format!("past-{scenario}-{i}"),
+        scenario: scenario.into(),
+        scenario_file: format!("scenarios/{scenario}.toml"),
+        started_at: format!("2026-10-{:02}T03:00:00Z", i + 1),
+        duration_ms: 40_000,
+        outcome: "met".into(),
+        error: None,
+        drillrig_version: "0.1.0".into(),
+        git_revision: None,
+        report_dir: None,
+        targets: vec![TargetRecord {
+            target: "db".into(),
+            kind: "postgres".into(),
+            image: Some("drillrig/postgres:15-bookworm".into()),
+            dataset_rows: Some(10_000),
+            rto_achieved_ms: Some(rto_ms),
+            rto_target_ms: 60_000,
+            rto_met: true,
+            rpo_achieved_ms: Some(1_000 + 100 * i as i64),
+            rpo_target_ms: 5_000,
+            rpo_met: true,
+            acked_writes: 2_000,
+            lost_writes: 10,
+            phases: vec![
+                ("detect".into(), 200),
+                ("provision".into(), 900),
+                ("restore".into(), rto_ms - 1_600),
+                ("verify".into(), 500),
+            ],
+            checks: vec![CheckRecord {
+                name: "ledger".into(),
+                status: "passed".into(),
+                detail: "recovered".into(),
+            }],
+        }],
+    }
+}
+
+fn history_with(path: &Path, runs: &[RunRecord]) {
+    runtime().block_on(async {
+        let mut h = History::open(path.to_str().unwrap()).await.unwrap();
+        for r in runs {
+            h.record(r).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
+    let _engine = engine();
+    let dir = out_dir("suite");
+    let suite = dir.join("weekly");
+    std::fs::create_dir_all(&suite).unwrap();
+    for s in ["pg-kill.toml", "redis-kill-always.toml"] {
+        std::fs::copy(repo(&format!("scenarios/{s}")), suite.join(s)).unwrap();
+    }
+    let history = dir.join("history.sqlite");
+    let out = Command::new(BIN)
+        .args(["run", suite.to_str().unwrap(), "--jobs", "2"])
+        .arg("--reports")
+        .arg(dir.join("reports"))
+        .arg("--history")
+        .arg(&history)
+        .arg("--junit")
+        .arg(dir.join("junit.xml"))
+        .arg("--summary")
+        .arg(dir.join("summary.md"))
+        .arg("--metrics")
+        .arg(dir.join("metrics.txt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+
+    let runs = runtime().block_on(async {
+        History::open(history.to_str().unwrap())
+            .await
+            .unwrap()
+            .runs()
+            .await
+            .unwrap()
+    });
+    let mut scenarios: Vec<&str> = runs.iter().map(|r| r.scenario.as_str()).collect();
+    scenarios.sort();
+    assert_eq!(
+        scenarios,
+        ["pg-kill", "redis-kill-always"],
+        "{stdout}\n{stderr}"
+    );
+    // One exit code: the worst of the drills'.
+    let worst = if runs.iter().all(|r| r.outcome == "met") {
+        0
+    } else {
+        1
+    };
+    assert_eq!(out.status.code(), Some(worst), "{stdout}\n{stderr}");
+    assert!(stdout.contains("suite: "), "{stdout}");
+    for r in &runs {
+        let report = common::read_report(Path::new(r.report_dir.as_ref().unwrap()));
+        assert_eq!(report["run_id"], r.run_id.as_str());
+        assert_eq!(report["outcome"], r.outcome.as_str());
+        assert_eq!(
+            report["targets"][0]["rto"]["achieved_ms"].as_i64(),
+            r.targets[0].rto_achieved_ms
+        );
+    }
+
+    // JUnit: per run, one drill case, two objective cases per target and one per check.
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    let cases: usize = runs
+        .iter()
+        .map(|r| 1 + r.targets.iter().map(|t| 2 + t.checks.len()).sum::<usize>())
+        .sum();
+    assert_eq!(junit.matches("<testcase ").count(), cases, "{junit}");
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("| pg-kill |") && summary.contains("| redis-kill-always |"));
+    let metrics = std::fs::read_to_string(dir.join("metrics.txt")).unwrap();
+    for r in &runs {
+        let t = &r.targets[0];
+        let line = format!(
+            "drillrig_rto_seconds{{scenario=\"{}\",target=\"{}\"}} ",
+            r.scenario, t.target
+        );
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+            .parse()
+            .unwrap();
+        assert_eq!((value * 1000.0).round() as i64, t.rto_achieved_ms.unwrap());
+    }
+    assert!(metrics.ends_with("# EOF\n"));
+}
+
+#[test]
+fn bad_suite_arguments_are_usage_errors() {
+    let dir = out_dir("suite-usage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let pg = repo("scenarios/pg-kill.toml");
+    let pg = pg.to_str().unwrap();
+    for args in [
+        vec!["run", pg, "--partition", "3/2"],
+        vec!["run", pg, "--jobs", "0"],
+        vec!["run", pg, pg, "--out", dir.to_str().unwrap()],
+        vec!["run", dir.to_str().unwrap()],
+        vec!["run", pg, "--regression-ratio", "0.5"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error"));
+    }
+    // An empty shard runs nothing and says so.
+    let out = run(&["run", pg, "--partition", "2/2", "--history", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("holds no scenario"));
+}
+
+#[test]
+fn compare_fails_on_a_creeping_rto_and_passes_within_bounds() {
+    let dir = out_dir("compare");
+    std::fs::create_dir_all(&dir).unwrap();
+    let compare = |history: &Path| {
+        Command::new(BIN)
+            .args(["compare", "--history", history.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let mut runs: Vec<RunRecord> = [10_000, 9_000, 11_000, 10_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &rto)| past_run(i, "pg-corruption", rto))
+        .collect();
+
+    // 12 s against a 10 s median: within the default 1.25.
+    let within = dir.join("within.sqlite");
+    runs.push(past_run(4, "pg-corruption", 12_000));
+    history_with(&within, &runs);
+    let out = compare(&within);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("within bounds"));
+
+    // 13 s: a regression although the 60 s objective is met.
+    let creeping = dir.join("creeping.sqlite");
+    runs.pop();
+    runs.push(past_run(4, "pg-corruption", 13_000));
+    history_with(&creeping, &runs);
+    let out = compare(&creeping);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REGRESSION"));
+    // A stricter window or ratio is the caller's to set.
+    let out = Command::new(BIN)
+        .args(["compare", "--history", creeping.to_str().unwrap()])
+        .args(["--regression-ratio", "1.4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn the_html_report_renders_in_headless_chromium() {
+    let dir = out_dir("html");
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("history.sqlite");
+    let runs: Vec<RunRecord> = (0..6)
+        .map(|i| past_run(i, "pg-corruption", 8_000 + 700 * i as i64))
+        .chain((0..3).map(|i| past_run(i, "redis-flushall", 2_000)))
+        .collect();
+    history_with(&history, &runs);
+    let page = dir.join("report.html");
+    let out = Command::new(BIN)
+        .args(["report", "--history", history.to_str().unwrap()])
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for fetch in ["src=", "<link", "url(", "<script", "@import"] {
+        assert!(!html.contains(fetch), "the report fetches: {fetch}");
+    }
+
+    let shot = dir.join("report.png");
+    let chromium = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            // Any fetch would fail: the page must render from the file alone.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--window-size=1200,2400",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs (fixtures/env/prepare.sh installs it)");
+    assert!(chromium.status.success(), "{chromium:?}");
+
+    // The screenshot shows the charts: pixels of the objective line and of the achieved series.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let count = |rgb: [u8; 3]| {
+        buf[..info.buffer_size()]
+            .chunks(channels)
+            .filter(|p| p[..3].iter().zip(rgb).all(|(&a, b)| a.abs_diff(b) <= 12))
+            .count()
+    };
+    let objective = count([0xd3, 0x2f, 0x2f]);
+    let achieved = count([0x1e, 0x88, 0xe5]);
+    assert!(
+        objective > 500 && achieved > 500,
+        "objective {objective} px, achieved {achieved} px in {}",
+        shot.display()
+    );
+}
+
+/// A PostgreSQL container for the shared history; removed when dropped.
+struct Server {
+    name: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_shared_postgres_history_holds_the_same_schema() {
+    let _engine = engine();
+    let name = format!("drillrig-test-history-{}", std::process::id());
+    let server = Server { name };
+    let started = Command::new("docker")
+        .args(["run", "-d", "--name", &server.name, "-p", "127.0.0.1::5432"])
+        .args(["-e", "POSTGRES_PASSWORD=history-test"])
+        .arg("drillrig/postgres:15-bookworm")
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let port = String::from_utf8(
+        Command::new("docker")
+            .args(["port", &server.name, "5432/tcp"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let port = port
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let url = format!("postgres://postgres:history-test@127.0.0.1:{port}/postgres");
+
+    runtime().block_on(async {
+        // Ready when the history opens (and migrates); the server takes a few seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut history = loop {
+            match History::open(&url).await {
+                Ok(h) => break h,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("history on {url}: {e:#}"),
+            }
+        };
+        assert_eq!(
+            history.schema_version().await.unwrap(),
+            drillrig::history::SCHEMA_VERSION
+        );
+        let runs: Vec<RunRecord> = (0..3).map(|i| past_run(i, "pg-kill", 5_000)).collect();
+        for r in &runs {
+            history.record(r).await.unwrap();
+        }
+        assert!(
+            history.record(&runs[0]).await.is_err(),
+            "a run recorded twice"
+        );
+        drop(history);
+        let again = History::open(&url).await.unwrap();
+        assert_eq!(again.runs().await.unwrap(), runs);
+    });
+    // The command reads it like the SQLite one.
+    let out = Command::new(BIN)
+        .args(["compare", "--history", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pg-kill / db"));
+}
