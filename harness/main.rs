@@ -10,6 +10,7 @@ use drillrig::docker::{self, EnvironmentError};
 use drillrig::drill::{self, Keep, RunOptions};
 use drillrig::history::regression::{self, Gate, Verdict};
 use drillrig::history::{self, History, RunRecord};
+use drillrig::measure::projection::{self, Projection};
 use drillrig::scenario::Scenario;
 use drillrig::suite::{self, Partition};
 use drillrig::{report, scenario};
@@ -157,11 +158,19 @@ impl Outputs {
 
     /// Writes the files asked for: JUnit, summary and metrics about `runs`, the HTML report
     /// about `all` the runs in the history.
-    fn write(&self, runs: &[RunRecord], verdicts: &[Verdict], all: &[RunRecord]) -> Result<(), u8> {
+    fn write(
+        &self,
+        runs: &[RunRecord],
+        verdicts: &[Verdict],
+        projections: &[Projection],
+        all: &[RunRecord],
+    ) -> Result<(), u8> {
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let files: [(&Option<PathBuf>, &dyn Fn() -> String); 4] = [
-            (&self.junit, &|| report::ci::junit(runs)),
-            (&self.summary, &|| report::ci::summary(runs, verdicts)),
+            (&self.junit, &|| report::ci::junit(runs, projections)),
+            (&self.summary, &|| {
+                report::ci::summary(runs, verdicts, projections)
+            }),
             (&self.metrics, &|| report::ci::openmetrics(runs)),
             (&self.html, &|| report::html::html(all, &now)),
         ];
@@ -373,11 +382,15 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
         );
         return 0;
     }
-    if suite.out.is_some() && scenarios.len() > 1 {
+    let drill_count: usize = scenarios
+        .iter()
+        .map(|(_, s)| s.expand_projection().len())
+        .sum();
+    if suite.out.is_some() && drill_count > 1 {
         eprintln!(
-            "error: --out names the folder of one drill, and this run has {}: leave it out \
-             (each drill writes into <reports>/<scenario>/<run-id>/)",
-            scenarios.len()
+            "error: --out names the folder of one drill, and this run has {drill_count} \
+             (a projection runs once per size): leave it out (each drill writes into \
+             <reports>/<scenario>/<run-id>/)"
         );
         return EXIT_USAGE;
     }
@@ -422,7 +435,12 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
             .collect(),
         keep,
     };
-    let mut drills = futures::stream::iter(scenarios.iter())
+    // A scenario with a projection runs once per dataset size, in the same shard.
+    let expanded: Vec<(&PathBuf, Scenario)> = scenarios
+        .iter()
+        .flat_map(|(file, s)| s.expand_projection().into_iter().map(move |x| (file, x)))
+        .collect();
+    let mut drills = futures::stream::iter(expanded.iter())
         .map(|(file, s)| {
             let cancel = cancel.clone();
             let options = options(s);
@@ -504,10 +522,98 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
     if records.len() > 1 {
         print!("{}", report::terminal_suite(&records));
     }
-    if let Err(code) = outputs.write(&records, &verdicts, &all) {
+    let projections = project(&scenarios, &records, &outputs.reports);
+    if projections.iter().any(|p| p.projected_miss) {
+        codes.push(1);
+    }
+    if let Err(code) = outputs.write(&records, &verdicts, &projections, &all) {
         codes.push(code);
     }
     suite::worst_exit(codes)
+}
+
+/// Fits and prints the RTO projection of each scenario that asks for one, from this run's
+/// drills at each size, and writes it to `<reports>/<scenario>/projection.json`.
+fn project(
+    scenarios: &[(PathBuf, Scenario)],
+    records: &[RunRecord],
+    reports: &std::path::Path,
+) -> Vec<Projection> {
+    let mut projections = Vec::new();
+    for (_, s) in scenarios {
+        let Some(target) = s.projected_target() else {
+            continue;
+        };
+        let spec = target.dataset.projection.as_ref().expect("projected");
+        let measured: Vec<(u64, Option<i64>)> = records
+            .iter()
+            .filter(|r| r.scenario == s.name)
+            .filter_map(|r| r.targets.iter().find(|t| t.target == target.name))
+            .map(|t| (t.dataset_rows.unwrap_or(0) as u64, t.rto_achieved_ms))
+            .collect();
+        let points: Vec<(u64, i64)> = measured
+            .iter()
+            .filter_map(|&(rows, rto)| rto.map(|ms| (rows, ms)))
+            .collect();
+        let objective = target.objectives.rto.as_millis() as i64;
+        let Some(mut p) = projection::project(
+            &s.name,
+            &target.name,
+            &points,
+            spec.production_rows,
+            objective,
+        ) else {
+            println!(
+                "{} / {}: no RTO projection: {} size(s) achieved an RTO, 2 needed",
+                s.name,
+                target.name,
+                points.len()
+            );
+            continue;
+        };
+        p.unmeasured_sizes = measured
+            .iter()
+            .filter(|(_, rto)| rto.is_none())
+            .map(|(rows, _)| *rows)
+            .collect();
+        println!(
+            "{} / {}: RTO projected to {} at {} rows ({}; objective {}): {}, \
+             from {} (fit: {} + {} per million rows; error rms {}, worst {:.0}%)",
+            s.name,
+            target.name,
+            report::seconds(p.projected_ms.max(0) as u64),
+            p.production_rows,
+            if p.projected_miss { "MISSED" } else { "met" },
+            report::seconds(objective as u64),
+            if p.projected_miss {
+                "projected miss"
+            } else {
+                "within the objective"
+            },
+            p.points
+                .iter()
+                .map(|(rows, ms)| format!("{rows} rows: {}", report::seconds(*ms as u64)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            report::seconds(p.fixed_ms.max(0.0).round() as u64),
+            report::seconds(p.ms_per_million_rows.max(0.0).round() as u64),
+            report::seconds(p.rms_error_ms.round() as u64),
+            p.max_error_ratio * 100.0
+        );
+        let file = reports.join(&s.name).join("projection.json");
+        let written = std::fs::create_dir_all(reports.join(&s.name))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let mut json = serde_json::to_vec_pretty(&p)?;
+                json.push(b'\n');
+                report::write_atomically(&file, &json)
+            });
+        if let Err(e) = written {
+            eprintln!("error: write {}: {e:#}", file.display());
+        }
+        projections.push(p);
+    }
+    projections
 }
 
 fn print_verdicts(verdicts: &[Verdict]) {
@@ -569,7 +675,7 @@ async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
         .flat_map(|r| regression::judge(r, &all, gate))
         .collect();
     print_verdicts(&verdicts);
-    if let Err(code) = outputs.write(&judged, &verdicts, &all) {
+    if let Err(code) = outputs.write(&judged, &verdicts, &[], &all) {
         return code;
     }
     u8::from(verdicts.iter().any(|v| v.regressed))
@@ -595,7 +701,7 @@ async fn report_from_history(outputs: &Outputs) -> u8 {
         .iter()
         .flat_map(|r| regression::judge(r, &all, Gate::default()))
         .collect();
-    if let Err(code) = outputs.write(&latest, &verdicts, &all) {
+    if let Err(code) = outputs.write(&latest, &verdicts, &[], &all) {
         return code;
     }
     println!(

@@ -356,3 +356,77 @@ fn a_shared_postgres_history_holds_the_same_schema() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("pg-kill / db"));
 }
+
+#[test]
+fn a_projection_runs_each_size_and_fits_the_rtos_it_measured() {
+    let _engine = engine();
+    let dir = out_dir("projection");
+    let history = dir.join("history.sqlite");
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            repo("tests/scenarios/fast-projection.toml")
+                .to_str()
+                .unwrap(),
+        ])
+        .arg("--reports")
+        .arg(dir.join("reports"))
+        .arg("--history")
+        .arg(&history)
+        .arg("--junit")
+        .arg(dir.join("junit.xml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let runs = runtime().block_on(async {
+        History::open(history.to_str().unwrap())
+            .await
+            .unwrap()
+            .runs()
+            .await
+            .unwrap()
+    });
+    let mut sizes: Vec<(i64, i64)> = runs
+        .iter()
+        .map(|r| {
+            let t = &r.targets[0];
+            (
+                t.dataset_rows.unwrap(),
+                t.rto_achieved_ms.expect("every size recovered"),
+            )
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(
+        sizes.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [2000, 40000],
+        "{stdout}\n{stderr}"
+    );
+
+    // Two points: the line through them, evaluated at 5 million rows.
+    let projection: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("reports/fast-projection/projection.json")).unwrap(),
+    )
+    .unwrap();
+    let ((x0, y0), (x1, y1)) = (sizes[0], sizes[1]);
+    let slope = (y1 - y0) as f64 / (x1 - x0) as f64;
+    let expected = (y0 as f64 + slope * (5_000_000 - x0) as f64).round() as i64;
+    let projected = projection["projected_ms"].as_i64().unwrap();
+    assert!((projected - expected).abs() <= 1, "{projection}");
+    assert!(
+        projection["rms_error_ms"].as_f64().unwrap() < 1.0,
+        "two points fit exactly"
+    );
+    let miss = expected > 60_000;
+    assert_eq!(projection["projected_miss"].as_bool(), Some(miss));
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("projected RTO at 5000000 rows"), "{junit}");
+    let met = runs.iter().all(|r| r.outcome == "met");
+    assert_eq!(
+        out.status.code(),
+        Some(if met && !miss { 0 } else { 1 }),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("RTO projected to"), "{stdout}");
+}

@@ -1,6 +1,8 @@
 //! Measurement (DESIGN §3): one monotonic clock per run, outage detection by probes, and the
 //! RTO / RPO arithmetic over the ledger.
 
+pub mod projection;
+
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;

@@ -13,6 +13,7 @@ use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 
 use crate::history::regression::Verdict;
 use crate::history::{RunRecord, TargetRecord};
+use crate::measure::projection::Projection;
 
 fn secs(ms: i64) -> String {
     super::seconds(ms.max(0) as u64)
@@ -58,7 +59,8 @@ fn objective_cases(scenario: &str, t: &TargetRecord) -> Vec<TestCase> {
 
 /// JUnit XML: one suite per run, a `drill` case that fails when the drill could not run to its
 /// end, a case per target objective and one per check; unknown checks fail (they did not pass).
-pub fn junit(runs: &[RunRecord]) -> String {
+/// Each RTO projection adds a case that fails on a projected miss.
+pub fn junit(runs: &[RunRecord], projections: &[Projection]) -> String {
     let mut report = quick_junit::Report::new("drillrig");
     for run in runs {
         let mut suite = TestSuite::new(run.scenario.as_str());
@@ -92,6 +94,33 @@ pub fn junit(runs: &[RunRecord]) -> String {
         }
         report.add_test_suite(suite);
     }
+    for p in projections {
+        let mut suite = TestSuite::new(format!("{} (projection)", p.scenario));
+        let status = if p.projected_miss {
+            failure(format!(
+                "RTO projected to {} at {} rows > target {} (fit error: rms {}, worst {:.0}%)",
+                secs(p.projected_ms),
+                p.production_rows,
+                secs(p.objective_ms),
+                secs(p.rms_error_ms.round() as i64),
+                p.max_error_ratio * 100.0
+            ))
+        } else {
+            TestCaseStatus::success()
+        };
+        let mut case = TestCase::new(
+            format!(
+                "{}: projected RTO at {} rows ≤ {}",
+                p.target,
+                p.production_rows,
+                secs(p.objective_ms)
+            ),
+            status,
+        );
+        case.set_classname(p.scenario.as_str());
+        suite.add_test_case(case);
+        report.add_test_suite(suite);
+    }
     report
         .to_string()
         .expect("serializing JUnit XML to a String cannot fail")
@@ -101,8 +130,9 @@ fn mark(ok: bool) -> &'static str {
     if ok { "✅" } else { "❌" }
 }
 
-/// A Markdown summary: one row per target of each run, then the regression gate's verdicts.
-pub fn summary(runs: &[RunRecord], verdicts: &[Verdict]) -> String {
+/// A Markdown summary: one row per target of each run, the regression gate's verdicts, and the
+/// RTO projections.
+pub fn summary(runs: &[RunRecord], verdicts: &[Verdict], projections: &[Projection]) -> String {
     let mut md = String::from("## drillrig\n\n");
     let met = runs.iter().filter(|r| r.outcome == "met").count();
     md.push_str(&format!(
@@ -176,6 +206,27 @@ pub fn summary(runs: &[RunRecord], verdicts: &[Verdict]) -> String {
                 } else {
                     v.note.clone().unwrap_or_else(|| "✅ within bounds".into())
                 },
+            ));
+        }
+    }
+    if !projections.is_empty() {
+        md.push_str("\n### RTO projected to production size\n\n| scenario | target | measured (rows: RTO) | production rows | projected RTO / target | fit error (rms, worst) |\n|---|---|---|---|---|---|\n");
+        for p in projections {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} {} / {} | {}, {:.0}% |\n",
+                p.scenario,
+                p.target,
+                p.points
+                    .iter()
+                    .map(|(rows, ms)| format!("{rows}: {}", secs(*ms)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.production_rows,
+                mark(!p.projected_miss),
+                secs(p.projected_ms),
+                secs(p.objective_ms),
+                secs(p.rms_error_ms.round() as i64),
+                p.max_error_ratio * 100.0
             ));
         }
     }
@@ -327,14 +378,44 @@ mod tests {
 
     #[test]
     fn junit_has_a_case_per_objective_and_check() {
-        insta::assert_snapshot!(junit(&runs()));
+        insta::assert_snapshot!(junit(&runs(), &[]));
     }
 
     #[test]
     fn the_summary_reads_as_a_table() {
         let runs = runs();
         let verdicts = judge(&runs[1], &runs, Gate::default());
-        insta::assert_snapshot!(summary(&runs, &verdicts));
+        insta::assert_snapshot!(summary(&runs, &verdicts, &[]));
+    }
+
+    #[test]
+    fn a_projected_miss_fails_its_junit_case_and_shows_in_the_summary() {
+        let p = crate::measure::projection::project(
+            "pg-restore-projection",
+            "pg",
+            &[(10_000, 3_000), (100_000, 12_000)],
+            50_000_000,
+            3_600_000,
+        )
+        .unwrap();
+        assert!(p.projected_miss, "{p:?}");
+        let xml = junit(&[], std::slice::from_ref(&p));
+        assert!(
+            xml.contains("pg: projected RTO at 50000000 rows ≤ 3600.000s"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("RTO projected to 5002.000s at 50000000 rows &gt; target 3600.000s"),
+            "{xml}"
+        );
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        let md = summary(&[], &[], &[p]);
+        assert!(
+            md.contains(
+                "| pg-restore-projection | pg | 10000: 3.000s, 100000: 12.000s | 50000000 | ❌"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -128,6 +128,45 @@ impl Default for Persistence {
 pub struct Dataset {
     pub fixture: String,
     pub rows: u64,
+    /// Run the drill once per size and project the RTO to a production size.
+    pub projection: Option<Projection>,
+}
+
+/// `dataset.projection`: the drill runs once per size (`rows` replaced), and the RTOs achieved
+/// are fitted against size and projected to `production_rows`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projection {
+    pub sizes: Vec<u64>,
+    pub production_rows: u64,
+}
+
+impl Scenario {
+    /// The target whose dataset carries a projection, if one does.
+    pub fn projected_target(&self) -> Option<&TargetSpec> {
+        self.targets.iter().find(|t| t.dataset.projection.is_some())
+    }
+
+    /// One scenario per projection size, with that target's rows set to it; the scenario itself
+    /// when it has no projection.
+    pub fn expand_projection(&self) -> Vec<Scenario> {
+        let Some(target) = self.projected_target() else {
+            return vec![self.clone()];
+        };
+        let projection = target.dataset.projection.clone().expect("projected");
+        projection
+            .sizes
+            .iter()
+            .map(|&rows| {
+                let mut s = self.clone();
+                for t in &mut s.targets {
+                    if t.name == target.name {
+                        t.dataset.rows = rows;
+                    }
+                }
+                s
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,6 +572,28 @@ impl Validator<'_> {
         for (name, target) in raw.targets.get_ref() {
             targets.push(self.target(name, target)?);
         }
+        if let Some((name, second)) = raw
+            .targets
+            .get_ref()
+            .iter()
+            .filter_map(|(n, t)| {
+                let p = t
+                    .get_ref()
+                    .dataset
+                    .as_ref()?
+                    .get_ref()
+                    .projection
+                    .as_ref()?;
+                Some((n, p))
+            })
+            .nth(1)
+        {
+            return Err(self.at.error(
+                second.span(),
+                format!("targets.{name}.dataset.projection"),
+                "only one target of a scenario may carry a projection (the drill runs once per size)",
+            ));
+        }
 
         let mut faults = Vec::new();
         for (i, fault) in raw.faults.iter().enumerate() {
@@ -617,6 +678,38 @@ impl Validator<'_> {
         Ok(t)
     }
 
+    fn projection(
+        &self,
+        p: &raw::RawProjection,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Projection> {
+        let sizes = p.sizes.get_ref();
+        let mut distinct: Vec<i64> = sizes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 2 || distinct[0] < 1 || distinct.len() != sizes.len() {
+            return Err(self.at.error(
+                p.sizes.span(),
+                key("dataset.projection.sizes"),
+                format!(
+                    "a projection needs at least two different sizes of at least 1 row, got {sizes:?}"
+                ),
+            ));
+        }
+        let production = *p.production_rows.get_ref();
+        if production < 1 {
+            return Err(self.at.error(
+                p.production_rows.span(),
+                key("dataset.projection.production_rows"),
+                format!("production_rows must be at least 1, got {production}"),
+            ));
+        }
+        Ok(Projection {
+            sizes: sizes.iter().map(|&s| s as u64).collect(),
+            production_rows: production as u64,
+        })
+    }
+
     fn target(&self, name: &str, spanned: &Spanned<RawTarget>) -> Checked<TargetSpec> {
         let raw = spanned.get_ref();
         let key = |k: &str| format!("targets.{name}.{k}");
@@ -638,6 +731,7 @@ impl Validator<'_> {
             None => Dataset {
                 fixture: caps.fixtures[0].to_string(),
                 rows: caps.default_rows,
+                projection: None,
             },
             Some(d) => {
                 let d = d.get_ref();
@@ -660,9 +754,14 @@ impl Validator<'_> {
                         format!("rows must be at least 1, got {rows}"),
                     ));
                 }
+                let projection = match &d.projection {
+                    None => None,
+                    Some(p) => Some(self.projection(p.get_ref(), &key)?),
+                };
                 Dataset {
                     fixture: fixture.clone(),
                     rows: rows as u64,
+                    projection,
                 }
             }
         };

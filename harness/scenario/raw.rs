@@ -77,6 +77,15 @@ pub struct RawPersistence {
 pub struct RawDataset {
     pub fixture: Spanned<String>,
     pub rows: Spanned<i64>,
+    pub projection: Option<Spanned<RawProjection>>,
+}
+
+/// Restores at several dataset sizes, projected to the production size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProjection {
+    pub sizes: Spanned<Vec<i64>>,
+    pub production_rows: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,7 +51,8 @@ fn a_good_file_becomes_domain_types() {
         t.dataset,
         Dataset {
             fixture: "orders".into(),
-            rows: 500
+            rows: 500,
+            projection: None,
         }
     );
     assert_eq!(t.rate, 50);
@@ -532,4 +533,35 @@ at = "8s"
     );
     let default = parse_text(&text.replace("queue = \"orders.classic\"\n", "")).unwrap();
     assert_eq!(default.faults[0].queue.as_deref(), Some("orders.quorum"));
+}
+
+#[test]
+fn a_projection_expands_into_one_drill_per_size() {
+    let text = GOOD.replace(
+        "rows = 500 }",
+        "rows = 500, projection = { sizes = [1000, 10000], production_rows = 1000000 } }",
+    );
+    let s = parse_text(&text).unwrap();
+    let sizes: Vec<u64> = s
+        .expand_projection()
+        .iter()
+        .map(|x| x.targets[0].dataset.rows)
+        .collect();
+    assert_eq!(sizes, [1000, 10000]);
+    assert_eq!(parse_text(GOOD).unwrap().expand_projection().len(), 1);
+    assert_eq!(
+        error_after(
+            "rows = 500 }",
+            "rows = 500, projection = { sizes = [1000], production_rows = 1000000 } }"
+        ),
+        "s.toml:7:68: targets.pg.dataset.projection.sizes: a projection needs at least two \
+         different sizes of at least 1 row, got [1000]"
+    );
+    assert!(
+        error_after(
+            "rows = 500 }",
+            "rows = 500, projection = { sizes = [1, 2], production_rows = 0 } }"
+        )
+        .contains("production_rows must be at least 1, got 0")
+    );
 }

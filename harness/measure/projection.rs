@@ -1,0 +1,127 @@
+//! RTO projection: restore time fitted against dataset size by least squares
+//! (`rto = fixed + per_row × rows`, the container start and a restore that grows with the data),
+//! projected to the production size and compared with the objective. The fit's error on the
+//! measured points is reported with it, so a poor fit is not read as a forecast.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Projection {
+    pub scenario: String,
+    pub target: String,
+    /// `(rows, achieved RTO ms)` of the runs fitted, by size.
+    pub points: Vec<(u64, i64)>,
+    pub fixed_ms: f64,
+    pub ms_per_million_rows: f64,
+    /// Root mean square of the residuals on the measured points.
+    pub rms_error_ms: f64,
+    /// The largest residual relative to its measured RTO.
+    pub max_error_ratio: f64,
+    pub production_rows: u64,
+    pub projected_ms: i64,
+    pub objective_ms: i64,
+    /// The projected RTO at production size exceeds the objective.
+    pub projected_miss: bool,
+    /// Sizes with no achieved RTO, left out of the fit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmeasured_sizes: Vec<u64>,
+}
+
+/// Fits `points` (rows, RTO ms); `None` with fewer than two distinct sizes.
+pub fn project(
+    scenario: &str,
+    target: &str,
+    points: &[(u64, i64)],
+    production_rows: u64,
+    objective_ms: i64,
+) -> Option<Projection> {
+    let mut points = points.to_vec();
+    points.sort_unstable();
+    let n = points.len() as f64;
+    let xs: Vec<f64> = points.iter().map(|p| p.0 as f64).collect();
+    let ys: Vec<f64> = points.iter().map(|p| p.1 as f64).collect();
+    let mean_x = xs.iter().sum::<f64>() / n;
+    let mean_y = ys.iter().sum::<f64>() / n;
+    let sxx: f64 = xs.iter().map(|x| (x - mean_x).powi(2)).sum();
+    if points.len() < 2 || sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| (x - mean_x) * (y - mean_y))
+        .sum();
+    let slope = sxy / sxx;
+    let fixed = mean_y - slope * mean_x;
+    let residuals: Vec<f64> = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| y - (fixed + slope * x))
+        .collect();
+    let rms = (residuals.iter().map(|r| r * r).sum::<f64>() / n).sqrt();
+    let max_ratio = residuals
+        .iter()
+        .zip(&ys)
+        .map(|(r, y)| if *y > 0.0 { r.abs() / y } else { 0.0 })
+        .fold(0.0, f64::max);
+    let projected = (fixed + slope * production_rows as f64).round() as i64;
+    Some(Projection {
+        scenario: scenario.into(),
+        target: target.into(),
+        points,
+        fixed_ms: fixed,
+        ms_per_million_rows: slope * 1e6,
+        rms_error_ms: rms,
+        max_error_ratio: max_ratio,
+        production_rows,
+        projected_ms: projected,
+        objective_ms,
+        projected_miss: projected > objective_ms,
+        unmeasured_sizes: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exact_line_projects_exactly_with_no_error() {
+        // 2 s to start, 10 s per million rows.
+        let p = project(
+            "s",
+            "db",
+            &[(10_000, 2_100), (100_000, 3_000), (1_000_000, 12_000)],
+            10_000_000,
+            60_000,
+        )
+        .unwrap();
+        assert!((p.fixed_ms - 2_000.0).abs() < 1e-6);
+        assert!((p.ms_per_million_rows - 10_000.0).abs() < 1e-6);
+        assert_eq!(p.projected_ms, 102_000);
+        assert!(p.projected_miss);
+        assert!(p.rms_error_ms < 1e-6 && p.max_error_ratio < 1e-9);
+    }
+
+    #[test]
+    fn the_error_on_the_measured_points_is_reported() {
+        // The restore-scaling bench's figures: not a straight line.
+        let p = project(
+            "s",
+            "db",
+            &[(10_000, 2_830), (100_000, 4_670), (1_000_000, 15_970)],
+            1_000_000,
+            60_000,
+        )
+        .unwrap();
+        assert!(!p.projected_miss);
+        assert!(p.rms_error_ms > 100.0, "{p:?}");
+        assert!(p.max_error_ratio > 0.05 && p.max_error_ratio < 0.5, "{p:?}");
+    }
+
+    #[test]
+    fn one_size_is_not_a_fit() {
+        assert!(project("s", "db", &[(10, 1), (10, 2)], 100, 1).is_none());
+        assert!(project("s", "db", &[(10, 1)], 100, 1).is_none());
+    }
+}
