@@ -156,6 +156,20 @@ impl Outputs {
         }
     }
 
+    /// Every run in the history, for a command that reads it (`compare`, `report`).
+    async fn read_history(&self, command: &str) -> Result<Vec<RunRecord>, u8> {
+        let Some(history) = self.open_history().await? else {
+            eprintln!(
+                "error: {command} reads the history: --history none leaves nothing to {command}"
+            );
+            return Err(EXIT_USAGE);
+        };
+        history.runs().await.map_err(|e| {
+            eprintln!("error: read the history: {e:#}");
+            EXIT_ENVIRONMENT
+        })
+    }
+
     /// Writes the files asked for: JUnit, summary and metrics about `runs`, the HTML report
     /// about `all` the runs in the history.
     fn write(
@@ -382,10 +396,12 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
         );
         return 0;
     }
-    let drill_count: usize = scenarios
+    // A scenario with a projection runs once per dataset size, in the same shard.
+    let expanded: Vec<(&PathBuf, Scenario)> = scenarios
         .iter()
-        .map(|(_, s)| s.expand_projection().len())
-        .sum();
+        .flat_map(|(file, s)| s.expand_projection().into_iter().map(move |x| (file, x)))
+        .collect();
+    let drill_count = expanded.len();
     if suite.out.is_some() && drill_count > 1 {
         eprintln!(
             "error: --out names the folder of one drill, and this run has {drill_count} \
@@ -415,10 +431,9 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
         Ok(h) => h,
         Err(code) => return code,
     };
-    if scenarios.len() > 1 {
+    if drill_count > 1 {
         info!(
-            "suite of {} drill(s), {jobs} at a time, partition {}",
-            scenarios.len(),
+            "suite of {drill_count} drill(s), {jobs} at a time, partition {}",
             suite.partition
         );
     }
@@ -435,11 +450,6 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
             .collect(),
         keep,
     };
-    // A scenario with a projection runs once per dataset size, in the same shard.
-    let expanded: Vec<(&PathBuf, Scenario)> = scenarios
-        .iter()
-        .flat_map(|(file, s)| s.expand_projection().into_iter().map(move |x| (file, x)))
-        .collect();
     let mut drills = futures::stream::iter(expanded.iter())
         .map(|(file, s)| {
             let cancel = cancel.clone();
@@ -645,19 +655,9 @@ async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let Some(history) = (match outputs.open_history().await {
-        Ok(h) => h,
+    let all = match outputs.read_history("compare").await {
+        Ok(all) => all,
         Err(code) => return code,
-    }) else {
-        eprintln!("error: compare reads the history: --history none leaves nothing to compare");
-        return EXIT_USAGE;
-    };
-    let all = match history.runs().await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: read the history: {e:#}");
-            return EXIT_ENVIRONMENT;
-        }
     };
     let latest = history::latest_per_scenario(&all);
     for name in names {
@@ -682,19 +682,9 @@ async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
 }
 
 async fn report_from_history(outputs: &Outputs) -> u8 {
-    let Some(history) = (match outputs.open_history().await {
-        Ok(h) => h,
+    let all = match outputs.read_history("report").await {
+        Ok(all) => all,
         Err(code) => return code,
-    }) else {
-        eprintln!("error: report reads the history: --history none leaves nothing to report");
-        return EXIT_USAGE;
-    };
-    let all = match history.runs().await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: read the history: {e:#}");
-            return EXIT_ENVIRONMENT;
-        }
     };
     let latest = history::latest_per_scenario(&all);
     let verdicts: Vec<Verdict> = latest

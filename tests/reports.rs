@@ -63,6 +63,18 @@ fn history_with(path: &Path, runs: &[RunRecord]) {
     });
 }
 
+/// Every run in the history at `path`, oldest first.
+fn recorded_runs(path: &Path) -> Vec<RunRecord> {
+    runtime().block_on(async {
+        History::open(path.to_str().unwrap())
+            .await
+            .unwrap()
+            .runs()
+            .await
+            .unwrap()
+    })
+}
+
 #[test]
 fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
     let _engine = engine();
@@ -90,14 +102,7 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
 
-    let runs = runtime().block_on(async {
-        History::open(history.to_str().unwrap())
-            .await
-            .unwrap()
-            .runs()
-            .await
-            .unwrap()
-    });
+    let runs = recorded_runs(&history);
     let mut scenarios: Vec<&str> = runs.iter().map(|r| r.scenario.as_str()).collect();
     scenarios.sort();
     assert_eq!(
@@ -379,14 +384,7 @@ fn a_projection_runs_each_size_and_fits_the_rtos_it_measured() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let runs = runtime().block_on(async {
-        History::open(history.to_str().unwrap())
-            .await
-            .unwrap()
-            .runs()
-            .await
-            .unwrap()
-    });
+    let runs = recorded_runs(&history);
     let mut sizes: Vec<(i64, i64)> = runs
         .iter()
         .map(|r| {
