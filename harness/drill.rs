@@ -19,6 +19,8 @@ use crate::backup::{Backup, Repository};
 use crate::checks::{self, CheckStatus, Evidence};
 use crate::docker::{self, Docker, image};
 use crate::faults;
+use crate::live;
+
 use crate::measure::{self, Clock, Phase, Phases};
 use crate::report::{
     self, BackupReport, FaultRecord, Outcome, PhaseSpan, Report, RestoreReport, Rpo, Rto,
@@ -56,6 +58,8 @@ pub struct RunOptions {
     /// Image per target name, from `--image NAME=IMAGE`.
     pub images: BTreeMap<String, String>,
     pub keep: Keep,
+    /// The drill's live lines on a terminal; drawn nowhere by default.
+    pub live: live::Lines,
 }
 
 /// A finished run: its report, folder and exit code (DESIGN §6).
@@ -102,6 +106,7 @@ struct Progress {
     timeline: Vec<PhaseSpan>,
     faults: Vec<FaultRecord>,
     targets: BTreeMap<String, TargetReport>,
+    live: live::Lines,
 }
 
 type Shared = Arc<Mutex<Progress>>;
@@ -112,6 +117,7 @@ fn begin(progress: &Shared, clock: &Clock, phase: &str, target: Option<&str>) ->
         None => info!("phase {phase}"),
     }
     let mut p = progress.lock().expect("not poisoned");
+    p.live.phase(target, phase);
     p.timeline.push(PhaseSpan {
         phase: phase.into(),
         target: target.map(Into::into),
@@ -123,6 +129,11 @@ fn begin(progress: &Shared, clock: &Clock, phase: &str, target: Option<&str>) ->
 
 fn end(progress: &Shared, clock: &Clock, span: usize) {
     progress.lock().expect("not poisoned").timeline[span].ended_ms = Some(clock.millis());
+}
+
+/// The drill's live lines (a cheap handle).
+fn live(progress: &Shared) -> live::Lines {
+    progress.lock().expect("not poisoned").live.clone()
 }
 
 fn update(progress: &Shared, target: &str, f: impl FnOnce(&mut TargetReport)) {
@@ -178,7 +189,10 @@ pub async fn run(
     let seed = scenario.seed.unwrap_or_else(|| rand::rng().random());
     info!("run {run_id} of {} into {}", scenario.name, dir.display());
 
-    let progress: Shared = Arc::new(Mutex::new(Progress::default()));
+    let progress: Shared = Arc::new(Mutex::new(Progress {
+        live: opts.live.clone(),
+        ..Progress::default()
+    }));
     for t in &scenario.targets {
         progress
             .lock()
@@ -630,6 +644,9 @@ impl Drill<'_> {
                             .push(record);
                         if !f.kind.is_latent() && t_fault.is_none() {
                             t_fault = Some(injected);
+                            live(&self.progress)
+                                .rto_from(name, clock.instant_at(injected).into_std());
+
                             fault_began = Some(started);
                             if let Some(tx) = fault_tx.take() {
                                 let _ = tx.send(injected);
@@ -657,6 +674,7 @@ impl Drill<'_> {
                 clock.instant_at(workload_start + s.duration.as_micros() as Micros),
             )
             .await;
+            live(&self.progress).rto_from(name, std::time::Instant::now());
         }
 
         // The restore begins: the workload stops, its last writes are recorded.
@@ -783,6 +801,8 @@ impl Drill<'_> {
             rpo.note = Some(rpo.note.map_or(note.clone(), |n| format!("{n}; {note}")));
         }
         let rto_achieved = recovered.map(|r| (r - t_fault) / 1000);
+        live(&self.progress).recovered(name, rto_achieved.map(Duration::from_millis));
+
         update(&self.progress, name, |t| {
             t.rto.phases = report::Phases::from_durations(&phases.durations(end_of_phases));
             t.rto.achieved_ms = rto_achieved;

@@ -13,6 +13,8 @@ pub mod docker;
 pub mod drill;
 pub mod faults;
 pub mod history;
+pub mod live;
+
 pub mod measure;
 pub mod report;
 pub mod scenario;

@@ -10,6 +10,7 @@ use drillrig::docker::{self, EnvironmentError};
 use drillrig::drill::{self, Keep, RunOptions};
 use drillrig::history::regression::{self, Gate, Verdict};
 use drillrig::history::{self, History, RunRecord};
+use drillrig::live::Board;
 use drillrig::measure::projection::{self, Projection};
 use drillrig::scenario::Scenario;
 use drillrig::suite::{self, Partition};
@@ -17,6 +18,7 @@ use drillrig::{report, scenario};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(
@@ -210,15 +212,25 @@ fn main() -> ExitCode {
         eprintln!("internal error (a drillrig bug; please report it): {info}");
     }));
     let cli = Cli::parse();
+    // Drills on a terminal get live lines; their log lines then print above them, and only
+    // warnings do unless DRILLRIG_LOG asks for more (the lines show the phases).
+    let board = match cli.command {
+        Command::Run { .. } => Board::on_terminal(),
+        _ => None,
+    };
+    let (writer, default_level) = match &board {
+        Some(b) => (BoxMakeWriter::new(b.clone()), "drillrig=warn"),
+        None => (BoxMakeWriter::new(std::io::stderr), "drillrig=info"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DRILLRIG_LOG")
-                .unwrap_or_else(|_| "drillrig=info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -248,7 +260,7 @@ fn main() -> ExitCode {
                     partition,
                     fail_on_regression,
                 };
-                run(&scenarios, suite, &gate, &outputs).await
+                run(&scenarios, suite, &gate, &outputs, board.as_ref()).await
             }
             Command::Compare {
                 scenarios,
@@ -259,6 +271,14 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// Runs `print` above the live lines of the drills still running, if any are drawn.
+fn above<R>(board: Option<&Board>, print: impl FnOnce() -> R) -> R {
+    match board {
+        Some(b) => b.suspend(print),
+        None => print(),
+    }
 }
 
 fn validate(files: &[PathBuf]) -> u8 {
@@ -377,7 +397,13 @@ fn image_overrides(
     Ok(overrides)
 }
 
-async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs) -> u8 {
+async fn run(
+    paths: &[PathBuf],
+    suite: Suite,
+    gate: &GateArgs,
+    outputs: &Outputs,
+    board: Option<&Board>,
+) -> u8 {
     let gate = match gate.gate() {
         Ok(g) => g,
         Err(e) => {
@@ -449,6 +475,7 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
             .map(|(t, i)| (t.clone(), i.clone()))
             .collect(),
         keep,
+        live: board.map(|b| b.lines(s)).unwrap_or_default(),
     };
     let mut drills = futures::stream::iter(expanded.iter())
         .map(|(file, s)| {
@@ -471,31 +498,37 @@ async fn run(paths: &[PathBuf], suite: Suite, gate: &GateArgs, outputs: &Outputs
     let mut records = Vec::new();
     while let Some((file, s, result)) = drills.next().await {
         let Some(result) = result else {
-            println!("drillrig {}: not started (interrupted)", s.name);
+            above(board, || {
+                println!("drillrig {}: not started (interrupted)", s.name)
+            });
             codes.push(EXIT_INTERRUPTED);
             continue;
         };
         let result = match result {
             Ok(r) => r,
             Err(e) => {
-                codes.push(match e.downcast_ref::<EnvironmentError>() {
-                    Some(env) => environment_error(env),
-                    None => {
-                        eprintln!("error: {}: {e:#}", s.name);
-                        1
+                codes.push(above(board, || {
+                    match e.downcast_ref::<EnvironmentError>() {
+                        Some(env) => environment_error(env),
+                        None => {
+                            eprintln!("error: {}: {e:#}", s.name);
+                            1
+                        }
                     }
-                });
+                }));
                 continue;
             }
         };
-        print!("{}", report::terminal(&result.report));
-        println!("report: {}", result.dir.join("report.json").display());
-        if let Some(error) = &result.error {
-            eprintln!("error: {error}");
-        }
-        if let Some(fix) = &result.fix {
-            eprintln!("  fix: {fix}");
-        }
+        above(board, || {
+            print!("{}", report::terminal(&result.report));
+            println!("report: {}", result.dir.join("report.json").display());
+            if let Some(error) = &result.error {
+                eprintln!("error: {error}");
+            }
+            if let Some(fix) = &result.fix {
+                eprintln!("  fix: {fix}");
+            }
+        });
         codes.push(result.exit_code as u8);
         let record = RunRecord::from_report(
             &result.report,

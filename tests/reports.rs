@@ -118,6 +118,15 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
     };
     assert_eq!(out.status.code(), Some(worst), "{stdout}\n{stderr}");
     assert!(stdout.contains("suite: "), "{stdout}");
+    // Off a terminal: plain log lines, tagged with their drill, without colour codes.
+    for s in ["pg-kill", "redis-kill-always"] {
+        assert!(
+            stderr.contains(&format!("drill{{scenario={s}}}")),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains('\x1b'), "{stderr}");
+
     for r in &runs {
         let report = common::read_report(Path::new(r.report_dir.as_ref().unwrap()));
         assert_eq!(report["run_id"], r.run_id.as_str());
@@ -153,6 +162,64 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
         assert_eq!((value * 1000.0).round() as i64, t.rto_achieved_ms.unwrap());
     }
     assert!(metrics.ends_with("# EOF\n"));
+}
+
+#[test]
+fn on_a_terminal_each_target_shows_its_phase_and_the_rto_clock_against_its_objective() {
+    let _engine = engine();
+    let dir = out_dir("live");
+    let command = format!(
+        "{BIN} run {} --out {} --history none",
+        repo("tests/scenarios/fast-corruption.toml").display(),
+        dir.display()
+    );
+    // `script` gives the drill a pseudo-terminal, as a person's shell would.
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("COLUMNS", "120")
+        .env_remove("DRILLRIG_LOG")
+        .output()
+        .expect("run script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    let report = common::read_report(&dir);
+
+    // Every redraw of the target's line, with the terminal's control sequences taken out.
+    let escape = regex::Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").unwrap();
+    let plain = escape.replace_all(&screen, "");
+    let frames: Vec<&str> = plain
+        .split(['\r', '\n'])
+        .filter_map(|l| {
+            l.split_once("fast-corruption/pg ")
+                .map(|(_, rest)| rest.trim())
+        })
+        .collect();
+    let first = |phase: &str| {
+        frames
+            .iter()
+            .position(|f| f.starts_with(phase))
+            .unwrap_or_else(|| panic!("no frame in phase {phase}: {frames:#?}"))
+    };
+    assert!(first("provision") < first("workload"));
+    assert!(first("workload") < first("fault corrupt-data-file"));
+    assert!(first("fault corrupt-data-file") < first("restore"));
+    // From the fault on, the clock runs against the 60 s objective...
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with("restore") && f.contains(" / 1m00.0s [")),
+        "{frames:#?}"
+    );
+    // ...and once verified the line holds the RTO the report measured.
+    let ms = report["targets"][0]["rto"]["achieved_ms"].as_u64().unwrap();
+    let measured = format!("RTO {}.{}s / 1m00.0s  met", ms / 1000, ms % 1000 / 100);
+    assert!(
+        frames.iter().any(|f| f.ends_with(&measured)),
+        "{measured} in {frames:#?}"
+    );
+    // The lines replace the info log; the drill's table is still printed at the end.
+    assert!(!plain.contains(" INFO "), "{plain}");
+    assert!(plain.contains("drillrig fast-corruption"), "{plain}");
 }
 
 #[test]
