@@ -5,15 +5,20 @@
 #   postgres  pgbench, one client, prepared, one INSERT INTO orders per transaction;
 #   redis     redis-benchmark, one client, EVAL doing SET + RPUSH (drillrig: MULTI SET RPUSH EXEC);
 #   rabbitmq  examples/confirmed_publish.rs, publish one persistent message, wait for its confirm.
-# drillrig runs benches/scenarios/<kind>-density.toml with DRILLRIG_KEEP=always so the baseline
-# runs against the very container drillrig drove; `drillrig gc` removes it afterwards.
-# Prints both rates per kind and the ratio drillrig / baseline (goal >= 0.8).
+# A pair: drillrig runs benches/scenarios/<kind>-density.toml with DRILLRIG_KEEP=always, then the
+# baseline runs against the very container drillrig drove, and `drillrig gc` removes it. Pairs
+# repeat (drill, baseline, drill, baseline, ...) so slow spells of the disk or CPU fall on both.
+# Prints every pair, then per kind the medians of both rates, the ratio of those medians and the
+# median of the pairs' ratios, drillrig / baseline (goal >= 0.8).
 #
-# usage: benches/workload-density.sh [postgres|redis|rabbitmq ...]   (default all; needs docker, jq)
+# usage: benches/workload-density.sh [-n PAIRS] [postgres|redis|rabbitmq ...]
+#        (default 5 pairs of every kind; needs docker, jq)
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "workload-density: needs jq" >&2; exit 2; }
+pairs=5
+if [ "${1:-}" = -n ]; then pairs=$2; shift 2; fi
 kinds=("$@"); [ ${#kinds[@]} -gt 0 ] || kinds=(postgres redis rabbitmq)
 seconds=10
 cargo build --release --quiet --bin drillrig --example confirmed_publish
@@ -47,26 +52,47 @@ baseline() { # KIND CONTAINER -> writes per second
             EVAL "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('RPUSH', 'bench:ledger', ARGV[1])" \
             1 bench:__rand_int__ __rand_int__ | tail -1 | awk -F'","' '{ print $2 }'
         ;;
-        rabbitmq)
-        # After drillrig's verify the broker is still settling the requeued messages: a first,
-        # discarded run waits that out.
+    rabbitmq)
+        # drillrig published into queues holding the seed's messages; after its verify they hold
+        # everything it wrote too, and the broker is still settling the messages the verify
+        # browsed. A short discarded run waits that out, then both queues are purged, so the
+        # baseline publishes into queues no deeper than drillrig's were (if anything, shallower:
+        # the comparison favours the baseline).
         export AMQP_URI="amqp://drill:$(env_of "$c" RABBITMQ_DEFAULT_PASS)@127.0.0.1:$(port_of "$c" 5672)/drill"
-        target/release/examples/confirmed_publish orders order.bench 5 >/dev/null
+        target/release/examples/confirmed_publish orders order.bench 2 >/dev/null
+        for q in orders.quorum orders.classic; do
+            docker exec "$c" rabbitmqctl -q purge_queue -p drill "$q" >/dev/null
+        done
         target/release/examples/confirmed_publish orders order.bench "$seconds"
         ;;
     esac
 }
 
-printf '%-9s %16s %16s %8s\n' target drillrig_ok_per_s baseline_per_s ratio
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+printf '%-9s %4s %16s %16s %8s\n' target pair drillrig_ok_per_s baseline_per_s ratio
 for kind in "${kinds[@]}"; do
     case $kind in postgres) s=pg ;; *) s=$kind ;; esac
-    out=$work/$kind
-    DRILLRIG_KEEP=always "$bin" run "benches/scenarios/$s-density.toml" --out "$out" >"$work/$kind.log" 2>&1 ||
-        { echo "the $kind drill failed; see $work/$kind.log" >&2; trap - EXIT; "$bin" gc >/dev/null 2>&1; exit 1; }
-    drill=$(jq '.targets[0].workload | .ok / ((.stopped_ms - .started_ms) / 1000)' "$out/report.json")
-    run_id=$(jq -r .run_id "$out/report.json")
-    container=$(docker ps -q --filter "label=io.drillrig.run=$run_id" | head -1)
-    base=$(baseline "$kind" "$container")
-    "$bin" gc >/dev/null 2>&1
-    awk -v k="$kind" -v d="$drill" -v b="$base" 'BEGIN { printf "%-9s %16.0f %16.0f %8.3f\n", k, d, b, d / b }'
+    : >"$work/$kind.pairs"
+    for pair in $(seq 1 "$pairs"); do
+        out=$work/$kind-$pair
+        DRILLRIG_KEEP=always "$bin" run "benches/scenarios/$s-density.toml" --out "$out" --history none >"$out.log" 2>&1 ||
+            { echo "the $kind drill failed; see $out.log" >&2; trap - EXIT; "$bin" gc >/dev/null 2>&1; exit 1; }
+        drill=$(jq '.targets[0].workload | .ok / ((.stopped_ms - .started_ms) / 1000)' "$out/report.json")
+        run_id=$(jq -r .run_id "$out/report.json")
+        container=$(docker ps -q --filter "label=io.drillrig.run=$run_id" | head -1)
+        base=$(baseline "$kind" "$container")
+        "$bin" gc >/dev/null 2>&1
+        echo "$drill $base" >>"$work/$kind.pairs"
+        awk -v k="$kind" -v p="$pair" -v d="$drill" -v b="$base" 'BEGIN { printf "%-9s %4d %16.0f %16.0f %8.3f\n", k, p, d, b, d / b }'
+    done
+done
+echo
+printf '%-9s %6s %16s %16s %17s %17s\n' target pairs median_drillrig median_baseline ratio_of_medians median_of_ratios
+for kind in "${kinds[@]}"; do
+    d=$(awk '{ print $1 }' "$work/$kind.pairs" | median)
+    b=$(awk '{ print $2 }' "$work/$kind.pairs" | median)
+    r=$(awk '{ print $1 / $2 }' "$work/$kind.pairs" | median)
+    awk -v k="$kind" -v n="$pairs" -v d="$d" -v b="$b" -v r="$r" \
+        'BEGIN { printf "%-9s %6d %16.0f %16.0f %17.3f %17.3f\n", k, n, d, b, d / b, r }'
 done

@@ -16,15 +16,8 @@ fn assert_prefix_loss_after_backup(run: &Run) {
     assert_eq!(t["rpo"]["holes"], 0);
     assert_eq!(t["rpo"]["unexpected"], 0);
     assert_eq!(t["rpo"]["mismatched"], 0);
-    let restored = t["restore"]["backup_id"]
-        .as_u64()
-        .expect("a backup was restored");
-    let backup = t["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == restored)
-        .unwrap();
+    let backup = run.restored_backup();
+    let restored = &backup["id"];
     let consistent_at = backup["consistent_at_ms"].as_f64().unwrap();
     let ledger = run.ledger();
     let lost: Vec<_> = ledger.iter().filter(|w| w.3 == "yes").collect();

@@ -162,6 +162,25 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
         assert_eq!((value * 1000.0).round() as i64, t.rto_achieved_ms.unwrap());
     }
     assert!(metrics.ends_with("# EOF\n"));
+
+    // The three files as a whole, with what differs from run to run (durations, write counts,
+    // start times) redacted. Both drills meet their objectives here; a miss is a finding too.
+    insta::with_settings!({
+        filters => vec![
+            (r#"time="\d+\.\d+""#, r#"time="[seconds]""#),
+                        // Achieved figures; the objectives (after `≤` or `/`) stay.
+            (r"([^≤/]) \d+\.\d{3}s\b", "$1 [seconds]"),
+            (r"(\d+) of \d+ \|", "$1 of [acknowledged] |"),
+            (
+                r"(?m)^(drillrig_(?:rto_seconds|acknowledged_writes|run_started_seconds)\{[^}]*\}) .*$",
+                "$1 [value]",
+            ),
+        ],
+    }, {
+        insta::assert_snapshot!("suite_junit", junit);
+        insta::assert_snapshot!("suite_summary", summary);
+        insta::assert_snapshot!("suite_metrics", metrics);
+    });
 }
 
 #[test]

@@ -162,3 +162,80 @@ pub trait Target: Send + Sync {
     /// A fresh write and its read-back: the last condition of recovery.
     async fn round_trip(&self) -> Result<()>;
 }
+
+/// The containers a target has had: the one serving now, its data volume, and how many were
+/// started (which names the next: `pg-1`, `pg-2`, …).
+pub struct Containers {
+    target: String,
+    current: Option<Container>,
+    volume: Option<String>,
+    generation: u32,
+}
+
+impl Containers {
+    pub fn new(target: &str) -> Self {
+        Containers {
+            target: target.into(),
+            current: None,
+            volume: None,
+            generation: 0,
+        }
+    }
+
+    /// The container serving the target now, if any.
+    pub fn current(&self) -> Option<&Container> {
+        self.current.as_ref()
+    }
+
+    /// The container serving the target now, or an error naming the target.
+    pub fn serving(&self) -> Result<&Container> {
+        self.current
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("target {} has no container", self.target))
+    }
+
+    /// The serving container's data volume.
+    pub fn volume(&self) -> Result<String> {
+        let c = self.serving()?;
+        self.volume
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("container {} has no data volume", c.name))
+    }
+
+    /// How many containers were started so far.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Names the next container and creates its data volume: `(name, volume)`.
+    pub async fn next(&mut self, docker: &Docker) -> Result<(String, String)> {
+        self.generation += 1;
+        let name = format!("{}-{}", self.target, self.generation);
+        let volume = docker.create_volume(&format!("{name}-data")).await?;
+        Ok((name, volume))
+    }
+
+    /// Starts `spec`, which then serves the target with the volume it mounts.
+    pub async fn start(
+        &mut self,
+        docker: &Docker,
+        spec: &crate::docker::ContainerSpec,
+    ) -> Result<()> {
+        let container = docker.start(spec).await?;
+        self.volume = spec.volume.as_ref().map(|(v, _)| v.clone());
+        self.current = Some(container);
+        Ok(())
+    }
+
+    /// The `volume-loss` fault: removes the serving container and its data volume. Returns what
+    /// was removed, for the fault's record.
+    pub async fn remove_with_volume(&mut self, docker: &Docker) -> Result<serde_json::Value> {
+        let c = self.serving()?.clone();
+        let volume = self.volume()?;
+        docker.remove(&c).await?;
+        docker.remove_volume(&volume).await?;
+        self.current = None;
+        self.volume = None;
+        Ok(serde_json::json!({ "container": c.name, "volume": volume }))
+    }
+}

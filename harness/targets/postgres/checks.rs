@@ -139,7 +139,7 @@ pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
 /// `pg_amcheck --heapallindexed --rootdescend` over the whole database, run in the container.
 pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
     let check = CheckKind::Amcheck;
-    let c = match pg.serving() {
+    let c = match pg.containers.serving() {
         Ok(c) => c,
         Err(e) => return CheckResult::unknown(check, format!("{e:#}")),
     };

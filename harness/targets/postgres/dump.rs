@@ -20,7 +20,7 @@ const DUMP_FILE: &str = "drill.dump";
 const RESTORE_PATH: &str = "/tmp/drillrig-restore.dump";
 
 pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
-    let c = pg.serving()?;
+    let c = pg.containers.serving()?;
     let client = pg.connect().await?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -88,11 +88,11 @@ pub(super) async fn restore(
     phases: &mut Phases,
 ) -> Result<Restored> {
     phases.enter(Phase::Provision);
-    let (name, volume) = pg.next_container().await?;
+    let (name, volume) = pg.containers.next(&pg.env.docker).await?;
     let spec = pg.container_spec(name, volume, Vec::new(), Vec::new());
     pg.start_container(spec, Ready::Serving, pg.env.timeouts.restore)
         .await?;
-    let c = pg.serving()?.clone();
+    let c = pg.containers.serving()?.clone();
 
     phases.enter(Phase::Fetch);
     let artefact = backup

@@ -56,7 +56,7 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     };
     let offset = (block % BLOCKS_PER_SEGMENT) * block_size + DAMAGE_OFFSET_IN_PAGE;
 
-    let c = pg.serving()?.clone();
+    let c = pg.containers.serving()?.clone();
     let docker = pg.env.docker.clone();
     docker.stop(&c, Duration::from_secs(60)).await?;
     let mut data = docker.download(&c, &path).await?;
@@ -100,16 +100,8 @@ pub(super) async fn drop_table(pg: &mut Postgres, relation: &str) -> Result<serd
 /// `volume-loss`: the primary's container and its data volume are removed. What survives is the
 /// backup repository, outside every container.
 pub(super) async fn volume_loss(pg: &mut Postgres) -> Result<serde_json::Value> {
-    let c = pg.serving()?.clone();
-    let volume = pg
-        .volume
-        .clone()
-        .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
-    pg.env.docker.remove(&c).await?;
-    pg.env.docker.remove_volume(&volume).await?;
-    pg.current = None;
-    pg.volume = None;
+    let removed = pg.containers.remove_with_volume(&pg.env.docker).await?;
     // Clients see nothing serving at all.
     pg.port.send_replace(0);
-    Ok(json!({ "container": c.name, "volume": volume }))
+    Ok(removed)
 }

@@ -20,7 +20,7 @@ use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Capabilities, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv};
+use super::{Capabilities, Containers, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, Taken};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::{Container, ContainerSpec};
@@ -136,11 +136,8 @@ fn order_digest(customer_id: i64, amount_cents: i64) -> u64 {
 
 pub struct Postgres {
     env: TargetEnv,
-    current: Option<Container>,
-    /// The current container's data volume.
-    volume: Option<String>,
-    /// Containers started so far; names the next one (`pg-1`, `pg-2`, …).
-    generation: u32,
+    containers: Containers,
+
     port: watch::Sender<u16>,
     customers: u64,
     /// Foreign keys the fixture declared, checked after restore.
@@ -151,10 +148,8 @@ impl Postgres {
     pub fn new(env: TargetEnv) -> Self {
         let customers = (env.spec.dataset.rows / 10).max(1);
         Postgres {
+            containers: Containers::new(&env.spec.name),
             env,
-            current: None,
-            volume: None,
-            generation: 0,
             port: watch::channel(0).0,
             customers,
             foreign_keys: Vec::new(),
@@ -166,12 +161,6 @@ impl Postgres {
             port: self.port.subscribe(),
             password: self.env.password.as_str().into(),
         }
-    }
-
-    fn serving(&self) -> Result<&Container> {
-        self.current
-            .as_ref()
-            .ok_or_else(|| anyhow!("target {} has no container", self.env.spec.name))
     }
 
     async fn connect(&self) -> Result<Client> {
@@ -189,18 +178,6 @@ impl Postgres {
     /// The WAL archive in the repository, outside every container.
     fn archive_dir(&self) -> std::path::PathBuf {
         self.env.repository.join("wal")
-    }
-
-    /// Names the next container (`pg-1`, `pg-2`, …) and creates its data volume.
-    async fn next_container(&mut self) -> Result<(String, String)> {
-        self.generation += 1;
-        let name = format!("{}-{}", self.env.spec.name, self.generation);
-        let volume = self
-            .env
-            .docker
-            .create_volume(&format!("{name}-data"))
-            .await?;
-        Ok((name, volume))
     }
 
     /// The container spec every PostgreSQL container of this target shares.
@@ -243,16 +220,14 @@ impl Postgres {
         ready: Ready,
         limit: Duration,
     ) -> Result<()> {
-        let container = self.env.docker.start(&spec).await?;
-        self.volume = spec.volume.map(|(v, _)| v);
-        self.current = Some(container);
+        self.containers.start(&self.env.docker, &spec).await?;
         self.wait_ready(ready, limit).await
     }
 
     /// Polls with a real query until the current container is `ready`; fails early when the
     /// container exits. Publishes the (possibly new) host port first.
     async fn wait_ready(&self, ready: Ready, limit: Duration) -> Result<()> {
-        let c = self.serving()?;
+        let c = self.containers.serving()?;
         let deadline = Instant::now() + limit;
         let query = match ready {
             Ready::Serving => "SELECT true",
@@ -305,11 +280,11 @@ enum Ready {
 #[async_trait]
 impl Target for Postgres {
     fn container(&self) -> Option<&Container> {
-        self.current.as_ref()
+        self.containers.current()
     }
 
     async fn provision(&mut self) -> Result<()> {
-        let (name, volume) = self.next_container().await?;
+        let (name, volume) = self.containers.next(&self.env.docker).await?;
         let (cmd, binds) = if self.archives_wal() {
             let dir = self.archive_dir();
             physical::prepare_archive(&dir)?;
@@ -398,7 +373,7 @@ impl Target for Postgres {
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
-        let c = self.serving()?.clone();
+        let c = self.containers.serving()?.clone();
         if let Ok((true, _)) = self.env.docker.state(&c).await {
             self.env.docker.stop(&c, Duration::from_secs(30)).await?;
         }

@@ -180,7 +180,7 @@ impl Chain {
 }
 
 pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
-    let c = pg.serving()?;
+    let c = pg.containers.serving()?;
     let docker = &pg.env.docker;
     let consistent_at = pg.env.clock.micros();
     let client = pg.connect().await?;
@@ -306,7 +306,7 @@ pub(super) async fn restore(
     };
 
     phases.enter(Phase::Provision);
-    let (name, volume) = pg.next_container().await?;
+    let (name, volume) = pg.containers.next(&pg.env.docker).await?;
     let loader = ContainerSpec {
         name: format!("{name}-loader"),
         image: pg.env.image.clone(),
@@ -366,7 +366,7 @@ pub(super) async fn restore(
 
 /// Where recovery stopped, from the server's own log lines.
 async fn recovery_end(pg: &Postgres) -> Option<String> {
-    let c = pg.serving().ok()?;
+    let c = pg.containers.serving().ok()?;
     let logs = pg.env.docker.logs(c).await.ok()?;
     let logs = String::from_utf8_lossy(&logs);
     let lines: Vec<&str> = logs
@@ -480,7 +480,7 @@ pub(super) fn wal_continuity(pg: &Postgres, evidence: &Evidence<'_>) -> CheckRes
 /// `pg-verifybackup` on the restored base backup, in the restored container.
 pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
     let check = CheckKind::PgVerifybackup;
-    let (Some(backup), Ok(c)) = (evidence.backup, pg.serving()) else {
+    let (Some(backup), Ok(c)) = (evidence.backup, pg.containers.serving()) else {
         return CheckResult::unknown(check, "no base backup was restored");
     };
     let Some(folder) = backup.dir.file_name().and_then(|n| n.to_str()) else {

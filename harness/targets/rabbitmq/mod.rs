@@ -26,7 +26,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Capabilities, RestoreRequest, Restored, Target, TargetEnv};
+use super::{Capabilities, Containers, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, Taken};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::{Container, ContainerSpec};
@@ -154,9 +154,8 @@ fn persistent(message_id: &str) -> BasicProperties {
 pub struct RabbitMq {
     env: TargetEnv,
     topology: Topology,
-    current: Option<Container>,
-    volume: Option<String>,
-    generation: u32,
+    containers: Containers,
+
     port: watch::Sender<u16>,
     /// Held while a queue is browsed: a browse leaves messages unacknowledged until it requeues
     /// them, so a second browse running alongside would see only part. Holds what the last
@@ -168,11 +167,9 @@ pub struct RabbitMq {
 impl RabbitMq {
     pub fn new(env: TargetEnv) -> Self {
         RabbitMq {
+            containers: Containers::new(&env.spec.name),
             env,
             topology: Topology::orders(),
-            current: None,
-            volume: None,
-            generation: 0,
             port: watch::channel(0).0,
             browsed: Default::default(),
         }
@@ -185,12 +182,6 @@ impl RabbitMq {
         }
     }
 
-    fn serving(&self) -> Result<&Container> {
-        self.current
-            .as_ref()
-            .ok_or_else(|| anyhow!("target {} has no container", self.env.spec.name))
-    }
-
     /// A channel on the drill's vhost.
     async fn channel(&self) -> Result<(Connection, Channel)> {
         self.endpoint().channel(&self.topology.vhost).await
@@ -198,7 +189,7 @@ impl RabbitMq {
 
     /// Runs `rabbitmqctl` in the current container.
     async fn rabbitmqctl(&self, args: &[&str]) -> Result<String> {
-        let c = self.serving()?;
+        let c = self.containers.serving()?;
         let mut cmd = vec!["rabbitmqctl"];
         cmd.extend_from_slice(args);
         let out = self.env.docker.exec(c, "rabbitmq", &cmd).await?;
@@ -214,13 +205,7 @@ impl RabbitMq {
     }
 
     async fn start_container(&mut self) -> Result<()> {
-        self.generation += 1;
-        let name = format!("{}-{}", self.env.spec.name, self.generation);
-        let volume = self
-            .env
-            .docker
-            .create_volume(&format!("{name}-data"))
-            .await?;
+        let (name, volume) = self.containers.next(&self.env.docker).await?;
         let spec = ContainerSpec {
             name,
             image: self.env.image.clone(),
@@ -230,7 +215,7 @@ impl RabbitMq {
             ],
             cmd: Vec::new(),
             port: PORT,
-            volume: Some((volume.clone(), DATA.into())),
+            volume: Some((volume, DATA.into())),
             binds: Vec::new(),
             entrypoint: None,
             copy_in: Vec::new(),
@@ -238,9 +223,7 @@ impl RabbitMq {
             hostname: Some(format!("drillrig-{}", self.env.spec.name)),
             startup_timeout: self.env.timeouts.provision + self.env.timeouts.restore,
         };
-        let container = self.env.docker.start(&spec).await?;
-        self.current = Some(container);
-        self.volume = Some(volume);
+        self.containers.start(&self.env.docker, &spec).await?;
         self.wait_ready(self.env.timeouts.provision, false).await
     }
 
@@ -248,7 +231,7 @@ impl RabbitMq {
     /// and, with `queues`, until every queue of the topology exists; fails early when the
     /// container exits. Publishes the (possibly new) host port first.
     async fn wait_ready(&self, limit: Duration, queues: bool) -> Result<()> {
-        let c = self.serving()?;
+        let c = self.containers.serving()?;
         let deadline = Instant::now() + limit;
         loop {
             let last_error = match self.env.docker.host_port(c).await {
@@ -327,7 +310,7 @@ impl RabbitMq {
     /// Imports `definitions` (a JSON file's text), grants the drill's user the vhost, and waits
     /// until every queue exists.
     async fn import(&self, definitions: &[u8], limit: Duration) -> Result<()> {
-        let c = self.serving()?;
+        let c = self.containers.serving()?;
         let file = crate::docker::ContainerFile {
             header: tar::Header::new_gnu(),
             bytes: definitions.to_vec(),
@@ -356,7 +339,7 @@ impl RabbitMq {
 
     /// The broker's definitions now, as exported by `rabbitmqctl export_definitions`.
     async fn definitions(&self) -> Result<Vec<u8>> {
-        let c = self.serving()?;
+        let c = self.containers.serving()?;
         self.rabbitmqctl(&["export_definitions", "/tmp/drillrig-export.json"])
             .await?;
         Ok(self
@@ -371,7 +354,7 @@ impl RabbitMq {
 #[async_trait]
 impl Target for RabbitMq {
     fn container(&self) -> Option<&Container> {
-        self.current.as_ref()
+        self.containers.current()
     }
 
     async fn provision(&mut self) -> Result<()> {
@@ -458,7 +441,7 @@ impl Target for RabbitMq {
                 Ok(serde_json::json!({ "queue": queue, "messages_deleted": dropped }))
             }
             FaultKind::Reset => {
-                let c = self.serving()?;
+                let c = self.containers.serving()?;
                 let script = "rabbitmqctl stop_app && rabbitmqctl reset && rabbitmqctl start_app";
                 let out = self
                     .env
@@ -471,17 +454,10 @@ impl Target for RabbitMq {
                 Ok(serde_json::json!({ "commands": script }))
             }
             FaultKind::VolumeLoss => {
-                let c = self.serving()?.clone();
-                let volume = self
-                    .volume
-                    .clone()
-                    .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
-                self.env.docker.remove(&c).await?;
-                self.env.docker.remove_volume(&volume).await?;
-                self.current = None;
-                self.volume = None;
+                let removed = self.containers.remove_with_volume(&self.env.docker).await?;
+                // Clients see nothing serving at all.
                 self.port.send_replace(0);
-                Ok(serde_json::json!({ "container": c.name, "volume": volume }))
+                Ok(removed)
             }
             other => bail!("fault {other} is not a rabbitmq fault"),
         }
@@ -489,7 +465,7 @@ impl Target for RabbitMq {
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
         *self.browsed.get_mut() = None;
-        let c = self.serving()?.clone();
+        let c = self.containers.serving()?.clone();
         if let Ok((true, _)) = self.env.docker.state(&c).await {
             self.env.docker.stop(&c, Duration::from_secs(30)).await?;
         }

@@ -85,7 +85,7 @@ async fn unpause_writes(con: &mut MultiplexedConnection) -> Result<()> {
 }
 
 pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
-    let c = r.serving()?;
+    let c = r.containers.serving()?;
     let mut con = r.connect().await?;
     loop {
         wait_idle(&mut con).await?;
@@ -164,7 +164,7 @@ pub(super) async fn rewrite_aof(con: &mut MultiplexedConnection) -> Result<()> {
 }
 
 pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<Taken> {
-    let c = r.serving()?;
+    let c = r.containers.serving()?;
     let mut con = r.connect().await?;
     rewrite_aof(&mut con).await?;
     pause_writes(&mut con).await?;
@@ -208,7 +208,7 @@ fn newest_incr(manifest: &str) -> Option<String> {
 /// `corrupt-data-file`: the server crashes (SIGKILL: no save on the way down) and the file it
 /// would load at startup is damaged on disk. The server stays down; the restore meets the damage.
 pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::Value> {
-    let c = r.serving()?.clone();
+    let c = r.containers.serving()?.clone();
     let docker = r.env.docker.clone();
     docker.kill(&c, "SIGKILL").await?;
     let path = match file {
@@ -254,17 +254,10 @@ pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::
 
 /// `volume-loss`: the container and its data volume are removed; the backups remain.
 pub(super) async fn volume_loss(r: &mut Redis) -> Result<serde_json::Value> {
-    let c = r.serving()?.clone();
-    let volume = r
-        .volume
-        .clone()
-        .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
-    r.env.docker.remove(&c).await?;
-    r.env.docker.remove_volume(&volume).await?;
-    r.current = None;
-    r.volume = None;
+    let removed = r.containers.remove_with_volume(&r.env.docker).await?;
+    // Clients see nothing serving at all.
     r.port.send_replace(0);
-    Ok(json!({ "container": c.name, "volume": volume }))
+    Ok(removed)
 }
 
 /// A short-lived container of the target's image, to run a tool on files: `mounts` are
@@ -338,7 +331,7 @@ pub(super) async fn restore(
 ) -> Result<Restored> {
     let backup = request.backup;
     phases.enter(Phase::Provision);
-    let (name, volume) = r.next_container().await?;
+    let (name, volume) = r.containers.next(&r.env.docker).await?;
     let tools = helper(r, &format!("{name}-check"), None).await?;
 
     phases.enter(Phase::Fetch);
@@ -387,21 +380,18 @@ pub(super) async fn restore(
 /// `restore.repair`: `redis-check-aof --fix` on the crashed server's AOF, in a helper container
 /// that mounts its data volume. Returns what the tool says it cut; the ledger measures the loss.
 pub(super) async fn repair_aof(r: &mut Redis) -> Result<String> {
-    let c = r.serving()?.clone();
+    let c = r.containers.serving()?.clone();
     if let Ok((true, _)) = r.env.docker.state(&c).await {
         r.env.docker.stop(&c, Duration::from_secs(30)).await?;
     }
-    let volume = r
-        .volume
-        .clone()
-        .ok_or_else(|| anyhow!("container {} has no data volume", c.name))?;
+    let volume = r.containers.volume()?;
     let name = format!(
         "{}-repair",
         c.name.rsplit_once('-').map_or(c.name.as_str(), |(n, _)| n)
     );
     let tools = helper(
         r,
-        &format!("{name}-{}", r.generation),
+        &format!("{name}-{}", r.containers.generation()),
         Some((volume, DATA.into())),
     )
     .await?;

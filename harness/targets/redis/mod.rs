@@ -17,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Capabilities, RestoreRequest, Restored, Target, TargetEnv};
+use super::{Capabilities, Containers, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, DatasetDigest, Taken};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::{Container, ContainerSpec};
@@ -102,9 +102,8 @@ fn value_digest(value: &str) -> u64 {
 pub struct Redis {
     env: TargetEnv,
     persistence: Persistence,
-    current: Option<Container>,
-    volume: Option<String>,
-    generation: u32,
+    containers: Containers,
+
     port: watch::Sender<u16>,
     /// `redis-check-rdb` / `redis-check-aof` on the restored backup, run before the restore.
     artefact_check: Mutex<Option<CheckResult>>,
@@ -114,11 +113,9 @@ impl Redis {
     pub fn new(env: TargetEnv) -> Self {
         let persistence = env.spec.persistence.clone().unwrap_or_default();
         Redis {
+            containers: Containers::new(&env.spec.name),
             env,
             persistence,
-            current: None,
-            volume: None,
-            generation: 0,
             port: watch::channel(0).0,
             artefact_check: Mutex::new(None),
         }
@@ -129,12 +126,6 @@ impl Redis {
             port: self.port.subscribe(),
             password: self.env.password.as_str().into(),
         }
-    }
-
-    fn serving(&self) -> Result<&Container> {
-        self.current
-            .as_ref()
-            .ok_or_else(|| anyhow!("target {} has no container", self.env.spec.name))
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection> {
@@ -166,18 +157,6 @@ impl Redis {
         .collect()
     }
 
-    /// Names the next container (`cache-1`, `cache-2`, …) and creates its data volume.
-    async fn next_container(&mut self) -> Result<(String, String)> {
-        self.generation += 1;
-        let name = format!("{}-{}", self.env.spec.name, self.generation);
-        let volume = self
-            .env
-            .docker
-            .create_volume(&format!("{name}-data"))
-            .await?;
-        Ok((name, volume))
-    }
-
     fn container_spec(
         &self,
         name: String,
@@ -201,16 +180,14 @@ impl Redis {
     }
 
     async fn start_container(&mut self, spec: ContainerSpec, limit: Duration) -> Result<()> {
-        let container = self.env.docker.start(&spec).await?;
-        self.volume = spec.volume.map(|(v, _)| v);
-        self.current = Some(container);
+        self.containers.start(&self.env.docker, &spec).await?;
         self.wait_ready(limit).await
     }
 
     /// Polls until `PING` answers `PONG` (not `LOADING`); fails early when the container exits,
     /// with the end of its log. Publishes the (possibly new) host port first.
     async fn wait_ready(&self, limit: Duration) -> Result<()> {
-        let c = self.serving()?;
+        let c = self.containers.serving()?;
         let deadline = Instant::now() + limit;
         loop {
             let last_error = match self.env.docker.host_port(c).await {
@@ -293,11 +270,11 @@ impl Redis {
 #[async_trait]
 impl Target for Redis {
     fn container(&self) -> Option<&Container> {
-        self.current.as_ref()
+        self.containers.current()
     }
 
     async fn provision(&mut self) -> Result<()> {
-        let (name, volume) = self.next_container().await?;
+        let (name, volume) = self.containers.next(&self.env.docker).await?;
         let spec = self.container_spec(
             name,
             volume,
@@ -382,7 +359,7 @@ impl Target for Redis {
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
-        let c = self.serving()?.clone();
+        let c = self.containers.serving()?.clone();
         if let Ok((true, _)) = self.env.docker.state(&c).await {
             self.env.docker.stop(&c, Duration::from_secs(30)).await?;
         }
