@@ -20,7 +20,6 @@ use crate::checks::{self, CheckStatus, Evidence};
 use crate::docker::{self, Docker, image};
 use crate::faults;
 use crate::live;
-
 use crate::measure::{self, Clock, Phase, Phases};
 use crate::report::{
     self, BackupReport, FaultRecord, Outcome, PhaseSpan, Report, RestoreReport, Rpo, Rto,
@@ -646,7 +645,6 @@ impl Drill<'_> {
                             t_fault = Some(injected);
                             live(&self.progress)
                                 .rto_from(name, clock.instant_at(injected).into_std());
-
                             fault_began = Some(started);
                             if let Some(tx) = fault_tx.take() {
                                 let _ = tx.send(injected);
@@ -802,7 +800,6 @@ impl Drill<'_> {
         }
         let rto_achieved = recovered.map(|r| (r - t_fault) / 1000);
         live(&self.progress).recovered(name, rto_achieved.map(Duration::from_millis));
-
         update(&self.progress, name, |t| {
             t.rto.phases = report::Phases::from_durations(&phases.durations(end_of_phases));
             t.rto.achieved_ms = rto_achieved;
