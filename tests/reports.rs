@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use common::{BIN, engine, out_dir, repo};
 use drillrig::history::{CheckRecord, History, RunRecord, TargetRecord};
@@ -75,6 +75,25 @@ fn recorded_runs(path: &Path) -> Vec<RunRecord> {
     })
 }
 
+/// `drillrig run SCENARIOS ARGS...` with its reports folder, SQLite history and JUnit file in
+/// `dir`; returns the output and the history's path.
+fn run_recorded(dir: &Path, scenarios: &Path, args: &[&str]) -> (Output, PathBuf) {
+    let history = dir.join("history.sqlite");
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(scenarios)
+        .args(args)
+        .arg("--reports")
+        .arg(dir.join("reports"))
+        .arg("--history")
+        .arg(&history)
+        .arg("--junit")
+        .arg(dir.join("junit.xml"))
+        .output()
+        .unwrap();
+    (out, history)
+}
+
 #[test]
 fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
     let _engine = engine();
@@ -84,21 +103,18 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
     for s in ["pg-kill.toml", "redis-kill-always.toml"] {
         std::fs::copy(repo(&format!("scenarios/{s}")), suite.join(s)).unwrap();
     }
-    let history = dir.join("history.sqlite");
-    let out = Command::new(BIN)
-        .args(["run", suite.to_str().unwrap(), "--jobs", "2"])
-        .arg("--reports")
-        .arg(dir.join("reports"))
-        .arg("--history")
-        .arg(&history)
-        .arg("--junit")
-        .arg(dir.join("junit.xml"))
-        .arg("--summary")
-        .arg(dir.join("summary.md"))
-        .arg("--metrics")
-        .arg(dir.join("metrics.txt"))
-        .output()
-        .unwrap();
+    let (out, history) = run_recorded(
+        &dir,
+        &suite,
+        &[
+            "--jobs",
+            "2",
+            "--summary",
+            dir.join("summary.md").to_str().unwrap(),
+            "--metrics",
+            dir.join("metrics.txt").to_str().unwrap(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
 
@@ -452,22 +468,7 @@ fn a_shared_postgres_history_holds_the_same_schema() {
 fn a_projection_runs_each_size_and_fits_the_rtos_it_measured() {
     let _engine = engine();
     let dir = out_dir("projection");
-    let history = dir.join("history.sqlite");
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            repo("tests/scenarios/fast-projection.toml")
-                .to_str()
-                .unwrap(),
-        ])
-        .arg("--reports")
-        .arg(dir.join("reports"))
-        .arg("--history")
-        .arg(&history)
-        .arg("--junit")
-        .arg(dir.join("junit.xml"))
-        .output()
-        .unwrap();
+    let (out, history) = run_recorded(&dir, &repo("tests/scenarios/fast-projection.toml"), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let runs = recorded_runs(&history);
