@@ -770,13 +770,13 @@ fn gone(e: &bollard::errors::Error) -> bool {
 }
 
 /// Retries a removal while the engine answers 409 (still in use by a container being removed),
-/// for up to 10 s; a 404 counts as removed.
+/// for up to 3 s (a sweep's next pass tries again); a 404 counts as removed.
 async fn remove_with_retry<F, Fut>(what: String, mut remove: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<(), bollard::errors::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         match remove().await {
             Ok(()) => return Ok(()),
@@ -806,27 +806,34 @@ async fn remove_container(api: &bollard::Docker, id: &str) -> Result<()> {
     .await
 }
 
-/// [`remove_run`] until a pass finds nothing: a creation that was in flight when the run stopped
-/// (an interrupt drops the request, not the engine's work) is caught by the next pass.
+/// Removes every resource labelled with `run_id`, in passes 300 ms apart, until a pass after
+/// the first finds nothing and fails at nothing (or 60 s have passed). A creation that was in
+/// flight when the run stopped (an interrupt drops the request, not the engine's work) shows up
+/// in a later pass; if its container already holds the run's volume, that pass's volume removal
+/// fails, and the next pass removes the container first. The error returned is the last pass's.
 pub async fn sweep(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
-    let mut total = remove_run(api, run_id).await?;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let more = remove_run(api, run_id).await?;
-        if more == Removed::default() {
-            break;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut total = Removed::default();
+    let mut first = true;
+    loop {
+        let (removed, error) = remove_run(api, run_id).await;
+        let found_nothing = removed == Removed::default();
+        total.containers += removed.containers;
+        total.volumes += removed.volumes;
+        total.networks += removed.networks;
+        let clean = !first && found_nothing && error.is_none();
+        if clean || tokio::time::Instant::now() >= deadline {
+            return error.map_or(Ok(total), Err);
         }
-        total.containers += more.containers;
-        total.volumes += more.volumes;
-        total.networks += more.networks;
+        first = false;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Ok(total)
 }
 
-/// Removes every resource labelled with `run_id`: containers first, then volumes and networks.
-/// Keeps going past a failed removal and reports the first failure at the end; resources that
-/// are already gone count as removed (another sweep may be running).
-pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
+/// One pass over the resources labelled with `run_id`: containers first, then volumes and
+/// networks. Keeps going past a failed removal and returns the first failure with what it
+/// removed; resources that are already gone count as removed (another sweep may be running).
+async fn remove_run(api: &bollard::Docker, run_id: &str) -> (Removed, Option<anyhow::Error>) {
     let filter = HashMap::from([("label", vec![format!("{RUN_LABEL}={run_id}")])]);
     let mut removed = Removed::default();
     let mut first_error: Option<anyhow::Error> = None;
@@ -844,8 +851,11 @@ pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> 
                 .build(),
         ))
         .await
-        .context("list the run's containers")?;
-    for id in containers.into_iter().filter_map(|c| c.id) {
+        .context("list the run's containers");
+    for id in listed(containers, &mut note)
+        .into_iter()
+        .filter_map(|c| c.id)
+    {
         note(remove_container(api, &id).await, &mut removed.containers);
     }
     let volumes = api
@@ -855,8 +865,9 @@ pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> 
                 .build(),
         ))
         .await
-        .context("list the run's volumes")?;
-    for v in volumes.volumes.unwrap_or_default() {
+        .context("list the run's volumes")
+        .map(|v| v.volumes.unwrap_or_default());
+    for v in listed(volumes, &mut note) {
         let r = remove_with_retry(format!("remove volume {}", v.name), || {
             api.remove_volume(&v.name, None::<RemoveVolumeOptions>)
         })
@@ -870,13 +881,18 @@ pub async fn remove_run(api: &bollard::Docker, run_id: &str) -> Result<Removed> 
                 .build(),
         ))
         .await
-        .context("list the run's networks")?;
-    for id in networks.into_iter().filter_map(|n| n.id) {
+        .context("list the run's networks");
+    for id in listed(networks, &mut note).into_iter().filter_map(|n| n.id) {
         let r = remove_with_retry(format!("remove network {id}"), || api.remove_network(&id)).await;
         note(r, &mut removed.networks);
     }
-    match first_error {
-        None => Ok(removed),
-        Some(e) => Err(e),
-    }
+    (removed, first_error)
+}
+
+/// The items of a listing, or none (noting the error) when the listing failed.
+fn listed<T>(list: Result<Vec<T>>, note: &mut impl FnMut(Result<()>, &mut usize)) -> Vec<T> {
+    list.unwrap_or_else(|e| {
+        note(Err(e), &mut 0);
+        Vec::new()
+    })
 }
