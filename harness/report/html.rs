@@ -3,6 +3,7 @@
 //! drill, and trend charts of achieved RTO and RPO over runs with the objective drawn as a line.
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use plotters::coord::{Shift, types::RangedCoordf64};
 use plotters::prelude::*;
 
 use crate::history::{RunRecord, TargetRecord, latest_per_scenario};
@@ -43,13 +44,43 @@ fn short_time(rfc3339: &str) -> String {
         .map_or_else(|| rfc3339.to_string(), |s| s.replace('T', " "))
 }
 
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// An SVG of `size` on white, drawn by `draw`; a drawing error becomes a paragraph naming `what`.
+fn svg(size: (u32, u32), what: &str, draw: impl FnOnce(&Area) -> Drawn) -> String {
+    let mut out = String::new();
+    let drawn = {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        (|| -> Drawn {
+            root.fill(&WHITE)?;
+            draw(&root)?;
+            root.present()?;
+            Ok(())
+        })()
+    };
+    match drawn {
+        Ok(()) => out,
+        Err(e) => format!("<p>{what}: {e}</p>"),
+    }
+}
+
+/// Draws the chart's legend boxed at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Achieved values over runs (x = run index), with the objective as a horizontal line. Runs
 /// that achieved nothing leave a gap and are counted in the caption.
 fn trend_svg(title: &str, points: &[(String, Option<i64>)], objective_ms: i64) -> String {
-    let mut svg = String::new();
-    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-        let root = SVGBackend::with_string(&mut svg, (520, 260)).into_drawing_area();
-        root.fill(&WHITE)?;
+    svg((520, 260), &format!("chart {title}"), |root| {
         let values: Vec<(f64, f64)> = points
             .iter()
             .enumerate()
@@ -66,7 +97,7 @@ fn trend_svg(title: &str, points: &[(String, Option<i64>)], objective_ms: i64) -
         } else {
             title.to_string()
         };
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(caption, ("sans-serif", 15))
             .margin(8)
             .x_label_area_size(28)
@@ -103,19 +134,8 @@ fn trend_svg(title: &str, points: &[(String, Option<i64>)], objective_ms: i64) -
             .label("achieved")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], ACHIEVED.stroke_width(2)));
         chart.draw_series(values.iter().map(|&p| Circle::new(p, 3, ACHIEVED.filled())))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    })();
-    match drawn {
-        Ok(()) => svg,
-        Err(e) => format!("<p>chart {title}: {e}</p>"),
-    }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
 }
 
 /// The recovery phases of one target as a stacked bar from the fault to the recovery.
@@ -124,12 +144,9 @@ fn timeline_svg(t: &TargetRecord) -> String {
     if total <= 0 {
         return "<p>no recovery phases recorded</p>".into();
     }
-    let mut svg = String::new();
-    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-        let root = SVGBackend::with_string(&mut svg, (1000, 170)).into_drawing_area();
-        root.fill(&WHITE)?;
+    svg((1000, 170), "timeline", |root| {
         let end = total as f64 / 1000.0;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .margin(8)
             .x_label_area_size(26)
             .build_cartesian_2d(0.0..end, 0.0..1.0)?;
@@ -152,19 +169,8 @@ fn timeline_svg(t: &TargetRecord) -> String {
                 });
             start = stop;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    })();
-    match drawn {
-        Ok(()) => svg,
-        Err(e) => format!("<p>timeline: {e}</p>"),
-    }
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
+    })
 }
 
 fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> Markup {
