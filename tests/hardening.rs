@@ -239,12 +239,7 @@ fn gc_removes_dead_runs_only() {
             "drillrig/base:bookworm".into(),
             "300".into(),
         ]);
-        let out = Command::new("docker").args(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
     };
     let dead = format!("gc-test-dead-{suffix}");
     let live = format!("gc-test-live-{suffix}");
@@ -267,6 +262,10 @@ fn gc_removes_dead_runs_only() {
         ],
     );
     start("gc-stranger", &[("purpose", "not drillrig's")]);
+    // What a container created after its run's volume was removed leaves: the volume again,
+    // with no labels. Its name still says whose it is.
+    let unlabelled = format!("drillrig-{dead}-pg-1-data");
+    docker(&["volume", "create", &unlabelled]);
 
     let gc = Command::new(BIN).arg("gc").output().unwrap();
     let exists = |name: &str| {
@@ -280,6 +279,10 @@ fn gc_removes_dead_runs_only() {
     };
     let (dead_gone, live_kept, stranger_kept) =
         (!exists("gc-dead"), exists("gc-live"), exists("gc-stranger"));
+    let unlabelled_gone = !docker(&["volume", "ls", "-q"]).contains(&unlabelled);
+    let _ = Command::new("docker")
+        .args(["volume", "rm", &unlabelled])
+        .output();
     for name in ["gc-dead", "gc-live", "gc-stranger"] {
         let _ = Command::new("docker")
             .args(["rm", "-f", &format!("{name}-{suffix}")])
@@ -291,6 +294,10 @@ fn gc_removes_dead_runs_only() {
         String::from_utf8_lossy(&gc.stderr)
     );
     assert!(dead_gone, "the dead run's container is removed");
+    assert!(
+        unlabelled_gone,
+        "the dead run's volume is removed, labelled or not"
+    );
     assert!(live_kept, "a live run's container is never touched");
     assert!(
         stranger_kept,

@@ -26,6 +26,7 @@ use testcontainers::core::{AccessMode, IntoContainerPort, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::io::AsyncWriteExt;
+use tokio_util::task::TaskTracker;
 
 pub use gc::{RunOwner, process_identity, remove_owned_by};
 
@@ -156,6 +157,9 @@ pub struct Docker {
     /// testcontainers handles, held until teardown so nothing is dropped (and removed) early.
     started: Mutex<Vec<ContainerAsync<GenericImage>>>,
     network: String,
+    /// Creations of containers, volumes and networks run as tasks here, so an interrupt that
+    /// drops the drill cannot drop one half-way; teardown waits for them before it sweeps.
+    creations: TaskTracker,
     /// Where containers' logs are saved: at teardown, and before a container is removed early.
     logs_dir: PathBuf,
 }
@@ -186,6 +190,7 @@ impl Docker {
             labels,
             started: Mutex::new(Vec::new()),
             network: format!("drillrig-{run_id}"),
+            creations: TaskTracker::new(),
             logs_dir,
         }
     }
@@ -199,19 +204,31 @@ impl Docker {
     }
 
     fn resource_name(&self, name: &str) -> String {
-        format!("drillrig-{}-{name}", self.run_id)
+        format!("{}{name}", resource_prefix(&self.run_id))
+    }
+
+    /// Runs `creation` to its end even if the caller is dropped (see `creations`).
+    async fn create<T: Send + 'static>(
+        &self,
+        creation: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T> {
+        self.creations
+            .spawn(creation)
+            .await
+            .map_err(|e| anyhow!("a creation task failed: {e}"))
     }
 
     /// Creates the run's bridge network; targets join it.
     pub async fn create_network(&self) -> Result<()> {
-        self.api
-            .create_network(NetworkCreateRequest {
-                name: self.network.clone(),
-                driver: Some("bridge".into()),
-                labels: Some(self.labels.clone()),
-                ..Default::default()
-            })
-            .await
+        let api = self.api.clone();
+        let request = NetworkCreateRequest {
+            name: self.network.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(self.labels.clone()),
+            ..Default::default()
+        };
+        self.create(async move { api.create_network(request).await })
+            .await?
             .with_context(|| format!("create network {}", self.network))?;
         Ok(())
     }
@@ -219,13 +236,14 @@ impl Docker {
     /// Creates a labelled volume of this run; returns its name.
     pub async fn create_volume(&self, name: &str) -> Result<String> {
         let name = self.resource_name(name);
-        self.api
-            .create_volume(VolumeCreateRequest {
-                name: Some(name.clone()),
-                labels: Some(self.labels.clone()),
-                ..Default::default()
-            })
-            .await
+        let api = self.api.clone();
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(self.labels.clone()),
+            ..Default::default()
+        };
+        self.create(async move { api.create_volume(request).await })
+            .await?
             .with_context(|| format!("create volume {name}"))?;
         Ok(name)
     }
@@ -282,7 +300,7 @@ impl Docker {
         for (host, path) in &spec.copy_in {
             request = request.with_copy_to(path.clone(), host.as_path());
         }
-        let started = request.start().await.map_err(|e| {
+        let started = self.create(request.start()).await?.map_err(|e| {
             let text = format!("{e:#}");
             let exhausted = ["address already in use", "port is already allocated", "all ports are allocated"];
             if exhausted.iter().any(|m| text.contains(m)) {
@@ -733,6 +751,15 @@ impl Docker {
 
     /// Removes every container, volume and network carrying this run's id.
     pub async fn teardown(&self) -> Result<Removed> {
+        self.creations.close();
+        if tokio::time::timeout(Duration::from_secs(60), self.creations.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a container, volume or network was still being created after 60s; sweeping anyway"
+            );
+        }
         let removed = sweep(&self.api, &self.run_id).await?;
         // Everything is gone already; testcontainers need not try again on drop. (On error the
         // handles stay, and their drop retries the removal.)
@@ -830,8 +857,12 @@ pub async fn sweep(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
     }
 }
 
-/// One pass over the resources labelled with `run_id`: containers first, then volumes and
-/// networks. Keeps going past a failed removal and returns the first failure with what it
+/// How the names of a run's containers and volumes begin.
+fn resource_prefix(run_id: &str) -> String {
+    format!("drillrig-{run_id}-")
+}
+
+/// One pass over the resources of `run_id`: containers first, then volumes and networks. Keeps going past a failed removal and returns the first failure with what it
 /// removed; resources that are already gone count as removed (another sweep may be running).
 async fn remove_run(api: &bollard::Docker, run_id: &str) -> (Removed, Option<anyhow::Error>) {
     let filter = HashMap::from([("label", vec![format!("{RUN_LABEL}={run_id}")])]);
@@ -858,16 +889,20 @@ async fn remove_run(api: &bollard::Docker, run_id: &str) -> (Removed, Option<any
     {
         note(remove_container(api, &id).await, &mut removed.containers);
     }
+    // By name, not label: a container created with a named volume that is gone re-creates it,
+    // unlabelled. Every volume of the run is named by `Docker::resource_name`.
+    let prefix = resource_prefix(run_id);
     let volumes = api
         .list_volumes(Some(
             ListVolumesOptionsBuilder::default()
-                .filters(&filter)
+                .filters(&HashMap::from([("name", vec![prefix.clone()])]))
                 .build(),
         ))
         .await
         .context("list the run's volumes")
         .map(|v| v.volumes.unwrap_or_default());
-    for v in listed(volumes, &mut note) {
+    let volumes = listed(volumes, &mut note);
+    for v in volumes.iter().filter(|v| v.name.starts_with(&prefix)) {
         let r = remove_with_retry(format!("remove volume {}", v.name), || {
             api.remove_volume(&v.name, None::<RemoveVolumeOptions>)
         })

@@ -226,27 +226,39 @@ pub fn signal(child: &Child, sig: &str) {
     );
 }
 
-/// Names of the engine's containers, volumes and networks labelled with `run_id`.
+/// Names of the engine's containers, volumes and networks of `run_id`: labelled with it, or
+/// (containers and volumes) named after it, since a volume re-created by a late container
+/// create carries no labels.
 pub fn resources_of(run_id: &str) -> Vec<String> {
     let label = format!("label=io.drillrig.run={run_id}");
-    let mut found = Vec::new();
-    for (what, format) in [
-        ("container", "{{.Names}}"),
-        ("volume", "{{.Name}}"),
-        ("network", "{{.Name}}"),
+    let name = format!("name=drillrig-{run_id}-");
+    let mut found = std::collections::BTreeSet::new();
+    for (what, format, filters) in [
+        ("container", "{{.Names}}", vec![&label, &name]),
+        ("volume", "{{.Name}}", vec![&label, &name]),
+        ("network", "{{.Name}}", vec![&label]),
     ] {
-        let mut args = vec![what, "ls", "--filter", &label, "--format", format];
-        if what == "container" {
-            args.insert(2, "-a");
+        for filter in filters {
+            let mut args = vec![what, "ls", "--filter", filter, "--format", format];
+            if what == "container" {
+                args.insert(2, "-a");
+            }
+            found.extend(docker(&args).lines().map(|l| format!("{what} {l}")));
         }
-        let out = Command::new("docker").args(&args).output().unwrap();
-        found.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| format!("{what} {l}")),
-        );
     }
-    found
+    found.into_iter().collect()
+}
+
+/// Runs the docker CLI; returns its stdout, panicking with its stderr if it fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn assert_no_leftovers(run_id: &str) {
