@@ -833,11 +833,12 @@ async fn remove_container(api: &bollard::Docker, id: &str) -> Result<()> {
     .await
 }
 
-/// Removes every resource labelled with `run_id`, in passes 300 ms apart, until a pass after
-/// the first finds nothing and fails at nothing (or 60 s have passed). A creation that was in
-/// flight when the run stopped (an interrupt drops the request, not the engine's work) shows up
-/// in a later pass; if its container already holds the run's volume, that pass's volume removal
-/// fails, and the next pass removes the container first. The error returned is the last pass's.
+/// Removes every resource of `run_id` (`remove_run`) in passes 300 ms apart, until a pass
+/// after the first finds nothing and fails at nothing (or 60 s have passed). A creation that was
+/// in flight when the run stopped (an interrupt drops the request, not the engine's work) shows
+/// up in a later pass; if its container already holds the run's volume, that pass's volume
+/// removal fails, and the next pass removes the container first. The error returned is the last
+/// pass's.
 pub async fn sweep(api: &bollard::Docker, run_id: &str) -> Result<Removed> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut total = Removed::default();
@@ -862,8 +863,10 @@ fn resource_prefix(run_id: &str) -> String {
     format!("drillrig-{run_id}-")
 }
 
-/// One pass over the resources of `run_id`: containers first, then volumes and networks. Keeps going past a failed removal and returns the first failure with what it
-/// removed; resources that are already gone count as removed (another sweep may be running).
+/// One pass over the resources of `run_id` (containers and networks by label, volumes by name):
+/// containers first, then volumes and networks. Keeps going past a failed removal and returns the
+/// first failure with what it removed; resources that are already gone count as removed (another
+/// sweep may be running).
 async fn remove_run(api: &bollard::Docker, run_id: &str) -> (Removed, Option<anyhow::Error>) {
     let filter = HashMap::from([("label", vec![format!("{RUN_LABEL}={run_id}")])]);
     let mut removed = Removed::default();
