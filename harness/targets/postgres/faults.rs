@@ -15,8 +15,12 @@ const DAMAGE_OFFSET_IN_PAGE: u64 = 4096;
 const BLOCKS_PER_SEGMENT: u64 = 131_072;
 
 /// Flips bytes in the heap page holding the workload's newest row of `relation` (or its last page
-/// when the relation has no `seq`). The server is stopped cleanly first so that shared buffers
-/// cannot hide the damage, then started again: the next read of the page fails its checksum.
+/// when the relation has no `seq`). Inserts into `relation` wait on a lock from the moment that
+/// page is located until the server stops, so the newest row is still on it when it is damaged
+/// (without the lock, the workload could fill the page and move on in between, and no read of
+/// the newest row would ever touch the damage). The server is stopped cleanly so that shared
+/// buffers cannot hide the damage, then started again: the next read of the page fails its
+/// checksum.
 pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<serde_json::Value> {
     let client = pg.connect().await?;
     let rel = quote_ident(relation);
@@ -25,6 +29,14 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
         .await
         .map_err(|e| anyhow!("look up relation {relation}: {}", describe(&e)))?
         .get(0);
+    // Held until the server stops: a fast shutdown ends the transaction, and inserts resume on
+    // the restarted server.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '10s'; LOCK TABLE {rel} IN SHARE MODE"
+        ))
+        .await
+        .map_err(|e| anyhow!("lock {relation} against inserts: {}", describe(&e)))?;
     let newest_block = if has_seq {
         format!(
             "(SELECT (ctid::text::point)[0]::bigint FROM {rel} WHERE seq = (SELECT max(seq) FROM {rel}))"
@@ -46,7 +58,6 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     if block < 0 {
         bail!("relation {relation} has no pages to damage");
     }
-    drop(client);
     let (block, block_size) = (block as u64, block_size as u64);
     let segment = block / BLOCKS_PER_SEGMENT;
     let path = if segment == 0 {
@@ -59,6 +70,7 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     let c = pg.containers.serving()?.clone();
     let docker = pg.env.docker.clone();
     docker.stop(&c, Duration::from_secs(60)).await?;
+    drop(client);
     let mut data = docker.download(&c, &path).await?;
     let start = offset as usize;
     let Some(bytes) = data.bytes.get_mut(start..start + DAMAGE_LEN) else {
