@@ -7,9 +7,9 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion};
-use drillrig::report::write_atomically_with;
+use drillrig::util::write_atomically_with;
 use drillrig::workload::ledger::compare;
-use drillrig::workload::{Ledger, Outcome, ReadBack, Write};
+use drillrig::workload::{Ledger, ReadBack, Write, WriteOutcome};
 
 const WRITES: u64 = 1_000_000;
 
@@ -19,9 +19,9 @@ fn drill() -> (Ledger, ReadBack) {
     let mut ledger = Ledger::new();
     for seq in 1..=WRITES {
         let outcome = match seq {
-            s if s % 97 == 0 => Outcome::Fail,
-            s if s % 50 == 0 => Outcome::Info,
-            _ => Outcome::Ok,
+            s if s % 97 == 0 => WriteOutcome::Fail,
+            s if s % 50 == 0 => WriteOutcome::Info,
+            _ => WriteOutcome::Ok,
         };
         ledger.record(Write {
             seq,

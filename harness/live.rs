@@ -3,7 +3,7 @@
 //!
 //! Only a terminal gets a [`Board`]; off a terminal (CI logs) nothing is drawn and the log lines
 //! say the same things. The figures drawn here are the wall clock as it ticks; the RTO the report
-//! holds is measured by the drill (DESIGN §3), and the line shows that one once it is known.
+//! holds is measured by the drill (docs/measurement.md §2), and the line shows that one once it is known.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::scenario::Scenario;
+use crate::spec::Scenario;
 
 /// How often the lines redraw, and so how often the elapsed time moves.
 const TICK: Duration = Duration::from_millis(100);

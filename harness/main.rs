@@ -7,17 +7,18 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use drillrig::docker::{self, EnvironmentError};
-use drillrig::drill::{self, Keep, RunOptions};
+use drillrig::drill::{Keep, RunOptions};
+use drillrig::exit::Exit;
 use drillrig::history::regression::{self, Gate, Verdict};
 use drillrig::history::{self, History, RunRecord};
 use drillrig::live::Board;
-use drillrig::measure::projection::{self, Projection};
-use drillrig::scenario::Scenario;
-use drillrig::suite::{self, Partition};
-use drillrig::{report, scenario};
+use drillrig::measure::projection::Projection;
+use drillrig::spec::Scenario;
+use drillrig::suite::{self, Finished, Partition, Projected};
+use drillrig::{publish, report, scenario, util};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info};
+use tracing::info;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
@@ -144,7 +145,7 @@ impl Outputs {
         }
     }
 
-    async fn open_history(&self) -> Result<Option<History>, u8> {
+    async fn open_history(&self) -> Result<Option<History>, Exit> {
         let Some(location) = self.history_location() else {
             return Ok(None);
         };
@@ -153,22 +154,22 @@ impl Outputs {
             Err(e) => {
                 eprintln!("error: history {location}: {e:#}");
                 eprintln!("  fix: check the path or URL, or pass --history none to record nothing");
-                Err(EXIT_ENVIRONMENT)
+                Err(Exit::Environment)
             }
         }
     }
 
     /// Every run in the history, for a command that reads it (`compare`, `report`).
-    async fn read_history(&self, command: &str) -> Result<Vec<RunRecord>, u8> {
+    async fn read_history(&self, command: &str) -> Result<Vec<RunRecord>, Exit> {
         let Some(history) = self.open_history().await? else {
             eprintln!(
                 "error: {command} reads the history: --history none leaves nothing to {command}"
             );
-            return Err(EXIT_USAGE);
+            return Err(Exit::Usage);
         };
         history.runs().await.map_err(|e| {
             eprintln!("error: read the history: {e:#}");
-            EXIT_ENVIRONMENT
+            Exit::Environment
         })
     }
 
@@ -180,31 +181,27 @@ impl Outputs {
         verdicts: &[Verdict],
         projections: &[Projection],
         all: &[RunRecord],
-    ) -> Result<(), u8> {
+    ) -> Result<(), Exit> {
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let files: [(&Option<PathBuf>, &dyn Fn() -> String); 4] = [
-            (&self.junit, &|| report::ci::junit(runs, projections)),
+            (&self.junit, &|| publish::ci::junit(runs, projections)),
             (&self.summary, &|| {
-                report::ci::summary(runs, verdicts, projections)
+                publish::ci::summary(runs, verdicts, projections)
             }),
-            (&self.metrics, &|| report::ci::openmetrics(runs)),
-            (&self.html, &|| report::html::html(all, &now)),
+            (&self.metrics, &|| publish::ci::openmetrics(runs)),
+            (&self.html, &|| publish::html::html(all, &now)),
         ];
         for (path, text) in files {
             if let Some(path) = path
-                && let Err(e) = report::write_atomically(path, text().as_bytes())
+                && let Err(e) = util::write_atomically(path, text().as_bytes())
             {
                 eprintln!("error: {e:#}");
-                return Err(EXIT_ENVIRONMENT);
+                return Err(Exit::Environment);
             }
         }
         Ok(())
     }
 }
-
-const EXIT_USAGE: u8 = 2;
-const EXIT_ENVIRONMENT: u8 = 3;
-const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     // A bug shows as one line, not a backtrace; the exit code is 101 as for any panic.
@@ -236,7 +233,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_ENVIRONMENT);
+            return Exit::Environment.into();
         }
     };
     let code = runtime.block_on(async {
@@ -270,7 +267,7 @@ fn main() -> ExitCode {
             Command::Report { outputs } => report_from_history(&outputs).await,
         }
     });
-    ExitCode::from(code)
+    code.into()
 }
 
 /// Runs `print` above the live lines of the drills still running, if any are drawn.
@@ -281,7 +278,7 @@ fn above<R>(board: Option<&Board>, print: impl FnOnce() -> R) -> R {
     }
 }
 
-fn validate(files: &[PathBuf]) -> u8 {
+fn validate(files: &[PathBuf]) -> Exit {
     let mut failed = false;
     for file in files {
         match scenario::load(file) {
@@ -298,15 +295,15 @@ fn validate(files: &[PathBuf]) -> u8 {
             }
         }
     }
-    if failed { EXIT_USAGE } else { 0 }
+    if failed { Exit::Usage } else { Exit::Met }
 }
 
-fn environment_error(e: &EnvironmentError) -> u8 {
+fn environment_error(e: &EnvironmentError) -> Exit {
     eprintln!("error: {}\n  fix: {}", e.cause, e.fix);
-    EXIT_ENVIRONMENT
+    Exit::Environment
 }
 
-async fn gc() -> u8 {
+async fn gc() -> Exit {
     let api = match docker::connect().await {
         Ok(api) => api,
         Err(e) => return environment_error(&e),
@@ -314,7 +311,7 @@ async fn gc() -> u8 {
     match docker::gc::collect(&api, true).await {
         Ok(dead) if dead.is_empty() => {
             println!("nothing to remove");
-            0
+            Exit::Met
         }
         Ok(dead) => {
             for run in dead {
@@ -324,11 +321,11 @@ async fn gc() -> u8 {
                     run.run_id, r.containers, r.volumes, r.networks
                 );
             }
-            0
+            Exit::Met
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            EXIT_ENVIRONMENT
+            Exit::Environment
         }
     }
 }
@@ -344,10 +341,10 @@ struct Suite {
 
 /// The scenarios of `paths`, in this partition; every invalid file is reported before any
 /// drill starts.
-fn load_suite(paths: &[PathBuf], partition: Partition) -> Result<Vec<(PathBuf, Scenario)>, u8> {
+fn load_suite(paths: &[PathBuf], partition: Partition) -> Result<Vec<(PathBuf, Scenario)>, Exit> {
     let files = suite::scenario_files(paths).map_err(|e| {
         eprintln!("error: {e}");
-        EXIT_USAGE
+        Exit::Usage
     })?;
     let mut loaded = Vec::new();
     let mut invalid = false;
@@ -361,7 +358,7 @@ fn load_suite(paths: &[PathBuf], partition: Partition) -> Result<Vec<(PathBuf, S
         }
     }
     if invalid {
-        return Err(EXIT_USAGE);
+        return Err(Exit::Usage);
     }
     Ok(suite::partition(
         loaded,
@@ -374,7 +371,7 @@ fn load_suite(paths: &[PathBuf], partition: Partition) -> Result<Vec<(PathBuf, S
 fn image_overrides(
     specs: &[String],
     scenarios: &[(PathBuf, Scenario)],
-) -> Result<BTreeMap<String, String>, u8> {
+) -> Result<BTreeMap<String, String>, Exit> {
     let mut overrides = BTreeMap::new();
     for spec in specs {
         let Some((target, image)) = spec
@@ -384,13 +381,13 @@ fn image_overrides(
             eprintln!(
                 "error: --image {spec:?}: expected TARGET=IMAGE, e.g. --image pg=postgres:15"
             );
-            return Err(EXIT_USAGE);
+            return Err(Exit::Usage);
         };
         if !scenarios.iter().any(|(_, s)| s.target(target).is_some()) {
             eprintln!(
                 "error: --image {spec:?}: no scenario of this run has a target named {target:?}"
             );
-            return Err(EXIT_USAGE);
+            return Err(Exit::Usage);
         }
         overrides.insert(target.to_string(), image.to_string());
     }
@@ -403,12 +400,12 @@ async fn run(
     gate: &GateArgs,
     outputs: &Outputs,
     board: Option<&Board>,
-) -> u8 {
+) -> Exit {
     let gate = match gate.gate() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let scenarios = match load_suite(paths, suite.partition) {
@@ -420,13 +417,10 @@ async fn run(
             "partition {} holds no scenario: nothing to run",
             suite.partition
         );
-        return 0;
+        return Exit::Met;
     }
     // A scenario with a projection runs once per dataset size, in the same shard.
-    let expanded: Vec<(&PathBuf, Scenario)> = scenarios
-        .iter()
-        .flat_map(|(file, s)| s.expand_projection().into_iter().map(move |x| (file, x)))
-        .collect();
+    let expanded = suite::expand(&scenarios);
     let drill_count = expanded.len();
     if suite.out.is_some() && drill_count > 1 {
         eprintln!(
@@ -434,7 +428,7 @@ async fn run(
              (a projection runs once per size): leave it out (each drill writes into \
              <reports>/<scenario>/<run-id>/)"
         );
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     let images = match image_overrides(&suite.images, &scenarios) {
         Ok(i) => i,
@@ -443,12 +437,12 @@ async fn run(
     let keep_var = std::env::var("DRILLRIG_KEEP").unwrap_or_default();
     let Some(keep) = Keep::parse(&keep_var) else {
         eprintln!("error: DRILLRIG_KEEP={keep_var:?}: expected never, on-failure or always");
-        return EXIT_USAGE;
+        return Exit::Usage;
     };
     let jobs = match suite.jobs {
         Some(0) => {
             eprintln!("error: --jobs 0: expected at least 1");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
         Some(n) => n,
         None => suite::default_jobs(),
@@ -477,47 +471,29 @@ async fn run(
         keep,
         live: board.map(|b| b.lines(s)).unwrap_or_default(),
     };
-    let mut drills = futures::stream::iter(expanded.iter())
-        .map(|(file, s)| {
-            let cancel = cancel.clone();
-            let options = options(s);
-            async move {
-                // After an interrupt, drills not yet started do not start.
-                if cancel.is_cancelled() {
-                    return (file, s, None);
-                }
-                let result = drill::run(s, &options, cancel)
-                    .instrument(tracing::info_span!("drill", scenario = %s.name))
-                    .await;
-                (file, s, Some(result))
-            }
-        })
-        .buffer_unordered(jobs);
-
+    let mut drills = std::pin::pin!(suite::run(&expanded, jobs, cancel, options));
     let mut codes = Vec::new();
     let mut records = Vec::new();
-    while let Some((file, s, result)) = drills.next().await {
-        let Some(result) = result else {
-            above(board, || {
-                println!("drillrig {}: not started (interrupted)", s.name)
-            });
-            codes.push(EXIT_INTERRUPTED);
-            continue;
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => {
-                codes.push(above(board, || {
-                    match e.downcast_ref::<EnvironmentError>() {
-                        Some(env) => environment_error(env),
-                        None => {
-                            eprintln!("error: {}: {e:#}", s.name);
-                            1
-                        }
-                    }
-                }));
+    while let Some((file, s, finished)) = drills.next().await {
+        codes.push(finished.exit());
+        let result = match finished {
+            Finished::NotStarted => {
+                above(board, || {
+                    println!("drillrig {}: not started (interrupted)", s.name)
+                });
                 continue;
             }
+            Finished::Failed(e) => {
+                above(board, || match e.downcast_ref::<EnvironmentError>() {
+                    Some(env) => environment_error(env),
+                    None => {
+                        eprintln!("error: {}: {e:#}", s.name);
+                        Exit::Missed
+                    }
+                });
+                continue;
+            }
+            Finished::Ran(result) => *result,
         };
         above(board, || {
             print!("{}", report::terminal(&result.report));
@@ -529,7 +505,6 @@ async fn run(
                 eprintln!("  fix: {fix}");
             }
         });
-        codes.push(result.exit_code as u8);
         let record = RunRecord::from_report(
             &result.report,
             history::git_revision(file),
@@ -539,7 +514,7 @@ async fn run(
             && let Err(e) = h.record(&record).await
         {
             eprintln!("error: {e:#}");
-            codes.push(EXIT_ENVIRONMENT);
+            codes.push(Exit::Environment);
         }
         records.push(record);
     }
@@ -548,7 +523,7 @@ async fn run(
     let all = match &history {
         Some(h) => h.runs().await.unwrap_or_else(|e| {
             eprintln!("error: read the history: {e:#}");
-            codes.push(EXIT_ENVIRONMENT);
+            codes.push(Exit::Environment);
             Vec::new()
         }),
         None => records.clone(),
@@ -560,74 +535,54 @@ async fn run(
     print_verdicts(&verdicts);
     if suite.fail_on_regression && verdicts.iter().any(|v| v.regressed) {
         eprintln!("error: RTO regression (--fail-on-regression)");
-        codes.push(1);
+        codes.push(Exit::Missed);
     }
     if records.len() > 1 {
-        print!("{}", report::terminal_suite(&records));
+        print!("{}", publish::terminal_suite(&records));
     }
-    let projections = project(&scenarios, &records, &outputs.reports);
+    let projections = match suite::project(&scenarios, &records, &outputs.reports) {
+        Ok(projected) => print_projections(projected),
+        Err(e) => {
+            eprintln!("error: write a projection: {e:#}");
+            codes.push(Exit::Environment);
+            Vec::new()
+        }
+    };
     if projections.iter().any(|p| p.projected_miss) {
-        codes.push(1);
+        codes.push(Exit::Missed);
     }
     if let Err(code) = outputs.write(&records, &verdicts, &projections, &all) {
         codes.push(code);
     }
-    suite::worst_exit(codes)
+    Exit::worst(codes)
 }
 
-/// Fits and prints the RTO projection of each scenario that asks for one, from this run's
-/// drills at each size, and writes it to `<reports>/<scenario>/projection.json`.
-fn project(
-    scenarios: &[(PathBuf, Scenario)],
-    records: &[RunRecord],
-    reports: &std::path::Path,
-) -> Vec<Projection> {
-    let mut projections = Vec::new();
-    for (_, s) in scenarios {
-        let Some(target) = s.projected_target() else {
-            continue;
+/// Prints each scenario's RTO projection; returns the fitted ones.
+fn print_projections(projected: Vec<Projected>) -> Vec<Projection> {
+    let mut fitted = Vec::new();
+    for p in projected {
+        let p = match p {
+            Projected::Fitted(p) => p,
+            Projected::TooFewPoints {
+                scenario,
+                target,
+                measured,
+            } => {
+                println!(
+                    "{scenario} / {target}: no RTO projection: {measured} size(s) achieved an RTO, 2 needed"
+                );
+                continue;
+            }
         };
-        let spec = target.dataset.projection.as_ref().expect("projected");
-        let measured: Vec<(u64, Option<i64>)> = records
-            .iter()
-            .filter(|r| r.scenario == s.name)
-            .filter_map(|r| r.targets.iter().find(|t| t.target == target.name))
-            .map(|t| (t.dataset_rows.unwrap_or(0) as u64, t.rto_achieved_ms))
-            .collect();
-        let points: Vec<(u64, i64)> = measured
-            .iter()
-            .filter_map(|&(rows, rto)| rto.map(|ms| (rows, ms)))
-            .collect();
-        let objective = target.objectives.rto.as_millis() as i64;
-        let Some(mut p) = projection::project(
-            &s.name,
-            &target.name,
-            &points,
-            spec.production_rows,
-            objective,
-        ) else {
-            println!(
-                "{} / {}: no RTO projection: {} size(s) achieved an RTO, 2 needed",
-                s.name,
-                target.name,
-                points.len()
-            );
-            continue;
-        };
-        p.unmeasured_sizes = measured
-            .iter()
-            .filter(|(_, rto)| rto.is_none())
-            .map(|(rows, _)| *rows)
-            .collect();
         println!(
             "{} / {}: RTO projected to {} at {} rows ({}; objective {}): {}, \
              from {} (fit: {} + {} per million rows; error rms {}, worst {:.0}%)",
-            s.name,
-            target.name,
-            report::seconds(p.projected_ms.max(0) as u64),
+            p.scenario,
+            p.target,
+            util::seconds(p.projected_ms.max(0) as u64),
             p.production_rows,
             if p.projected_miss { "MISSED" } else { "met" },
-            report::seconds(objective as u64),
+            util::seconds(p.objective_ms.max(0) as u64),
             if p.projected_miss {
                 "projected miss"
             } else {
@@ -635,28 +590,17 @@ fn project(
             },
             p.points
                 .iter()
-                .map(|(rows, ms)| format!("{rows} rows: {}", report::seconds(*ms as u64)))
+                .map(|(rows, ms)| format!("{rows} rows: {}", util::seconds(*ms as u64)))
                 .collect::<Vec<_>>()
                 .join(", "),
-            report::seconds(p.fixed_ms.max(0.0).round() as u64),
-            report::seconds(p.ms_per_million_rows.max(0.0).round() as u64),
-            report::seconds(p.rms_error_ms.round() as u64),
+            util::seconds(p.fixed_ms.max(0.0).round() as u64),
+            util::seconds(p.ms_per_million_rows.max(0.0).round() as u64),
+            util::seconds(p.rms_error_ms.round() as u64),
             p.max_error_ratio * 100.0
         );
-        let file = reports.join(&s.name).join("projection.json");
-        let written = std::fs::create_dir_all(reports.join(&s.name))
-            .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                let mut json = serde_json::to_vec_pretty(&p)?;
-                json.push(b'\n');
-                report::write_atomically(&file, &json)
-            });
-        if let Err(e) = written {
-            eprintln!("error: write {}: {e:#}", file.display());
-        }
-        projections.push(p);
+        fitted.push(p);
     }
-    projections
+    fitted
 }
 
 fn print_verdicts(verdicts: &[Verdict]) {
@@ -665,13 +609,13 @@ fn print_verdicts(verdicts: &[Verdict]) {
             (true, Some(r), Some(b)) => format!(
                 "REGRESSION: RTO {} is {r:.2}× the median {} of its last {} run(s)",
                 v.achieved_ms
-                    .map_or("none".into(), |a| report::seconds(a as u64)),
-                report::seconds(b as u64),
+                    .map_or("none".into(), |a| util::seconds(a as u64)),
+                util::seconds(b as u64),
                 v.baseline_runs
             ),
             (false, Some(r), Some(b)) => format!(
                 "RTO {r:.2}× the median {} of its last {} run(s): within bounds",
-                report::seconds(b as u64),
+                util::seconds(b as u64),
                 v.baseline_runs
             ),
             _ => v.note.clone().unwrap_or_default(),
@@ -680,12 +624,12 @@ fn print_verdicts(verdicts: &[Verdict]) {
     }
 }
 
-async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
+async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> Exit {
     let gate = match gate.gate() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let all = match outputs.read_history("compare").await {
@@ -696,7 +640,7 @@ async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
     for name in names {
         if !latest.iter().any(|r| &r.scenario == name) {
             eprintln!("error: the history has no run of scenario {name:?}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     }
     let judged: Vec<RunRecord> = latest
@@ -711,10 +655,14 @@ async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> u8 {
     if let Err(code) = outputs.write(&judged, &verdicts, &[], &all) {
         return code;
     }
-    u8::from(verdicts.iter().any(|v| v.regressed))
+    if verdicts.iter().any(|v| v.regressed) {
+        Exit::Missed
+    } else {
+        Exit::Met
+    }
 }
 
-async fn report_from_history(outputs: &Outputs) -> u8 {
+async fn report_from_history(outputs: &Outputs) -> Exit {
     let all = match outputs.read_history("report").await {
         Ok(all) => all,
         Err(code) => return code,
@@ -732,7 +680,7 @@ async fn report_from_history(outputs: &Outputs) -> u8 {
         all.len(),
         latest.len()
     );
-    0
+    Exit::Met
 }
 
 /// First SIGINT or SIGTERM: stop the drill, write the partial report, remove the run's
@@ -759,5 +707,5 @@ async fn escalate_signals(cancel: CancellationToken) {
     if let Ok(api) = docker::connect().await {
         let _ = docker::remove_owned_by(&api, &docker::process_identity()).await;
     }
-    std::process::exit(i32::from(EXIT_INTERRUPTED));
+    std::process::exit(i32::from(Exit::Interrupted.code()));
 }

@@ -1,10 +1,24 @@
 //! Suites: several scenario files (or folders of them) run as one. Scenarios are ordered by name,
-//! a `--partition K/N` keeps every N-th one so CI jobs can shard a suite deterministically, at most
-//! `--jobs` drills run at once, and the suite's exit code is the worst of its drills'.
+//! a `--partition K/N` keeps every N-th one so CI jobs can shard a suite deterministically, a
+//! scenario with a projection runs once per dataset size, at most `--jobs` drills run at once
+//! ([`run`]), and the suite's exit is the worst of its drills' ([`Exit::worst`]). The RTOs a
+//! projection's sizes achieved are fitted by [`project`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::docker::EnvironmentError;
+use crate::drill::{self, RunOptions, RunResult};
+use crate::exit::Exit;
+use crate::history::RunRecord;
+use crate::measure::projection::{self, Projection};
+use crate::spec::Scenario;
+use crate::util;
 
 /// `K/N`: the K-th of N shards (1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,18 +110,134 @@ pub fn default_jobs() -> usize {
     (cores / 2).min(memory_gib / 4).max(1)
 }
 
-/// The suite's exit code: the worst of its drills' (interrupted, then environment, then usage,
-/// then missed, then met).
-pub fn worst_exit(codes: impl IntoIterator<Item = u8>) -> u8 {
-    let rank = |c: u8| match c {
-        0 => 0,
-        1 => 1,
-        2 => 2,
-        3 => 3,
-        130 => 5,
-        _ => 4,
-    };
-    codes.into_iter().max_by_key(|&c| rank(c)).unwrap_or(0)
+/// The drills of loaded `scenarios`: one per scenario, or one per dataset size for a scenario
+/// with a projection (in the same shard).
+pub fn expand(scenarios: &[(PathBuf, Scenario)]) -> Vec<(PathBuf, Scenario)> {
+    scenarios
+        .iter()
+        .flat_map(|(file, s)| {
+            s.expand_projection()
+                .into_iter()
+                .map(move |x| (file.clone(), x))
+        })
+        .collect()
+}
+
+/// How one drill of a suite ended.
+pub enum Finished {
+    /// Interrupted before it started.
+    NotStarted,
+    /// Ran, to a report.
+    Ran(Box<RunResult>),
+    /// Ended without a report: its run folder could not be made or written.
+    Failed(anyhow::Error),
+}
+
+impl Finished {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Finished::NotStarted => Exit::Interrupted,
+            Finished::Ran(r) => r.exit,
+            Finished::Failed(e) if e.downcast_ref::<EnvironmentError>().is_some() => {
+                Exit::Environment
+            }
+            Finished::Failed(_) => Exit::Missed,
+        }
+    }
+}
+
+/// Runs `drills` at most `jobs` at once, each in a tracing span named after its scenario, and
+/// yields each as it ends, with its file and scenario. Once `cancel` fires, drills not yet
+/// started do not start.
+pub fn run<'a>(
+    drills: &'a [(PathBuf, Scenario)],
+    jobs: usize,
+    cancel: CancellationToken,
+    options: impl Fn(&Scenario) -> RunOptions + 'a,
+) -> impl Stream<Item = (&'a Path, &'a Scenario, Finished)> + 'a {
+    futures::stream::iter(drills.iter())
+        .map(move |(file, s)| {
+            let cancel = cancel.clone();
+            let options = options(s);
+            async move {
+                if cancel.is_cancelled() {
+                    return (file.as_path(), s, Finished::NotStarted);
+                }
+                let finished = match drill::run(s, &options, cancel)
+                    .instrument(tracing::info_span!("drill", scenario = %s.name))
+                    .await
+                {
+                    Ok(result) => Finished::Ran(Box::new(result)),
+                    Err(e) => Finished::Failed(e),
+                };
+                (file.as_path(), s, finished)
+            }
+        })
+        .buffer_unordered(jobs)
+}
+
+/// What a scenario's projection came to.
+pub enum Projected {
+    Fitted(Projection),
+    /// Fewer than two sizes achieved an RTO: nothing to fit.
+    TooFewPoints {
+        scenario: String,
+        target: String,
+        measured: usize,
+    },
+}
+
+/// Fits the RTO projection of each scenario that asks for one, from the suite's `records` of
+/// its drills at each size, and writes it to `<reports>/<scenario>/projection.json`.
+pub fn project(
+    scenarios: &[(PathBuf, Scenario)],
+    records: &[RunRecord],
+    reports: &Path,
+) -> anyhow::Result<Vec<Projected>> {
+    let mut projections = Vec::new();
+    for (_, s) in scenarios {
+        let Some(target) = s.projected_target() else {
+            continue;
+        };
+        let spec = target.dataset.projection.as_ref().expect("projected");
+        let measured: Vec<(u64, Option<i64>)> = records
+            .iter()
+            .filter(|r| r.scenario == s.name)
+            .filter_map(|r| r.targets.iter().find(|t| t.target == target.name))
+            .map(|t| (t.dataset_rows.unwrap_or(0) as u64, t.rto_achieved_ms))
+            .collect();
+        let points: Vec<(u64, i64)> = measured
+            .iter()
+            .filter_map(|&(rows, rto)| rto.map(|ms| (rows, ms)))
+            .collect();
+        let objective = target.objectives.rto.as_millis() as i64;
+        let Some(mut p) = projection::project(
+            &s.name,
+            &target.name,
+            &points,
+            spec.production_rows,
+            objective,
+        ) else {
+            projections.push(Projected::TooFewPoints {
+                scenario: s.name.clone(),
+                target: target.name.clone(),
+                measured: points.len(),
+            });
+            continue;
+        };
+        p.unmeasured_sizes = measured
+            .iter()
+            .filter(|(_, rto)| rto.is_none())
+            .map(|(rows, _)| *rows)
+            .collect();
+        let folder = reports.join(&s.name);
+        std::fs::create_dir_all(&folder)?;
+        let mut json = serde_json::to_vec_pretty(&p)?;
+        json.push(b'\n');
+        util::write_atomically(&folder.join("projection.json"), &json)?;
+        projections.push(Projected::Fitted(p));
+    }
+    Ok(projections)
 }
 
 #[cfg(test)]
@@ -124,15 +254,6 @@ mod tests {
         for bad in ["0/3", "4/3", "1", "a/b", "1/0", ""] {
             assert!(bad.parse::<Partition>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_worst_exit_wins() {
-        assert_eq!(worst_exit([0, 1, 0]), 1);
-        assert_eq!(worst_exit([1, 3, 0]), 3);
-        assert_eq!(worst_exit([3, 130, 1]), 130);
-        assert_eq!(worst_exit([101, 1]), 101);
-        assert_eq!(worst_exit([]), 0);
     }
 
     #[test]

@@ -3,15 +3,14 @@
 //! sha256 per artefact, row counts and digests of the snapshot).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::scenario::BackupMethod;
-use crate::workload::Micros;
+use crate::clock::Micros;
+pub use crate::digest::{Artefact, sha256_file};
+use crate::spec::BackupMethod;
 
 /// Row count and content digest of one dataset (a table, a keyspace, a queue).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,25 +22,9 @@ pub struct DatasetDigest {
 /// Datasets by name, in name order.
 pub type Contents = BTreeMap<String, DatasetDigest>;
 
-/// One file of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Artefact {
-    /// Relative to the backup's folder.
-    pub file: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-impl Artefact {
-    /// WAL carried inside a base backup.
-    pub fn is_wal(&self) -> bool {
-        self.file.contains("pg_wal/")
-    }
-}
-
 /// What a target reports about a backup it took.
 #[derive(Debug, Clone)]
-pub struct Taken {
+pub struct FreshBackup {
     /// When the backup's consistency point was fixed (run µs): every write acknowledged before
     /// it is in the backup.
     pub consistent_at: Micros,
@@ -137,27 +120,8 @@ impl Repository {
     /// Writes the manifest of a completed backup.
     pub fn record(&self, backup: &Backup) -> Result<()> {
         let path = backup.dir.join("manifest.json");
-        crate::report::write_atomically(&path, &serde_json::to_vec_pretty(backup)?)
+        crate::util::write_atomically(&path, &serde_json::to_vec_pretty(backup)?)
     }
-}
-
-/// sha256 and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), size))
 }
 
 #[cfg(test)]

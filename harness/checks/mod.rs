@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backup::{Backup, Contents};
-use crate::scenario::CheckKind;
-use crate::targets::Target;
-use crate::workload::{Comparison, Micros};
+use crate::clock::Micros;
+use crate::spec::CheckKind;
+use crate::workload::Comparison;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,66 +91,31 @@ pub struct Overran {
     pub limit: Duration,
 }
 
-/// Runs `check` against the restored `target`, bounded by `limit`.
-pub async fn run(
-    check: CheckKind,
-    target: &dyn Target,
-    evidence: &Evidence<'_>,
-    limit: Duration,
-) -> Result<CheckResult, Overran> {
-    let started = tokio::time::Instant::now();
-    let work = async {
-        match check {
-            CheckKind::Ledger => ledger(evidence.comparison),
-            CheckKind::RowCounts | CheckKind::Checksums => {
-                let Some(backup) = evidence.backup else {
-                    return CheckResult::unknown(check, "no backup was restored to compare with");
-                };
-                match target.contents().await {
-                    Ok(now) => compare_contents(check, &backup.contents, &now, backup.id),
-                    Err(e) => CheckResult::unknown(
-                        check,
-                        format!("could not read the restored data: {e:#}"),
-                    ),
-                }
-            }
-            CheckKind::BackupIntegrity => match evidence.backup {
-                None => CheckResult::unknown(check, "no backup was restored"),
-                Some(b) => match b.verify() {
-                    Ok(damaged) => CheckResult::from_problems(
-                        check,
-                        format!(
-                            "{} artefact(s) of backup {} match their manifest sha256",
-                            b.artefacts.len(),
-                            b.id
-                        ),
-                        damaged
-                            .into_iter()
-                            .map(|d| format!("backup {}: {d}", b.id))
-                            .collect(),
-                    ),
-                    Err(e) => CheckResult::unknown(check, format!("{e:#}")),
-                },
-            },
-            CheckKind::BackupSize => backup_size(evidence),
-            CheckKind::ForeignKeys
-            | CheckKind::Amcheck
-            | CheckKind::PgVerifybackup
-            | CheckKind::BackupAge
-            | CheckKind::WalContinuity
-            | CheckKind::RedisCheck
-            | CheckKind::Definitions => target.check(check, evidence).await,
-        }
-    };
-    let mut result = tokio::time::timeout(limit, work)
-        .await
-        .map_err(|_| Overran { check, limit })?;
-    result.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(result)
+/// The restored backup's artefacts against the sha256 its manifest recorded.
+pub fn backup_integrity(evidence: &Evidence<'_>) -> CheckResult {
+    let check = CheckKind::BackupIntegrity;
+    match evidence.backup {
+        None => CheckResult::unknown(check, "no backup was restored"),
+        Some(b) => match b.verify() {
+            Ok(damaged) => CheckResult::from_problems(
+                check,
+                format!(
+                    "{} artefact(s) of backup {} match their manifest sha256",
+                    b.artefacts.len(),
+                    b.id
+                ),
+                damaged
+                    .into_iter()
+                    .map(|d| format!("backup {}: {d}", b.id))
+                    .collect(),
+            ),
+            Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+        },
+    }
 }
 
 /// The restored backup's data size against the backup before it.
-fn backup_size(evidence: &Evidence<'_>) -> CheckResult {
+pub fn backup_size(evidence: &Evidence<'_>) -> CheckResult {
     let check = CheckKind::BackupSize;
     let Some(b) = evidence.backup else {
         return CheckResult::unknown(check, "no backup was restored");
@@ -202,8 +167,8 @@ pub fn backup_age(evidence: &Evidence<'_>, newest: Option<(String, Micros)>) -> 
     let age = Duration::from_micros(evidence.fault_began.saturating_sub(at));
     let detail = format!(
         "at the fault the newest recovery point was {what} {} earlier; the RPO objective is {}",
-        crate::report::seconds(age.as_millis() as u64),
-        crate::report::seconds(evidence.rpo_objective.as_millis() as u64)
+        crate::util::seconds(age.as_millis() as u64),
+        crate::util::seconds(evidence.rpo_objective.as_millis() as u64)
     );
     if age <= evidence.rpo_objective {
         CheckResult::passed(check, detail)
@@ -212,7 +177,7 @@ pub fn backup_age(evidence: &Evidence<'_>, newest: Option<(String, Micros)>) -> 
     }
 }
 
-fn ledger(comparison: &Result<Comparison, String>) -> CheckResult {
+pub fn ledger(comparison: &Result<Comparison, String>) -> CheckResult {
     let c = match comparison {
         Ok(c) => c,
         Err(e) => {

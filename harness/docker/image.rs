@@ -10,21 +10,15 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::EnvironmentError;
-use crate::scenario::TargetKind;
 
 /// How long a pull may take before the image counts as unavailable.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The pinned official image and the local build standing in for it.
-pub fn defaults(kind: TargetKind) -> (&'static str, &'static str) {
-    match kind {
-        TargetKind::Postgres => ("postgres:15", "drillrig/postgres:15-bookworm"),
-        TargetKind::Redis => ("redis:7.0", "drillrig/redis:7.0-bookworm"),
-        TargetKind::Rabbitmq => (
-            "rabbitmq:3.10-management",
-            "drillrig/rabbitmq:3.10-bookworm",
-        ),
-    }
+/// A kind's default image: the pinned official one, and the local build standing in for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultImage {
+    pub official: &'static str,
+    pub local: &'static str,
 }
 
 /// Where the image choice came from.
@@ -56,14 +50,15 @@ pub fn split_reference(image: &str) -> (&str, &str) {
 }
 
 /// The environment variable overriding the default image of `kind`.
-pub fn env_var(kind: TargetKind) -> String {
-    format!("DRILLRIG_IMAGE_{}", kind.as_str().to_ascii_uppercase())
+pub fn env_var(kind: &str) -> String {
+    format!("DRILLRIG_IMAGE_{}", kind.to_ascii_uppercase())
 }
 
 /// Picks the image for a target of `kind` and makes sure the engine has it.
 pub async fn resolve(
     api: &bollard::Docker,
-    kind: TargetKind,
+    kind: &str,
+    default: DefaultImage,
     command_line: Option<&str>,
     scenario: Option<&str>,
 ) -> Result<ImageChoice, EnvironmentError> {
@@ -84,7 +79,7 @@ pub async fn resolve(
             note: None,
         });
     }
-    let (official, local) = defaults(kind);
+    let DefaultImage { official, local } = default;
     match ensure(api, official).await {
         Ok(()) => Ok(ImageChoice {
             image: official.into(),

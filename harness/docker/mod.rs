@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 pub use gc::{RunOwner, process_identity, remove_owned_by};
 
-use crate::backup::Artefact;
+use crate::digest::Artefact;
 
 /// Label carrying the run id on every resource a run creates.
 pub const RUN_LABEL: &str = "io.drillrig.run";
@@ -104,6 +104,9 @@ pub struct ContainerSpec {
     pub entrypoint: Option<String>,
     /// Host files or folders copied into the container before it starts: `(host, container path)`.
     pub copy_in: Vec<(PathBuf, String)>,
+    /// Files written into the container before it starts: `(container path, contents)`. How a
+    /// secret reaches a service without crossing a command line.
+    pub files: Vec<(String, Vec<u8>)>,
     pub hostname: Option<String>,
     pub startup_timeout: Duration,
 }
@@ -299,6 +302,9 @@ impl Docker {
         }
         for (host, path) in &spec.copy_in {
             request = request.with_copy_to(path.clone(), host.as_path());
+        }
+        for (path, contents) in &spec.files {
+            request = request.with_copy_to(path.clone(), contents.clone());
         }
         let started = self.create(request.start()).await?.map_err(|e| {
             let text = format!("{e:#}");

@@ -1,5 +1,5 @@
-//! Fault injection. Faults every kind shares (killing the container, damaging a backup) live
-//! here; faults that need the service's knowledge are the target's ([`Target::inject`]).
+//! Fault injection. Damage to a backup is the same for every kind and lives here; faults that
+//! touch the service are the target's ([`Target::inject`]).
 //! Each returns what it did, for the report.
 
 use std::io::{Seek, SeekFrom, Write as _};
@@ -8,8 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
 use crate::backup::Backup;
-use crate::docker::Docker;
-use crate::scenario::{FaultKind, FaultSpec};
+use crate::spec::{FaultKind, FaultSpec};
 use crate::targets::Target;
 
 /// Bytes overwritten by `corrupt-backup`.
@@ -19,27 +18,9 @@ const BACKUP_DAMAGE_LEN: u64 = 4096;
 pub async fn inject(
     fault: &FaultSpec,
     target: &mut dyn Target,
-    docker: &Docker,
     backups: &[Backup],
 ) -> Result<serde_json::Value> {
     match fault.kind {
-        FaultKind::Kill => {
-            let c = target
-                .container()
-                .ok_or_else(|| anyhow!("no container to kill"))?
-                .clone();
-            docker.kill(&c, "SIGKILL").await?;
-            let (running, exit_code) = docker.state(&c).await?;
-            if running {
-                bail!("container {} still runs after SIGKILL", c.name);
-            }
-            Ok(json!({
-                "container": c.name,
-                "signal": "SIGKILL",
-                "exit_code": exit_code,
-                "note": "a process crash, not a host crash: what the service wrote but did not fsync survives in the host's page cache",
-            }))
-        }
         FaultKind::CorruptBackup | FaultKind::TruncateBackup => {
             let newest = backups
                 .last()

@@ -1,64 +1,16 @@
-//! Measurement (DESIGN §3): one monotonic clock per run, outage detection by probes, and the
+//! Measurement (docs/measurement.md): one monotonic clock per run, outage detection by probes, and the
 //! RTO / RPO arithmetic over the ledger.
 
 pub mod projection;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::workload::{Comparison, Ledger, Micros};
-
-/// The run's clock: every figure in a report is an offset on it.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    start: Instant,
-    wall: SystemTime,
-}
-
-impl Clock {
-    pub fn start() -> Self {
-        Clock {
-            start: Instant::now(),
-            wall: SystemTime::now(),
-        }
-    }
-
-    /// Wall-clock time of the run's start (for reports only; never for durations).
-    pub fn started_at(&self) -> SystemTime {
-        self.wall
-    }
-
-    pub fn micros(&self) -> Micros {
-        self.start.elapsed().as_micros() as Micros
-    }
-
-    pub fn millis(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    /// The wall-clock time of a run offset, for tools that take wall-clock targets.
-    pub fn wall_at(&self, offset: Micros) -> SystemTime {
-        self.wall + Duration::from_micros(offset)
-    }
-
-    /// The run offset of a wall-clock time (0 for times before the run).
-    pub fn offset_of_wall(&self, t: SystemTime) -> Micros {
-        t.duration_since(self.wall)
-            .map_or(0, |d| d.as_micros() as Micros)
-    }
-
-    /// The run offset of `instant`.
-    pub fn offset_of(&self, instant: Instant) -> Micros {
-        instant.saturating_duration_since(self.start).as_micros() as Micros
-    }
-
-    pub fn instant_at(&self, offset: Micros) -> Instant {
-        self.start + Duration::from_micros(offset)
-    }
-}
+use crate::clock::{Clock, Micros};
+use crate::workload::{Comparison, Ledger};
 
 /// A health probe of one target: a real read of the workload's data.
 #[async_trait]
@@ -140,15 +92,15 @@ pub enum Phase {
 /// Contiguous recovery phases: each phase ends where the next begins, so the phases add up to
 /// the whole recovery time, harness overhead included.
 #[derive(Debug, Clone)]
-pub struct Phases {
+pub struct RecoveryPhases {
     clock: Clock,
     marks: Vec<(Phase, Micros)>,
 }
 
-impl Phases {
+impl RecoveryPhases {
     /// Starts the breakdown at `start` (run µs) in phase `first`.
     pub fn new(clock: Clock, first: Phase, start: Micros) -> Self {
-        Phases {
+        RecoveryPhases {
             clock,
             marks: vec![(first, start)],
         }
@@ -179,7 +131,7 @@ impl Phases {
     }
 }
 
-/// RPO achieved (DESIGN §3): 0 when nothing acknowledged was lost; otherwise the ack time of the
+/// RPO achieved (docs/measurement.md §6): 0 when nothing acknowledged was lost; otherwise the ack time of the
 /// last write acknowledged before `t_fault` minus the ack time of `r*` (the end of the recovered
 /// consistent prefix), or minus `workload_start` when no acknowledged write survived.
 pub fn rpo(
@@ -204,10 +156,10 @@ pub fn rpo(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::ledger::{Outcome, Write, compare};
+    use crate::workload::ledger::{Write, WriteOutcome, compare};
     use proptest::prelude::*;
 
-    fn ledger(acked_at: &[(Outcome, u64)]) -> Ledger {
+    fn ledger(acked_at: &[(WriteOutcome, u64)]) -> Ledger {
         let mut l = Ledger::new();
         for (i, &(outcome, t)) in acked_at.iter().enumerate() {
             let seq = i as u64 + 1;
@@ -228,7 +180,7 @@ mod tests {
 
     #[test]
     fn no_loss_is_zero_rpo() {
-        let l = ledger(&[(Outcome::Ok, 100), (Outcome::Ok, 200)]);
+        let l = ledger(&[(WriteOutcome::Ok, 100), (WriteOutcome::Ok, 200)]);
         let c = compare(&l, &read(&[1, 2]));
         assert_eq!(rpo(&l, &c, 1_000, 0), Duration::ZERO);
     }
@@ -236,10 +188,10 @@ mod tests {
     #[test]
     fn rpo_spans_from_the_prefix_end_to_the_last_ack_before_the_fault() {
         let l = ledger(&[
-            (Outcome::Ok, 1_000),
-            (Outcome::Ok, 2_000),
-            (Outcome::Ok, 5_000),
-            (Outcome::Ok, 9_000),
+            (WriteOutcome::Ok, 1_000),
+            (WriteOutcome::Ok, 2_000),
+            (WriteOutcome::Ok, 5_000),
+            (WriteOutcome::Ok, 9_000),
         ]);
         let c = compare(&l, &read(&[1, 2]));
         // Fault at 8 000 µs: a_max is seq 3 (5 000); the write acked after the fault is lost too
@@ -249,7 +201,7 @@ mod tests {
 
     #[test]
     fn nothing_surviving_measures_from_the_workload_start() {
-        let l = ledger(&[(Outcome::Ok, 1_000), (Outcome::Ok, 2_000)]);
+        let l = ledger(&[(WriteOutcome::Ok, 1_000), (WriteOutcome::Ok, 2_000)]);
         let c = compare(&l, &read(&[]));
         assert_eq!(rpo(&l, &c, 10_000, 400), Duration::from_micros(1_600));
     }
@@ -257,9 +209,9 @@ mod tests {
     #[test]
     fn unacknowledged_writes_do_not_count() {
         let l = ledger(&[
-            (Outcome::Ok, 1_000),
-            (Outcome::Info, 2_000),
-            (Outcome::Fail, 3_000),
+            (WriteOutcome::Ok, 1_000),
+            (WriteOutcome::Info, 2_000),
+            (WriteOutcome::Fail, 3_000),
         ]);
         let c = compare(&l, &read(&[1]));
         assert_eq!(rpo(&l, &c, 10_000, 0), Duration::ZERO);
@@ -271,7 +223,7 @@ mod tests {
         fn prefix_loss_rpo(gaps in prop::collection::vec(1u64..1_000, 1..100), kept in 0usize..100, fault_after in 0usize..100) {
             let mut t = 0;
             let times: Vec<u64> = gaps.iter().map(|g| { t += g; t }).collect();
-            let l = ledger(&times.iter().map(|&t| (Outcome::Ok, t)).collect::<Vec<_>>());
+            let l = ledger(&times.iter().map(|&t| (WriteOutcome::Ok, t)).collect::<Vec<_>>());
             let kept = kept.min(times.len());
             let c = compare(&l, &read(&(1..=kept as u64).collect::<Vec<_>>()));
             let fault_idx = fault_after.min(times.len() - 1);

@@ -16,7 +16,7 @@ use crate::history::{RunRecord, TargetRecord};
 use crate::measure::projection::Projection;
 
 fn secs(ms: i64) -> String {
-    super::seconds(ms.max(0) as u64)
+    crate::util::seconds(ms.max(0) as u64)
 }
 
 fn achieved(ms: Option<i64>) -> String {

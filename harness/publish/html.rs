@@ -30,7 +30,7 @@ const ACHIEVED: RGBColor = RGBColor(0x1e, 0x88, 0xe5);
 const OBJECTIVE: RGBColor = RGBColor(0xd3, 0x2f, 0x2f);
 
 fn secs(ms: i64) -> String {
-    super::seconds(ms.max(0) as u64)
+    crate::util::seconds(ms.max(0) as u64)
 }
 
 fn achieved(ms: Option<i64>) -> String {

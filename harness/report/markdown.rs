@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, seconds};
+use super::Report;
 use crate::checks::CheckStatus;
+use crate::util::seconds;
 
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();

@@ -1,23 +1,22 @@
 //! What a run tells its readers: `report.json` (schema below, versioned; field names are stable),
 //! `report.md`, and the terminal summary. Files are written atomically.
 
-pub mod ci;
-pub mod html;
 mod markdown;
 mod terminal;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 pub use markdown::markdown;
-pub use terminal::{terminal, terminal_suite};
+pub use terminal::terminal;
 
 use crate::checks::{CheckResult, CheckStatus};
 use crate::docker::image::ImageChoice;
 use crate::measure::{Detection, Phase};
-use crate::scenario::{FaultKind, TargetKind};
+use crate::spec::{FaultKind, TargetKind};
+use crate::util::write_atomically;
 
 /// Version of the `report.json` schema. Bumped only when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -25,7 +24,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The verdict of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum RunOutcome {
     /// Every objective met and every check passed.
     Met,
     /// An objective missed, a check failed or unknown, or the restore failed.
@@ -36,13 +35,13 @@ pub enum Outcome {
     Interrupted,
 }
 
-impl Outcome {
+impl RunOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Met => "met",
-            Outcome::Missed => "missed",
-            Outcome::Error => "error",
-            Outcome::Interrupted => "interrupted",
+            RunOutcome::Met => "met",
+            RunOutcome::Missed => "missed",
+            RunOutcome::Error => "error",
+            RunOutcome::Interrupted => "interrupted",
         }
     }
 }
@@ -57,7 +56,7 @@ pub struct Report {
     /// RFC 3339, UTC.
     pub started_at: String,
     pub duration_ms: u64,
-    pub outcome: Outcome,
+    pub outcome: RunOutcome,
     /// What ended the drill early, for `error` and `interrupted`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -127,7 +126,7 @@ pub struct Rto {
     pub achieved_ms: Option<u64>,
     pub target_ms: u64,
     pub met: bool,
-    pub phases: Phases,
+    pub phases: PhaseDurations,
     /// `t_fault`: the first service fault returned (or the restore began, with no fault).
     pub fault_at_ms: Option<u64>,
     pub restore_started_at_ms: Option<u64>,
@@ -139,7 +138,7 @@ pub struct Rto {
 
 /// Milliseconds per recovery phase; they add up to the RTO.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Phases {
+pub struct PhaseDurations {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,9 +151,9 @@ pub struct Phases {
     pub verify: Option<u64>,
 }
 
-impl Phases {
+impl PhaseDurations {
     pub fn from_durations(durations: &[(Phase, u64)]) -> Self {
-        let mut p = Phases::default();
+        let mut p = PhaseDurations::default();
         for &(phase, ms) in durations {
             let slot = match phase {
                 Phase::Detect => &mut p.detect,
@@ -262,63 +261,10 @@ pub struct WorkloadReport {
     pub ledger_file: Option<String>,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename: readers see
-/// the old file or the whole new one, never a part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically_with(path, |out| out.write_all(bytes))
-}
-
-/// Like [`write_atomically`], with the content streamed by `fill` (buffered).
-pub fn write_atomically_with(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
-) -> Result<()> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    let mut out = std::io::BufWriter::new(tmp);
-    fill(&mut out).with_context(|| format!("write {}", path.display()))?;
-    out.flush()
-        .with_context(|| format!("write {}", path.display()))?;
-    let tmp = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("write {}", path.display()))?;
-    // Reports are read by CI artefact uploads and other users: not the temp file's 0600.
-    use std::os::unix::fs::PermissionsExt as _;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("write {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    Ok(())
-}
-
 /// Writes `report.json` and `report.md` into `dir`.
 pub fn write(report: &Report, dir: &Path) -> Result<()> {
     let mut json = serde_json::to_vec_pretty(report)?;
     json.push(b'\n');
     write_atomically(&dir.join("report.json"), &json)?;
     write_atomically(&dir.join("report.md"), markdown(report).as_bytes())
-}
-
-/// `1.234s` for milliseconds.
-pub fn seconds(ms: u64) -> String {
-    format!("{}.{:03}s", ms / 1000, ms % 1000)
-}
-
-/// Serde adapter: a `Duration` as whole milliseconds.
-pub mod millis {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
 }

@@ -3,8 +3,9 @@
 use tabled::settings::Style;
 use tabled::{Table, builder::Builder};
 
-use super::{Report, seconds};
+use super::Report;
 use crate::checks::CheckStatus;
+use crate::util::seconds;
 
 /// A detail cut to fit a terminal row; report.json and report.md keep it whole.
 fn shorten(detail: &str) -> String {
@@ -103,36 +104,4 @@ pub fn terminal(r: &Report) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The closing table of a suite: one row per target of each drill.
-pub fn terminal_suite(runs: &[crate::history::RunRecord]) -> String {
-    let ms = |v: Option<i64>| v.map_or("—".into(), |v| seconds(v.max(0) as u64));
-    let mut table = Builder::default();
-    table.push_record([
-        "scenario",
-        "outcome",
-        "target",
-        "RTO / target",
-        "RPO / target",
-        "lost",
-    ]);
-    for r in runs {
-        for t in &r.targets {
-            table.push_record([
-                r.scenario.clone(),
-                r.outcome.to_uppercase(),
-                t.target.clone(),
-                format!("{} / {}", ms(t.rto_achieved_ms), ms(Some(t.rto_target_ms))),
-                format!("{} / {}", ms(t.rpo_achieved_ms), ms(Some(t.rpo_target_ms))),
-                format!("{} of {}", t.lost_writes, t.acked_writes),
-            ]);
-        }
-    }
-    let met = runs.iter().filter(|r| r.outcome == "met").count();
-    format!(
-        "suite: {met} of {} drill(s) met\n{}\n",
-        runs.len(),
-        Table::from(table).with(Style::sharp())
-    )
 }

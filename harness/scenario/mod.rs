@@ -1,4 +1,4 @@
-//! Scenario files (DESIGN §4, schema 1): parsed into [`raw`] serde types, then checked and turned
+//! Scenario files (docs/scenario.md, schema 1): parsed into [`raw`] serde types, then checked and turned
 //! into the domain types the drill runs. Every error names file, line, column and key.
 
 pub mod raw;
@@ -8,13 +8,13 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-pub use raw::RestorePoint;
+#[allow(clippy::wildcard_imports)]
+use crate::spec::*;
 use raw::{HumanDuration, RawScenario, RawTarget};
 
-use crate::targets::capabilities;
+use crate::targets::{FaultOption, capabilities};
 
 /// The schema version this drillrig reads.
 pub const SCHEMA: i64 = 1;
@@ -25,347 +25,6 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// How long a target's workload keeps running after the last fault when `[drill] duration` is
 /// not set (only targets without faults use it).
 const DEFAULT_TAIL: Duration = Duration::from_secs(5);
-
-/// One drill, checked and ready to run.
-#[derive(Debug, Clone)]
-pub struct Scenario {
-    pub path: PathBuf,
-    pub name: String,
-    pub description: String,
-    /// How long the workload runs on targets that no fault ends.
-    pub duration: Duration,
-    /// Seed for every random choice (values written, bytes damaged); `None`: chosen per run.
-    pub seed: Option<u64>,
-    pub timeouts: Timeouts,
-    /// Targets in name order.
-    pub targets: Vec<TargetSpec>,
-    /// Faults in `at` order (file order among equal offsets).
-    pub faults: Vec<FaultSpec>,
-}
-
-impl Scenario {
-    pub fn target(&self, name: &str) -> Option<&TargetSpec> {
-        self.targets.iter().find(|t| t.name == name)
-    }
-
-    /// The faults aimed at `target`, in `at` order.
-    pub fn faults_for<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a FaultSpec> + 'a {
-        self.faults.iter().filter(move |f| f.target == target)
-    }
-}
-
-/// A limit on every external step of a drill; a step that overruns ends the drill as `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Timeouts {
-    #[serde(with = "crate::report::millis")]
-    pub provision: Duration,
-    #[serde(with = "crate::report::millis")]
-    pub seed: Duration,
-    #[serde(with = "crate::report::millis")]
-    pub backup: Duration,
-    #[serde(with = "crate::report::millis")]
-    pub fault: Duration,
-    #[serde(with = "crate::report::millis")]
-    pub detect: Duration,
-    #[serde(with = "crate::report::millis")]
-    pub restore: Duration,
-    #[serde(with = "crate::report::millis")]
-    pub check: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            provision: Duration::from_secs(120),
-            seed: Duration::from_secs(600),
-            backup: Duration::from_secs(600),
-            fault: Duration::from_secs(120),
-            detect: Duration::from_secs(30),
-            restore: Duration::from_secs(1800),
-            check: Duration::from_secs(600),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct TargetSpec {
-    pub name: String,
-    pub kind: TargetKind,
-    pub image: Option<String>,
-    pub dataset: Dataset,
-    /// Acknowledged writes per second; 0 = as fast as the target takes them.
-    pub rate: u32,
-    pub backup: Option<BackupSpec>,
-    pub restore: RestorePoint,
-    /// Redis: `redis-check-aof --fix` before a `restart`; what it drops is measured as loss.
-    pub repair: bool,
-    pub checks: Vec<CheckKind>,
-    pub objectives: Objectives,
-    /// Redis persistence (defaults: Redis's own).
-    pub persistence: Option<Persistence>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Persistence {
-    pub appendonly: bool,
-    pub appendfsync: Fsync,
-    /// RDB `save` rules in Redis's syntax (`"3600 1 300 100"`); empty: none.
-    pub save: String,
-}
-
-impl Default for Persistence {
-    /// Redis 7.0's defaults.
-    fn default() -> Self {
-        Persistence {
-            appendonly: false,
-            appendfsync: Fsync::Everysec,
-            save: "3600 1 300 100 60 10000".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dataset {
-    pub fixture: String,
-    pub rows: u64,
-    /// Run the drill once per size and project the RTO to a production size.
-    pub projection: Option<Projection>,
-}
-
-/// `dataset.projection`: the drill runs once per size (`rows` replaced), and the RTOs achieved
-/// are fitted against size and projected to `production_rows`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Projection {
-    pub sizes: Vec<u64>,
-    pub production_rows: u64,
-}
-
-impl Scenario {
-    /// The target whose dataset carries a projection, if one does.
-    pub fn projected_target(&self) -> Option<&TargetSpec> {
-        self.targets.iter().find(|t| t.dataset.projection.is_some())
-    }
-
-    /// One scenario per projection size, with that target's rows set to it; the scenario itself
-    /// when it has no projection.
-    pub fn expand_projection(&self) -> Vec<Scenario> {
-        let Some(target) = self.projected_target() else {
-            return vec![self.clone()];
-        };
-        let projection = target.dataset.projection.clone().expect("projected");
-        projection
-            .sizes
-            .iter()
-            .map(|&rows| {
-                let mut s = self.clone();
-                for t in &mut s.targets {
-                    if t.name == target.name {
-                        t.dataset.rows = rows;
-                    }
-                }
-                s
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackupSpec {
-    pub method: BackupMethod,
-    pub every: Duration,
-    /// WAL archiving methods: force a segment switch at least this often (bounds the RPO).
-    pub archive_timeout: Option<Duration>,
-}
-
-/// `archive_timeout` when a WAL-archiving backup does not set one.
-pub const DEFAULT_ARCHIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Objectives {
-    pub rto: Duration,
-    pub rpo: Duration,
-    pub max_lost_writes: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FaultSpec {
-    pub target: String,
-    pub kind: FaultKind,
-    /// Offset from the workload's start.
-    pub at: Duration,
-    /// How long a temporary fault (pause, partition) lasts.
-    pub hold: Option<Duration>,
-    /// The relation (table) a fault aims at, where the kind takes one.
-    pub relation: Option<String>,
-    /// The data file a Redis `corrupt-data-file` damages.
-    pub file: Option<DataFile>,
-    /// The queue a RabbitMQ `delete-queue` deletes.
-    pub queue: Option<String>,
-    /// The backup artefact `corrupt-backup` / `truncate-backup` damages (default: the largest).
-    pub artefact: Option<String>,
-}
-
-macro_rules! kebab_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
-        pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
-        }
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-kebab_enum!(
-    /// The service a target runs.
-    TargetKind { Postgres = "postgres", Redis = "redis", Rabbitmq = "rabbitmq" }
-);
-
-kebab_enum!(
-    /// Redis `appendfsync`.
-    Fsync { Always = "always", Everysec = "everysec", No = "no" }
-);
-
-kebab_enum!(
-    /// Which Redis data file `corrupt-data-file` damages.
-    DataFile {
-        /// Bytes in the middle of `dump.rdb`.
-        Rdb = "rdb",
-        /// Bytes in the middle of the newest incremental AOF file.
-        Aof = "aof",
-        /// The last bytes of the newest incremental AOF file cut off: a torn write.
-        AofTail = "aof-tail",
-    }
-);
-
-kebab_enum!(
-    /// How backups are taken.
-    BackupMethod {
-        PgDump = "pg-dump",
-        PgBasebackupWal = "pg-basebackup-wal",
-        RedisRdb = "redis-rdb",
-        RedisAof = "redis-aof",
-        RabbitmqExport = "rabbitmq-export",
-    }
-);
-
-kebab_enum!(
-    /// A verification run after the restore.
-    CheckKind {
-        Ledger = "ledger",
-        RowCounts = "row-counts",
-        Checksums = "checksums",
-        ForeignKeys = "foreign-keys",
-        Amcheck = "amcheck",
-        BackupIntegrity = "backup-integrity",
-        PgVerifybackup = "pg-verifybackup",
-        BackupSize = "backup-size",
-        BackupAge = "backup-age",
-        WalContinuity = "wal-continuity",
-        RedisCheck = "redis-check",
-        Definitions = "definitions",
-    }
-);
-
-kebab_enum!(
-    /// An injected failure (DESIGN §4).
-    FaultKind {
-        Kill = "kill",
-        Pause = "pause",
-        Stop = "stop",
-        NetworkPartition = "network-partition",
-        CorruptDataFile = "corrupt-data-file",
-        DropTable = "drop-table",
-        BadUpdate = "bad-update",
-        Flushall = "flushall",
-        DeleteQueue = "delete-queue",
-        Reset = "reset",
-        DeleteWalSegment = "delete-wal-segment",
-        CorruptBackup = "corrupt-backup",
-        TruncateBackup = "truncate-backup",
-        DiskFull = "disk-full",
-        VolumeLoss = "volume-loss",
-    }
-);
-
-impl FaultKind {
-    /// Faults on the backup chain: they damage artefacts silently and do not disturb the
-    /// running service, so they neither start the RTO clock nor end the workload.
-    pub fn is_latent(self) -> bool {
-        matches!(
-            self,
-            FaultKind::CorruptBackup | FaultKind::TruncateBackup | FaultKind::DeleteWalSegment
-        )
-    }
-
-    /// Faults that heal after `for` (the option is required).
-    pub fn takes_hold(self) -> bool {
-        matches!(self, FaultKind::Pause | FaultKind::NetworkPartition)
-    }
-
-    /// Faults aimed at one relation (`relation`, default `orders`).
-    pub fn takes_relation(self) -> bool {
-        matches!(
-            self,
-            FaultKind::CorruptDataFile | FaultKind::DropTable | FaultKind::BadUpdate
-        )
-    }
-}
-
-impl CheckKind {
-    /// Checks that look at the restored backup (there is none after `restart`).
-    pub fn needs_backup(self) -> bool {
-        matches!(
-            self,
-            CheckKind::RowCounts
-                | CheckKind::Checksums
-                | CheckKind::BackupIntegrity
-                | CheckKind::PgVerifybackup
-                | CheckKind::BackupSize
-                | CheckKind::WalContinuity
-                | CheckKind::RedisCheck
-                | CheckKind::Definitions
-        )
-    }
-
-    /// Checks that compare with a logical snapshot taken at backup time.
-    pub fn needs_snapshot(self) -> bool {
-        matches!(self, CheckKind::RowCounts | CheckKind::Checksums)
-    }
-
-    /// Checks of a WAL archive and the physical base backups it extends.
-    pub fn needs_wal_archive(self) -> bool {
-        matches!(self, CheckKind::PgVerifybackup | CheckKind::WalContinuity)
-    }
-}
-
-impl BackupMethod {
-    /// Methods whose backups record a logical snapshot (row counts and digests of each table).
-    pub fn takes_snapshot(self) -> bool {
-        matches!(
-            self,
-            BackupMethod::PgDump
-                | BackupMethod::RedisRdb
-                | BackupMethod::RedisAof
-                | BackupMethod::RabbitmqExport
-        )
-    }
-
-    /// Methods that archive WAL continuously next to their base backups.
-    pub fn archives_wal(self) -> bool {
-        matches!(self, BackupMethod::PgBasebackupWal)
-    }
-}
 
 /// A scenario file that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -780,8 +439,9 @@ impl Validator<'_> {
             }
         };
 
-        let persistence = match (&raw.persistence, kind) {
-            (Some(p), TargetKind::Redis) => {
+        let takes_persistence = capabilities(kind).persistence;
+        let persistence = match (&raw.persistence, takes_persistence) {
+            (Some(p), true) => {
                 let p = p.get_ref();
                 let defaults = Persistence::default();
                 Some(Persistence {
@@ -793,8 +453,8 @@ impl Validator<'_> {
                     save: p.save.clone().unwrap_or(defaults.save),
                 })
             }
-            (None, TargetKind::Redis) => Some(Persistence::default()),
-            (Some(p), _) => {
+            (None, true) => Some(Persistence::default()),
+            (Some(p), false) => {
                 return Err(self.at.error(
                     p.span(),
                     key("persistence"),
@@ -870,9 +530,7 @@ impl Validator<'_> {
         let repair = match &restore_raw.repair {
             Some(r)
                 if *r.get_ref()
-                    && !(kind == TargetKind::Redis
-                        && restore == RestorePoint::Restart
-                        && appendonly) =>
+                    && !(takes_persistence && restore == RestorePoint::Restart && appendonly) =>
             {
                 return Err(self.at.error(
                     r.span(),
@@ -1076,8 +734,8 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        // Tables belong to PostgreSQL, data files to Redis.
-        let takes_relation = kind.takes_relation() && target.kind == TargetKind::Postgres;
+        // Which option a fault takes on which kind is the kind's to say (its capabilities).
+        let takes_relation = caps.takes(kind, FaultOption::Relation);
         if let (false, Some(r)) = (takes_relation, &raw.relation) {
             return Err(self.at.error(
                 r.span(),
@@ -1089,11 +747,11 @@ impl Validator<'_> {
             ));
         }
         let relation = if takes_relation {
-            Some(self.relation(i, &raw.relation, caps.relations, "relation", "table")?)
+            Some(self.relation(i, &raw.relation, caps.datasets, "relation", "table")?)
         } else {
             None
         };
-        let takes_file = kind == FaultKind::CorruptDataFile && target.kind == TargetKind::Redis;
+        let takes_file = caps.takes(kind, FaultOption::File);
         if let (false, Some(f)) = (takes_file, &raw.file) {
             return Err(self.at.error(
                 f.span(),
@@ -1126,7 +784,7 @@ impl Validator<'_> {
                 Some(file)
             }
         };
-        let takes_queue = kind == FaultKind::DeleteQueue && target.kind == TargetKind::Rabbitmq;
+        let takes_queue = caps.takes(kind, FaultOption::Queue);
         if let (false, Some(q)) = (takes_queue, &raw.queue) {
             return Err(self.at.error(
                 q.span(),
@@ -1138,7 +796,7 @@ impl Validator<'_> {
             ));
         }
         let queue = if takes_queue {
-            Some(self.relation(i, &raw.queue, caps.relations, "queue", "queue")?)
+            Some(self.relation(i, &raw.queue, caps.datasets, "queue", "queue")?)
         } else {
             None
         };

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{BackupMethod, CheckKind, DataFile, FaultKind, Fsync, TargetKind};
+use crate::spec::{BackupMethod, CheckKind, DataFile, FaultKind, Fsync, RestorePoint, TargetKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,19 +152,6 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         deserializer.deserialize_str(V)
     }
-}
-
-/// `restore.from`: which recovery point to restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestorePoint {
-    /// The service recovers in place on its own data (crash recovery).
-    Restart,
-    /// The newest backup, restored into a fresh container.
-    Latest,
-    /// The newest recovery point before the fault.
-    BeforeFault,
-    /// Point-in-time recovery to this wall-clock time.
-    At(SystemTime),
 }
 
 impl<'de> Deserialize<'de> for RestorePoint {

@@ -1,9 +1,12 @@
 //! Targets: one module per service kind, each implementing [`Target`]. A kind declares what it
-//! supports in its [`Capabilities`], which `validate` reads without starting anything.
+//! supports in its [`Capabilities`], which `validate` reads without starting anything. A
+//! [`Site`] is where a run's targets live: [`site::DockerSite`] on a Docker engine.
 
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
+pub mod service;
+pub mod site;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,27 +15,90 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 
-use crate::backup::{Backup, Contents, Taken};
+use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
-use crate::docker::{Container, Docker};
-use crate::measure::{Clock, Phases, Prober};
-use crate::scenario::{
+use crate::clock::Clock;
+use crate::clock::Micros;
+use crate::docker::Docker;
+use crate::docker::image::{DefaultImage, ImageChoice};
+use crate::measure::{Prober, RecoveryPhases};
+use crate::spec::{
     BackupMethod, CheckKind, FaultKind, FaultSpec, RestorePoint, TargetKind, TargetSpec, Timeouts,
 };
-use crate::workload::{Micros, ReadBack, Writer};
+use crate::workload::{ReadBack, Writer};
+
+/// Where a run's targets live. The drill engine asks it for targets and, at the end, to remove
+/// everything; the Docker site is the real one, and the engine's tests use an in-process fake.
+#[async_trait]
+pub trait Site: Send + Sync {
+    /// Creates what the run's targets share (the run's network).
+    async fn open(&self) -> Result<()>;
+
+    /// Builds the target `spec` describes; with the image chosen for it, for the report.
+    async fn target(
+        &self,
+        spec: &TargetSpec,
+        run: &RunContext,
+    ) -> Result<(Box<dyn Target>, Option<ImageChoice>)>;
+
+    /// Keeps what the services logged in the run folder.
+    async fn save_logs(&self);
+
+    /// Leaves everything in place for inspection (`DRILLRIG_KEEP`).
+    fn keep(&self);
+
+    /// Removes everything the run created; says what, for the log.
+    async fn teardown(&self) -> Result<String>;
+}
+
+/// What every target of a run shares.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub seed: u64,
+    pub clock: Clock,
+    pub timeouts: Timeouts,
+    /// The run's backup repository (absolute: containers mount it); a target's folder is
+    /// `<repository>/<target>`.
+    pub repository: std::path::PathBuf,
+}
 
 /// What a target kind supports.
 #[derive(Debug)]
 pub struct Capabilities {
+    /// The image a target of this kind runs unless the scenario or the command line says.
+    pub image: DefaultImage,
     /// Fixture names; the first is the default.
     pub fixtures: &'static [&'static str],
     pub default_rows: u64,
     pub default_rate: u32,
-    /// What `relation` (a table) or `queue` may name in a fault; the first is the default.
-    pub relations: &'static [&'static str],
+    /// The fixture's datasets a fault may aim at by name (`relation`: PostgreSQL tables;
+    /// `queue`: RabbitMQ queues); the first is the default.
+    pub datasets: &'static [&'static str],
     pub backups: &'static [BackupMethod],
     pub faults: &'static [FaultKind],
     pub checks: &'static [CheckKind],
+    /// The options a fault takes on this kind, beyond `target`, `kind`, `at` and `for`.
+    pub fault_options: &'static [(FaultKind, FaultOption)],
+    /// Whether targets take Redis-style `persistence` (and `restore.repair` of the AOF).
+    pub persistence: bool,
+}
+
+/// An option of a fault that only some kinds take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOption {
+    /// `relation`: the table it aims at (one of `datasets`).
+    Relation,
+    /// `file`: the data file it damages.
+    File,
+    /// `queue`: the queue it aims at (one of `datasets`).
+    Queue,
+}
+
+impl Capabilities {
+    /// Whether `fault` takes `option` on this kind.
+    pub fn takes(&self, fault: FaultKind, option: FaultOption) -> bool {
+        self.fault_options.contains(&(fault, option))
+    }
 }
 
 /// What a target of `kind` offers.
@@ -107,9 +173,6 @@ pub fn build(env: TargetEnv) -> Box<dyn Target> {
 /// writers and probers follow the change on their own.
 #[async_trait]
 pub trait Target: Send + Sync {
-    /// The container currently serving the target.
-    fn container(&self) -> Option<&Container>;
-
     /// Starts the service in a fresh container and waits until a real query answers.
     async fn provision(&mut self) -> Result<()>;
 
@@ -123,7 +186,7 @@ pub trait Target: Send + Sync {
     fn prober(&self) -> Box<dyn Prober>;
 
     /// Takes one backup into `dir` with the service's own tools.
-    async fn backup(&self, method: BackupMethod, dir: &Path) -> Result<Taken>;
+    async fn backup(&self, method: BackupMethod, dir: &Path) -> Result<FreshBackup>;
 
     /// Injects a fault that is specific to this kind; returns what was done, for the report.
     /// `backups` are the completed backups, oldest first.
@@ -147,7 +210,7 @@ pub trait Target: Send + Sync {
     async fn restore(
         &mut self,
         request: &RestoreRequest<'_>,
-        phases: &mut Phases,
+        phases: &mut RecoveryPhases,
     ) -> Result<Restored>;
 
     /// The workload's writes as the target holds them now.
@@ -161,81 +224,4 @@ pub trait Target: Send + Sync {
 
     /// A fresh write and its read-back: the last condition of recovery.
     async fn round_trip(&self) -> Result<()>;
-}
-
-/// The containers a target has had: the one serving now, its data volume, and how many were
-/// started (which names the next: `pg-1`, `pg-2`, …).
-pub struct Containers {
-    target: String,
-    current: Option<Container>,
-    volume: Option<String>,
-    generation: u32,
-}
-
-impl Containers {
-    pub fn new(target: &str) -> Self {
-        Containers {
-            target: target.into(),
-            current: None,
-            volume: None,
-            generation: 0,
-        }
-    }
-
-    /// The container serving the target now, if any.
-    pub fn current(&self) -> Option<&Container> {
-        self.current.as_ref()
-    }
-
-    /// The container serving the target now, or an error naming the target.
-    pub fn serving(&self) -> Result<&Container> {
-        self.current
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("target {} has no container", self.target))
-    }
-
-    /// The serving container's data volume.
-    pub fn volume(&self) -> Result<String> {
-        let c = self.serving()?;
-        self.volume
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("container {} has no data volume", c.name))
-    }
-
-    /// How many containers were started so far.
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
-    /// Names the next container and creates its data volume: `(name, volume)`.
-    pub async fn next(&mut self, docker: &Docker) -> Result<(String, String)> {
-        self.generation += 1;
-        let name = format!("{}-{}", self.target, self.generation);
-        let volume = docker.create_volume(&format!("{name}-data")).await?;
-        Ok((name, volume))
-    }
-
-    /// Starts `spec`, which then serves the target with the volume it mounts.
-    pub async fn start(
-        &mut self,
-        docker: &Docker,
-        spec: &crate::docker::ContainerSpec,
-    ) -> Result<()> {
-        let container = docker.start(spec).await?;
-        self.volume = spec.volume.as_ref().map(|(v, _)| v.clone());
-        self.current = Some(container);
-        Ok(())
-    }
-
-    /// The `volume-loss` fault: removes the serving container and its data volume. Returns what
-    /// was removed, for the fault's record.
-    pub async fn remove_with_volume(&mut self, docker: &Docker) -> Result<serde_json::Value> {
-        let c = self.serving()?.clone();
-        let volume = self.volume()?;
-        docker.remove(&c).await?;
-        docker.remove_volume(&volume).await?;
-        self.current = None;
-        self.volume = None;
-        Ok(serde_json::json!({ "container": c.name, "volume": volume }))
-    }
 }

@@ -1,15 +1,14 @@
 //! The ledger: every write the workload attempted, with its outcome and monotonic times, and its
-//! comparison with what a restored target holds (DESIGN §3).
+//! comparison with what a restored target holds (docs/measurement.md §4).
 
 use serde::Serialize;
 
-/// Microseconds since the run's start, on the run's monotonic clock.
-pub type Micros = u64;
+use crate::clock::Micros;
 
 /// What the client learned about one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum WriteOutcome {
     /// The server acknowledged it (commit returned, publish confirmed).
     Ok,
     /// Definitely not applied (refused before sending, or rejected by the server).
@@ -18,12 +17,12 @@ pub enum Outcome {
     Info,
 }
 
-impl Outcome {
+impl WriteOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Fail => "fail",
-            Outcome::Info => "info",
+            WriteOutcome::Ok => "ok",
+            WriteOutcome::Fail => "fail",
+            WriteOutcome::Info => "info",
         }
     }
 }
@@ -34,7 +33,7 @@ pub struct Write {
     pub seq: u64,
     pub invoked: Micros,
     pub completed: Micros,
-    pub outcome: Outcome,
+    pub outcome: WriteOutcome,
     /// Digest of the value written, so a read-back can tell a damaged value from the right one.
     pub digest: u64,
 }
@@ -84,7 +83,7 @@ impl Ledger {
         self.writes.is_empty()
     }
 
-    pub fn count(&self, outcome: Outcome) -> u64 {
+    pub fn count(&self, outcome: WriteOutcome) -> u64 {
         self.writes.iter().filter(|w| w.outcome == outcome).count() as u64
     }
 
@@ -93,7 +92,7 @@ impl Ledger {
         self.writes
             .iter()
             .rev()
-            .find(|w| w.outcome == Outcome::Ok && w.completed < t)
+            .find(|w| w.outcome == WriteOutcome::Ok && w.completed < t)
     }
 }
 
@@ -110,8 +109,8 @@ impl Ledger {
         let mut lost = comparison.map(|c| c.lost.iter().copied().peekable());
         for w in &self.writes {
             let mark = match (w.outcome, lost.as_mut()) {
-                (Outcome::Ok, None) => "unknown",
-                (Outcome::Ok, Some(lost)) => {
+                (WriteOutcome::Ok, None) => "unknown",
+                (WriteOutcome::Ok, Some(lost)) => {
                     if lost.next_if_eq(&w.seq).is_some() {
                         "yes"
                     } else {
@@ -137,7 +136,7 @@ impl Ledger {
 /// than once (queues redeliver).
 pub type ReadBack = Vec<(u64, u64)>;
 
-/// The ledger against a read-back (DESIGN §3).
+/// The ledger against a read-back (docs/measurement.md §4).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Comparison {
     pub attempted: u64,
@@ -216,13 +215,13 @@ pub fn compare(ledger: &Ledger, read: &ReadBack) -> Comparison {
             c.recovered += 1;
         }
         match (write.outcome, present) {
-            (Outcome::Ok, true) => {
+            (WriteOutcome::Ok, true) => {
                 c.acked += 1;
                 if prefix_intact {
                     c.r_star = Some(write.seq);
                 }
             }
-            (Outcome::Ok, false) => {
+            (WriteOutcome::Ok, false) => {
                 c.acked += 1;
                 prefix_intact = false;
                 c.lost.push(write.seq);
@@ -230,8 +229,8 @@ pub fn compare(ledger: &Ledger, read: &ReadBack) -> Comparison {
                     c.holes += 1;
                 }
             }
-            (Outcome::Info, true) => c.unacked_present += 1,
-            (Outcome::Fail, true) => c.failed_present.push(write.seq),
+            (WriteOutcome::Info, true) => c.unacked_present += 1,
+            (WriteOutcome::Fail, true) => c.failed_present.push(write.seq),
             (_, false) => {}
         }
     }
@@ -243,7 +242,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn ledger(outcomes: &[Outcome]) -> Ledger {
+    fn ledger(outcomes: &[WriteOutcome]) -> Ledger {
         let mut l = Ledger::new();
         for (i, &outcome) in outcomes.iter().enumerate() {
             let seq = i as u64 + 1;
@@ -262,7 +261,7 @@ mod tests {
         seqs.iter().map(|&s| (s, s * 7)).collect()
     }
 
-    use Outcome::{Fail, Info, Ok as Acked};
+    use WriteOutcome::{Fail, Info, Ok as Acked};
 
     #[test]
     fn everything_recovered_is_consistent_with_no_loss() {
@@ -366,12 +365,12 @@ mod tests {
         assert_eq!(l.last_acked_before(15), None);
     }
 
-    fn outcome() -> impl Strategy<Value = Outcome> {
+    fn outcome() -> impl Strategy<Value = WriteOutcome> {
         prop_oneof![6 => Just(Acked), 1 => Just(Fail), 2 => Just(Info)]
     }
 
     proptest! {
-        /// The definitions of DESIGN §3, checked against a direct set computation.
+        /// The definitions of docs/measurement.md §5, checked against a direct set computation.
         #[test]
         fn comparison_matches_the_set_definitions(
             outcomes in prop::collection::vec(outcome(), 0..200),

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-pub use ledger::{Comparison, Ledger, Micros, Outcome, ReadBack, Write};
+pub use ledger::{Comparison, Ledger, ReadBack, Write, WriteOutcome};
 
-use crate::measure::Clock;
+use crate::clock::Clock;
 
 /// A write that takes longer than this is recorded as `info` (unknown).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,7 +26,7 @@ pub trait Writer: Send {
     fn digest(&self, seq: u64) -> u64;
 
     /// Writes `seq`. `Fail` only when the write certainly did not apply.
-    async fn write(&mut self, seq: u64) -> Outcome;
+    async fn write(&mut self, seq: u64) -> WriteOutcome;
 }
 
 /// Runs `writer` at `rate` writes per second (0: back to back) until `stop`, recording every
@@ -56,8 +56,8 @@ pub async fn run(
         let digest = writer.digest(seq);
         let invoked = clock.micros();
         let outcome = tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(Outcome::Info),
-            _ = stop.cancelled() => Outcome::Info,
+            r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(WriteOutcome::Info),
+            _ = stop.cancelled() => WriteOutcome::Info,
         };
         ledger.record(Write {
             seq,
@@ -69,7 +69,7 @@ pub async fn run(
         if stop.is_cancelled() {
             break;
         }
-        if ticks.is_none() && outcome != Outcome::Ok {
+        if ticks.is_none() && outcome != WriteOutcome::Ok {
             tokio::time::sleep(FAILURE_BACKOFF).await;
         }
     }

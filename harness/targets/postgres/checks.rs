@@ -4,11 +4,11 @@
 use anyhow::{Result, anyhow};
 use tokio_postgres::Client;
 
-use super::{DATABASE, Postgres, describe, physical, quote_ident};
+use super::{DATABASE, Postgres, error_line, physical, quote_ident};
 use crate::backup::{Contents, DatasetDigest};
 use crate::checks::CheckResult;
 use crate::checks::Evidence;
-use crate::scenario::CheckKind;
+use crate::spec::CheckKind;
 
 /// Row count and md5 digest (rows as text, in primary-key order) of every table in `public`.
 pub(super) async fn contents(client: &Client) -> Result<Contents> {
@@ -23,7 +23,7 @@ pub(super) async fn contents(client: &Client) -> Result<Contents> {
             &[],
         )
         .await
-        .map_err(|e| anyhow!("list tables: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("list tables: {}", error_line(&e)))?;
     let mut contents = Contents::new();
     for table in tables {
         let (name, key): (String, String) = (table.get(0), table.get(1));
@@ -39,7 +39,7 @@ pub(super) async fn contents(client: &Client) -> Result<Contents> {
         let row = client
             .query_one(&sql, &[])
             .await
-            .map_err(|e| anyhow!("digest table {name}: {}", describe(&e)))?;
+            .map_err(|e| anyhow!("digest table {name}: {}", error_line(&e)))?;
         let rows: i64 = row.get(0);
         contents.insert(
             name,
@@ -61,7 +61,7 @@ pub(super) async fn foreign_key_names(client: &Client) -> Result<Vec<String>> {
             &[],
         )
         .await
-        .map_err(|e| anyhow!("list foreign keys: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("list foreign keys: {}", error_line(&e)))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -86,7 +86,7 @@ pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
         .await
     {
         Ok(rows) => rows,
-        Err(e) => return CheckResult::unknown(check, format!("list foreign keys: {}", describe(&e))),
+        Err(e) => return CheckResult::unknown(check, format!("list foreign keys: {}", error_line(&e))),
     };
     let mut problems = Vec::new();
     let present: Vec<String> = constraints.iter().map(|r| r.get(0)).collect();
@@ -122,7 +122,7 @@ pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
                 checked += 1;
             }
             Err(e) => {
-                return CheckResult::unknown(check, format!("check {name}: {}", describe(&e)));
+                return CheckResult::unknown(check, format!("check {name}: {}", error_line(&e)));
             }
         }
     }
@@ -139,7 +139,7 @@ pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
 /// `pg_amcheck --heapallindexed --rootdescend` over the whole database, run in the container.
 pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
     let check = CheckKind::Amcheck;
-    let c = match pg.containers.serving() {
+    let c = match pg.service.containers.serving() {
         Ok(c) => c,
         Err(e) => return CheckResult::unknown(check, format!("{e:#}")),
     };
@@ -150,7 +150,7 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
         "--rootdescend",
         DATABASE,
     ];
-    match pg.env.docker.exec(c, "postgres", &cmd).await {
+    match pg.service.env.docker.exec(c, "postgres", &cmd).await {
         Ok(out) if out.success() => CheckResult::passed(
             check,
             "pg_amcheck --heapallindexed --rootdescend found no corruption",

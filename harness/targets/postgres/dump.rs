@@ -10,29 +10,29 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{DATABASE, Postgres, Ready, checks, describe};
-use crate::backup::{Artefact, Backup, Taken};
-use crate::measure::{Phase, Phases};
+use super::{DATABASE, Postgres, Ready, checks, error_line};
+use crate::backup::{Artefact, Backup, FreshBackup};
+use crate::measure::{Phase, RecoveryPhases};
 use crate::targets::Restored;
 
 const DUMP_FILE: &str = "drill.dump";
 /// Where the dump is copied in the replacement container.
 const RESTORE_PATH: &str = "/tmp/drillrig-restore.dump";
 
-pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
-    let c = pg.containers.serving()?;
+pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
+    let c = pg.service.containers.serving()?;
     let client = pg.connect().await?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
-        .map_err(|e| anyhow!("open the backup transaction: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("open the backup transaction: {}", error_line(&e)))?;
     // The snapshot is taken by the transaction's first query: every write acknowledged before
     // this instant is in it.
-    let consistent_at = pg.env.clock.micros();
+    let consistent_at = pg.service.env.clock.micros();
     let snapshot: String = client
         .query_one("SELECT pg_export_snapshot()", &[])
         .await
-        .map_err(|e| anyhow!("export the backup snapshot: {}", describe(&e)))?
+        .map_err(|e| anyhow!("export the backup snapshot: {}", error_line(&e)))?
         .get(0);
 
     let dest = dir.join(DUMP_FILE);
@@ -45,13 +45,16 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
         &snapshot,
     ];
     let (dumped, described) = tokio::join!(
-        pg.env.docker.exec_to_file(c, "postgres", &cmd, &dest),
+        pg.service
+            .env
+            .docker
+            .exec_to_file(c, "postgres", &cmd, &dest),
         async {
             let contents = checks::contents(&client).await?;
             let max_seq: Option<i64> = client
                 .query_one("SELECT max(seq) FROM orders", &[])
                 .await
-                .map_err(|e| anyhow!("read the newest seq in the snapshot: {}", describe(&e)))?
+                .map_err(|e| anyhow!("read the newest seq in the snapshot: {}", error_line(&e)))?
                 .get(0);
             anyhow::Ok((contents, max_seq))
         }
@@ -61,7 +64,7 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
     client
         .batch_execute("COMMIT")
         .await
-        .map_err(|e| anyhow!("close the backup transaction: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("close the backup transaction: {}", error_line(&e)))?;
     if !output.success() {
         bail!(
             "pg_dump exited with {}: {}",
@@ -69,7 +72,7 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
             output.tail()
         );
     }
-    Ok(Taken {
+    Ok(FreshBackup {
         consistent_at,
         artefacts: vec![Artefact {
             file: DUMP_FILE.into(),
@@ -85,14 +88,14 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
 pub(super) async fn restore(
     pg: &mut Postgres,
     backup: &Backup,
-    phases: &mut Phases,
+    phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
     phases.enter(Phase::Provision);
-    let (name, volume) = pg.containers.next(&pg.env.docker).await?;
+    let (name, volume) = pg.service.next_container().await?;
     let spec = pg.container_spec(name, volume, Vec::new(), Vec::new());
-    pg.start_container(spec, Ready::Serving, pg.env.timeouts.restore)
+    pg.start_container(spec, Ready::Serving, pg.service.env.timeouts.restore)
         .await?;
-    let c = pg.containers.serving()?.clone();
+    let c = pg.service.containers.serving()?.clone();
 
     phases.enter(Phase::Fetch);
     let artefact = backup
@@ -100,7 +103,8 @@ pub(super) async fn restore(
         .iter()
         .find(|a| a.file == DUMP_FILE)
         .ok_or_else(|| anyhow!("backup {} has no {DUMP_FILE}", backup.id))?;
-    pg.env
+    pg.service
+        .env
         .docker
         .upload_host_file(&c, &backup.dir.join(&artefact.file), RESTORE_PATH)
         .await?;
@@ -110,6 +114,7 @@ pub(super) async fn restore(
         .map_or(2, |n| n.get())
         .to_string();
     let output = pg
+        .service
         .env
         .docker
         .exec(

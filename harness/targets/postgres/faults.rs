@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 
-use super::{PGDATA, Postgres, describe, quote_ident};
+use super::{PGDATA, Postgres, error_line, quote_ident};
 
 /// Bytes flipped in the damaged page.
 const DAMAGE_LEN: usize = 16;
@@ -27,7 +27,7 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     let has_seq: bool = client
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = 'seq')", &[&rel])
         .await
-        .map_err(|e| anyhow!("look up relation {relation}: {}", describe(&e)))?
+        .map_err(|e| anyhow!("look up relation {relation}: {}", error_line(&e)))?
         .get(0);
     // Held until the server stops: a fast shutdown ends the transaction, and inserts resume on
     // the restarted server.
@@ -36,7 +36,7 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
             "BEGIN; SET LOCAL lock_timeout = '10s'; LOCK TABLE {rel} IN SHARE MODE"
         ))
         .await
-        .map_err(|e| anyhow!("lock {relation} against inserts: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("lock {relation} against inserts: {}", error_line(&e)))?;
     let newest_block = if has_seq {
         format!(
             "(SELECT (ctid::text::point)[0]::bigint FROM {rel} WHERE seq = (SELECT max(seq) FROM {rel}))"
@@ -53,7 +53,7 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
             &[&rel],
         )
         .await
-        .map_err(|e| anyhow!("locate the pages of {relation}: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("locate the pages of {relation}: {}", error_line(&e)))?;
     let (file, block_size, block): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
     if block < 0 {
         bail!("relation {relation} has no pages to damage");
@@ -67,8 +67,8 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     };
     let offset = (block % BLOCKS_PER_SEGMENT) * block_size + DAMAGE_OFFSET_IN_PAGE;
 
-    let c = pg.containers.serving()?.clone();
-    let docker = pg.env.docker.clone();
+    let c = pg.service.containers.serving()?.clone();
+    let docker = pg.service.env.docker.clone();
     docker.stop(&c, Duration::from_secs(60)).await?;
     drop(client);
     let mut data = docker.download(&c, &path).await?;
@@ -85,7 +85,7 @@ pub(super) async fn corrupt_page(pg: &mut Postgres, relation: &str) -> Result<se
     let after = hex::encode(&*bytes);
     docker.upload(&c, &path, &data).await?;
     docker.start_again(&c).await?;
-    pg.wait_ready(super::Ready::Serving, pg.env.timeouts.fault)
+    pg.wait_ready(super::Ready::Serving, pg.service.env.timeouts.fault)
         .await?;
     Ok(json!({
         "relation": relation,
@@ -105,15 +105,6 @@ pub(super) async fn drop_table(pg: &mut Postgres, relation: &str) -> Result<serd
     client
         .batch_execute(&sql)
         .await
-        .map_err(|e| anyhow!("{sql}: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("{sql}: {}", error_line(&e)))?;
     Ok(json!({ "statement": sql }))
-}
-
-/// `volume-loss`: the primary's container and its data volume are removed. What survives is the
-/// backup repository, outside every container.
-pub(super) async fn volume_loss(pg: &mut Postgres) -> Result<serde_json::Value> {
-    let removed = pg.containers.remove_with_volume(&pg.env.docker).await?;
-    // Clients see nothing serving at all.
-    pg.port.send_replace(0);
-    Ok(removed)
 }

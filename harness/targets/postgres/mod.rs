@@ -14,25 +14,31 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use async_trait::async_trait;
-use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Capabilities, Containers, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv};
-use crate::backup::{Backup, Contents, Taken};
+use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
+use super::{
+    Capabilities, FaultOption, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv,
+};
+use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
-use crate::docker::{Container, ContainerSpec};
-use crate::measure::{Phases, Prober};
-use crate::scenario::{BackupMethod, CheckKind, FaultKind, FaultSpec};
-use crate::workload::{Outcome, ReadBack, Writer, mix};
+use crate::docker::ContainerSpec;
+use crate::docker::image::DefaultImage;
+use crate::measure::{Prober, RecoveryPhases};
+use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 pub const CAPABILITIES: Capabilities = Capabilities {
+    image: DefaultImage {
+        official: "postgres:15",
+        local: "drillrig/postgres:15-bookworm",
+    },
     fixtures: &["orders"],
     default_rows: 10_000,
     default_rate: 100,
-    relations: &["orders", "customers"],
+    datasets: &["orders", "customers"],
     backups: &[BackupMethod::PgDump, BackupMethod::PgBasebackupWal],
     faults: &[
         FaultKind::Kill,
@@ -55,6 +61,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::WalContinuity,
     ],
+    fault_options: &[
+        (FaultKind::CorruptDataFile, FaultOption::Relation),
+        (FaultKind::DropTable, FaultOption::Relation),
+    ],
+    persistence: false,
 };
 
 /// The database the drill uses in every container.
@@ -63,7 +74,6 @@ const PGDATA: &str = "/var/lib/postgresql/data";
 const PORT: u16 = 5432;
 /// Rows written by the round trip carry this status.
 const CANARY_STATUS: &str = "drillrig-canary";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const INSERT: &str =
     "INSERT INTO orders (customer_id, amount_cents, status, seq) VALUES ($1, $2, 'new', $3)";
@@ -71,19 +81,17 @@ const INSERT: &str =
 /// the workload writes to.
 const PROBE: &str = "SELECT amount_cents FROM orders WHERE seq = (SELECT max(seq) FROM orders)";
 
-/// Where the current container listens, and how to log in. Clones follow restarts and restores.
+/// How to log in to the drill's database.
 #[derive(Clone)]
-struct Endpoint {
-    port: watch::Receiver<u16>,
+struct Login {
     password: Arc<str>,
 }
 
-impl Endpoint {
-    async fn connect(&self) -> Result<Client> {
-        let port = *self.port.borrow();
-        if port == 0 {
-            bail!("no container is serving");
-        }
+#[async_trait]
+impl Connector for Login {
+    type Connection = Client;
+
+    async fn open(&self, port: u16) -> Result<Client> {
         let mut config = tokio_postgres::Config::new();
         config
             .host("127.0.0.1")
@@ -92,21 +100,45 @@ impl Endpoint {
             .password(self.password.as_bytes())
             .dbname(DATABASE)
             .connect_timeout(CONNECT_TIMEOUT);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+        let (client, connection) = config
+            .connect(NoTls)
             .await
-            .map_err(|_| {
-                anyhow!("connect to 127.0.0.1:{port}: no answer within {CONNECT_TIMEOUT:?}")
-            })?
-            .map_err(|e| anyhow!("connect to 127.0.0.1:{port}: {}", describe(&e)))?;
+            .map_err(|e| anyhow!(error_line(&e)))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
         Ok(client)
     }
+
+    fn alive(&self, client: &Client) -> bool {
+        !client.is_closed()
+    }
+}
+
+/// A login with the workload's INSERT prepared on it.
+#[derive(Clone)]
+struct Inserter(Login);
+
+#[async_trait]
+impl Connector for Inserter {
+    type Connection = (Client, Statement);
+
+    async fn open(&self, port: u16) -> Result<(Client, Statement)> {
+        let client = self.0.open(port).await?;
+        let insert = client
+            .prepare(INSERT)
+            .await
+            .map_err(|e| anyhow!(error_line(&e)))?;
+        Ok((client, insert))
+    }
+
+    fn alive(&self, (client, _): &(Client, Statement)) -> bool {
+        !client.is_closed()
+    }
 }
 
 /// A PostgreSQL error in one line: SQLSTATE and message for server errors, the cause otherwise.
-fn describe(e: &tokio_postgres::Error) -> String {
+fn error_line(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }
@@ -135,10 +167,7 @@ fn order_digest(customer_id: i64, amount_cents: i64) -> u64 {
 }
 
 pub struct Postgres {
-    env: TargetEnv,
-    containers: Containers,
-
-    port: watch::Sender<u16>,
+    service: Service,
     customers: u64,
     /// Foreign keys the fixture declared, checked after restore.
     foreign_keys: Vec<String>,
@@ -148,28 +177,26 @@ impl Postgres {
     pub fn new(env: TargetEnv) -> Self {
         let customers = (env.spec.dataset.rows / 10).max(1);
         Postgres {
-            containers: Containers::new(&env.spec.name),
-            env,
-            port: watch::channel(0).0,
+            service: Service::new(env, "PostgreSQL"),
             customers,
             foreign_keys: Vec::new(),
         }
     }
 
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            port: self.port.subscribe(),
-            password: self.env.password.as_str().into(),
+    fn login(&self) -> Login {
+        Login {
+            password: self.service.env.password.as_str().into(),
         }
     }
 
     async fn connect(&self) -> Result<Client> {
-        self.endpoint().connect().await
+        self.service.endpoint(self.login()).connect().await
     }
 
     /// Whether the backup method archives WAL: the primary then archives into the repository.
     fn archives_wal(&self) -> bool {
-        self.env
+        self.service
+            .env
             .spec
             .backup
             .is_some_and(|b| b.method.archives_wal())
@@ -177,7 +204,7 @@ impl Postgres {
 
     /// The WAL archive in the repository, outside every container.
     fn archive_dir(&self) -> std::path::PathBuf {
-        self.env.repository.join("wal")
+        self.service.env.repository.join("wal")
     }
 
     /// The container spec every PostgreSQL container of this target shares.
@@ -190,9 +217,12 @@ impl Postgres {
     ) -> ContainerSpec {
         ContainerSpec {
             name,
-            image: self.env.image.clone(),
+            image: self.service.env.image.clone(),
             env: vec![
-                ("POSTGRES_PASSWORD".into(), self.env.password.clone()),
+                (
+                    "POSTGRES_PASSWORD".into(),
+                    self.service.env.password.clone(),
+                ),
                 ("POSTGRES_DB".into(), DATABASE.into()),
                 // 1 MB WAL segments keep archives of short drills small.
                 (
@@ -206,10 +236,12 @@ impl Postgres {
             binds,
             entrypoint: None,
             copy_in: Vec::new(),
+            files: Vec::new(),
             hostname: None,
             // The drill bounds the whole step; this only keeps testcontainers from giving up
             // first.
-            startup_timeout: self.env.timeouts.provision + self.env.timeouts.restore,
+            startup_timeout: self.service.env.timeouts.provision
+                + self.service.env.timeouts.restore,
         }
     }
 
@@ -220,51 +252,35 @@ impl Postgres {
         ready: Ready,
         limit: Duration,
     ) -> Result<()> {
-        self.containers.start(&self.env.docker, &spec).await?;
+        self.service
+            .containers
+            .start(&self.service.env.docker, &spec)
+            .await?;
         self.wait_ready(ready, limit).await
     }
 
-    /// Polls with a real query until the current container is `ready`; fails early when the
-    /// container exits. Publishes the (possibly new) host port first.
+    /// Polls with a real query until the current container is `ready`.
     async fn wait_ready(&self, ready: Ready, limit: Duration) -> Result<()> {
-        let c = self.containers.serving()?;
-        let deadline = Instant::now() + limit;
         let query = match ready {
             Ready::Serving => "SELECT true",
             Ready::Promoted => "SELECT NOT pg_is_in_recovery()",
         };
-        loop {
-            let last_error;
-            match self.env.docker.host_port(c).await {
-                Ok(port) => {
-                    self.port.send_replace(port);
-                    match self.connect().await {
-                        Ok(client) => match client.query_one(query, &[]).await {
-                            Ok(row) if row.get::<_, bool>(0) => return Ok(()),
-                            Ok(_) => last_error = "still in recovery".to_string(),
-                            Err(e) => last_error = describe(&e),
-                        },
-                        Err(e) => last_error = format!("{e:#}"),
+        let login = self.login();
+        self.service
+            .wait_ready(limit, |port| {
+                let login = login.clone();
+                async move {
+                    let client = connect_to(&login, port)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    match client.query_one(query, &[]).await {
+                        Ok(row) if row.get::<_, bool>(0) => Ok(()),
+                        Ok(_) => Err("still in recovery".to_string()),
+                        Err(e) => Err(error_line(&e)),
                     }
                 }
-                Err(e) => last_error = format!("{e:#}"),
-            }
-            if let Ok((false, code)) = self.env.docker.state(c).await {
-                bail!(
-                    "container {} exited (code {}) before PostgreSQL answered: {last_error}",
-                    c.name,
-                    code.unwrap_or(-1)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "PostgreSQL in {} did not answer within {}: {last_error}",
-                    c.name,
-                    humantime::format_duration(limit)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            })
+            .await
     }
 }
 
@@ -279,63 +295,58 @@ enum Ready {
 
 #[async_trait]
 impl Target for Postgres {
-    fn container(&self) -> Option<&Container> {
-        self.containers.current()
-    }
-
     async fn provision(&mut self) -> Result<()> {
-        let (name, volume) = self.containers.next(&self.env.docker).await?;
+        let (name, volume) = self.service.next_container().await?;
         let (cmd, binds) = if self.archives_wal() {
             let dir = self.archive_dir();
             physical::prepare_archive(&dir)?;
             (
-                physical::archiving_command(self.env.spec.backup.and_then(|b| b.archive_timeout)),
+                physical::archiving_command(
+                    self.service.env.spec.backup.and_then(|b| b.archive_timeout),
+                ),
                 vec![(dir, physical::ARCHIVE.to_string(), false)],
             )
         } else {
             (Vec::new(), Vec::new())
         };
         let spec = self.container_spec(name, volume, cmd, binds);
-        self.start_container(spec, Ready::Serving, self.env.timeouts.provision)
+        self.start_container(spec, Ready::Serving, self.service.env.timeouts.provision)
             .await
     }
 
     async fn seed(&mut self) -> Result<()> {
-        let fixture = &self.env.spec.dataset.fixture;
+        let fixture = &self.service.env.spec.dataset.fixture;
         let sql = match fixture.as_str() {
             "orders" => include_str!("../../../fixtures/postgres/orders.sql"),
             other => bail!("no postgres fixture {other:?}"),
         };
         let sql = sql
-            .replace("{{rows}}", &self.env.spec.dataset.rows.to_string())
+            .replace("{{rows}}", &self.service.env.spec.dataset.rows.to_string())
             .replace("{{customers}}", &self.customers.to_string());
         let client = self.connect().await?;
         client
             .batch_execute(&sql)
             .await
-            .map_err(|e| anyhow!("load fixture {fixture}: {}", describe(&e)))?;
+            .map_err(|e| anyhow!("load fixture {fixture}: {}", error_line(&e)))?;
         self.foreign_keys = checks::foreign_key_names(&client).await?;
         Ok(())
     }
 
     fn writer(&self) -> Box<dyn Writer> {
         Box::new(PgWriter {
-            endpoint: self.endpoint(),
-            session: None,
-            in_flight: false,
-            seed: self.env.seed,
+            session: Session::new(self.service.endpoint(Inserter(self.login()))),
+            seed: self.service.env.seed,
             customers: self.customers,
         })
     }
 
     fn prober(&self) -> Box<dyn Prober> {
         Box::new(PgProber {
-            endpoint: self.endpoint(),
-            client: None,
+            session: Session::new(self.service.endpoint(self.login())),
         })
     }
 
-    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<Taken> {
+    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<FreshBackup> {
         match method {
             BackupMethod::PgDump => dump::take(self, dir).await,
             BackupMethod::PgBasebackupWal => physical::take(self, dir).await,
@@ -347,11 +358,12 @@ impl Target for Postgres {
         let relation = fault
             .relation
             .as_deref()
-            .unwrap_or(CAPABILITIES.relations[0]);
+            .unwrap_or(CAPABILITIES.datasets[0]);
         match fault.kind {
+            FaultKind::Kill => self.service.kill().await,
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
-            FaultKind::VolumeLoss => faults::volume_loss(self).await,
+            FaultKind::VolumeLoss => self.service.lose_volume().await,
             FaultKind::DeleteWalSegment => physical::delete_segment(self, backups),
             other => bail!("fault {other} is not a postgres fault"),
         }
@@ -359,32 +371,28 @@ impl Target for Postgres {
 
     async fn recovery_point(&self) -> Result<Option<RecoveryPoint>> {
         let client = self.connect().await?;
-        let asked_at_us = self.env.clock.micros();
+        let asked_at_us = self.service.env.clock.micros();
         let lsn: String = client
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
-            .map_err(|e| anyhow!("read the current WAL location: {}", describe(&e)))?
+            .map_err(|e| anyhow!("read the current WAL location: {}", error_line(&e)))?
             .get(0);
         Ok(Some(RecoveryPoint {
             label: lsn,
             asked_at_us,
-            answered_at_us: self.env.clock.micros(),
+            answered_at_us: self.service.env.clock.micros(),
         }))
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
-        let c = self.containers.serving()?.clone();
-        if let Ok((true, _)) = self.env.docker.state(&c).await {
-            self.env.docker.stop(&c, Duration::from_secs(30)).await?;
-        }
-        self.env.docker.start_again(&c).await?;
+        self.service.start_again().await?;
         self.wait_ready(Ready::Serving, limit).await
     }
 
     async fn restore(
         &mut self,
         request: &RestoreRequest<'_>,
-        phases: &mut Phases,
+        phases: &mut RecoveryPhases,
     ) -> Result<Restored> {
         match request.backup.method {
             BackupMethod::PgDump => dump::restore(self, request.backup, phases).await,
@@ -406,14 +414,14 @@ impl Target for Postgres {
             Ok(rows) => rows,
             // The table is gone: nothing of the workload survived.
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(ReadBack::new()),
-            Err(e) => bail!("read the workload's orders: {}", describe(&e)),
+            Err(e) => bail!("read the workload's orders: {}", error_line(&e)),
         };
         futures::pin_mut!(rows);
         let mut read = ReadBack::new();
         while let Some(row) = rows
             .try_next()
             .await
-            .map_err(|e| anyhow!("read the workload's orders: {}", describe(&e)))?
+            .map_err(|e| anyhow!("read the workload's orders: {}", error_line(&e)))?
         {
             let (seq, customer, amount): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
             read.push((seq as u64, order_digest(customer, amount)));
@@ -446,12 +454,12 @@ impl Target for Postgres {
                 &[&CANARY_STATUS],
             )
             .await
-            .map_err(|e| anyhow!("write a canary order: {}", describe(&e)))?;
+            .map_err(|e| anyhow!("write a canary order: {}", error_line(&e)))?;
         let id: i64 = row.get(0);
         let status: String = client
             .query_one("SELECT status FROM orders WHERE id = $1", &[&id])
             .await
-            .map_err(|e| anyhow!("read the canary order back: {}", describe(&e)))?
+            .map_err(|e| anyhow!("read the canary order back: {}", error_line(&e)))?
             .get(0);
         if status != CANARY_STATUS {
             bail!("the canary order {id} reads back as {status:?}");
@@ -462,11 +470,7 @@ impl Target for Postgres {
 
 /// The workload's writer: one INSERT per seq, in autocommit, on a prepared statement.
 struct PgWriter {
-    endpoint: Endpoint,
-    session: Option<(Client, Statement)>,
-    /// Set while a write is on the wire: if the runner abandons it (timeout), the session's
-    /// state is unknown and it is replaced.
-    in_flight: bool,
+    session: Session<Inserter>,
     seed: u64,
     customers: u64,
 }
@@ -478,75 +482,54 @@ impl Writer for PgWriter {
         order_digest(customer, amount)
     }
 
-    async fn write(&mut self, seq: u64) -> Outcome {
-        if std::mem::take(&mut self.in_flight) {
-            self.session = None;
-        }
-        if self.session.is_none() {
-            let opened = async {
-                let client = self.endpoint.connect().await?;
-                let insert = client
-                    .prepare(INSERT)
-                    .await
-                    .map_err(|e| anyhow!(describe(&e)))?;
-                anyhow::Ok((client, insert))
-            };
-            match opened.await {
-                Ok(session) => self.session = Some(session),
-                // Nothing was sent.
-                Err(_) => return Outcome::Fail,
-            }
-        }
-        let (client, insert) = self.session.as_ref().expect("opened above");
+    async fn write(&mut self, seq: u64) -> WriteOutcome {
         let (customer, amount) = order_for(self.seed, self.customers, seq);
-        self.in_flight = true;
+        let Ok((client, insert)) = self.session.begin().await else {
+            // Nothing was sent.
+            return WriteOutcome::Fail;
+        };
         let result = client
-            .execute(insert, &[&customer, &amount, &(seq as i64)])
+            .execute(&*insert, &[&customer, &amount, &(seq as i64)])
             .await;
-        self.in_flight = false;
+        self.session.landed();
         match result {
-            Ok(1) => Outcome::Ok,
-            Ok(_) => Outcome::Info,
+            Ok(1) => WriteOutcome::Ok,
+            Ok(_) => WriteOutcome::Info,
             // An ERROR ends the statement's implicit transaction: not committed.
             Err(e)
                 if e.as_db_error()
                     .is_some_and(|d| d.parsed_severity() == Some(Severity::Error)) =>
             {
-                Outcome::Fail
+                WriteOutcome::Fail
             }
             // FATAL, PANIC, a broken connection: the commit may or may not have happened.
             Err(_) => {
-                self.session = None;
-                Outcome::Info
+                self.session.reset();
+                WriteOutcome::Info
             }
         }
     }
 }
 
 struct PgProber {
-    endpoint: Endpoint,
-    client: Option<Client>,
+    session: Session<Login>,
 }
 
 #[async_trait]
 impl Prober for PgProber {
     async fn probe(&mut self) -> Result<(), String> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = Some(
-                self.endpoint
-                    .connect()
-                    .await
-                    .map_err(|e| format!("{e:#}"))?,
-            );
-        }
-        let client = self.client.as_ref().expect("connected above");
+        let client = self
+            .session
+            .connection()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         match client.query_opt(PROBE, &[]).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 if e.as_db_error().is_none() {
-                    self.client = None;
+                    self.session.reset();
                 }
-                Err(describe(&e))
+                Err(error_line(&e))
             }
         }
     }

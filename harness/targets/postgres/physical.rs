@@ -15,12 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
-use super::{PGDATA, PORT, Postgres, Ready, describe};
-use crate::backup::{Backup, Contents, Taken, sha256_file};
+use super::{PGDATA, PORT, Postgres, Ready, error_line};
+use crate::backup::{Backup, Contents, FreshBackup, sha256_file};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
-use crate::measure::{Phase, Phases};
-use crate::scenario::{CheckKind, DEFAULT_ARCHIVE_TIMEOUT, RestorePoint};
+use crate::measure::{Phase, RecoveryPhases};
+use crate::spec::{CheckKind, DEFAULT_ARCHIVE_TIMEOUT, RestorePoint};
 use crate::targets::{RestoreRequest, Restored};
 
 /// Where containers see the WAL archive.
@@ -179,10 +179,10 @@ impl Chain {
     }
 }
 
-pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
-    let c = pg.containers.serving()?;
-    let docker = &pg.env.docker;
-    let consistent_at = pg.env.clock.micros();
+pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
+    let c = pg.service.containers.serving()?;
+    let docker = &pg.service.env.docker;
+    let consistent_at = pg.service.env.clock.micros();
     let client = pg.connect().await?;
     let segment_size: i64 = client
         .query_one(
@@ -190,7 +190,7 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
             &[],
         )
         .await
-        .map_err(|e| anyhow!("read the WAL segment size: {}", describe(&e)))?
+        .map_err(|e| anyhow!("read the WAL segment size: {}", error_line(&e)))?
         .get(0);
     docker.exec(c, "postgres", &["rm", "-rf", STAGING]).await?;
     let cmd = [
@@ -234,7 +234,7 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
         .ok_or_else(|| anyhow!("backup_manifest has no WAL range"))?;
     let start_lsn =
         parse_lsn(start).ok_or_else(|| anyhow!("backup_manifest start LSN {start:?}"))?;
-    Ok(Taken {
+    Ok(FreshBackup {
         consistent_at,
         artefacts,
         contents: Contents::new(),
@@ -252,7 +252,7 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<Taken> {
 pub(super) async fn restore(
     pg: &mut Postgres,
     request: &RestoreRequest<'_>,
-    phases: &mut Phases,
+    phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
     let backup = request.backup;
     let position = Position::of(backup)?;
@@ -306,21 +306,22 @@ pub(super) async fn restore(
     };
 
     phases.enter(Phase::Provision);
-    let (name, volume) = pg.containers.next(&pg.env.docker).await?;
+    let (name, volume) = pg.service.next_container().await?;
     let loader = ContainerSpec {
         name: format!("{name}-loader"),
-        image: pg.env.image.clone(),
+        image: pg.service.env.image.clone(),
         env: Vec::new(),
         cmd: vec!["infinity".into()],
         port: PORT,
         volume: Some((volume.clone(), PGDATA.into())),
-        binds: vec![(pg.env.repository.clone(), REPOSITORY.into(), true)],
+        binds: vec![(pg.service.env.repository.clone(), REPOSITORY.into(), true)],
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
+        files: Vec::new(),
         hostname: None,
-        startup_timeout: pg.env.timeouts.provision,
+        startup_timeout: pg.service.env.timeouts.provision,
     };
-    let docker = pg.env.docker.clone();
+    let docker = pg.service.env.docker.clone();
     let helper = docker.start(&loader).await?;
 
     phases.enter(Phase::Fetch);
@@ -351,10 +352,10 @@ pub(super) async fn restore(
     }
     let binds = vec![
         (pg.archive_dir(), ARCHIVE.into(), true),
-        (pg.env.repository.clone(), REPOSITORY.into(), true),
+        (pg.service.env.repository.clone(), REPOSITORY.into(), true),
     ];
     let spec = pg.container_spec(name, volume, cmd, binds);
-    pg.start_container(spec, Ready::Promoted, pg.env.timeouts.restore)
+    pg.start_container(spec, Ready::Promoted, pg.service.env.timeouts.restore)
         .await?;
     let reached = recovery_end(pg).await;
     Ok(Restored {
@@ -366,8 +367,8 @@ pub(super) async fn restore(
 
 /// Where recovery stopped, from the server's own log lines.
 async fn recovery_end(pg: &Postgres) -> Option<String> {
-    let c = pg.containers.serving().ok()?;
-    let logs = pg.env.docker.logs(c).await.ok()?;
+    let c = pg.service.containers.serving().ok()?;
+    let logs = pg.service.env.docker.logs(c).await.ok()?;
     let logs = String::from_utf8_lossy(&logs);
     let lines: Vec<&str> = logs
         .lines()
@@ -480,7 +481,7 @@ pub(super) fn wal_continuity(pg: &Postgres, evidence: &Evidence<'_>) -> CheckRes
 /// `pg-verifybackup` on the restored base backup, in the restored container.
 pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
     let check = CheckKind::PgVerifybackup;
-    let (Some(backup), Ok(c)) = (evidence.backup, pg.containers.serving()) else {
+    let (Some(backup), Ok(c)) = (evidence.backup, pg.service.containers.serving()) else {
         return CheckResult::unknown(check, "no base backup was restored");
     };
     let Some(folder) = backup.dir.file_name().and_then(|n| n.to_str()) else {
@@ -489,6 +490,7 @@ pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> Che
     let path = format!("{REPOSITORY}/{folder}/{BASE}");
     // As root: the repository's files belong to the host user.
     match pg
+        .service
         .env
         .docker
         .exec(c, "root", &["pg_verifybackup", &path])
@@ -517,10 +519,10 @@ pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> Che
 /// The newest archived segment at `t_fault`, with its archive time (run µs).
 pub(super) fn newest_archived(
     pg: &Postgres,
-    before: crate::workload::Micros,
-) -> Result<Option<(String, crate::workload::Micros)>> {
-    let limit = pg.env.clock.wall_at(before);
-    let mut newest: Option<(String, crate::workload::Micros)> = None;
+    before: crate::clock::Micros,
+) -> Result<Option<(String, crate::clock::Micros)>> {
+    let limit = pg.service.env.clock.wall_at(before);
+    let mut newest: Option<(String, crate::clock::Micros)> = None;
     for entry in std::fs::read_dir(pg.archive_dir())? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -531,7 +533,7 @@ pub(super) fn newest_archived(
         if archived > limit {
             continue;
         }
-        let at = pg.env.clock.offset_of_wall(archived);
+        let at = pg.service.env.clock.offset_of_wall(archived);
         if newest.as_ref().is_none_or(|(_, t)| at > *t) {
             newest = Some((name, at));
         }

@@ -20,10 +20,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{RabbitMq, persistent};
-use crate::backup::{Artefact, Contents, DatasetDigest, Taken};
+use crate::backup::{Artefact, Contents, DatasetDigest, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
-use crate::measure::{Phase, Phases};
-use crate::scenario::CheckKind;
+use crate::measure::{Phase, RecoveryPhases};
+use crate::spec::CheckKind;
 use crate::targets::{RestoreRequest, Restored};
 
 const DEFINITIONS: &str = "definitions.json";
@@ -170,11 +170,11 @@ fn artefact(dir: &Path, file: &str, bytes: &[u8]) -> Result<Artefact> {
 
 /// `rabbitmq-export`: the definitions (`rabbitmqctl export_definitions`), then every message of
 /// every queue, read in place. Every message confirmed before the read began is in the copy.
-pub(super) async fn take(mq: &RabbitMq, dir: &Path) -> Result<Taken> {
+pub(super) async fn take(mq: &RabbitMq, dir: &Path) -> Result<FreshBackup> {
     let definitions = mq.definitions().await?;
     let _alone = mq.browsed.lock().await;
     let (connection, channel) = mq.channel().await?;
-    let consistent_at = mq.env.clock.micros();
+    let consistent_at = mq.service.env.clock.micros();
     let mut lines = String::new();
     let mut contents = Contents::new();
     let mut newest: Option<u64> = None;
@@ -200,7 +200,7 @@ pub(super) async fn take(mq: &RabbitMq, dir: &Path) -> Result<Taken> {
         contents.insert(q.clone(), summary(&messages));
     }
     let _ = connection.close(200, "backed up".into()).await;
-    Ok(Taken {
+    Ok(FreshBackup {
         consistent_at,
         artefacts: vec![
             artefact(dir, DEFINITIONS, &definitions)?,
@@ -217,7 +217,7 @@ pub(super) async fn take(mq: &RabbitMq, dir: &Path) -> Result<Taken> {
 pub(super) async fn restore(
     mq: &mut RabbitMq,
     request: &RestoreRequest<'_>,
-    phases: &mut Phases,
+    phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
     let backup = request.backup;
     phases.enter(Phase::Provision);
@@ -226,7 +226,7 @@ pub(super) async fn restore(
     phases.enter(Phase::Fetch);
     let definitions = std::fs::read(backup.dir.join(DEFINITIONS))
         .with_context(|| format!("read the definitions of backup {}", backup.id))?;
-    mq.import(&definitions, mq.env.timeouts.restore)
+    mq.import(&definitions, mq.service.env.timeouts.restore)
         .await
         .with_context(|| format!("restore the definitions of backup {}", backup.id))?;
 

@@ -23,22 +23,26 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::{Capabilities, Containers, RestoreRequest, Restored, Target, TargetEnv};
-use crate::backup::{Backup, Contents, Taken};
+use super::service::{Connector, Service, Session, connect_to};
+use super::{Capabilities, FaultOption, RestoreRequest, Restored, Target, TargetEnv};
+use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
-use crate::docker::{Container, ContainerSpec};
-use crate::measure::{Phases, Prober};
-use crate::scenario::{BackupMethod, CheckKind, FaultKind, FaultSpec};
-use crate::workload::{Outcome, ReadBack, Writer, mix};
+use crate::docker::ContainerSpec;
+use crate::docker::image::DefaultImage;
+use crate::measure::{Prober, RecoveryPhases};
+use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 pub const CAPABILITIES: Capabilities = Capabilities {
+    image: DefaultImage {
+        official: "rabbitmq:3.10-management",
+        local: "drillrig/rabbitmq:3.10-bookworm",
+    },
     fixtures: &["orders"],
     default_rows: 1_000,
     default_rate: 200,
-    relations: &["orders.quorum", "orders.classic"],
+    datasets: &["orders.quorum", "orders.classic"],
     backups: &[BackupMethod::RabbitmqExport],
     faults: &[
         FaultKind::Kill,
@@ -57,11 +61,14 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupSize,
         CheckKind::BackupAge,
     ],
+    fault_options: &[(FaultKind::DeleteQueue, FaultOption::Queue)],
+    persistence: false,
 };
 
 const DATA: &str = "/var/lib/rabbitmq";
 const PORT: u16 = 5672;
 const USER: &str = "drill";
+/// RabbitMQ opens a connection and a confirm channel in two round trips.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The workload's routing key; the `orders` topology binds `order.#` to every queue.
 const ROUTING_KEY: &str = "order.created";
@@ -96,41 +103,65 @@ impl Topology {
     }
 }
 
-/// Where the current container listens. Clones follow restarts and restores.
+/// How to log in to a vhost: a connection and a channel on it with publisher confirms on.
 #[derive(Clone)]
-struct Endpoint {
-    port: watch::Receiver<u16>,
+struct Login {
     password: Arc<str>,
+    vhost: String,
 }
 
-impl Endpoint {
-    /// A connection to `vhost` and a channel on it with publisher confirms on.
-    async fn channel(&self, vhost: &str) -> Result<(Connection, Channel)> {
-        let port = *self.port.borrow();
-        if port == 0 {
-            bail!("no container is serving");
-        }
-        let vhost = if vhost == "/" {
-            "%2f".to_string()
+#[async_trait]
+impl Connector for Login {
+    type Connection = (Connection, Channel);
+
+    async fn open(&self, port: u16) -> Result<(Connection, Channel)> {
+        let vhost = if self.vhost == "/" {
+            "%2f"
         } else {
-            vhost.to_string()
+            self.vhost.as_str()
         };
         let uri = format!("amqp://{USER}:{}@127.0.0.1:{port}/{vhost}", self.password);
-        let opened = async {
-            let connection = Connection::connect(&uri, ConnectionProperties::default()).await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            lapin::Result::Ok((connection, channel))
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, opened)
-            .await
-            .map_err(|_| {
-                anyhow!("connect to 127.0.0.1:{port}: no answer within {CONNECT_TIMEOUT:?}")
-            })?
-            .map_err(|e| anyhow!("connect to 127.0.0.1:{port}: {e}"))
+        let connection = Connection::connect(&uri, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok((connection, channel))
     }
+
+    fn alive(&self, (connection, channel): &(Connection, Channel)) -> bool {
+        connection.status().connected() && channel.status().connected()
+    }
+
+    fn timeout(&self) -> Duration {
+        CONNECT_TIMEOUT
+    }
+}
+
+/// The topology's `queues` that a passive declare does not find on `connection`.
+async fn missing_queues(connection: &Connection, queues: &[String]) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for q in queues {
+        // A failed passive declare closes the channel: one channel per queue.
+        let probe = connection.create_channel().await?;
+        let declared = probe
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = probe.close(200, "ok".into()).await;
+            }
+            Err(_) => missing.push(q.clone()),
+        }
+    }
+    Ok(missing)
 }
 
 /// The body the workload publishes for `seq`: 16 hex digits, which the read-back parses back.
@@ -152,11 +183,8 @@ fn persistent(message_id: &str) -> BasicProperties {
 }
 
 pub struct RabbitMq {
-    env: TargetEnv,
+    service: Service,
     topology: Topology,
-    containers: Containers,
-
-    port: watch::Sender<u16>,
     /// Held while a queue is browsed: a browse leaves messages unacknowledged until it requeues
     /// them, so a second browse running alongside would see only part. Holds what the last
     /// read-back saw, so the checks of one verify phase judge the same snapshot without browsing
@@ -167,32 +195,33 @@ pub struct RabbitMq {
 impl RabbitMq {
     pub fn new(env: TargetEnv) -> Self {
         RabbitMq {
-            containers: Containers::new(&env.spec.name),
-            env,
+            service: Service::new(env, "RabbitMQ"),
             topology: Topology::orders(),
-            port: watch::channel(0).0,
             browsed: Default::default(),
         }
     }
 
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            port: self.port.subscribe(),
-            password: self.env.password.as_str().into(),
+    fn login(&self, vhost: &str) -> Login {
+        Login {
+            password: self.service.env.password.as_str().into(),
+            vhost: vhost.into(),
         }
     }
 
     /// A channel on the drill's vhost.
     async fn channel(&self) -> Result<(Connection, Channel)> {
-        self.endpoint().channel(&self.topology.vhost).await
+        self.service
+            .endpoint(self.login(&self.topology.vhost))
+            .connect()
+            .await
     }
 
     /// Runs `rabbitmqctl` in the current container.
     async fn rabbitmqctl(&self, args: &[&str]) -> Result<String> {
-        let c = self.containers.serving()?;
+        let c = self.service.containers.serving()?;
         let mut cmd = vec!["rabbitmqctl"];
         cmd.extend_from_slice(args);
-        let out = self.env.docker.exec(c, "rabbitmq", &cmd).await?;
+        let out = self.service.env.docker.exec(c, "rabbitmq", &cmd).await?;
         if !out.success() {
             bail!(
                 "rabbitmqctl {} exited with {}: {}",
@@ -205,13 +234,16 @@ impl RabbitMq {
     }
 
     async fn start_container(&mut self) -> Result<()> {
-        let (name, volume) = self.containers.next(&self.env.docker).await?;
+        let (name, volume) = self.service.next_container().await?;
         let spec = ContainerSpec {
             name,
-            image: self.env.image.clone(),
+            image: self.service.env.image.clone(),
             env: vec![
                 ("RABBITMQ_DEFAULT_USER".into(), USER.into()),
-                ("RABBITMQ_DEFAULT_PASS".into(), self.env.password.clone()),
+                (
+                    "RABBITMQ_DEFAULT_PASS".into(),
+                    self.service.env.password.clone(),
+                ),
             ],
             cmd: Vec::new(),
             port: PORT,
@@ -219,105 +251,62 @@ impl RabbitMq {
             binds: Vec::new(),
             entrypoint: None,
             copy_in: Vec::new(),
+            files: Vec::new(),
             // The node name (rabbit@<hostname>) stays the same across restarts.
-            hostname: Some(format!("drillrig-{}", self.env.spec.name)),
-            startup_timeout: self.env.timeouts.provision + self.env.timeouts.restore,
+            hostname: Some(format!("drillrig-{}", self.service.env.spec.name)),
+            startup_timeout: self.service.env.timeouts.provision
+                + self.service.env.timeouts.restore,
         };
-        self.containers.start(&self.env.docker, &spec).await?;
-        self.wait_ready(self.env.timeouts.provision, false).await
+        self.service
+            .containers
+            .start(&self.service.env.docker, &spec)
+            .await?;
+        self.wait_ready(self.service.env.timeouts.provision, false)
+            .await
     }
 
     /// Polls until an AMQP channel opens (RabbitMQ opens its port before it finishes booting)
-    /// and, with `queues`, until every queue of the topology exists; fails early when the
-    /// container exits. Publishes the (possibly new) host port first.
+    /// and, with `queues`, until every queue of the topology exists.
     async fn wait_ready(&self, limit: Duration, queues: bool) -> Result<()> {
-        let c = self.containers.serving()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            let last_error = match self.env.docker.host_port(c).await {
-                Ok(port) => {
-                    self.port.send_replace(port);
-                    let vhost = if queues {
-                        self.topology.vhost.as_str()
-                    } else {
-                        "/"
-                    };
-                    match self.endpoint().channel(vhost).await {
-                        Ok((connection, _)) => {
-                            let present = if queues {
-                                self.missing_queues(&connection).await
-                            } else {
-                                Ok(Vec::new())
-                            };
-                            let _ = connection.close(200, "ready".into()).await;
-                            match present {
-                                Ok(missing) if missing.is_empty() => return Ok(()),
-                                Ok(missing) => {
-                                    format!("queues not there yet: {}", missing.join(", "))
-                                }
-                                Err(e) => format!("{e:#}"),
-                            }
-                        }
-                        Err(e) => format!("{e:#}"),
+        let (login, wanted) = if queues {
+            (
+                self.login(&self.topology.vhost),
+                self.topology.queues.clone(),
+            )
+        } else {
+            (self.login("/"), Vec::new())
+        };
+        self.service
+            .wait_ready(limit, |port| {
+                let (login, wanted) = (login.clone(), wanted.clone());
+                async move {
+                    let (connection, _) = connect_to(&login, port)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    let missing = missing_queues(&connection, &wanted).await;
+                    let _ = connection.close(200, "ready".into()).await;
+                    match missing {
+                        Ok(missing) if missing.is_empty() => Ok(()),
+                        Ok(missing) => Err(format!("queues not there yet: {}", missing.join(", "))),
+                        Err(e) => Err(format!("{e:#}")),
                     }
                 }
-                Err(e) => format!("{e:#}"),
-            };
-            if let Ok((false, code)) = self.env.docker.state(c).await {
-                bail!(
-                    "container {} exited (code {}) before RabbitMQ answered: {last_error}",
-                    c.name,
-                    code.unwrap_or(-1)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "RabbitMQ in {} was not ready within {}: {last_error}",
-                    c.name,
-                    humantime::format_duration(limit)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The topology's queues that a passive declare does not find.
-    async fn missing_queues(&self, connection: &Connection) -> Result<Vec<String>> {
-        let mut missing = Vec::new();
-        for q in &self.topology.queues {
-            // A failed passive declare closes the channel: one channel per queue.
-            let probe = connection.create_channel().await?;
-            let declared = probe
-                .queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(_) => {
-                    let _ = probe.close(200, "ok".into()).await;
-                }
-                Err(_) => missing.push(q.clone()),
-            }
-        }
-        Ok(missing)
+            })
+            .await
     }
 
     /// Imports `definitions` (a JSON file's text), grants the drill's user the vhost, and waits
     /// until every queue exists.
     async fn import(&self, definitions: &[u8], limit: Duration) -> Result<()> {
-        let c = self.containers.serving()?;
+        let c = self.service.containers.serving()?;
         let file = crate::docker::ContainerFile {
             header: tar::Header::new_gnu(),
             bytes: definitions.to_vec(),
         };
         let mut file = file;
         file.header.set_mode(0o644);
-        self.env
+        self.service
+            .env
             .docker
             .upload(c, "/tmp/drillrig-definitions.json", &file)
             .await?;
@@ -339,10 +328,11 @@ impl RabbitMq {
 
     /// The broker's definitions now, as exported by `rabbitmqctl export_definitions`.
     async fn definitions(&self) -> Result<Vec<u8>> {
-        let c = self.containers.serving()?;
+        let c = self.service.containers.serving()?;
         self.rabbitmqctl(&["export_definitions", "/tmp/drillrig-export.json"])
             .await?;
         Ok(self
+            .service
             .env
             .docker
             .download(c, "/tmp/drillrig-export.json")
@@ -353,24 +343,23 @@ impl RabbitMq {
 
 #[async_trait]
 impl Target for RabbitMq {
-    fn container(&self) -> Option<&Container> {
-        self.containers.current()
-    }
-
     async fn provision(&mut self) -> Result<()> {
         self.start_container().await
     }
 
     async fn seed(&mut self) -> Result<()> {
-        match self.env.spec.dataset.fixture.as_str() {
+        match self.service.env.spec.dataset.fixture.as_str() {
             "orders" => {}
             other => bail!("no rabbitmq fixture {other:?}"),
         }
-        self.import(self.topology.json.as_bytes(), self.env.timeouts.seed)
-            .await?;
+        self.import(
+            self.topology.json.as_bytes(),
+            self.service.env.timeouts.seed,
+        )
+        .await?;
         let (connection, channel) = self.channel().await?;
         let mut confirms = Vec::new();
-        for n in 1..=self.env.spec.dataset.rows {
+        for n in 1..=self.service.env.spec.dataset.rows {
             let body = format!("seed order {n}");
             let id = format!("seed-{n}");
             let publish = channel
@@ -395,25 +384,20 @@ impl Target for RabbitMq {
 
     fn writer(&self) -> Box<dyn Writer> {
         Box::new(MqWriter {
-            endpoint: self.endpoint(),
-            vhost: self.topology.vhost.clone(),
+            session: Session::new(self.service.endpoint(self.login(&self.topology.vhost))),
             exchange: self.topology.exchange.clone(),
-            session: None,
-            in_flight: false,
-            seed: self.env.seed,
+            seed: self.service.env.seed,
         })
     }
 
     fn prober(&self) -> Box<dyn Prober> {
         Box::new(MqProber {
-            endpoint: self.endpoint(),
-            vhost: self.topology.vhost.clone(),
+            session: Session::new(self.service.endpoint(self.login(&self.topology.vhost))),
             queues: self.topology.queues.clone(),
-            session: None,
         })
     }
 
-    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<Taken> {
+    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<FreshBackup> {
         match method {
             BackupMethod::RabbitmqExport => messages::take(self, dir).await,
             other => bail!("backup method {other} is not a rabbitmq method"),
@@ -427,11 +411,12 @@ impl Target for RabbitMq {
     ) -> Result<serde_json::Value> {
         *self.browsed.get_mut() = None;
         match fault.kind {
+            FaultKind::Kill => self.service.kill().await,
             FaultKind::DeleteQueue => {
                 let queue = fault
                     .queue
                     .clone()
-                    .unwrap_or_else(|| CAPABILITIES.relations[0].into());
+                    .unwrap_or_else(|| CAPABILITIES.datasets[0].into());
                 let (connection, channel) = self.channel().await?;
                 let dropped = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -441,9 +426,10 @@ impl Target for RabbitMq {
                 Ok(serde_json::json!({ "queue": queue, "messages_deleted": dropped }))
             }
             FaultKind::Reset => {
-                let c = self.containers.serving()?;
+                let c = self.service.containers.serving()?;
                 let script = "rabbitmqctl stop_app && rabbitmqctl reset && rabbitmqctl start_app";
                 let out = self
+                    .service
                     .env
                     .docker
                     .exec(c, "rabbitmq", &["sh", "-c", script])
@@ -453,23 +439,14 @@ impl Target for RabbitMq {
                 }
                 Ok(serde_json::json!({ "commands": script }))
             }
-            FaultKind::VolumeLoss => {
-                let removed = self.containers.remove_with_volume(&self.env.docker).await?;
-                // Clients see nothing serving at all.
-                self.port.send_replace(0);
-                Ok(removed)
-            }
+            FaultKind::VolumeLoss => self.service.lose_volume().await,
             other => bail!("fault {other} is not a rabbitmq fault"),
         }
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
         *self.browsed.get_mut() = None;
-        let c = self.containers.serving()?.clone();
-        if let Ok((true, _)) = self.env.docker.state(&c).await {
-            self.env.docker.stop(&c, Duration::from_secs(30)).await?;
-        }
-        self.env.docker.start_again(&c).await?;
+        self.service.start_again().await?;
         // Durable queues come back on their own: wait until they are all there.
         self.wait_ready(limit, true).await
     }
@@ -477,7 +454,7 @@ impl Target for RabbitMq {
     async fn restore(
         &mut self,
         request: &RestoreRequest<'_>,
-        phases: &mut Phases,
+        phases: &mut RecoveryPhases,
     ) -> Result<Restored> {
         *self.browsed.get_mut() = None;
         messages::restore(self, request, phases).await
@@ -599,12 +576,8 @@ impl Target for RabbitMq {
 
 /// The workload's writer: one persistent message per seq, `message_id` = seq, confirmed.
 struct MqWriter {
-    endpoint: Endpoint,
-    vhost: String,
+    session: Session<Login>,
     exchange: String,
-    session: Option<(Connection, Channel)>,
-    /// Set while a publish awaits its confirm: if the runner abandons it, the session is replaced.
-    in_flight: bool,
     seed: u64,
 }
 
@@ -614,23 +587,12 @@ impl Writer for MqWriter {
         body_digest(body_for(self.seed, seq).as_bytes())
     }
 
-    async fn write(&mut self, seq: u64) -> Outcome {
-        if std::mem::take(&mut self.in_flight) {
-            self.session = None;
-        }
-        if self
-            .session
-            .as_ref()
-            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
-        {
-            match self.endpoint.channel(&self.vhost).await {
-                Ok(session) => self.session = Some(session),
-                // Nothing was sent.
-                Err(_) => return Outcome::Fail,
-            }
-        }
-        let (_, channel) = self.session.as_ref().expect("opened above");
+    async fn write(&mut self, seq: u64) -> WriteOutcome {
         let body = body_for(self.seed, seq);
+        let Ok((_, channel)) = self.session.begin().await else {
+            // Nothing was sent.
+            return WriteOutcome::Fail;
+        };
         let published = channel
             .basic_publish(
                 self.exchange.as_str().into(),
@@ -644,20 +606,20 @@ impl Writer for MqWriter {
             Ok(confirm) => confirm,
             // The channel refused to send it.
             Err(_) => {
-                self.session = None;
-                return Outcome::Fail;
+                self.session.landed();
+                self.session.reset();
+                return WriteOutcome::Fail;
             }
         };
-        self.in_flight = true;
         let confirmed = confirm.await;
-        self.in_flight = false;
+        self.session.landed();
         match confirmed {
-            Ok(Confirmation::Ack(_)) => Outcome::Ok,
+            Ok(Confirmation::Ack(_)) => WriteOutcome::Ok,
             // The broker said it could not take it.
-            Ok(Confirmation::Nack(_)) => Outcome::Fail,
+            Ok(Confirmation::Nack(_)) => WriteOutcome::Fail,
             Ok(Confirmation::NotRequested) | Err(_) => {
-                self.session = None;
-                Outcome::Info
+                self.session.reset();
+                WriteOutcome::Info
             }
         }
     }
@@ -666,33 +628,23 @@ impl Writer for MqWriter {
 /// Declares every queue of the topology passively: a crash, a reset and a deleted queue all
 /// fail it.
 struct MqProber {
-    endpoint: Endpoint,
-    vhost: String,
+    session: Session<Login>,
     queues: Vec<String>,
-    session: Option<(Connection, Channel)>,
 }
 
 #[async_trait]
 impl Prober for MqProber {
     async fn probe(&mut self) -> Result<(), String> {
-        if self
+        let (connection, _) = self
             .session
-            .as_ref()
-            .is_none_or(|(c, _)| !c.status().connected())
-        {
-            self.session = Some(
-                self.endpoint
-                    .channel(&self.vhost)
-                    .await
-                    .map_err(|e| format!("{e:#}"))?,
-            );
-        }
-        let (connection, _) = self.session.as_ref().expect("connected above");
+            .connection()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         for q in &self.queues {
             let channel = match connection.create_channel().await {
                 Ok(channel) => channel,
                 Err(e) => {
-                    self.session = None;
+                    self.session.reset();
                     return Err(e.to_string());
                 }
             };

@@ -16,11 +16,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{DATA, PORT, Redis};
-use crate::backup::{Artefact, Backup, Taken};
+use crate::backup::{Artefact, Backup, FreshBackup};
 use crate::checks::CheckResult;
 use crate::docker::{Container, ContainerSpec};
-use crate::measure::{Phase, Phases};
-use crate::scenario::{BackupMethod, CheckKind, DataFile};
+use crate::measure::{Phase, RecoveryPhases};
+use crate::spec::{BackupMethod, CheckKind, DataFile};
 use crate::targets::{RestoreRequest, Restored};
 
 const RDB_FILE: &str = "dump.rdb";
@@ -84,8 +84,8 @@ async fn unpause_writes(con: &mut MultiplexedConnection) -> Result<()> {
         .map_err(|e| anyhow!("CLIENT UNPAUSE: {e}"))
 }
 
-pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
-    let c = r.containers.serving()?;
+pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<FreshBackup> {
+    let c = r.service.containers.serving()?;
     let mut con = r.connect().await?;
     loop {
         wait_idle(&mut con).await?;
@@ -94,8 +94,8 @@ pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
         // MULTI, Redis 7 only schedules a BGSAVE, and writes slip in before the fork.)
         pause_writes(&mut con).await?;
         let described = async {
-            let consistent_at = r.env.clock.micros();
-            let (contents, newest) = Redis::describe(&mut con).await?;
+            let consistent_at = r.service.env.clock.micros();
+            let (contents, newest) = Redis::keyspace(&mut con).await?;
             let started: redis::RedisResult<String> =
                 redis::cmd("BGSAVE").query_async(&mut con).await;
             anyhow::Ok((consistent_at, contents, newest, started))
@@ -122,6 +122,7 @@ pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
         }
         let saved = info.get("rdb_last_save_time").cloned();
         let file = r
+            .service
             .env
             .docker
             .download(c, &format!("{DATA}/{RDB_FILE}"))
@@ -132,7 +133,7 @@ pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<Taken> {
         }
         let path = dir.join(RDB_FILE);
         std::fs::write(&path, &file.bytes).with_context(|| format!("write {}", path.display()))?;
-        return Ok(Taken {
+        return Ok(FreshBackup {
             consistent_at,
             artefacts: vec![Artefact {
                 file: RDB_FILE.into(),
@@ -163,15 +164,16 @@ pub(super) async fn rewrite_aof(con: &mut MultiplexedConnection) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<Taken> {
-    let c = r.containers.serving()?;
+pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<FreshBackup> {
+    let c = r.service.containers.serving()?;
     let mut con = r.connect().await?;
     rewrite_aof(&mut con).await?;
     pause_writes(&mut con).await?;
     let copied = async {
-        let consistent_at = r.env.clock.micros();
-        let (contents, newest) = Redis::describe(&mut con).await?;
+        let consistent_at = r.service.env.clock.micros();
+        let (contents, newest) = Redis::keyspace(&mut con).await?;
         let artefacts = r
+            .service
             .env
             .docker
             .download_dir(c, &format!("{DATA}/{AOF_DIR}"), &dir.join(AOF_DIR), AOF_DIR)
@@ -182,7 +184,7 @@ pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<Taken> {
     let unpaused = unpause_writes(&mut con).await;
     let (consistent_at, contents, max_seq, artefacts) = copied?;
     unpaused?;
-    Ok(Taken {
+    Ok(FreshBackup {
         consistent_at,
         artefacts,
         contents,
@@ -208,8 +210,8 @@ fn newest_incr(manifest: &str) -> Option<String> {
 /// `corrupt-data-file`: the server crashes (SIGKILL: no save on the way down) and the file it
 /// would load at startup is damaged on disk. The server stays down; the restore meets the damage.
 pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::Value> {
-    let c = r.containers.serving()?.clone();
-    let docker = r.env.docker.clone();
+    let c = r.service.containers.serving()?.clone();
+    let docker = r.service.env.docker.clone();
     docker.kill(&c, "SIGKILL").await?;
     let path = match file {
         DataFile::Rdb => format!("{DATA}/{RDB_FILE}"),
@@ -252,34 +254,27 @@ pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::
     Ok(details)
 }
 
-/// `volume-loss`: the container and its data volume are removed; the backups remain.
-pub(super) async fn volume_loss(r: &mut Redis) -> Result<serde_json::Value> {
-    let removed = r.containers.remove_with_volume(&r.env.docker).await?;
-    // Clients see nothing serving at all.
-    r.port.send_replace(0);
-    Ok(removed)
-}
-
 /// A short-lived container of the target's image, to run a tool on files: `mounts` are
 /// `(volume, path)`; the repository is mounted read-only at `/repository`.
 async fn helper(r: &Redis, name: &str, volume: Option<(String, String)>) -> Result<Container> {
     // A drill without backups has no repository folder yet.
-    std::fs::create_dir_all(&r.env.repository)
-        .with_context(|| format!("create {}", r.env.repository.display()))?;
+    std::fs::create_dir_all(&r.service.env.repository)
+        .with_context(|| format!("create {}", r.service.env.repository.display()))?;
     let spec = ContainerSpec {
         name: name.to_string(),
-        image: r.env.image.clone(),
+        image: r.service.env.image.clone(),
         env: Vec::new(),
         cmd: vec!["infinity".into()],
         port: PORT,
         volume,
-        binds: vec![(r.env.repository.clone(), REPOSITORY.into(), true)],
+        binds: vec![(r.service.env.repository.clone(), REPOSITORY.into(), true)],
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
+        files: Vec::new(),
         hostname: None,
-        startup_timeout: r.env.timeouts.provision,
+        startup_timeout: r.service.env.timeouts.provision,
     };
-    r.env.docker.start(&spec).await
+    r.service.env.docker.start(&spec).await
 }
 
 /// `redis-check-rdb` or `redis-check-aof` on a backup's artefacts, read from the repository.
@@ -302,6 +297,7 @@ async fn check_artefacts(r: &Redis, backup: &Backup, tools: &Container) -> Check
         ),
     };
     match r
+        .service
         .env
         .docker
         .exec(tools, "root", &["sh", "-c", &script])
@@ -327,16 +323,16 @@ async fn check_artefacts(r: &Redis, backup: &Backup, tools: &Container) -> Check
 pub(super) async fn restore(
     r: &mut Redis,
     request: &RestoreRequest<'_>,
-    phases: &mut Phases,
+    phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
     let backup = request.backup;
     phases.enter(Phase::Provision);
-    let (name, volume) = r.containers.next(&r.env.docker).await?;
+    let (name, volume) = r.service.next_container().await?;
     let tools = helper(r, &format!("{name}-check"), None).await?;
 
     phases.enter(Phase::Fetch);
     let checked = check_artefacts(r, backup, &tools).await;
-    r.env.docker.remove(&tools).await?;
+    r.service.env.docker.remove(&tools).await?;
     *r.artefact_check.lock().expect("not poisoned") = Some(checked);
 
     phases.enter(Phase::Restore);
@@ -353,7 +349,8 @@ pub(super) async fn restore(
         other => bail!("{other} is not a redis backup method"),
     };
     let spec = r.container_spec(name, volume, r.server_command(appendonly), copy_in);
-    r.start_container(spec, r.env.timeouts.restore).await?;
+    r.start_container(spec, r.service.env.timeouts.restore)
+        .await?;
     let mut con = r.connect().await?;
     let keys: u64 = redis::cmd("DBSIZE")
         .query_async(&mut con)
@@ -380,24 +377,33 @@ pub(super) async fn restore(
 /// `restore.repair`: `redis-check-aof --fix` on the crashed server's AOF, in a helper container
 /// that mounts its data volume. Returns what the tool says it cut; the ledger measures the loss.
 pub(super) async fn repair_aof(r: &mut Redis) -> Result<String> {
-    let c = r.containers.serving()?.clone();
-    if let Ok((true, _)) = r.env.docker.state(&c).await {
-        r.env.docker.stop(&c, Duration::from_secs(30)).await?;
+    let c = r.service.containers.serving()?.clone();
+    if let Ok((true, _)) = r.service.env.docker.state(&c).await {
+        r.service
+            .env
+            .docker
+            .stop(&c, Duration::from_secs(30))
+            .await?;
     }
-    let volume = r.containers.volume()?;
+    let volume = r.service.containers.volume()?;
     let name = format!(
         "{}-repair",
         c.name.rsplit_once('-').map_or(c.name.as_str(), |(n, _)| n)
     );
     let tools = helper(
         r,
-        &format!("{name}-{}", r.containers.generation()),
+        &format!("{name}-{}", r.service.containers.generation()),
         Some((volume, DATA.into())),
     )
     .await?;
     let fix = format!("echo y | redis-check-aof --fix {DATA}/{AOF_DIR}/{AOF_MANIFEST}");
-    let out = r.env.docker.exec(&tools, "root", &["sh", "-c", &fix]).await;
-    r.env.docker.remove(&tools).await?;
+    let out = r
+        .service
+        .env
+        .docker
+        .exec(&tools, "root", &["sh", "-c", &fix])
+        .await;
+    r.service.env.docker.remove(&tools).await?;
     let out = out?;
     let said = String::from_utf8_lossy(&out.stdout);
     let summary: Vec<&str> = said

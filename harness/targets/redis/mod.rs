@@ -14,22 +14,26 @@ use anyhow::{Result, anyhow, bail};
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::{Capabilities, Containers, RestoreRequest, Restored, Target, TargetEnv};
-use crate::backup::{Backup, Contents, DatasetDigest, Taken};
+use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
+use super::{Capabilities, FaultOption, RestoreRequest, Restored, Target, TargetEnv};
+use crate::backup::{Backup, Contents, DatasetDigest, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
-use crate::docker::{Container, ContainerSpec};
-use crate::measure::{Phases, Prober};
-use crate::scenario::{BackupMethod, CheckKind, FaultKind, FaultSpec, Persistence};
-use crate::workload::{Outcome, ReadBack, Writer, mix};
+use crate::docker::ContainerSpec;
+use crate::docker::image::DefaultImage;
+use crate::measure::{Prober, RecoveryPhases};
+use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec, Persistence};
+use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 pub const CAPABILITIES: Capabilities = Capabilities {
+    image: DefaultImage {
+        official: "redis:7.0",
+        local: "drillrig/redis:7.0-bookworm",
+    },
     fixtures: &["items"],
     default_rows: 10_000,
     default_rate: 200,
-    relations: &[],
+    datasets: &[],
     backups: &[BackupMethod::RedisRdb, BackupMethod::RedisAof],
     faults: &[
         FaultKind::Kill,
@@ -48,11 +52,14 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::RedisCheck,
     ],
+    fault_options: &[(FaultKind::CorruptDataFile, FaultOption::File)],
+    persistence: true,
 };
 
 const DATA: &str = "/data";
+/// The server's users, written into the container before it starts.
+const ACL_FILE: &str = "/etc/redis/drillrig.acl";
 const PORT: u16 = 6379;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The list the workload appends each seq to, next to its `seq:<n>` key.
 const LEDGER_LIST: &str = "drillrig:ledger";
 /// The seed key the health probe reads.
@@ -62,30 +69,24 @@ const SEED_CHUNK: u64 = 1000;
 /// The one dataset of a Redis target in reports: the whole keyspace.
 const KEYSPACE: &str = "keyspace";
 
-/// Where the current container listens. Clones follow restarts and restores.
+/// How to log in to the server.
 #[derive(Clone)]
-struct Endpoint {
-    port: watch::Receiver<u16>,
+struct Login {
     password: std::sync::Arc<str>,
 }
 
-impl Endpoint {
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let port = *self.port.borrow();
-        if port == 0 {
-            bail!("no container is serving");
-        }
+#[async_trait]
+impl Connector for Login {
+    type Connection = MultiplexedConnection;
+
+    async fn open(&self, port: u16) -> Result<MultiplexedConnection> {
         let client = redis::Client::open(format!("redis://:{}@127.0.0.1:{port}/", self.password))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(Duration::from_secs(30)));
-        let connect = client.get_multiplexed_async_connection_with_config(&config);
-        tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| {
-                anyhow!("connect to 127.0.0.1:{port}: no answer within {CONNECT_TIMEOUT:?}")
-            })?
-            .map_err(|e| anyhow!("connect to 127.0.0.1:{port}: {e}"))
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 }
 
@@ -100,11 +101,8 @@ fn value_digest(value: &str) -> u64 {
 }
 
 pub struct Redis {
-    env: TargetEnv,
+    service: Service,
     persistence: Persistence,
-    containers: Containers,
-
-    port: watch::Sender<u16>,
     /// `redis-check-rdb` / `redis-check-aof` on the restored backup, run before the restore.
     artefact_check: Mutex<Option<CheckResult>>,
 }
@@ -113,23 +111,28 @@ impl Redis {
     pub fn new(env: TargetEnv) -> Self {
         let persistence = env.spec.persistence.clone().unwrap_or_default();
         Redis {
-            containers: Containers::new(&env.spec.name),
-            env,
+            service: Service::new(env, "Redis"),
             persistence,
-            port: watch::channel(0).0,
             artefact_check: Mutex::new(None),
         }
     }
 
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            port: self.port.subscribe(),
-            password: self.env.password.as_str().into(),
+    fn login(&self) -> Login {
+        Login {
+            password: self.service.env.password.as_str().into(),
         }
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection> {
-        self.endpoint().connect().await
+        self.service.endpoint(self.login()).connect().await
+    }
+
+    /// The ACL file: the default user with the run's password and every right.
+    fn acl(&self) -> String {
+        format!(
+            "user default on >{} ~* &* +@all\n",
+            self.service.env.password
+        )
     }
 
     /// `redis-server` with the scenario's persistence; `appendonly` overrides it (an RDB restore
@@ -138,8 +141,9 @@ impl Redis {
         let p = &self.persistence;
         [
             "redis-server",
-            "--requirepass",
-            &self.env.password,
+            // The password is in this file, never on the command line.
+            "--aclfile",
+            ACL_FILE,
             "--appendonly",
             if appendonly { "yes" } else { "no" },
             "--appendfsync",
@@ -166,7 +170,7 @@ impl Redis {
     ) -> ContainerSpec {
         ContainerSpec {
             name,
-            image: self.env.image.clone(),
+            image: self.service.env.image.clone(),
             env: Vec::new(),
             cmd,
             port: PORT,
@@ -174,81 +178,43 @@ impl Redis {
             binds: Vec::new(),
             entrypoint: None,
             copy_in,
+            files: vec![(ACL_FILE.into(), self.acl().into_bytes())],
             hostname: None,
-            startup_timeout: self.env.timeouts.provision + self.env.timeouts.restore,
+            startup_timeout: self.service.env.timeouts.provision
+                + self.service.env.timeouts.restore,
         }
     }
 
+    /// Starts `spec` and waits until `PING` answers `PONG` (not `LOADING`).
     async fn start_container(&mut self, spec: ContainerSpec, limit: Duration) -> Result<()> {
-        self.containers.start(&self.env.docker, &spec).await?;
+        self.service
+            .containers
+            .start(&self.service.env.docker, &spec)
+            .await?;
         self.wait_ready(limit).await
     }
 
-    /// Polls until `PING` answers `PONG` (not `LOADING`); fails early when the container exits,
-    /// with the end of its log. Publishes the (possibly new) host port first.
     async fn wait_ready(&self, limit: Duration) -> Result<()> {
-        let c = self.containers.serving()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            let last_error = match self.env.docker.host_port(c).await {
-                Ok(port) => {
-                    self.port.send_replace(port);
-                    match self.connect().await {
-                        Ok(mut con) => {
-                            match redis::cmd("PING").query_async::<String>(&mut con).await {
-                                Ok(pong) if pong == "PONG" => return Ok(()),
-                                Ok(other) => format!("PING answered {other:?}"),
-                                Err(e) => e.to_string(),
-                            }
-                        }
-                        Err(e) => format!("{e:#}"),
+        let login = self.login();
+        self.service
+            .wait_ready(limit, |port| {
+                let login = login.clone();
+                async move {
+                    let mut con = connect_to(&login, port)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    match redis::cmd("PING").query_async::<String>(&mut con).await {
+                        Ok(pong) if pong == "PONG" => Ok(()),
+                        Ok(other) => Err(format!("PING answered {other:?}")),
+                        Err(e) => Err(e.to_string()),
                     }
                 }
-                Err(e) => format!("{e:#}"),
-            };
-            if let Ok((false, code)) = self.env.docker.state(c).await {
-                bail!(
-                    "container {} exited (code {}) before Redis answered: {last_error}; its log ends: {}",
-                    c.name,
-                    code.unwrap_or(-1),
-                    self.log_tail(c).await
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "Redis in {} did not answer within {}: {last_error}",
-                    c.name,
-                    humantime::format_duration(limit)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The last lines of a container's log that say something.
-    async fn log_tail(&self, c: &Container) -> String {
-        let Ok(logs) = self.env.docker.logs(c).await else {
-            return "(unreadable)".into();
-        };
-        let logs = String::from_utf8_lossy(&logs);
-        let lines: Vec<&str> = logs
-            .lines()
-            .filter(|l| l.contains(" # ") || l.contains("Bad file") || l.contains("error"))
-            .collect();
-        let lines = if lines.is_empty() {
-            logs.lines().collect()
-        } else {
-            lines
-        };
-        lines[lines.len().saturating_sub(3)..]
-            .iter()
-            .map(|l| l.split_once(' ').map_or(*l, |(_, rest)| rest).trim())
-            .collect::<Vec<_>>()
-            .join(" | ")
+            })
+            .await
     }
 
     /// `DBSIZE` and `DEBUG DIGEST` in one transaction, plus the newest seq in the ledger list.
-    async fn describe(con: &mut MultiplexedConnection) -> Result<(Contents, Option<u64>)> {
+    async fn keyspace(con: &mut MultiplexedConnection) -> Result<(Contents, Option<u64>)> {
         let (keys, digest, newest): (u64, String, Option<u64>) = redis::pipe()
             .atomic()
             .cmd("DBSIZE")
@@ -269,30 +235,26 @@ impl Redis {
 
 #[async_trait]
 impl Target for Redis {
-    fn container(&self) -> Option<&Container> {
-        self.containers.current()
-    }
-
     async fn provision(&mut self) -> Result<()> {
-        let (name, volume) = self.containers.next(&self.env.docker).await?;
+        let (name, volume) = self.service.next_container().await?;
         let spec = self.container_spec(
             name,
             volume,
             self.server_command(self.persistence.appendonly),
             Vec::new(),
         );
-        self.start_container(spec, self.env.timeouts.provision)
+        self.start_container(spec, self.service.env.timeouts.provision)
             .await
     }
 
     async fn seed(&mut self) -> Result<()> {
-        let fixture = &self.env.spec.dataset.fixture;
+        let fixture = &self.service.env.spec.dataset.fixture;
         let script = match fixture.as_str() {
             "items" => include_str!("../../../fixtures/redis/items.lua"),
             other => bail!("no redis fixture {other:?}"),
         };
         let mut con = self.connect().await?;
-        let rows = self.env.spec.dataset.rows;
+        let rows = self.service.env.spec.dataset.rows;
         for first in (1..=rows).step_by(SEED_CHUNK as usize) {
             let last = (first + SEED_CHUNK - 1).min(rows);
             let _: u64 = redis::cmd("EVAL")
@@ -314,21 +276,18 @@ impl Target for Redis {
 
     fn writer(&self) -> Box<dyn Writer> {
         Box::new(RedisWriter {
-            endpoint: self.endpoint(),
-            con: None,
-            in_flight: false,
-            seed: self.env.seed,
+            session: Session::new(self.service.endpoint(self.login())),
+            seed: self.service.env.seed,
         })
     }
 
     fn prober(&self) -> Box<dyn Prober> {
         Box::new(RedisProber {
-            endpoint: self.endpoint(),
-            con: None,
+            session: Session::new(self.service.endpoint(self.login())),
         })
     }
 
-    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<Taken> {
+    async fn backup(&self, method: BackupMethod, dir: &std::path::Path) -> Result<FreshBackup> {
         match method {
             BackupMethod::RedisRdb => files::take_rdb(self, dir).await,
             BackupMethod::RedisAof => files::take_aof(self, dir).await,
@@ -342,6 +301,7 @@ impl Target for Redis {
         _backups: &[Backup],
     ) -> Result<serde_json::Value> {
         match fault.kind {
+            FaultKind::Kill => self.service.kill().await,
             FaultKind::Flushall => {
                 let mut con = self.connect().await?;
                 redis::cmd("FLUSHALL")
@@ -353,24 +313,20 @@ impl Target for Redis {
             FaultKind::CorruptDataFile => {
                 files::damage(self, fault.file.expect("validation sets the file")).await
             }
-            FaultKind::VolumeLoss => files::volume_loss(self).await,
+            FaultKind::VolumeLoss => self.service.lose_volume().await,
             other => bail!("fault {other} is not a redis fault"),
         }
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
-        let c = self.containers.serving()?.clone();
-        if let Ok((true, _)) = self.env.docker.state(&c).await {
-            self.env.docker.stop(&c, Duration::from_secs(30)).await?;
-        }
-        self.env.docker.start_again(&c).await?;
+        self.service.start_again().await?;
         self.wait_ready(limit).await
     }
 
     async fn restore(
         &mut self,
         request: &RestoreRequest<'_>,
-        phases: &mut Phases,
+        phases: &mut RecoveryPhases,
     ) -> Result<Restored> {
         files::restore(self, request, phases).await
     }
@@ -419,7 +375,7 @@ impl Target for Redis {
 
     async fn contents(&self) -> Result<Contents> {
         let mut con = self.connect().await?;
-        Ok(Redis::describe(&mut con).await?.0)
+        Ok(Redis::keyspace(&mut con).await?.0)
     }
 
     async fn check(&self, check: CheckKind, evidence: &Evidence<'_>) -> CheckResult {
@@ -459,10 +415,7 @@ impl Target for Redis {
 
 /// The workload's writer: `MULTI { SET seq:<n> <value>; RPUSH drillrig:ledger <n> } EXEC`.
 struct RedisWriter {
-    endpoint: Endpoint,
-    con: Option<MultiplexedConnection>,
-    /// Set while a write is on the wire: if the runner abandons it, the connection is replaced.
-    in_flight: bool,
+    session: Session<Login>,
     seed: u64,
 }
 
@@ -472,19 +425,11 @@ impl Writer for RedisWriter {
         value_digest(&value_for(self.seed, seq))
     }
 
-    async fn write(&mut self, seq: u64) -> Outcome {
-        if std::mem::take(&mut self.in_flight) {
-            self.con = None;
-        }
-        if self.con.is_none() {
-            match self.endpoint.connect().await {
-                Ok(con) => self.con = Some(con),
-                // Nothing was sent.
-                Err(_) => return Outcome::Fail,
-            }
-        }
-        let con = self.con.as_mut().expect("connected above");
-        self.in_flight = true;
+    async fn write(&mut self, seq: u64) -> WriteOutcome {
+        let Ok(con) = self.session.begin().await else {
+            // Nothing was sent.
+            return WriteOutcome::Fail;
+        };
         let result: redis::RedisResult<()> = redis::pipe()
             .atomic()
             .set(format!("seq:{seq}"), value_for(self.seed, seq))
@@ -493,15 +438,15 @@ impl Writer for RedisWriter {
             .ignore()
             .query_async(con)
             .await;
-        self.in_flight = false;
+        self.session.landed();
         match result {
-            Ok(()) => Outcome::Ok,
+            Ok(()) => WriteOutcome::Ok,
             // The server refused the transaction (LOADING, MISCONF, EXECABORT…): not applied.
-            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => Outcome::Fail,
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => WriteOutcome::Fail,
             // Lost connection, timeout: it may or may not have been applied.
             Err(_) => {
-                self.con = None;
-                Outcome::Info
+                self.session.reset();
+                WriteOutcome::Info
             }
         }
     }
@@ -509,28 +454,23 @@ impl Writer for RedisWriter {
 
 /// Reads the seed's first key: a crash, a load in progress and a flushed keyspace all fail it.
 struct RedisProber {
-    endpoint: Endpoint,
-    con: Option<MultiplexedConnection>,
+    session: Session<Login>,
 }
 
 #[async_trait]
 impl Prober for RedisProber {
     async fn probe(&mut self) -> Result<(), String> {
-        if self.con.is_none() {
-            self.con = Some(
-                self.endpoint
-                    .connect()
-                    .await
-                    .map_err(|e| format!("{e:#}"))?,
-            );
-        }
-        let con = self.con.as_mut().expect("connected above");
+        let con = self
+            .session
+            .connection()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         match con.exists::<_, bool>(PROBE_KEY).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!("seed key {PROBE_KEY} is gone")),
             Err(e) => {
                 if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
-                    self.con = None;
+                    self.session.reset();
                 }
                 Err(e.to_string())
             }

@@ -1,0 +1,706 @@
+//! One target's drill, as named steps from the workload's start to its verified recovery:
+//! [`workload`](Executor::drive) with scheduled [`backups`](Executor::backups), then
+//! [`faults`](Executor::faults) with detection, [`restore`](Executor::restore) and
+//! [`verify`](Executor::verify). Every step is bounded; what it learns goes to [`Events`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{info, warn};
+
+use super::events::Events;
+use super::stop::{Stop, bounded, classify, host_storage_full, overran};
+use crate::backup::{Backup, Repository};
+use crate::checks::{self, CheckResult, CheckStatus, Evidence, Overran};
+use crate::clock::{Clock, Micros};
+use crate::faults;
+use crate::measure::{self, Detection, Phase, RecoveryPhases};
+use crate::report::{self, BackupReport, FaultRecord, Rpo, WorkloadReport};
+use crate::spec::{CheckKind, FaultSpec, RestorePoint, Scenario, TargetSpec};
+use crate::targets::{RecoveryPoint, RestoreRequest, Restored, Target};
+use crate::util;
+use crate::workload::{self, Comparison, Ledger, ledger::compare};
+
+/// The steps of one target's drill, sharing the run's clock, events and repository.
+pub struct Executor<'a> {
+    pub scenario: &'a Scenario,
+    pub clock: Clock,
+    pub events: Events,
+    pub repo: Repository,
+    /// The run folder (the ledger CSV goes there).
+    pub dir: PathBuf,
+}
+
+/// What the fault step learned.
+struct Outage {
+    /// When the first fault that hit the service was injected (run µs); `None`: none did.
+    t_fault: Option<Micros>,
+    /// When that injection began.
+    fault_began: Option<Micros>,
+    recovery_point: Option<RecoveryPoint>,
+    detection: Option<Detection>,
+}
+
+/// What [`Executor::restore`] did: the backup it used, what the service reached, and the error
+/// that stopped it (a finding, not a stop of the drill).
+struct RestoreOutcome<'c> {
+    backup: Option<&'c Backup>,
+    restored: Restored,
+    error: Option<String>,
+}
+
+/// The workload writing in its own task until [`Workload::stop`].
+struct Workload {
+    stop: CancellationToken,
+    task: AbortOnDropHandle<Ledger>,
+}
+
+impl Workload {
+    fn start(target: &dyn Target, rate: u32, clock: Clock) -> Workload {
+        let stop = CancellationToken::new();
+        let task = AbortOnDropHandle::new(tokio::spawn(workload::run(
+            target.writer(),
+            rate,
+            clock,
+            stop.clone(),
+        )));
+        Workload { stop, task }
+    }
+
+    /// Stops writing; the ledger of every attempt.
+    async fn stop(self, target: &str) -> Result<Ledger, Stop> {
+        self.stop.cancel();
+        self.task
+            .await
+            .map_err(|e| Stop::Step(format!("{target} workload: {e}")))
+    }
+}
+
+impl Executor<'_> {
+    /// One target from the workload's start to its verified restore.
+    pub async fn drive(
+        &self,
+        spec: &TargetSpec,
+        target: &mut dyn Target,
+        workload_start: Micros,
+    ) -> Result<(), Stop> {
+        let s = self.scenario;
+        let name = spec.name.as_str();
+        let clock = self.clock;
+
+        let workload = Workload::start(target, spec.rate, clock);
+        let workload_span = self.events.begin("workload", Some(name));
+        self.events.target(name, |t| {
+            t.workload.started_ms = Some(workload_start / 1000)
+        });
+        let faults: Vec<&FaultSpec> = s.faults_for(name).collect();
+        let backups_until =
+            workload_start + faults.first().map_or(s.duration, |f| f.at).as_micros() as Micros;
+        let catalog = self
+            .backups(spec, target, workload_start, backups_until)
+            .await?;
+        let outage = self
+            .faults(spec, target, &faults, &catalog, workload_start)
+            .await?;
+        if outage.t_fault.is_none() {
+            // No fault hit the service: a restore test, measured from the restore's start.
+            tokio::time::sleep_until(
+                clock.instant_at(workload_start + s.duration.as_micros() as Micros),
+            )
+            .await;
+            self.events.outage(name, clock.micros());
+        }
+
+        // The restore begins: the workload stops, its last writes are recorded.
+        let restore_start = clock.micros();
+        let ledger = workload.stop(name).await?;
+        self.events.end(workload_span);
+        let t_fault = outage.t_fault.unwrap_or(restore_start);
+        self.events.target(name, |t| {
+            t.workload = WorkloadReport {
+                rate: spec.rate,
+                started_ms: Some(workload_start / 1000),
+                stopped_ms: Some(restore_start / 1000),
+                attempted: ledger.len() as u64,
+                ok: ledger.count(workload::WriteOutcome::Ok),
+                fail: ledger.count(workload::WriteOutcome::Fail),
+                info: ledger.count(workload::WriteOutcome::Info),
+                ledger_file: None,
+            };
+            t.rto.fault_at_ms = Some(t_fault / 1000);
+            t.rto.restore_started_at_ms = Some(restore_start / 1000);
+            if let Some(d) = &outage.detection {
+                t.detection = d.clone();
+            }
+        });
+
+        let span = self.events.begin("restore", Some(name));
+        let mut phases = RecoveryPhases::new(clock, Phase::Detect, t_fault);
+        let restored = self
+            .restore(
+                spec,
+                target,
+                &catalog,
+                t_fault,
+                outage.recovery_point.as_ref(),
+                &mut phases,
+            )
+            .await?;
+        self.events.end(span);
+
+        let outage = Outage {
+            t_fault: Some(t_fault),
+            fault_began: Some(outage.fault_began.unwrap_or(t_fault)),
+            ..outage
+        };
+        self.verify(
+            spec,
+            target,
+            &ledger,
+            &catalog,
+            restored,
+            &outage,
+            phases,
+            workload_start,
+        )
+        .await
+    }
+
+    /// Takes backups every `every` from the workload's start until `until`; a backup running at
+    /// `until` finishes first (the fault waits for it, and the report shows the delay).
+    ///
+    /// A backup the service refuses is recorded as failed, and the drill goes on (a finding). A
+    /// backup that overruns `timeouts.backup`, or that the host cannot store, ends the drill.
+    async fn backups(
+        &self,
+        spec: &TargetSpec,
+        target: &dyn Target,
+        start: Micros,
+        until: Micros,
+    ) -> Result<Vec<Backup>, Stop> {
+        let mut catalog = Vec::new();
+        let Some(plan) = spec.backup else {
+            return Ok(catalog);
+        };
+        let every = plan.every.as_micros() as Micros;
+        let mut next = start;
+        let mut id = 0;
+        while next < until {
+            tokio::time::sleep_until(self.clock.instant_at(next)).await;
+            id += 1;
+            let began_ms = self.clock.millis();
+            let taken = async {
+                let dir = self.repo.prepare(&spec.name, id, plan.method)?;
+                let taken = target.backup(plan.method, &dir).await?;
+                anyhow::Ok((dir, taken))
+            };
+            let result = tokio::time::timeout(self.scenario.timeouts.backup, taken).await;
+            let finished_ms = self.clock.millis();
+            let mut entry = BackupReport {
+                id,
+                began_ms,
+                consistent_at_ms: None,
+                finished_ms,
+                size_bytes: 0,
+                max_seq: None,
+                error: None,
+            };
+            match result {
+                Ok(Ok((dir, taken))) => {
+                    let backup = Backup {
+                        target: spec.name.clone(),
+                        id,
+                        method: plan.method,
+                        dir,
+                        began_ms,
+                        consistent_at_us: taken.consistent_at,
+                        finished_ms,
+                        artefacts: taken.artefacts,
+                        contents: taken.contents,
+                        max_seq: taken.max_seq,
+                        details: taken.details,
+                    };
+                    if let Err(e) = self.repo.record(&backup) {
+                        entry.error = Some(format!("write the manifest: {e:#}"));
+                    } else {
+                        entry.consistent_at_ms = Some(backup.consistent_at_us as f64 / 1000.0);
+                        entry.size_bytes = backup.size();
+                        entry.max_seq = backup.max_seq;
+                        info!(
+                            "{}: backup {id} ({}) took {}, {} bytes",
+                            spec.name,
+                            plan.method,
+                            util::seconds(finished_ms - began_ms),
+                            entry.size_bytes
+                        );
+                        catalog.push(backup);
+                    }
+                }
+                Ok(Err(e)) if host_storage_full(&e) => {
+                    entry.error = Some(format!("{e:#}"));
+                    self.events.target(&spec.name, |t| t.backups.push(entry));
+                    return Err(classify(&format!("backup {id} of {}", spec.name), e));
+                }
+                Ok(Err(e)) => entry.error = Some(format!("{e:#}")),
+                Err(_) => {
+                    let limit = self.scenario.timeouts.backup;
+                    entry.error = Some(format!(
+                        "did not finish within {}",
+                        humantime::format_duration(limit)
+                    ));
+                    self.events.target(&spec.name, |t| t.backups.push(entry));
+                    return Err(overran(
+                        &format!("backup {id} of {}", spec.name),
+                        limit,
+                        "timeouts.backup",
+                    ));
+                }
+            }
+            if let Some(e) = &entry.error {
+                warn!("{}: backup {id} failed: {e}", spec.name);
+            }
+            self.events.target(&spec.name, |t| t.backups.push(entry));
+            let now = self.clock.micros();
+            while next <= now {
+                next += every;
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Fires `faults` on schedule; probing starts with the first fault that hits the service
+    /// and runs until a probe fails (detection).
+    async fn faults(
+        &self,
+        spec: &TargetSpec,
+        target: &mut dyn Target,
+        faults: &[&FaultSpec],
+        catalog: &[Backup],
+        workload_start: Micros,
+    ) -> Result<Outage, Stop> {
+        let s = self.scenario;
+        let name = spec.name.as_str();
+        let clock = self.clock;
+        let (fault_tx, fault_rx) = oneshot::channel::<Micros>();
+        let mut prober = target.prober();
+        let detection = async {
+            match fault_rx.await {
+                Ok(_) => {
+                    let span = self.events.begin("detect", Some(name));
+                    let d = measure::detect(prober.as_mut(), &clock, s.timeouts.detect).await;
+                    self.events.end(span);
+                    Some(d)
+                }
+                Err(_) => None,
+            }
+        };
+        let injections = async {
+            let mut fault_tx = Some(fault_tx);
+            let mut outage = Outage {
+                t_fault: None,
+                fault_began: None,
+                recovery_point: None,
+                detection: None,
+            };
+            for f in faults {
+                let scheduled = workload_start + f.at.as_micros() as Micros;
+                tokio::time::sleep_until(clock.instant_at(scheduled)).await;
+                let hits_service = !f.kind.is_latent() && outage.t_fault.is_none();
+                if hits_service && spec.restore != RestorePoint::Restart {
+                    // The point `before-fault` restores to: the last moment the target was whole.
+                    outage.recovery_point = bounded(
+                        &format!("capture the recovery point of {name}"),
+                        s.timeouts.fault,
+                        "timeouts.fault",
+                        target.recovery_point(),
+                    )
+                    .await?;
+                    let point = outage.recovery_point.clone();
+                    self.events
+                        .target(name, |t| t.restore.recovery_point = point);
+                }
+                let span = self.events.begin(&format!("fault {}", f.kind), Some(name));
+                let started = clock.micros();
+                let result = bounded(
+                    &format!("inject {} into {name}", f.kind),
+                    s.timeouts.fault,
+                    "timeouts.fault",
+                    faults::inject(f, target, catalog),
+                )
+                .await;
+                let injected = clock.micros();
+                self.events.end(span);
+                let mut record = FaultRecord {
+                    target: name.into(),
+                    kind: f.kind,
+                    scheduled_ms: scheduled / 1000,
+                    started_ms: started / 1000,
+                    injected_at_ms: None,
+                    details: serde_json::Value::Null,
+                    error: None,
+                };
+                match result {
+                    Ok(details) => {
+                        info!(
+                            "{name}: injected {} at {}",
+                            f.kind,
+                            util::seconds(injected / 1000)
+                        );
+                        record.injected_at_ms = Some(injected / 1000);
+                        record.details = details;
+                        self.events.fault(record);
+                        if hits_service {
+                            outage.t_fault = Some(injected);
+                            outage.fault_began = Some(started);
+                            self.events.outage(name, injected);
+                            if let Some(tx) = fault_tx.take() {
+                                let _ = tx.send(injected);
+                            }
+                        }
+                    }
+                    Err(stop) => {
+                        record.error = Some(stop.message());
+                        self.events.fault(record);
+                        return Err(stop);
+                    }
+                }
+            }
+            Ok::<_, Stop>(outage)
+        };
+        let (outage, detection) = tokio::join!(injections, detection);
+        let mut outage = outage?;
+        if let Some(d) = &detection {
+            match d.detected_at_ms {
+                Some(at) => info!(
+                    "{name}: outage detected at {} ({})",
+                    util::seconds(at),
+                    d.cause.as_deref().unwrap_or("")
+                ),
+                None => warn!(
+                    "{name}: no probe failed within {}; restoring anyway",
+                    humantime::format_duration(s.timeouts.detect)
+                ),
+            }
+        }
+        outage.detection = detection;
+        Ok(outage)
+    }
+
+    /// Runs the restore the scenario asks for: crash recovery in place, or the chosen backup
+    /// into a fresh container. `Err` only when the restore overran its timeout.
+    async fn restore<'c>(
+        &self,
+        spec: &TargetSpec,
+        target: &mut dyn Target,
+        catalog: &'c [Backup],
+        t_fault: Micros,
+        recovery_point: Option<&RecoveryPoint>,
+        phases: &mut RecoveryPhases,
+    ) -> Result<RestoreOutcome<'c>, Stop> {
+        let limit = self.scenario.timeouts.restore;
+        let step = format!("restore {}", spec.name);
+        let chosen = match spec.restore {
+            RestorePoint::Restart => {
+                phases.enter(Phase::Restore);
+                let mut restored = Restored {
+                    recovery_target: Some("crash recovery in place".into()),
+                    ..Restored::default()
+                };
+                let recovered = async {
+                    if spec.repair {
+                        restored.note = target.repair().await?;
+                    }
+                    target.restart(limit).await
+                };
+                let error = match tokio::time::timeout(limit, recovered).await {
+                    Ok(r) => r.err().map(|e| format!("{e:#}")),
+                    Err(_) => return Err(overran(&step, limit, "timeouts.restore")),
+                };
+                return Ok(RestoreOutcome {
+                    backup: None,
+                    restored,
+                    error,
+                });
+            }
+            point => choose_backup(catalog, point, t_fault, &self.clock),
+        };
+        let Some(backup) = chosen else {
+            let error = format!(
+                "no completed backup matches `{}`",
+                super::restore_label(spec.restore)
+            );
+            return Ok(RestoreOutcome {
+                backup: None,
+                restored: Restored::default(),
+                error: Some(error),
+            });
+        };
+        let request = RestoreRequest {
+            backup,
+            point: spec.restore,
+            recovery_point,
+            catalog,
+        };
+        let (restored, error) =
+            match tokio::time::timeout(limit, target.restore(&request, phases)).await {
+                Ok(Ok(restored)) => (restored, None),
+                Ok(Err(e)) => (Restored::default(), Some(format!("{e:#}"))),
+                Err(_) => return Err(overran(&step, limit, "timeouts.restore")),
+            };
+        Ok(RestoreOutcome {
+            backup: Some(backup),
+            restored,
+            error,
+        })
+    }
+
+    /// Reads the workload back against the ledger, runs the checks, and when all pass, a fresh
+    /// write and read-back: that instant is the recovery (`t_recovered`). Records the RTO and
+    /// RPO.
+    #[allow(clippy::too_many_arguments)]
+    async fn verify(
+        &self,
+        spec: &TargetSpec,
+        target: &mut dyn Target,
+        ledger: &Ledger,
+        catalog: &[Backup],
+        outcome: RestoreOutcome<'_>,
+        outage: &Outage,
+        mut phases: RecoveryPhases,
+        workload_start: Micros,
+    ) -> Result<(), Stop> {
+        let s = self.scenario;
+        let name = spec.name.as_str();
+        let clock = self.clock;
+        let t_fault = outage.t_fault.expect("set by drive");
+        let (restored, restore_error) = (outcome.backup, outcome.error);
+        if let Some(e) = &restore_error {
+            warn!("{name}: restore failed: {e}");
+        }
+        if let Some(note) = &outcome.restored.note {
+            warn!("{name}: {note}");
+        }
+
+        let span = self.events.begin("verify", Some(name));
+        phases.enter(Phase::Verify);
+        let limit = s.timeouts.check;
+        let step_overran =
+            |step: &str| overran(&format!("{step} of {name}"), limit, "timeouts.check");
+        let comparison = match tokio::time::timeout(limit, target.read_back()).await {
+            Ok(Ok(read)) => Ok(compare(ledger, &read)),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => return Err(step_overran("reading the workload back")),
+        };
+        let evidence = Evidence {
+            comparison: &comparison,
+            backup: restored,
+            catalog,
+            fault_began: outage.fault_began.unwrap_or(t_fault),
+            rpo_objective: spec.objectives.rpo,
+        };
+        let target_ref: &dyn Target = target;
+        let results = try_join_all(
+            spec.checks
+                .iter()
+                .map(|&c| run_check(c, target_ref, &evidence, limit)),
+        )
+        .await
+        .map_err(|o| step_overran(&format!("check {}", o.check)))?;
+        let all_passed =
+            restore_error.is_none() && results.iter().all(|c| c.status == CheckStatus::Passed);
+        let mut recovered = None;
+        let mut rto_note = None;
+        if all_passed {
+            match tokio::time::timeout(limit, target.round_trip()).await {
+                Ok(Ok(())) => recovered = Some(clock.micros()),
+                Ok(Err(e)) => {
+                    rto_note = Some(format!("the fresh write and read-back failed: {e:#}"))
+                }
+                Err(_) => return Err(step_overran("the fresh write and read-back")),
+            }
+        } else if restore_error.is_some() {
+            rto_note = Some("the restore failed".into());
+        } else {
+            let failing: Vec<String> = results
+                .iter()
+                .filter(|c| c.status != CheckStatus::Passed)
+                .map(|c| c.name.to_string())
+                .collect();
+            rto_note = Some(format!(
+                "not recovered: check(s) {} did not pass",
+                failing.join(", ")
+            ));
+        }
+        self.events.end(span);
+
+        let end_of_phases = recovered.unwrap_or_else(|| clock.micros());
+        let ledger_file = self.write_ledger(name, ledger, &comparison);
+        let mut rpo = rpo_report(spec, ledger, &comparison, t_fault, workload_start);
+        if let (false, Some(note)) = (rpo.met, &outcome.restored.note) {
+            // Damage to the backup chain is the reason the RPO was missed.
+            rpo.note = Some(rpo.note.map_or(note.clone(), |n| format!("{n}; {note}")));
+        }
+        let rto_achieved = recovered.map(|r| (r - t_fault) / 1000);
+        self.events
+            .recovered(name, rto_achieved.map(Duration::from_millis));
+        self.events.target(name, |t| {
+            t.rto.phases = report::PhaseDurations::from_durations(&phases.durations(end_of_phases));
+            t.rto.achieved_ms = rto_achieved;
+            t.rto.met = rto_achieved.is_some_and(|a| a <= t.rto.target_ms);
+            t.rto.recovered_at_ms = recovered.map(|r| r / 1000);
+            t.rto.note = rto_note;
+            t.rpo = rpo;
+            t.checks = results;
+            t.restore.backup_id = restored.map(|b| b.id);
+            t.restore.error = restore_error;
+            t.restore.recovery_target = outcome.restored.recovery_target.clone();
+            t.restore.reached = outcome.restored.reached.clone();
+            t.restore.note = outcome.restored.note.clone();
+            t.workload.ledger_file = ledger_file;
+        });
+        match rto_achieved {
+            Some(ms) => info!("{name}: recovered {} after the fault", util::seconds(ms)),
+            None => warn!("{name}: not recovered"),
+        }
+        Ok(())
+    }
+
+    /// Writes the ledger as CSV (`seq,invoked_ms,completed_ms,outcome,lost`); returns its path
+    /// relative to the run folder.
+    fn write_ledger(
+        &self,
+        target: &str,
+        ledger: &Ledger,
+        comparison: &Result<Comparison, String>,
+    ) -> Option<String> {
+        let name = format!("ledger-{target}.csv");
+        let written = util::write_atomically_with(&self.dir.join(&name), |out| {
+            ledger.write_csv(comparison.as_ref().ok(), out)
+        });
+        match written {
+            Ok(()) => Some(name),
+            Err(e) => {
+                warn!("cannot write {name}: {e:#}");
+                None
+            }
+        }
+    }
+}
+
+/// The backup a restore to `point` uses: the newest one (`latest`), the newest finished before
+/// the fault (`before-fault`), or the newest finished by a wall-clock time (a base backup
+/// cannot stop recovery before its own end). `None` for `restart`, or when none matches.
+pub fn choose_backup<'c>(
+    catalog: &'c [Backup],
+    point: RestorePoint,
+    t_fault: Micros,
+    clock: &Clock,
+) -> Option<&'c Backup> {
+    match point {
+        RestorePoint::Restart => None,
+        RestorePoint::Latest => catalog.last(),
+        RestorePoint::BeforeFault => catalog
+            .iter()
+            .rev()
+            .find(|b| b.finished_ms * 1000 <= t_fault),
+        RestorePoint::At(when) => catalog
+            .iter()
+            .rev()
+            .find(|b| clock.wall_at(b.finished_ms * 1000) <= when),
+    }
+}
+
+/// Runs `check` against the restored `target`, bounded by `limit`: the generic checks here,
+/// the kind's own through [`Target::check`].
+async fn run_check(
+    check: CheckKind,
+    target: &dyn Target,
+    evidence: &Evidence<'_>,
+    limit: Duration,
+) -> Result<CheckResult, Overran> {
+    let started = tokio::time::Instant::now();
+    let work = async {
+        match check {
+            CheckKind::Ledger => checks::ledger(evidence.comparison),
+            CheckKind::RowCounts | CheckKind::Checksums => {
+                let Some(backup) = evidence.backup else {
+                    return CheckResult::unknown(check, "no backup was restored to compare with");
+                };
+                match target.contents().await {
+                    Ok(now) => checks::compare_contents(check, &backup.contents, &now, backup.id),
+                    Err(e) => CheckResult::unknown(
+                        check,
+                        format!("could not read the restored data: {e:#}"),
+                    ),
+                }
+            }
+            CheckKind::BackupIntegrity => checks::backup_integrity(evidence),
+            CheckKind::BackupSize => checks::backup_size(evidence),
+            CheckKind::ForeignKeys
+            | CheckKind::Amcheck
+            | CheckKind::PgVerifybackup
+            | CheckKind::BackupAge
+            | CheckKind::WalContinuity
+            | CheckKind::RedisCheck
+            | CheckKind::Definitions => target.check(check, evidence).await,
+        }
+    };
+    let mut result = tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| Overran { check, limit })?;
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(result)
+}
+
+/// The RPO of one target: from the ledger against what the restored target holds.
+fn rpo_report(
+    spec: &TargetSpec,
+    ledger: &Ledger,
+    comparison: &Result<Comparison, String>,
+    t_fault: Micros,
+    workload_start: Micros,
+) -> Rpo {
+    let mut rpo = Rpo {
+        target_ms: spec.objectives.rpo.as_millis() as u64,
+        max_lost_writes: spec.objectives.max_lost_writes,
+        acked_writes: ledger.count(workload::WriteOutcome::Ok),
+        last_acked_before_fault_seq: ledger.last_acked_before(t_fault).map(|w| w.seq),
+        ..Rpo::default()
+    };
+    match comparison {
+        Err(e) => rpo.note = Some(format!("unknown: {e}")),
+        Ok(c) => {
+            let achieved = measure::rpo(ledger, c, t_fault, workload_start);
+            rpo.achieved_ms = Some(achieved.as_millis() as u64);
+            rpo.lost_writes = c.lost.len() as u64;
+            rpo.holes = c.holes;
+            rpo.unacked_present = c.unacked_present;
+            rpo.unexpected = c.unexpected.len() as u64;
+            rpo.mismatched = c.mismatched.len() as u64;
+            rpo.failed_present = c.failed_present.len() as u64;
+            rpo.duplicates = c.duplicates;
+            rpo.recovered_prefix_seq = c.r_star;
+            if let Some(&first) = c.lost.first() {
+                rpo.first_lost_seq = Some(first);
+                rpo.first_lost_acked_at_ms = ledger.get(first).map(|w| w.completed as f64 / 1000.0);
+            }
+            let within_loss = spec
+                .objectives
+                .max_lost_writes
+                .is_none_or(|m| rpo.lost_writes <= m);
+            rpo.met = achieved <= spec.objectives.rpo && within_loss;
+            if !within_loss {
+                rpo.note = Some(format!(
+                    "{} acknowledged writes lost; at most {} allowed",
+                    rpo.lost_writes,
+                    spec.objectives.max_lost_writes.unwrap_or(0)
+                ));
+            }
+        }
+    }
+    rpo
+}

@@ -1,0 +1,400 @@
+//! The engine on the fake target, in paused tokio time: scheduling, restore selection, RPO
+//! arithmetic, every step's timeout and an interrupt at every phase, in milliseconds of real
+//! time. What the fake did ([`Record`]) is the independent fact each test checks against.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::fake::{Behaviour, FakeSite, Record};
+use super::*;
+use crate::backup::Backup;
+use crate::spec::BackupMethod;
+
+/// A scenario with one target `db`: `target` adds keys to it, `rest` adds tables after it.
+fn scenario(target: &str, rest: &str) -> Scenario {
+    let text = format!(
+        r#"schema = 1
+name = "fake"
+
+[timeouts]
+provision = "5s"
+seed = "5s"
+backup = "5s"
+fault = "5s"
+detect = "5s"
+restore = "5s"
+check = "5s"
+
+[targets.db]
+kind = "postgres"
+dataset = {{ fixture = "orders", rows = 10 }}
+workload = {{ rate = 100 }}
+objectives = {{ rto = "60s", rpo = "10s" }}
+{target}
+{rest}"#
+    );
+    crate::scenario::parse(Path::new("fake.toml"), &text).expect("a valid scenario")
+}
+
+/// Kill at 2 s, crash recovery in place, the ledger checked.
+fn kill_and_restart() -> Scenario {
+    scenario(
+        r#"restore = { from = "restart" }
+checks = ["ledger"]"#,
+        r#"[[faults]]
+target = "db"
+kind = "kill"
+at = "2s""#,
+    )
+}
+
+/// Backups every second, a volume loss at 3.5 s, the latest backup restored.
+fn volume_loss_and_restore() -> Scenario {
+    scenario(
+        r#"backup = { method = "pg-dump", every = "1s" }
+restore = { from = "latest" }
+checks = ["ledger", "row-counts", "backup-integrity"]"#,
+        r#"[[faults]]
+target = "db"
+kind = "volume-loss"
+at = "3500ms""#,
+    )
+}
+
+struct Ran {
+    result: RunResult,
+    record: Record,
+    report: Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Ran {
+    fn target(&self) -> &Value {
+        &self.report["targets"][0]
+    }
+
+    /// The phases of the timeline, in order.
+    fn phases(&self) -> Vec<String> {
+        self.report["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["phase"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The last phase begun before teardown that never ended: where the run was stopped.
+    fn open_phase(&self) -> Option<String> {
+        self.report["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["phase"] != "teardown" && p["ended_ms"].is_null())
+            .map(|p| p["phase"].as_str().unwrap().to_string())
+            .next_back()
+    }
+}
+
+async fn drill(s: &Scenario, behaviour: Behaviour, cancel: CancellationToken) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        out_dir: Some(dir.path().join("run")),
+        reports_root: dir.path().into(),
+        ..RunOptions::default()
+    };
+    let (site, record) = FakeSite::new(behaviour);
+    let result = run_on(s, &opts, cancel, move |_| site.open())
+        .await
+        .expect("the run folder can be written");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(result.dir.join("report.json")).unwrap()).unwrap();
+    let record = record.lock().unwrap().clone();
+    Ran {
+        result,
+        record,
+        report,
+        _dir: dir,
+    }
+}
+
+async fn drill_plain(s: &Scenario, behaviour: Behaviour) -> Ran {
+    drill(s, behaviour, CancellationToken::new()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_kill_and_restart_is_met_and_every_phase_is_on_the_timeline() {
+    let ran = drill_plain(&kill_and_restart(), Behaviour::default()).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    assert_eq!(ran.report["outcome"], "met");
+    assert_eq!(
+        ran.phases(),
+        [
+            "provision",
+            "seed",
+            "workload",
+            "fault kill",
+            "detect",
+            "restore",
+            "verify",
+            "teardown"
+        ]
+    );
+    assert_eq!(
+        ran.record.steps,
+        [
+            "provision",
+            "seed",
+            "kill",
+            "fault",
+            "restart",
+            "read-back",
+            "round-trip"
+        ]
+    );
+    assert!(ran.record.torn_down);
+    assert_eq!(ran.target()["rpo"]["lost_writes"], 0);
+    // The fault is at 2 s of the workload: 200 writes at 100/s were acknowledged before it.
+    let fault_at = ran.target()["rto"]["fault_at_ms"].as_u64().unwrap();
+    let started = ran.target()["workload"]["started_ms"].as_u64().unwrap();
+    assert_eq!(fault_at - started, 2000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_the_fake_dropped_are_the_lost_ones_and_the_rpo_spans_them() {
+    let behaviour = Behaviour {
+        lose_on_kill: 3,
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&kill_and_restart(), behaviour).await;
+    assert_eq!(ran.record.lost.len(), 3);
+    let rpo = &ran.target()["rpo"];
+    assert_eq!(rpo["lost_writes"], 3);
+    assert_eq!(rpo["first_lost_seq"], ran.record.lost[0]);
+    // Writes are 10 ms apart at 100/s: three lost writes span 30 ms back to the last survivor.
+    assert_eq!(rpo["achieved_ms"], 30);
+    // A consistent prefix lost within the 10 s objective: the ledger check passes, the RPO is
+    // met.
+    assert_eq!(ran.target()["rpo"]["met"], true);
+    assert_eq!(ran.result.exit, Exit::Met);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backups_run_on_schedule_until_the_fault_and_the_latest_is_restored() {
+    let ran = drill_plain(&volume_loss_and_restore(), Behaviour::default()).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    let started = ran.target()["workload"]["started_ms"].as_u64().unwrap();
+    let began: Vec<u64> = ran.target()["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["began_ms"].as_u64().unwrap() - started)
+        .collect();
+    // Every second from the workload's start, none at or after the fault at 3.5 s.
+    assert_eq!(began, [0, 1000, 2000, 3000]);
+    assert_eq!(
+        ran.record.steps.iter().filter(|s| *s == "backup").count(),
+        4
+    );
+    assert_eq!(ran.target()["restore"]["backup_id"], 4);
+    // Backup 4 was taken at 3 s: the writes of the last 0.5 s before the volume loss are lost.
+    let lost = ran.target()["rpo"]["lost_writes"].as_u64().unwrap();
+    assert!((49..=51).contains(&lost), "{lost}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_that_fails_to_load_is_a_finding_not_a_stop() {
+    let behaviour = Behaviour {
+        fail: Some("restore"),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&volume_loss_and_restore(), behaviour).await;
+    assert_eq!(ran.report["outcome"], "missed");
+    assert!(
+        ran.target()["restore"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fails restore")
+    );
+    assert!(ran.target()["rto"]["achieved_ms"].is_null());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_environment_failure_at_open_is_exit_3_with_a_report() {
+    let behaviour = Behaviour {
+        fail: Some("open"),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&kill_and_restart(), behaviour).await;
+    assert_eq!(ran.result.exit, Exit::Environment);
+    assert_eq!(ran.report["outcome"], "error");
+    assert!(ran.result.fix.is_some());
+    assert!(ran.record.steps.is_empty());
+}
+
+/// Every step that can hang, the setting that bounds it, and the words of the error.
+const HANGS: &[(&str, &str, &str)] = &[
+    ("provision", "timeouts.provision", "provision db"),
+    ("seed", "timeouts.seed", "seed db"),
+    ("backup", "timeouts.backup", "backup 1 of db"),
+    ("fault", "timeouts.fault", "inject volume-loss into db"),
+    ("restore", "timeouts.restore", "restore db"),
+    (
+        "read-back",
+        "timeouts.check",
+        "reading the workload back of db",
+    ),
+    (
+        "round-trip",
+        "timeouts.check",
+        "the fresh write and read-back of db",
+    ),
+];
+
+#[tokio::test(start_paused = true)]
+async fn every_step_that_overruns_its_timeout_ends_the_drill_as_error_naming_it() {
+    for &(step, setting, words) in HANGS {
+        let behaviour = Behaviour {
+            hang: Some(step),
+            ..Behaviour::default()
+        };
+        let started = tokio::time::Instant::now();
+        let ran = drill_plain(&volume_loss_and_restore(), behaviour).await;
+        let error = ran.report["error"].as_str().unwrap_or_default();
+        assert_eq!(ran.report["outcome"], "error", "{step}: {error}");
+        assert_eq!(ran.result.exit, Exit::Missed, "{step}");
+        assert!(
+            error.contains(words)
+                && error.contains("did not finish within 5s")
+                && error.contains(setting),
+            "{step}: {error}"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(5), "{step}");
+        assert!(ran.record.torn_down, "{step}");
+        assert_eq!(ran.record.steps.last().map(String::as_str), Some(step));
+    }
+}
+
+/// Where an interrupt lands (the fake's step) and the phase the report must show open.
+const INTERRUPTS: &[(&str, &str)] = &[
+    ("provision", "provision"),
+    ("seed", "seed"),
+    ("backup", "workload"),
+    ("fault", "fault volume-loss"),
+    ("restore", "restore"),
+    ("read-back", "verify"),
+    ("round-trip", "verify"),
+];
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupt_at_every_phase_tears_down_and_reports_how_far_it_got() {
+    for &(step, phase) in INTERRUPTS {
+        let cancel = CancellationToken::new();
+        let behaviour = Behaviour {
+            interrupt_at: Some((step, cancel.clone())),
+            hang: Some(step),
+            ..Behaviour::default()
+        };
+        let ran = drill(&volume_loss_and_restore(), behaviour, cancel).await;
+        assert_eq!(ran.report["outcome"], "interrupted", "{step}");
+        assert_eq!(ran.result.exit, Exit::Interrupted, "{step}");
+        assert_eq!(ran.open_phase().as_deref(), Some(phase), "{step}");
+        assert!(ran.record.torn_down, "{step}");
+        // The partial report keeps what happened before the interrupt, and nothing after it.
+        let after_backups = ["fault", "restore", "read-back", "round-trip"].contains(&step);
+        let backups = ran.target()["backups"].as_array().unwrap().len();
+        assert_eq!(backups, if after_backups { 4 } else { 0 }, "{step}");
+        let after_fault = ["restore", "read-back", "round-trip"].contains(&step);
+        let faults = ran.report["faults"].as_array().unwrap();
+        assert_eq!(faults.len(), usize::from(after_fault), "{step}");
+        assert!(ran.target()["rto"]["achieved_ms"].is_null(), "{step}");
+        assert_eq!(ran.phases().last().map(String::as_str), Some("teardown"));
+        assert_eq!(ran.record.steps.last().map(String::as_str), Some(step));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_interrupts_at_random_times_each_leave_a_whole_report_and_a_teardown() {
+    let seed = std::env::var("DRILLRIG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let behaviour = Behaviour {
+        step_time: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..50 {
+        let cancel = CancellationToken::new();
+        let at = Duration::from_millis(rng.random_range(0..7_000));
+        let timer = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                cancel.cancel();
+            })
+        };
+        let ran = drill(&volume_loss_and_restore(), behaviour.clone(), cancel).await;
+        timer.abort();
+        let outcome = ran.report["outcome"].as_str().unwrap().to_string();
+        let context = format!("seed {seed}, run {i}, interrupt at {at:?}: {outcome}");
+        match outcome.as_str() {
+            "interrupted" => assert_eq!(ran.result.exit, Exit::Interrupted, "{context}"),
+            "met" => assert_eq!(ran.result.exit, Exit::Met, "{context}"),
+            other => panic!("{context}: unexpected outcome {other}"),
+        }
+        assert!(ran.record.torn_down, "{context}");
+        assert_eq!(
+            ran.phases().last().map(String::as_str),
+            Some("teardown"),
+            "{context}"
+        );
+        *outcomes
+            .entry(ran.open_phase().unwrap_or("none".into()))
+            .or_default() += 1;
+    }
+    // The interrupts spread over the drill: more than one phase was hit.
+    assert!(outcomes.len() > 2, "seed {seed}: {outcomes:?}");
+}
+
+fn backup(id: u32, finished_ms: u64) -> Backup {
+    Backup {
+        target: "db".into(),
+        id,
+        method: BackupMethod::PgDump,
+        dir: PathBuf::new(),
+        began_ms: finished_ms - 100,
+        consistent_at_us: (finished_ms - 100) * 1000,
+        finished_ms,
+        artefacts: Vec::new(),
+        contents: Default::default(),
+        max_seq: None,
+        details: Value::Null,
+    }
+}
+
+#[test]
+fn restore_selection_picks_the_backup_each_point_names() {
+    let clock = Clock::start();
+    let catalog = [backup(1, 1_000), backup(2, 2_000), backup(3, 3_000)];
+    let id = |point, t_fault_ms: u64| {
+        choose_backup(&catalog, point, t_fault_ms * 1000, &clock).map(|b| b.id)
+    };
+    assert_eq!(id(RestorePoint::Latest, 0), Some(3));
+    assert_eq!(id(RestorePoint::Restart, 5_000), None);
+    assert_eq!(id(RestorePoint::BeforeFault, 2_500), Some(2));
+    assert_eq!(id(RestorePoint::BeforeFault, 2_000), Some(2));
+    assert_eq!(id(RestorePoint::BeforeFault, 999), None);
+    let at = |ms: u64| RestorePoint::At(clock.wall_at(ms * 1000));
+    assert_eq!(id(at(2_999), 0), Some(2));
+    assert_eq!(id(at(3_000), 0), Some(3));
+    assert_eq!(id(at(10), 0), None);
+    assert_eq!(
+        choose_backup(&[], RestorePoint::Latest, 0, &clock).map(|b| b.id),
+        None
+    );
+}

@@ -1,0 +1,363 @@
+//! What every kind's target shares, written once: its run environment and containers, the host
+//! port its writers and probes follow across restarts and restores ([`Endpoint`]), connecting
+//! with a timeout ([`Connector`]), readiness polling and crash recovery in place ([`Service`]),
+//! and connections that are replaced after an abandoned write ([`Session`]). A kind's module
+//! keeps only what is its own: how to start it, write, read back, back up, restore and damage
+//! it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::TargetEnv;
+use crate::docker::{Container, ContainerSpec, Docker};
+
+/// How long a connection may take to open, unless the kind says otherwise.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a kind opens a connection (or a session on one) to the port a container publishes.
+#[async_trait]
+pub trait Connector: Clone + Send + Sync + 'static {
+    type Connection: Send + Sync;
+
+    /// Opens a connection to `127.0.0.1:port`; [`Endpoint::connect`] bounds it.
+    async fn open(&self, port: u16) -> Result<Self::Connection>;
+
+    /// Whether a connection kept from before can still be used.
+    fn alive(&self, _connection: &Self::Connection) -> bool {
+        true
+    }
+
+    /// How long [`Connector::open`] may take.
+    fn timeout(&self) -> Duration {
+        CONNECT_TIMEOUT
+    }
+}
+
+/// Where the serving container listens, and how to connect to it. Clones follow restarts and
+/// restores: the port is watched.
+#[derive(Clone)]
+pub struct Endpoint<C> {
+    port: watch::Receiver<u16>,
+    connector: C,
+}
+
+impl<C: Connector> Endpoint<C> {
+    /// A new connection to the serving container, bounded by the connector's timeout.
+    pub async fn connect(&self) -> Result<C::Connection> {
+        let port = *self.port.borrow();
+        if port == 0 {
+            bail!("no container is serving");
+        }
+        connect_to(&self.connector, port).await
+    }
+}
+
+/// Opens a connection to `port` with `connector`, bounded by its timeout.
+pub async fn connect_to<C: Connector>(connector: &C, port: u16) -> Result<C::Connection> {
+    let limit = connector.timeout();
+    tokio::time::timeout(limit, connector.open(port))
+        .await
+        .map_err(|_| anyhow!("connect to 127.0.0.1:{port}: no answer within {limit:?}"))?
+        .map_err(|e| anyhow!("connect to 127.0.0.1:{port}: {e:#}"))
+}
+
+/// A connection a writer or a prober keeps from one use to the next: opened on first use, and
+/// replaced when it broke or when a write on it was abandoned mid-flight (the workload's
+/// timeout cut it off, so what the connection holds is unknown).
+pub struct Session<C: Connector> {
+    endpoint: Endpoint<C>,
+    connection: Option<C::Connection>,
+    in_flight: bool,
+}
+
+impl<C: Connector> Session<C> {
+    pub fn new(endpoint: Endpoint<C>) -> Self {
+        Session {
+            endpoint,
+            connection: None,
+            in_flight: false,
+        }
+    }
+
+    /// The connection, opened again when there is none, it broke, or a write was abandoned.
+    pub async fn connection(&mut self) -> Result<&mut C::Connection> {
+        if std::mem::take(&mut self.in_flight) {
+            self.connection = None;
+        }
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|c| !self.endpoint.connector.alive(c))
+        {
+            self.connection = Some(self.endpoint.connect().await?);
+        }
+        Ok(self.connection.as_mut().expect("opened above"))
+    }
+
+    /// The connection for a write, which is on the wire from now until [`Session::landed`]:
+    /// if the workload abandons it before then, the next use opens a new connection.
+    pub async fn begin(&mut self) -> Result<&mut C::Connection> {
+        self.connection().await?;
+        self.in_flight = true;
+        Ok(self.connection.as_mut().expect("opened above"))
+    }
+
+    /// The write in flight has its answer.
+    pub fn landed(&mut self) {
+        self.in_flight = false;
+    }
+
+    /// Drops the connection: the next use opens a new one.
+    pub fn reset(&mut self) {
+        self.connection = None;
+    }
+}
+
+/// Polls this often until a container is ready.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// One readiness check that takes longer fails, and the next one starts: a client library
+/// waiting on a half-open connection must not hold up provisioning until its deadline.
+const READY_ATTEMPT: Duration = Duration::from_secs(10);
+
+/// A target's service: the run environment, the containers it has had, and the host port of
+/// the one serving now.
+pub struct Service {
+    pub env: TargetEnv,
+    pub containers: Containers,
+    port: watch::Sender<u16>,
+    /// The service's name in messages: `PostgreSQL`, `Redis`, `RabbitMQ`.
+    what: &'static str,
+}
+
+impl Service {
+    pub fn new(env: TargetEnv, what: &'static str) -> Self {
+        Service {
+            containers: Containers::new(&env.spec.name),
+            env,
+            port: watch::channel(0).0,
+            what,
+        }
+    }
+
+    /// An endpoint on the serving container, connecting with `connector`.
+    pub fn endpoint<C: Connector>(&self, connector: C) -> Endpoint<C> {
+        Endpoint {
+            port: self.port.subscribe(),
+            connector,
+        }
+    }
+
+    /// Nothing serves now (the container and its volume are gone): clients fail at once.
+    pub fn unpublish(&self) {
+        self.port.send_replace(0);
+    }
+
+    /// Names the next container and creates its data volume: `(name, volume)`.
+    pub async fn next_container(&mut self) -> Result<(String, String)> {
+        self.containers.next(&self.env.docker).await
+    }
+
+    /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
+    pub async fn kill(&self) -> Result<serde_json::Value> {
+        self.containers.kill(&self.env.docker).await
+    }
+
+    /// The `volume-loss` fault: the serving container and its data volume are removed, and
+    /// clients see nothing serving at all. What survives is the backup repository, outside
+    /// every container.
+    pub async fn lose_volume(&mut self) -> Result<serde_json::Value> {
+        let removed = self.containers.remove_with_volume(&self.env.docker).await?;
+        self.unpublish();
+        Ok(removed)
+    }
+
+    /// Starts `spec` as the serving container and waits until `ready` answers on its port.
+    pub async fn start<F, Fut>(
+        &mut self,
+        spec: &ContainerSpec,
+        limit: Duration,
+        ready: F,
+    ) -> Result<()>
+    where
+        F: FnMut(u16) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        self.containers.start(&self.env.docker, spec).await?;
+        self.wait_ready(limit, ready).await
+    }
+
+    /// Publishes the serving container's host port, then polls `ready` on it (a real query,
+    /// never a bare port connect) until it answers `Ok`. Fails early, with the end of the
+    /// container's log, when the container exits.
+    pub async fn wait_ready<F, Fut>(&self, limit: Duration, mut ready: F) -> Result<()>
+    where
+        F: FnMut(u16) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let c = self.containers.serving()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let last_error = match self.env.docker.host_port(c).await {
+                Ok(port) => {
+                    self.port.send_replace(port);
+                    match tokio::time::timeout(READY_ATTEMPT, ready(port)).await {
+                        Ok(Ok(())) => return Ok(()),
+                        Ok(Err(e)) => e,
+                        Err(_) => format!("no answer within {READY_ATTEMPT:?}"),
+                    }
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            if let Ok((false, code)) = self.env.docker.state(c).await {
+                bail!(
+                    "container {} exited (code {}) before {} answered: {last_error}; its log ends: {}",
+                    c.name,
+                    code.unwrap_or(-1),
+                    self.what,
+                    self.log_tail(c).await
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} in {} did not answer within {}: {last_error}",
+                    self.what,
+                    c.name,
+                    humantime::format_duration(limit)
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// Crash recovery in place: stops the serving container if it still runs, and starts it
+    /// again on its own data. The caller then waits until it is ready.
+    pub async fn start_again(&self) -> Result<()> {
+        let c = self.containers.serving()?;
+        if let Ok((true, _)) = self.env.docker.state(c).await {
+            self.env.docker.stop(c, Duration::from_secs(30)).await?;
+        }
+        self.env.docker.start_again(c).await
+    }
+
+    /// The last lines of a container's log that say something.
+    pub async fn log_tail(&self, c: &Container) -> String {
+        let Ok(logs) = self.env.docker.logs(c).await else {
+            return "(unreadable)".into();
+        };
+        let logs = String::from_utf8_lossy(&logs);
+        let telling: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                l.contains(" # ")
+                    || l.contains("FATAL")
+                    || l.contains("PANIC")
+                    || l.contains("Bad file")
+                    || l.contains("error")
+            })
+            .collect();
+        let lines = if telling.is_empty() {
+            logs.lines().collect()
+        } else {
+            telling
+        };
+        lines[lines.len().saturating_sub(3)..]
+            .iter()
+            .map(|l| l.trim())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+/// The containers a target has had: the one serving now, its data volume, and how many were
+/// started (which names the next: `pg-1`, `pg-2`, …).
+pub struct Containers {
+    target: String,
+    current: Option<Container>,
+    volume: Option<String>,
+    generation: u32,
+}
+
+impl Containers {
+    pub fn new(target: &str) -> Self {
+        Containers {
+            target: target.into(),
+            current: None,
+            volume: None,
+            generation: 0,
+        }
+    }
+
+    /// The container serving the target now, if any.
+    pub fn current(&self) -> Option<&Container> {
+        self.current.as_ref()
+    }
+
+    /// The container serving the target now, or an error naming the target.
+    pub fn serving(&self) -> Result<&Container> {
+        self.current
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("target {} has no container", self.target))
+    }
+
+    /// The serving container's data volume.
+    pub fn volume(&self) -> Result<String> {
+        let c = self.serving()?;
+        self.volume
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("container {} has no data volume", c.name))
+    }
+
+    /// How many containers were started so far.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Names the next container and creates its data volume: `(name, volume)`.
+    pub async fn next(&mut self, docker: &Docker) -> Result<(String, String)> {
+        self.generation += 1;
+        let name = format!("{}-{}", self.target, self.generation);
+        let volume = docker.create_volume(&format!("{name}-data")).await?;
+        Ok((name, volume))
+    }
+
+    /// Starts `spec`, which then serves the target with the volume it mounts.
+    pub async fn start(&mut self, docker: &Docker, spec: &ContainerSpec) -> Result<()> {
+        let container = docker.start(spec).await?;
+        self.volume = spec.volume.as_ref().map(|(v, _)| v.clone());
+        self.current = Some(container);
+        Ok(())
+    }
+
+    /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
+    pub async fn kill(&self, docker: &Docker) -> Result<serde_json::Value> {
+        let c = self.serving()?;
+        docker.kill(c, "SIGKILL").await?;
+        let (running, exit_code) = docker.state(c).await?;
+        if running {
+            anyhow::bail!("container {} still runs after SIGKILL", c.name);
+        }
+        Ok(serde_json::json!({
+            "container": c.name,
+            "signal": "SIGKILL",
+            "exit_code": exit_code,
+            "note": "a process crash, not a host crash: what the service wrote but did not fsync survives in the host's page cache",
+        }))
+    }
+
+    /// The `volume-loss` fault: removes the serving container and its data volume. Returns what
+    /// was removed, for the fault's record.
+    pub async fn remove_with_volume(&mut self, docker: &Docker) -> Result<serde_json::Value> {
+        let c = self.serving()?.clone();
+        let volume = self.volume()?;
+        docker.remove(&c).await?;
+        docker.remove_volume(&volume).await?;
+        self.current = None;
+        self.volume = None;
+        Ok(serde_json::json!({ "container": c.name, "volume": volume }))
+    }
+}
