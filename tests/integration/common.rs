@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: run the real `drillrig` binary, read what a user
 //! reads (report.json, the ledger CSV), and ask the engine what is left.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

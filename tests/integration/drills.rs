@@ -2,11 +2,9 @@
 //! assertions read what a user reads: report.json, the ledger CSV, the engine's state.
 //! A missing Docker engine fails these tests; it never skips them.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Every lost write was acknowledged after the restored backup's consistency point, none

@@ -1,11 +1,9 @@
 //! Point-in-time recovery and damage to the backup chain (`pg-basebackup-wal`), against real
 //! containers: the restored writes are checked against the ledger and the captured recovery point.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// `(seq, invoked_ms, completed_ms, outcome, lost)` per ledger row.

@@ -2,9 +2,7 @@
 //! queues, a deleted queue, a reset node and a lost site restored from a definitions + messages
 //! export, and a damaged export that must fail.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Every write acknowledged before the restored backup's consistent point is back, and every

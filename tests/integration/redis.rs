@@ -1,9 +1,7 @@
 //! Redis drills against real containers: crash recovery per appendfsync policy, RDB and AOF
 //! restores, damaged files and the `redis-check-aof --fix` repair, measured against the ledger.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn lost_in_ledger(run: &Run) -> u64 {

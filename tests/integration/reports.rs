@@ -1,12 +1,10 @@
 //! Suites, the history (SQLite and a real PostgreSQL), the regression gate and the reports, through
 //! the `drillrig` command.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{BIN, engine, out_dir, repo};
+use crate::common::{BIN, engine, out_dir, repo};
 use drillrig::history::{CheckRecord, History, RunRecord, TargetRecord};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -144,7 +142,7 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
     assert!(!stderr.contains('\x1b'), "{stderr}");
 
     for r in &runs {
-        let report = common::read_report(Path::new(r.report_dir.as_ref().unwrap()));
+        let report = crate::common::read_report(Path::new(r.report_dir.as_ref().unwrap()));
         assert_eq!(report["run_id"], r.run_id.as_str());
         assert_eq!(report["outcome"], r.outcome.as_str());
         assert_eq!(
@@ -217,7 +215,7 @@ fn on_a_terminal_each_target_shows_its_phase_and_the_rto_clock_against_its_objec
         .expect("run script(1) from util-linux");
     let screen = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{screen}");
-    let report = common::read_report(&dir);
+    let report = crate::common::read_report(&dir);
 
     // Every redraw of the target's line, with the terminal's control sequences taken out.
     let escape = regex::Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").unwrap();

@@ -1,0 +1,15 @@
+//! drillrig's integration tests, one binary: the real `drillrig` command against real
+//! containers on a local Docker engine (`fixtures/env/prepare.sh` starts one and builds the
+//! images). Drills run one at a time (`common::engine`). The shipped scenarios are run for real
+//! by `shipped`, which is ignored by default: `cargo test --release --test integration --
+//! --ignored shipped`.
+
+mod common;
+mod drills;
+mod hardening;
+mod layers;
+mod pitr;
+mod rabbitmq;
+mod redis;
+mod reports;
+mod shipped;

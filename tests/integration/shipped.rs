@@ -1,0 +1,71 @@
+//! The scenarios drillrig ships: every one validates, and every one runs for real to the
+//! outcome it promises (`scenarios/` met, `scenarios/controls/` and a description saying
+//! "Expected outcome: `missed`" missed). Running them
+//! takes about ten minutes, so that test is ignored by default:
+//! `cargo test --release --test integration -- --ignored shipped`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::{BIN, drill, engine, repo};
+
+fn shipped() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["scenarios", "scenarios/controls"] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_scenario_validates() {
+    let files = shipped();
+    assert!(files.len() >= 15, "{files:?}");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .args(&files)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok: ").count(), files.len(), "{stdout}");
+}
+
+#[test]
+#[ignore = "runs every shipped scenario for real (about ten minutes)"]
+fn shipped_scenarios_run_to_the_outcome_their_folder_promises() {
+    let _engine = engine();
+    let mut failures = Vec::new();
+    // A projection runs once per dataset size into folders of its own; the reports suite
+    // runs a small one (`a_projection_runs_each_size_and_fits_the_rtos_it_measured`).
+    for file in shipped()
+        .into_iter()
+        .filter(|f| !f.ends_with("pg-restore-projection.toml"))
+    {
+        let rel = file.strip_prefix(repo("")).unwrap().display().to_string();
+        let want = if rel.contains("controls/") {
+            "missed"
+        } else {
+            "met"
+        };
+        let test = format!("shipped-{}", file.file_stem().unwrap().to_string_lossy());
+        let run = drill(&rel, &test, &[]);
+        let got = run.report["outcome"].as_str().unwrap_or("none").to_string();
+        eprintln!("{rel}: {got}");
+        if got != want {
+            failures.push(format!("{rel}: {got}, expected {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
