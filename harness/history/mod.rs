@@ -126,6 +126,17 @@ fn json_name<T: Serialize>(v: &T) -> String {
 }
 
 impl RunRecord {
+    /// Each target's dataset size, in target order: runs compare only at the same sizes.
+    pub fn dataset_sizes(&self) -> Vec<Option<i64>> {
+        self.targets.iter().map(|t| t.dataset_rows).collect()
+    }
+
+    /// Whether `other` is a run of the same drill: the same scenario at the same dataset sizes
+    /// (a projection runs one scenario at several sizes, whose RTOs must not be mixed).
+    pub fn comparable_with(&self, other: &RunRecord) -> bool {
+        self.scenario == other.scenario && self.dataset_sizes() == other.dataset_sizes()
+    }
+
     pub fn from_report(
         report: &Report,
         git_revision: Option<String>,
@@ -206,11 +217,13 @@ pub fn git_revision(scenario_file: &Path) -> Option<String> {
     (out.status.success() && !sha.is_empty()).then_some(sha)
 }
 
-/// The newest run of each scenario in `runs` (oldest first), ordered by scenario.
+/// The newest run of each scenario and dataset size in `runs` (oldest first), ordered by
+/// scenario: a projection's sizes are different drills, each with its own latest run.
 pub fn latest_per_scenario(runs: &[RunRecord]) -> Vec<RunRecord> {
-    let mut latest: std::collections::BTreeMap<&str, &RunRecord> = Default::default();
+    let mut latest: std::collections::BTreeMap<(&str, Vec<Option<i64>>), &RunRecord> =
+        Default::default();
     for r in runs {
-        latest.insert(&r.scenario, r);
+        latest.insert((&r.scenario, r.dataset_sizes()), r);
     }
     latest.into_values().cloned().collect()
 }

@@ -1,5 +1,5 @@
 //! The regression gate: a run whose achieved RTO is more than `ratio` × the median of the same
-//! scenario and target's last `window` runs is a regression, even when it meets the objective, so
+//! scenario and target's last `window` runs at the same dataset sizes is a regression, even when it meets the objective, so
 //! a creeping restore time is caught before it breaks the target. Fewer than [`Gate::MIN_RUNS`]
 //! earlier measurements give no verdict, and say so.
 
@@ -55,13 +55,13 @@ fn median(values: &mut [i64]) -> Option<i64> {
     }
 }
 
-/// One verdict per target of `run`, against the runs in `history` of the same scenario that
-/// started before it (`run` itself, if recorded, is left out).
+/// One verdict per target of `run`, against the runs in `history` of the same scenario at the
+/// same dataset sizes that started before it (`run` itself, if recorded, is left out).
 pub fn judge(run: &RunRecord, history: &[RunRecord], gate: Gate) -> Vec<Verdict> {
     let mut earlier: Vec<&RunRecord> = history
         .iter()
         .filter(|r| {
-            r.scenario == run.scenario && r.run_id != run.run_id && r.started_at <= run.started_at
+            r.comparable_with(run) && r.run_id != run.run_id && r.started_at <= run.started_at
         })
         .collect();
     earlier.sort_by(|a, b| (&a.started_at, &a.run_id).cmp(&(&b.started_at, &b.run_id)));
@@ -184,5 +184,37 @@ mod tests {
         let v = &judge(&mine, &history, Gate::default())[0];
         assert_eq!(v.baseline_runs, 0);
         assert!(!v.regressed);
+    }
+
+    #[test]
+    fn other_dataset_sizes_of_the_scenario_are_not_a_baseline() {
+        // A projection's small sizes restore fast; its large size must not be judged by them.
+        let mut history = runs(&[1_000, 1_000, 1_000]);
+        let mut large = sample_run("big", "pg-kill", "2026-12-01T10:00:00Z", 30_000);
+        large.targets[0].dataset_rows = Some(300_000);
+        history.push(large.clone());
+        let v = &judge(&large, &history, Gate::default())[0];
+        assert_eq!(v.baseline_runs, 0, "{v:?}");
+        assert!(!v.regressed);
+        // The same size does make a baseline.
+        let mut earlier = Vec::new();
+        for i in 0..3 {
+            let mut r = sample_run(
+                &format!("b{i}"),
+                "pg-kill",
+                &format!("2026-11-2{i}T10:00:00Z"),
+                10_000,
+            );
+            r.targets[0].dataset_rows = Some(300_000);
+            earlier.push(r);
+        }
+        history.extend(earlier);
+        let v = &judge(&large, &history, Gate::default())[0];
+        assert_eq!((v.baseline_runs, v.baseline_ms), (3, Some(10_000)), "{v:?}");
+        assert!(v.regressed);
+        // The latest run of each size is its own row.
+        let latest = crate::history::latest_per_scenario(&history);
+        let sizes: Vec<_> = latest.iter().map(|r| r.targets[0].dataset_rows).collect();
+        assert_eq!(sizes, [Some(10_000), Some(300_000)]);
     }
 }

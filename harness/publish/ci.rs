@@ -35,11 +35,7 @@ fn objective_cases(scenario: &str, t: &TargetRecord) -> Vec<TestCase> {
         let status = if met {
             TestCaseStatus::success()
         } else {
-            failure(format!(
-                "{objective} achieved {} > target {}",
-                achieved(achieved_ms),
-                secs(target_ms)
-            ))
+            failure(missed_because(objective, achieved_ms, target_ms, t))
         };
         let mut case = TestCase::new(
             format!("{}: {objective} ≤ {}", t.target, secs(target_ms)),
@@ -55,6 +51,30 @@ fn objective_cases(scenario: &str, t: &TargetRecord) -> Vec<TestCase> {
         case("RTO", t.rto_achieved_ms, t.rto_target_ms, t.rto_met),
         case("RPO", t.rpo_achieved_ms, t.rpo_target_ms, t.rpo_met),
     ]
+}
+
+/// Why an objective was missed, in words that are true: an RPO within its time can still miss
+/// on the acknowledged writes lost (`max_lost_writes`), and an objective nothing measured says so.
+fn missed_because(
+    objective: &str,
+    achieved_ms: Option<i64>,
+    target_ms: i64,
+    t: &TargetRecord,
+) -> String {
+    match achieved_ms {
+        Some(a) if a <= target_ms && objective == "RPO" => format!(
+            "RPO achieved {} within target {}, but {} of {} acknowledged writes lost: more than max_lost_writes allows",
+            secs(a),
+            secs(target_ms),
+            t.lost_writes,
+            t.acked_writes
+        ),
+        _ => format!(
+            "{objective} achieved {} > target {}",
+            achieved(achieved_ms),
+            secs(target_ms)
+        ),
+    }
 }
 
 /// JUnit XML: one suite per run, a `drill` case that fails when the drill could not run to its
@@ -379,6 +399,25 @@ mod tests {
     #[test]
     fn junit_has_a_case_per_objective_and_check() {
         insta::assert_snapshot!(junit(&runs(), &[]));
+    }
+
+    #[test]
+    fn an_rpo_missed_on_lost_writes_says_so_and_not_that_time_exceeded_it() {
+        let mut run = sample_run("r4", "redis-kill-always", "2026-11-23T10:00:00Z", 2_000);
+        let t = &mut run.targets[0];
+        t.rpo_achieved_ms = Some(0);
+        t.rpo_target_ms = 0;
+        t.rpo_met = false;
+        t.lost_writes = 3;
+        t.acked_writes = 900;
+        let xml = junit(&[run], &[]);
+        assert!(
+            xml.contains(
+                "RPO achieved 0.000s within target 0.000s, but 3 of 900 acknowledged writes lost"
+            ),
+            "{xml}"
+        );
+        assert!(!xml.contains("&gt; target 0.000s"), "{xml}");
     }
 
     #[test]

@@ -174,10 +174,7 @@ fn timeline_svg(t: &TargetRecord) -> String {
 }
 
 fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> Markup {
-    let series: Vec<&RunRecord> = runs
-        .iter()
-        .filter(|r| r.scenario == latest.scenario)
-        .collect();
+    let series: Vec<&RunRecord> = runs.iter().filter(|r| r.comparable_with(latest)).collect();
     let point = |r: &RunRecord, f: fn(&TargetRecord) -> Option<i64>| {
         (
             short_time(&r.started_at),
@@ -193,7 +190,11 @@ fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> M
         .map(|r| point(r, |x| x.rpo_achieved_ms))
         .collect();
     html! {
-        h3 { (t.target) " (" (t.kind) ")" }
+        h3 {
+            (t.target) " (" (t.kind)
+            @if let Some(rows) = t.dataset_rows { ", " (rows) " rows" }
+            ")"
+        }
         p {
             "RTO " span class=(if t.rto_met { "met" } else { "missed" }) { (achieved(t.rto_achieved_ms)) }
             " of " (secs(t.rto_target_ms)) "; RPO "
