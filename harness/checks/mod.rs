@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::backup::{Backup, Contents};
 use crate::clock::Micros;
+use crate::docker::ExecOutput;
 use crate::spec::CheckKind;
 use crate::workload::Comparison;
 
@@ -89,6 +90,30 @@ pub const SIZE_CHANGE_LIMIT: f64 = 0.10;
 pub struct Overran {
     pub check: CheckKind,
     pub limit: Duration,
+}
+
+/// The verdict of `tool` run on backup `id` in a container: passed when it exits 0 (`ok` says
+/// what that means), failed with its exit code and the end of its output otherwise, unknown when
+/// it could not run at all.
+pub fn from_tool(
+    check: CheckKind,
+    tool: &str,
+    id: u32,
+    ran: anyhow::Result<ExecOutput>,
+    ok: impl FnOnce(&ExecOutput) -> String,
+) -> CheckResult {
+    match ran {
+        Ok(out) if out.success() => CheckResult::passed(check, ok(&out)),
+        Ok(out) => CheckResult::failed(
+            check,
+            format!(
+                "{tool} on backup {id} exited with {}: {}",
+                out.exit_code,
+                out.tail()
+            ),
+        ),
+        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+    }
 }
 
 /// The restored backup's artefacts against the sha256 its manifest recorded.

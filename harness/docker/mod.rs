@@ -265,6 +265,10 @@ impl Docker {
             .with_network(self.network.clone())
             .with_startup_timeout(spec.startup_timeout)
             .with_host_config_modifier(move |hc| {
+                // An init process (the engine's `docker-init`) is PID 1 and reaps orphans: a
+                // child of an exec'd helper that dies by a signal is not the server's child, so
+                // PostgreSQL never takes it for a crashed backend and restarts every session.
+                hc.init = Some(true);
                 // Publish on loopback only, on a port the engine picks.
                 hc.publish_all_ports = Some(false);
                 hc.port_bindings = Some(HashMap::from([(

@@ -167,7 +167,29 @@ impl Executor<'_> {
             phases,
             workload_start,
         )
-        .await
+        .await?;
+        self.unasked_outages(spec, target).await
+    }
+
+    /// Asks the target's own logs for outages no injected fault explains (a crashed backend
+    /// that restarted every session): the drill's figures absorbed them, so any fails it.
+    async fn unasked_outages(&self, spec: &TargetSpec, target: &dyn Target) -> Result<(), Stop> {
+        let limit = self.scenario.timeouts.check;
+        let found = tokio::time::timeout(limit, target.unasked_outages())
+            .await
+            .map_err(|_| {
+                overran(
+                    &format!("reading the logs of {}", spec.name),
+                    limit,
+                    "timeouts.check",
+                )
+            })?;
+        for outage in &found {
+            warn!("{}: an outage no fault caused: {outage}", spec.name);
+        }
+        self.events
+            .target(&spec.name, |t| t.unasked_outages = found);
+        Ok(())
     }
 
     /// Takes backups every `every` from the workload's start until `until`; a backup running at

@@ -36,6 +36,8 @@ pub struct Behaviour {
     pub step_time: Duration,
     /// Cancelled when the fake enters the named step (an interrupt at that phase).
     pub interrupt_at: Option<(&'static str, CancellationToken)>,
+    /// The fake's "log" shows a restart no fault caused.
+    pub unasked_outage: bool,
 }
 
 /// What the fake did, as it saw it.
@@ -336,6 +338,14 @@ impl Target for FakeTarget {
 
     async fn check(&self, check: CheckKind, _evidence: &Evidence<'_>) -> CheckResult {
         CheckResult::unknown(check, "the fake target cannot run this check")
+    }
+
+    async fn unasked_outages(&self) -> Vec<String> {
+        if self.shared.behaviour.unasked_outage {
+            vec![format!("{}: restarted on its own", self.name)]
+        } else {
+            Vec::new()
+        }
     }
 
     async fn round_trip(&self) -> Result<()> {

@@ -298,6 +298,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
             ..WorkloadReport::default()
         },
         detection: measure::Detection::default(),
+        unasked_outages: Vec::new(),
     }
 }
 

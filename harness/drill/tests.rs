@@ -223,6 +223,23 @@ async fn a_restore_that_fails_to_load_is_a_finding_not_a_stop() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_outage_no_fault_caused_fails_a_drill_that_met_everything_else() {
+    let behaviour = Behaviour {
+        unasked_outage: true,
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&kill_and_restart(), behaviour).await;
+    assert_eq!(ran.target()["rto"]["met"], true);
+    assert_eq!(ran.target()["rpo"]["met"], true);
+    assert_eq!(
+        ran.target()["unasked_outages"],
+        serde_json::json!(["db: restarted on its own"])
+    );
+    assert_eq!(ran.report["outcome"], "missed");
+    assert_eq!(ran.result.exit, Exit::Missed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_environment_failure_at_open_is_exit_3_with_a_report() {
     let behaviour = Behaviour {
         fail: Some("open"),

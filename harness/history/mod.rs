@@ -177,6 +177,8 @@ impl RunRecord {
                         .into_iter()
                         .map(|(p, d)| (p.to_string(), ms(d)))
                         .collect(),
+                    // An outage no fault caused is recorded as a failed check, so JUnit, the
+                    // summary and the HTML report show it where they show failed checks.
                     checks: t
                         .checks
                         .iter()
@@ -185,6 +187,11 @@ impl RunRecord {
                             status: json_name(&c.status),
                             detail: c.detail.clone(),
                         })
+                        .chain(t.unasked_outages.iter().map(|o| CheckRecord {
+                            name: "no-unasked-outage".into(),
+                            status: "failed".into(),
+                            detail: o.clone(),
+                        }))
                         .collect(),
                 })
                 .collect(),

@@ -84,6 +84,9 @@ pub fn markdown(r: &Report) -> String {
         if let Some(note) = &t.rto.note {
             let _ = writeln!(md, "RTO: {note}\n");
         }
+        for outage in &t.unasked_outages {
+            let _ = writeln!(md, "Outage no fault caused: {outage}\n");
+        }
         if let Some(note) = &t.rpo.note {
             let _ = writeln!(md, "RPO: {note}\n");
         }

@@ -85,6 +85,14 @@ pub fn terminal(r: &Report) -> String {
                 shorten(e),
             ]);
         }
+        for outage in &t.unasked_outages {
+            checks.push_record([
+                t.name.clone(),
+                "unasked outage".into(),
+                "FAILED".into(),
+                shorten(outage),
+            ]);
+        }
         for c in &t.checks {
             let status = match c.status {
                 CheckStatus::Passed => "passed",

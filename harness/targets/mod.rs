@@ -224,4 +224,10 @@ pub trait Target: Send + Sync {
 
     /// A fresh write and its read-back: the last condition of recovery.
     async fn round_trip(&self) -> Result<()>;
+
+    /// Outages the service's own logs show that no injected fault explains: each a line naming
+    /// the container and what it logged. None where the kind cannot tell.
+    async fn unasked_outages(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -144,6 +144,16 @@ impl Service {
         }
     }
 
+    /// The target's generated password, for a kind's [`Connector`].
+    pub fn password(&self) -> std::sync::Arc<str> {
+        self.env.password.as_str().into()
+    }
+
+    /// A new connection to the serving container with `connector`.
+    pub async fn connect<C: Connector>(&self, connector: C) -> Result<C::Connection> {
+        self.endpoint(connector).connect().await
+    }
+
     /// An endpoint on the serving container, connecting with `connector`.
     pub fn endpoint<C: Connector>(&self, connector: C) -> Endpoint<C> {
         Endpoint {
@@ -244,6 +254,24 @@ impl Service {
         self.env.docker.start_again(c).await
     }
 
+    /// Lines of the logs of every container started so far that contain one of `patterns`,
+    /// each as `container: line`. A log that cannot be read (a removed container) is skipped.
+    pub async fn log_lines(&self, patterns: &[&str]) -> Vec<String> {
+        let mut found = Vec::new();
+        for c in self.containers.started() {
+            let Ok(logs) = self.env.docker.logs(c).await else {
+                continue;
+            };
+            let logs = String::from_utf8_lossy(&logs);
+            found.extend(
+                logs.lines()
+                    .filter(|l| patterns.iter().any(|p| l.contains(p)))
+                    .map(|l| format!("{}: {}", c.name, l.trim())),
+            );
+        }
+        found
+    }
+
     /// The last lines of a container's log that say something.
     pub async fn log_tail(&self, c: &Container) -> String {
         let Ok(logs) = self.env.docker.logs(c).await else {
@@ -277,6 +305,8 @@ impl Service {
 /// started (which names the next: `pg-1`, `pg-2`, …).
 pub struct Containers {
     target: String,
+    /// Every container started so far, oldest first.
+    started: Vec<Container>,
     current: Option<Container>,
     volume: Option<String>,
     generation: u32,
@@ -286,10 +316,16 @@ impl Containers {
     pub fn new(target: &str) -> Self {
         Containers {
             target: target.into(),
+            started: Vec::new(),
             current: None,
             volume: None,
             generation: 0,
         }
+    }
+
+    /// Every container started so far, oldest first (removed ones included).
+    pub fn started(&self) -> &[Container] {
+        &self.started
     }
 
     /// The container serving the target now, if any.
@@ -328,6 +364,7 @@ impl Containers {
     /// Starts `spec`, which then serves the target with the volume it mounts.
     pub async fn start(&mut self, docker: &Docker, spec: &ContainerSpec) -> Result<()> {
         let container = docker.start(spec).await?;
+        self.started.push(container.clone());
         self.volume = spec.volume.as_ref().map(|(v, _)| v.clone());
         self.current = Some(container);
         Ok(())

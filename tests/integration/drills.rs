@@ -3,6 +3,7 @@
 //! A missing Docker engine fails these tests; it never skips them.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::Value;
@@ -211,4 +212,80 @@ fn validate_reports_each_bad_file_and_exits_2() {
         "{stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: "));
+}
+
+/// A backend killed behind the drill's back: PostgreSQL restarts every session, an outage no
+/// fault of the scenario caused. The drill finds it in the server's own log and misses,
+/// although every objective and check would have passed.
+#[test]
+fn a_backend_crash_no_fault_caused_is_found_in_the_log_and_fails_the_drill() {
+    let _engine = engine();
+    let dir = out_dir("pg-unasked-crash");
+    let mut child = spawn_drill("scenarios/pg-kill.toml", &dir);
+    wait_until(
+        &mut child,
+        Duration::from_secs(120),
+        "the pg-kill drill's container",
+        || running_run_id("pg-kill").is_some(),
+    );
+    let run_id = running_run_id("pg-kill").unwrap();
+    let container = format!("drillrig-{run_id}-pg-1");
+    // The drill logs each phase as it begins: kill the workload's backend a second into it
+    // (the fault is at 8 s).
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("pg: phase workload") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the workload began");
+    std::thread::sleep(Duration::from_secs(1));
+    let backend = Command::new("docker")
+        .args([
+            "exec",
+            &container,
+            "pgrep",
+            "-o",
+            "-f",
+            "postgres: postgres drill",
+        ])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&backend.stdout).trim().to_string();
+    assert!(!pid.is_empty(), "no backend of the drill's database");
+    let killed = Command::new("docker")
+        .args(["exec", &container, "kill", "-9", &pid])
+        .output()
+        .unwrap();
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    let report = read_report(&dir);
+    let t = &report["targets"][0];
+    let outages = t["unasked_outages"].as_array().cloned().unwrap_or_default();
+    assert!(
+        outages.iter().any(|o| o
+            .as_str()
+            .unwrap()
+            .contains("terminating any other active server processes")),
+        "{report:#}\n{log}"
+    );
+    assert_eq!(report["outcome"], "missed", "{report:#}");
+    assert_eq!(status.code(), Some(1));
+    // Nothing else missed: the crash kept every acknowledged write.
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    assert_no_leftovers(&run_id);
 }

@@ -698,6 +698,23 @@ fn the_generated_passwords_appear_in_no_output_and_on_no_command_line() {
         .unwrap_or_else(|| panic!("no password in the ACL file: {acl:?}"))
         .to_string();
     let redis_command = inspect(&container("cache"), "{{json .Path}} {{json .Args}}");
+    // Every service runs under the engine's init process, which reaps orphaned helpers.
+    for target in ["pg", "cache", "mq"] {
+        assert_eq!(
+            inspect(&container(target), "{{.HostConfig.Init}}"),
+            "true",
+            "{target}"
+        );
+        let pid1 = Command::new("docker")
+            .args(["exec", &container(target), "cat", "/proc/1/comm"])
+            .output()
+            .unwrap();
+        let pid1 = String::from_utf8_lossy(&pid1.stdout).trim().to_string();
+        assert!(
+            pid1.contains("init") || pid1.contains("tini"),
+            "{target}: PID 1 is {pid1:?}"
+        );
+    }
     let _ = Command::new(BIN).arg("gc").output();
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     let passwords = [("postgres", pg), ("redis", redis), ("rabbitmq", mq)];

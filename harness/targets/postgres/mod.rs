@@ -75,6 +75,11 @@ const PORT: u16 = 5432;
 /// Rows written by the round trip carry this status.
 const CANARY_STATUS: &str = "drillrig-canary";
 
+/// What the postmaster logs when a backend dies abnormally and it restarts every session: a
+/// crash no fault of the scenario causes (`kill` takes the whole container, the data-file fault
+/// stops the server cleanly).
+const CRASH_RESTART: &str = "terminating any other active server processes";
+
 const INSERT: &str =
     "INSERT INTO orders (customer_id, amount_cents, status, seq) VALUES ($1, $2, 'new', $3)";
 /// The probe reads the newest workload row through the `seq` index, so it touches the heap page
@@ -185,12 +190,12 @@ impl Postgres {
 
     fn login(&self) -> Login {
         Login {
-            password: self.service.env.password.as_str().into(),
+            password: self.service.password(),
         }
     }
 
     async fn connect(&self) -> Result<Client> {
-        self.service.endpoint(self.login()).connect().await
+        self.service.connect(self.login()).await
     }
 
     /// Whether the backup method archives WAL: the primary then archives into the repository.
@@ -465,6 +470,10 @@ impl Target for Postgres {
             bail!("the canary order {id} reads back as {status:?}");
         }
         Ok(())
+    }
+
+    async fn unasked_outages(&self) -> Vec<String> {
+        self.service.log_lines(&[CRASH_RESTART]).await
     }
 }
 

@@ -489,31 +489,18 @@ pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> Che
     };
     let path = format!("{REPOSITORY}/{folder}/{BASE}");
     // As root: the repository's files belong to the host user.
-    match pg
+    let ran = pg
         .service
         .env
         .docker
         .exec(c, "root", &["pg_verifybackup", &path])
-        .await
-    {
-        Ok(out) if out.success() => CheckResult::passed(
-            check,
-            format!(
-                "pg_verifybackup: backup {} is valid (files and WAL against its manifest)",
-                backup.id
-            ),
-        ),
-        Ok(out) => CheckResult::failed(
-            check,
-            format!(
-                "pg_verifybackup on backup {} exited with {}: {}",
-                backup.id,
-                out.exit_code,
-                out.tail()
-            ),
-        ),
-        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
-    }
+        .await;
+    crate::checks::from_tool(check, "pg_verifybackup", backup.id, ran, |_| {
+        format!(
+            "pg_verifybackup: backup {} is valid (files and WAL against its manifest)",
+            backup.id
+        )
+    })
 }
 
 /// The newest archived segment at `t_fault`, with its archive time (run µs).

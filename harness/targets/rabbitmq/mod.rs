@@ -203,17 +203,14 @@ impl RabbitMq {
 
     fn login(&self, vhost: &str) -> Login {
         Login {
-            password: self.service.env.password.as_str().into(),
+            password: self.service.password(),
             vhost: vhost.into(),
         }
     }
 
     /// A channel on the drill's vhost.
     async fn channel(&self) -> Result<(Connection, Channel)> {
-        self.service
-            .endpoint(self.login(&self.topology.vhost))
-            .connect()
-            .await
+        self.service.connect(self.login(&self.topology.vhost)).await
     }
 
     /// Runs `rabbitmqctl` in the current container.

@@ -296,28 +296,15 @@ async fn check_artefacts(r: &Redis, backup: &Backup, tools: &Container) -> Check
             ),
         ),
     };
-    match r
+    let ran = r
         .service
         .env
         .docker
         .exec(tools, "root", &["sh", "-c", &script])
-        .await
-    {
-        Ok(out) if out.success() => CheckResult::passed(
-            check,
-            format!("{tool} on backup {}: {}", backup.id, out.tail()),
-        ),
-        Ok(out) => CheckResult::failed(
-            check,
-            format!(
-                "{tool} on backup {} exited with {}: {}",
-                backup.id,
-                out.exit_code,
-                out.tail()
-            ),
-        ),
-        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
-    }
+        .await;
+    crate::checks::from_tool(check, tool, backup.id, ran, |out| {
+        format!("{tool} on backup {}: {}", backup.id, out.tail())
+    })
 }
 
 pub(super) async fn restore(

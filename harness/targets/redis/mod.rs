@@ -119,12 +119,12 @@ impl Redis {
 
     fn login(&self) -> Login {
         Login {
-            password: self.service.env.password.as_str().into(),
+            password: self.service.password(),
         }
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection> {
-        self.service.endpoint(self.login()).connect().await
+        self.service.connect(self.login()).await
     }
 
     /// The ACL file: the default user with the run's password and every right.
