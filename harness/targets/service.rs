@@ -177,6 +177,24 @@ impl Service {
         self.containers.kill(&self.env.docker).await
     }
 
+    /// The `stop` fault: a graceful stop through the engine, which sends the image's stop signal
+    /// (PostgreSQL: SIGINT, a fast shutdown; Redis and RabbitMQ: SIGTERM) and waits up to 30 s
+    /// for the service's own shutdown. The container must then have stopped; its exit code says
+    /// whether the shutdown was clean.
+    pub async fn stop(&self) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        self.env.docker.stop(c, Duration::from_secs(30)).await?;
+        let (running, exit_code) = self.env.docker.state(c).await?;
+        if running {
+            bail!("container {} still runs after a stop", c.name);
+        }
+        Ok(serde_json::json!({
+            "container": c.name,
+            "signal": "the image's stop signal (SIGKILL after 30 s)",
+            "exit_code": exit_code,
+        }))
+    }
+
     /// The `volume-loss` fault: the serving container and its data volume are removed, and
     /// clients see nothing serving at all. What survives is the backup repository, outside
     /// every container.

@@ -8,6 +8,7 @@ mod common;
 mod drills;
 mod hardening;
 mod layers;
+mod outages;
 mod pitr;
 mod rabbitmq;
 mod redis;

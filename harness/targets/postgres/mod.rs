@@ -42,6 +42,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     backups: &[BackupMethod::PgDump, BackupMethod::PgBasebackupWal],
     faults: &[
         FaultKind::Kill,
+        FaultKind::Stop,
         FaultKind::CorruptDataFile,
         FaultKind::DropTable,
         FaultKind::VolumeLoss,
@@ -366,6 +367,7 @@ impl Target for Postgres {
             .unwrap_or(CAPABILITIES.datasets[0]);
         match fault.kind {
             FaultKind::Kill => self.service.kill().await,
+            FaultKind::Stop => self.service.stop().await,
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
             FaultKind::VolumeLoss => self.service.lose_volume().await,

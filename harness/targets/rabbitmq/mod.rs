@@ -46,6 +46,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     backups: &[BackupMethod::RabbitmqExport],
     faults: &[
         FaultKind::Kill,
+        FaultKind::Stop,
         FaultKind::DeleteQueue,
         FaultKind::Reset,
         FaultKind::VolumeLoss,
@@ -409,6 +410,7 @@ impl Target for RabbitMq {
         *self.browsed.get_mut() = None;
         match fault.kind {
             FaultKind::Kill => self.service.kill().await,
+            FaultKind::Stop => self.service.stop().await,
             FaultKind::DeleteQueue => {
                 let queue = fault
                     .queue

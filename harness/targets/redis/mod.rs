@@ -37,6 +37,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     backups: &[BackupMethod::RedisRdb, BackupMethod::RedisAof],
     faults: &[
         FaultKind::Kill,
+        FaultKind::Stop,
         FaultKind::CorruptDataFile,
         FaultKind::Flushall,
         FaultKind::VolumeLoss,
@@ -302,6 +303,7 @@ impl Target for Redis {
     ) -> Result<serde_json::Value> {
         match fault.kind {
             FaultKind::Kill => self.service.kill().await,
+            FaultKind::Stop => self.service.stop().await,
             FaultKind::Flushall => {
                 let mut con = self.connect().await?;
                 redis::cmd("FLUSHALL")
