@@ -152,18 +152,14 @@ impl Executor<'_> {
             .await?;
         self.events.end(span);
 
-        let outage = Outage {
-            t_fault: Some(t_fault),
-            fault_began: Some(outage.fault_began.unwrap_or(t_fault)),
-            ..outage
-        };
         self.verify(
             spec,
             target,
             &ledger,
             &catalog,
             restored,
-            &outage,
+            t_fault,
+            outage.fault_began.unwrap_or(t_fault),
             phases,
             workload_start,
         )
@@ -482,7 +478,8 @@ impl Executor<'_> {
 
     /// Reads the workload back against the ledger, runs the checks, and when all pass, a fresh
     /// write and read-back: that instant is the recovery (`t_recovered`). Records the RTO and
-    /// RPO.
+    /// RPO, measured from `t_fault` (the first fault that hit the service, or the restore's start
+    /// when none did); `fault_began` is when that fault's injection began.
     #[allow(clippy::too_many_arguments)]
     async fn verify(
         &self,
@@ -491,14 +488,14 @@ impl Executor<'_> {
         ledger: &Ledger,
         catalog: &[Backup],
         outcome: RestoreOutcome<'_>,
-        outage: &Outage,
+        t_fault: Micros,
+        fault_began: Micros,
         mut phases: RecoveryPhases,
         workload_start: Micros,
     ) -> Result<(), Stop> {
         let s = self.scenario;
         let name = spec.name.as_str();
         let clock = self.clock;
-        let t_fault = outage.t_fault.expect("set by drive");
         let (restored, restore_error) = (outcome.backup, outcome.error);
         if let Some(e) = &restore_error {
             warn!("{name}: restore failed: {e}");
@@ -521,7 +518,7 @@ impl Executor<'_> {
             comparison: &comparison,
             backup: restored,
             catalog,
-            fault_began: outage.fault_began.unwrap_or(t_fault),
+            fault_began,
             rpo_objective: spec.objectives.rpo,
         };
         let target_ref: &dyn Target = target;

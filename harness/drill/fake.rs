@@ -68,7 +68,7 @@ impl FakeSite {
     }
 
     /// `drill::run_on`'s opener for this site (an environment error if `open` is to fail).
-    pub async fn open(self: Arc<Self>) -> Result<Arc<dyn Site>, EnvironmentError> {
+    pub async fn opened(self: Arc<Self>) -> Result<Arc<dyn Site>, EnvironmentError> {
         if self.behaviour.fail == Some("open") {
             return Err(EnvironmentError {
                 cause: "the fake engine does not answer".into(),

@@ -107,7 +107,7 @@ async fn drill(s: &Scenario, behaviour: Behaviour, cancel: CancellationToken) ->
         ..RunOptions::default()
     };
     let (site, record) = FakeSite::new(behaviour);
-    let result = run_on(s, &opts, cancel, move |_| site.open())
+    let result = run_on(s, &opts, cancel, move |_| site.opened())
         .await
         .expect("the run folder can be written");
     let report: Value =

@@ -54,7 +54,7 @@ fn objective_cases(scenario: &str, t: &TargetRecord) -> Vec<TestCase> {
 }
 
 /// Why an objective was missed, in words that are true: an RPO within its time can still miss
-/// on the acknowledged writes lost (`max_lost_writes`), and an objective nothing measured says so.
+/// on the acknowledged writes lost (`max_lost_writes`).
 fn missed_because(
     objective: &str,
     achieved_ms: Option<i64>,

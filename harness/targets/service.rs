@@ -174,7 +174,14 @@ impl Service {
 
     /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
     pub async fn kill(&self) -> Result<serde_json::Value> {
-        self.containers.kill(&self.env.docker).await
+        let c = self.containers.serving()?;
+        self.env.docker.kill(c, "SIGKILL").await?;
+        Ok(serde_json::json!({
+            "container": c.name,
+            "signal": "SIGKILL",
+            "exit_code": self.exit_code_after(c, "SIGKILL").await?,
+            "note": "a process crash, not a host crash: what the service wrote but did not fsync survives in the host's page cache",
+        }))
     }
 
     /// The `stop` fault: a graceful stop through the engine, which sends the image's stop signal
@@ -184,15 +191,20 @@ impl Service {
     pub async fn stop(&self) -> Result<serde_json::Value> {
         let c = self.containers.serving()?;
         self.env.docker.stop(c, Duration::from_secs(30)).await?;
-        let (running, exit_code) = self.env.docker.state(c).await?;
-        if running {
-            bail!("container {} still runs after a stop", c.name);
-        }
         Ok(serde_json::json!({
             "container": c.name,
             "signal": "the image's stop signal (SIGKILL after 30 s)",
-            "exit_code": exit_code,
+            "exit_code": self.exit_code_after(c, "a stop").await?,
         }))
+    }
+
+    /// The exit code of `c`, which `what` must have stopped: an error if it still runs.
+    async fn exit_code_after(&self, c: &Container, what: &str) -> Result<Option<i64>> {
+        let (running, exit_code) = self.env.docker.state(c).await?;
+        if running {
+            bail!("container {} still runs after {what}", c.name);
+        }
+        Ok(exit_code)
     }
 
     /// The `volume-loss` fault: the serving container and its data volume are removed, and
@@ -204,19 +216,9 @@ impl Service {
         Ok(removed)
     }
 
-    /// Starts `spec` as the serving container and waits until `ready` answers on its port.
-    pub async fn start<F, Fut>(
-        &mut self,
-        spec: &ContainerSpec,
-        limit: Duration,
-        ready: F,
-    ) -> Result<()>
-    where
-        F: FnMut(u16) -> Fut,
-        Fut: Future<Output = Result<(), String>>,
-    {
-        self.containers.start(&self.env.docker, spec).await?;
-        self.wait_ready(limit, ready).await
+    /// Starts `spec` as the serving container; the kind then waits until it is ready.
+    pub async fn start(&mut self, spec: &ContainerSpec) -> Result<()> {
+        self.containers.start(&self.env.docker, spec).await
     }
 
     /// Publishes the serving container's host port, then polls `ready` on it (a real query,
@@ -386,22 +388,6 @@ impl Containers {
         self.volume = spec.volume.as_ref().map(|(v, _)| v.clone());
         self.current = Some(container);
         Ok(())
-    }
-
-    /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
-    pub async fn kill(&self, docker: &Docker) -> Result<serde_json::Value> {
-        let c = self.serving()?;
-        docker.kill(c, "SIGKILL").await?;
-        let (running, exit_code) = docker.state(c).await?;
-        if running {
-            anyhow::bail!("container {} still runs after SIGKILL", c.name);
-        }
-        Ok(serde_json::json!({
-            "container": c.name,
-            "signal": "SIGKILL",
-            "exit_code": exit_code,
-            "note": "a process crash, not a host crash: what the service wrote but did not fsync survives in the host's page cache",
-        }))
     }
 
     /// The `volume-loss` fault: removes the serving container and its data volume. Returns what

@@ -258,10 +258,7 @@ impl Postgres {
         ready: Ready,
         limit: Duration,
     ) -> Result<()> {
-        self.service
-            .containers
-            .start(&self.service.env.docker, &spec)
-            .await?;
+        self.service.start(&spec).await?;
         self.wait_ready(ready, limit).await
     }
 

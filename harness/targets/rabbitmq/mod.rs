@@ -255,10 +255,7 @@ impl RabbitMq {
             startup_timeout: self.service.env.timeouts.provision
                 + self.service.env.timeouts.restore,
         };
-        self.service
-            .containers
-            .start(&self.service.env.docker, &spec)
-            .await?;
+        self.service.start(&spec).await?;
         self.wait_ready(self.service.env.timeouts.provision, false)
             .await
     }

@@ -188,10 +188,7 @@ impl Redis {
 
     /// Starts `spec` and waits until `PING` answers `PONG` (not `LOADING`).
     async fn start_container(&mut self, spec: ContainerSpec, limit: Duration) -> Result<()> {
-        self.service
-            .containers
-            .start(&self.service.env.docker, &spec)
-            .await?;
+        self.service.start(&spec).await?;
         self.wait_ready(limit).await
     }
 
