@@ -183,6 +183,56 @@ pub fn spawn_drill(scenario: &str, dir: &Path) -> Child {
         .unwrap()
 }
 
+/// A running drill's stderr, followed line by line on a thread: the drill logs each phase as it
+/// begins, so a test can act at a phase.
+pub struct Stderr {
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl Stderr {
+    /// Takes `child`'s piped stderr.
+    pub fn follow(child: &mut Child) -> Stderr {
+        use std::io::BufRead;
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in stderr.lines().map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        Stderr { lines, reader }
+    }
+
+    /// Waits for a line containing `marker`; `Err` says why none came (`limit` passed, or the
+    /// drill ended first).
+    pub fn wait_for(&self, marker: &str, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return Ok(()),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!("no {marker:?} within {limit:?}"));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!("the drill ended before {marker:?}"));
+                }
+            }
+        }
+    }
+
+    /// Everything the drill wrote to stderr, once it has ended.
+    pub fn all(self) -> String {
+        self.reader.join().expect("the reader does not panic")
+    }
+}
+
 /// Waits until `ready` holds, failing after `limit` or when `child` ends first.
 pub fn wait_until(child: &mut Child, limit: Duration, what: &str, ready: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;

@@ -232,21 +232,9 @@ fn a_backend_crash_no_fault_caused_is_found_in_the_log_and_fails_the_drill() {
     let container = format!("drillrig-{run_id}-pg-1");
     // The drill logs each phase as it begins: kill the workload's backend a second into it
     // (the fault is at 8 s).
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let log = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("pg: phase workload") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(120))
+    let stderr = Stderr::follow(&mut child);
+    stderr
+        .wait_for("pg: phase workload", Duration::from_secs(120))
         .expect("the workload began");
     std::thread::sleep(Duration::from_secs(1));
     let backend = Command::new("docker")
@@ -272,7 +260,7 @@ fn a_backend_crash_no_fault_caused_is_found_in_the_log_and_fails_the_drill() {
         String::from_utf8_lossy(&killed.stderr)
     );
     let status = child.wait().unwrap();
-    let log = log.join().unwrap();
+    let log = stderr.all();
     let report = read_report(&dir);
     let t = &report["targets"][0];
     let outages = t["unasked_outages"].as_array().cloned().unwrap_or_default();

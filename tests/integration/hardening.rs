@@ -67,38 +67,16 @@ fn interrupts_at_random_phases_leave_nothing_and_a_partial_report() {
         let dir = out_dir(&format!("interrupt-{i:02}"));
         let mut child = spawn_drill(FAST, &dir);
         // The drill logs each phase as it begins: wait for the aimed one, then a random moment.
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in stderr.lines().map_while(Result::ok) {
-                all.push_str(&line);
-                all.push('\n');
-                let _ = tx.send(line);
-            }
-            all
-        });
-        let marker = format!("phase {aim}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) if line.contains(&marker) => break,
-                Ok(_) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "iteration {i}: {aim} never began"
-                ),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("iteration {i}: the drill ended before {aim}")
-                }
-            }
+        let stderr = Stderr::follow(&mut child);
+        if let Err(why) = stderr.wait_for(&format!("phase {aim}"), Duration::from_secs(120)) {
+            panic!("iteration {i}: {aim} never began: {why}");
         }
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             signal(&child, sig);
         }
         let status = child.wait().unwrap();
-        let log = reader.join().unwrap();
+        let log = stderr.all();
         let report = read_report(&dir);
         let run_id = report["run_id"].as_str().unwrap();
         let outcome = report["outcome"].as_str().unwrap();
