@@ -50,6 +50,8 @@ pub struct Timeouts {
     #[serde(with = "crate::util::millis")]
     pub detect: Duration,
     #[serde(with = "crate::util::millis")]
+    pub archive: Duration,
+    #[serde(with = "crate::util::millis")]
     pub restore: Duration,
     #[serde(with = "crate::util::millis")]
     pub check: Duration,
@@ -63,6 +65,7 @@ impl Default for Timeouts {
             backup: Duration::from_secs(600),
             fault: Duration::from_secs(120),
             detect: Duration::from_secs(30),
+            archive: Duration::from_secs(60),
             restore: Duration::from_secs(1800),
             check: Duration::from_secs(600),
         }

@@ -425,6 +425,7 @@ impl Executor<'_> {
             RestorePoint::Restart => {
                 phases.enter(Phase::Restore);
                 let mut restored = Restored {
+                    prepared: None,
                     recovery_target: Some("crash recovery in place".into()),
                     ..Restored::default()
                 };
@@ -578,6 +579,7 @@ impl Executor<'_> {
             t.restore.error = restore_error;
             t.restore.recovery_target = outcome.restored.recovery_target.clone();
             t.restore.reached = outcome.restored.reached.clone();
+            t.restore.prepared = outcome.restored.prepared.clone();
             t.restore.note = outcome.restored.note.clone();
             t.workload.ledger_file = ledger_file;
         });

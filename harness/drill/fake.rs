@@ -322,6 +322,7 @@ impl Target for FakeTarget {
         store.rows = rows;
         store.up = true;
         Ok(Restored {
+            prepared: None,
             recovery_target: Some(format!("backup {}", request.backup.id)),
             ..Restored::default()
         })

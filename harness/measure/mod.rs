@@ -79,6 +79,9 @@ pub async fn detect(prober: &mut dyn Prober, clock: &Clock, limit: Duration) -> 
 pub enum Phase {
     /// From the fault until the restore begins (outage detection).
     Detect,
+    /// What the restore needs made durable first: a forced WAL segment switch and the wait for
+    /// its archive (point-in-time restores while the primary still answers).
+    Archive,
     /// A replacement container started and answering.
     Provision,
     /// The backup copied to where the restore tool reads it.

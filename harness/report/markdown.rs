@@ -109,6 +109,9 @@ pub fn markdown(r: &Report) -> String {
                 .map(|e| format!(": **failed**: {e}"))
                 .unwrap_or_default()
         );
+        if let Some(prepared) = &t.restore.prepared {
+            let _ = writeln!(md, "Before the restore: {prepared}.\n");
+        }
         if let Some(reached) = &t.restore.reached {
             let _ = writeln!(md, "Recovery: {reached}.\n");
         }

@@ -148,6 +148,8 @@ pub struct PhaseDurations {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub provision: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fetch: Option<u64>,
@@ -163,6 +165,7 @@ impl PhaseDurations {
         for &(phase, ms) in durations {
             let slot = match phase {
                 Phase::Detect => &mut p.detect,
+                Phase::Archive => &mut p.archive,
                 Phase::Provision => &mut p.provision,
                 Phase::Fetch => &mut p.fetch,
                 Phase::Restore => &mut p.restore,
@@ -177,6 +180,7 @@ impl PhaseDurations {
     pub fn entries(&self) -> Vec<(&'static str, u64)> {
         [
             ("detect", self.detect),
+            ("archive", self.archive),
             ("provision", self.provision),
             ("fetch", self.fetch),
             ("restore", self.restore),
@@ -232,6 +236,9 @@ pub struct RestoreReport {
     /// Where recovery stopped, in the service's words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reached: Option<String>,
+    /// What was made durable before the restore (the `archive` phase).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
     /// Damage found in the backup chain, and where it stopped the restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

@@ -313,12 +313,13 @@ impl Validator<'_> {
 
     fn timeouts(&self, raw: &raw::RawTimeouts) -> Checked<Timeouts> {
         let mut t = Timeouts::default();
-        let fields: [(&str, &Option<Spanned<HumanDuration>>, &mut Duration); 7] = [
+        let fields: [(&str, &Option<Spanned<HumanDuration>>, &mut Duration); 8] = [
             ("provision", &raw.provision, &mut t.provision),
             ("seed", &raw.seed, &mut t.seed),
             ("backup", &raw.backup, &mut t.backup),
             ("fault", &raw.fault, &mut t.fault),
             ("detect", &raw.detect, &mut t.detect),
+            ("archive", &raw.archive, &mut t.archive),
             ("restore", &raw.restore, &mut t.restore),
             ("check", &raw.check, &mut t.check),
         ];

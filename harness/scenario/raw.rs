@@ -44,6 +44,7 @@ pub struct RawTimeouts {
     pub backup: Option<Spanned<HumanDuration>>,
     pub fault: Option<Spanned<HumanDuration>>,
     pub detect: Option<Spanned<HumanDuration>>,
+    pub archive: Option<Spanned<HumanDuration>>,
     pub restore: Option<Spanned<HumanDuration>>,
     pub check: Option<Spanned<HumanDuration>>,
 }

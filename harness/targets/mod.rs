@@ -155,6 +155,10 @@ pub struct Restored {
     /// Where recovery stopped, as the service reported it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reached: Option<String>,
+    /// What the recovery made durable before restoring (a forced WAL segment switch and its
+    /// archive), and what it cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
     /// Damage found on the way and what it cost (a WAL gap, a target beyond reach…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

@@ -317,6 +317,21 @@ pub fn assert_no_leftovers(run_id: &str) {
     );
 }
 
+/// A copy of a shipped scenario with each `(from, to)` replaced (each `from` must be there), kept
+/// in the test's own folder; returns its path.
+pub fn variant(scenario: &str, test: &str, edits: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(repo(scenario)).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{scenario} has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let dir = out_dir(&format!("{test}-scenario"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(Path::new(scenario).file_name().unwrap());
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();

@@ -294,15 +294,14 @@ fn gc_removes_dead_runs_only() {
 
 /// A copy of the fast scenario with `[timeouts]` added.
 fn with_timeouts(test: &str, timeouts: &str) -> PathBuf {
-    let text = std::fs::read_to_string(repo(FAST)).unwrap().replace(
-        "[targets.pg]",
-        &format!("[timeouts]\n{timeouts}\n\n[targets.pg]"),
-    );
-    let dir = out_dir(&format!("{test}-scenario"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("fast-corruption.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    PathBuf::from(variant(
+        FAST,
+        test,
+        &[(
+            "[targets.pg]",
+            &format!("[timeouts]\n{timeouts}\n\n[targets.pg]"),
+        )],
+    ))
 }
 
 #[test]

@@ -6,6 +6,37 @@ use std::time::{Duration, SystemTime};
 use crate::common::*;
 use serde_json::Value;
 
+const PITR: &str = "scenarios/pg-pitr-drop-table.toml";
+
+/// The drop-table drill with the race against the archive forced: no `archive_timeout` switch
+/// comes during the drill, and at 50 writes/s a 1 MB segment takes about a minute to fill, so
+/// the segment holding the point before the fault (opened by the base backup at 10 s) is still
+/// being written when the restore begins.
+const UNARCHIVED: [(&str, &str); 2] = [
+    (
+        "every = \"10s\" }",
+        "every = \"10s\", archive_timeout = \"300s\" }",
+    ),
+    ("rate = 500", "rate = 50"),
+];
+
+/// The 1 MB WAL segment of timeline 1 holding `lsn`.
+fn segment_of(lsn: &str) -> String {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let n = lsn >> 20;
+    format!("00000001{:08X}{:08X}", n >> 12, n & 0xFFF)
+}
+
+/// When `segment` landed in the run's WAL archive, in ms from the run's start (the archive's own
+/// file time).
+fn archived_at_ms(run: &Run, segment: &str) -> Option<f64> {
+    let path = run.dir.join("backups/pg/wal").join(segment);
+    let modified = std::fs::metadata(path).ok()?.modified().unwrap();
+    let started = humantime::parse_rfc3339(run.report["started_at"].as_str().unwrap()).unwrap();
+    Some(modified.duration_since(started).unwrap().as_secs_f64() * 1e3)
+}
+
 /// `(seq, invoked_ms, completed_ms, outcome, lost)` per ledger row.
 fn ledger_rows(run: &Run) -> Vec<(u64, f64, f64, String, String)> {
     std::fs::read_to_string(run.dir.join("ledger-pg.csv"))
@@ -58,11 +89,7 @@ fn assert_cut_between(run: &Run, before_ms: f64, after_ms: f64) {
 #[test]
 fn pitr_before_a_dropped_table_keeps_every_write_before_the_target_and_none_after() {
     let _engine = engine();
-    let run = drill(
-        "scenarios/pg-pitr-drop-table.toml",
-        "pg-pitr-drop-table",
-        &[],
-    );
+    let run = drill(PITR, "pg-pitr-drop-table", &[]);
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     let t = run.target();
     let point = &t["restore"]["recovery_point"];
@@ -100,6 +127,107 @@ fn pitr_before_a_dropped_table_keeps_every_write_before_the_target_and_none_afte
     ] {
         assert_eq!(run.check(check), "passed", "{check}");
     }
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn a_point_not_yet_archived_is_switched_out_and_awaited_before_replay() {
+    let _engine = engine();
+    let scenario = variant(PITR, "pitr-unarchived", &UNARCHIVED);
+    let run = drill(&scenario, "pitr-unarchived", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let lsn = t["restore"]["recovery_point"]["label"].as_str().unwrap();
+    let dropped = run.report["faults"][0]["injected_at_ms"].as_f64().unwrap();
+    // The race was real: the segment holding the point reached the archive only after the drop.
+    let segment = segment_of(lsn);
+    let archived = archived_at_ms(&run, &segment).expect("the point's segment is archived");
+    assert!(
+        archived > dropped,
+        "segment {segment} was archived at {archived} ms, before the drop at {dropped} ms: no race"
+    );
+    let prepared = t["restore"]["prepared"].as_str().unwrap();
+    assert!(
+        prepared.contains("forced a WAL segment switch at"),
+        "{prepared}"
+    );
+    assert!(t["rto"]["phases"]["archive"].as_u64().is_some());
+    assert!(t["restore"]["reached"].as_str().unwrap().contains(&format!(
+        "recovery stopping after WAL location (LSN) \"{lsn}\""
+    )));
+    // Every write acknowledged before the point was asked for is back.
+    let asked = t["restore"]["recovery_point"]["asked_at_us"]
+        .as_f64()
+        .unwrap()
+        / 1e3;
+    let acked: Vec<_> = ledger_rows(&run)
+        .into_iter()
+        .filter(|w| w.3 == "ok")
+        .collect();
+    assert!(acked.iter().filter(|w| w.2 < asked).count() > 100);
+    for w in acked.iter().filter(|w| w.2 < asked) {
+        assert_eq!(w.4, "no", "seq {} acknowledged at {} ms is lost", w.0, w.2);
+    }
+    assert_eq!(run.check("ledger"), "passed");
+    assert_no_leftovers(run.run_id());
+}
+
+#[test]
+fn with_the_primary_gone_an_unarchived_point_gives_way_to_the_end_of_the_archive() {
+    let _engine = engine();
+    let mut edits = UNARCHIVED.to_vec();
+    edits.extend([
+        ("kind = \"drop-table\"", "kind = \"kill\""),
+        ("rpo = \"5s\"", "rpo = \"60s\""),
+    ]);
+    let scenario = variant(PITR, "pitr-unarchived-primary-gone", &edits);
+    let run = drill(&scenario, "pitr-unarchived-primary-gone", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    assert_eq!(
+        t["restore"]["recovery_target"],
+        "the end of the archive (the point before the fault was never archived)"
+    );
+    let prepared = t["restore"]["prepared"].as_str().unwrap();
+    assert!(
+        prepared.contains("the primary does not answer"),
+        "{prepared}"
+    );
+    let lsn = t["restore"]["recovery_point"]["label"].as_str().unwrap();
+    let segment = segment_of(lsn);
+    assert_eq!(
+        archived_at_ms(&run, &segment),
+        None,
+        "segment {segment} of the point cannot be archived: its server was killed"
+    );
+    // What the archive held is back; what it never held is lost, as one tail.
+    let newest = std::fs::read_dir(run.dir.join("backups/pg/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .max()
+        .unwrap();
+    let closed = archived_at_ms(&run, &newest).unwrap();
+    let acked: Vec<_> = ledger_rows(&run)
+        .into_iter()
+        .filter(|w| w.3 == "ok")
+        .collect();
+    assert!(acked.iter().filter(|w| w.2 < closed - 1_000.0).count() > 100);
+    for w in acked.iter().filter(|w| w.2 < closed - 1_000.0) {
+        assert_eq!(
+            w.4, "no",
+            "seq {} acknowledged at {} ms, a second before segment {newest} was archived, is lost",
+            w.0, w.2
+        );
+    }
+    assert!(t["rpo"]["lost_writes"].as_u64().unwrap() > 0);
+    assert_eq!(t["rpo"]["holes"], 0);
+    assert!(
+        t["restore"]["note"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({lsn}) is not in the archive"))
+    );
     assert_no_leftovers(run.run_id());
 }
 
@@ -209,19 +337,20 @@ fn a_timestamp_restore_stops_at_that_time() {
     // (the workload starts about 3 s in; backups every 5 s) and before the drop at 25 s.
     let target = SystemTime::now() + Duration::from_secs(20);
     let stamp = humantime::format_rfc3339_millis(target).to_string();
-    let text = std::fs::read_to_string(repo("scenarios/pg-pitr-drop-table.toml"))
-        .unwrap()
-        .replace("from = \"before-fault\"", &format!("from = \"{stamp}\""))
-        .replace("every = \"10s\"", "every = \"5s\"")
-        .replace("at = \"15s\"", "at = \"25s\"")
-        .replace(", \"backup-age\"", "")
-        // Restoring to a time well before the drop loses those seconds by design.
-        .replace("rpo = \"5s\"", "rpo = \"30s\"");
-    let dir = out_dir("pitr-timestamp-scenario");
-    std::fs::create_dir_all(&dir).unwrap();
-    let scenario = dir.join("pg-pitr-drop-table.toml");
-    std::fs::write(&scenario, text).unwrap();
-    let run = drill(scenario.to_str().unwrap(), "pitr-timestamp", &[]);
+    let from = format!("from = \"{stamp}\"");
+    let scenario = variant(
+        PITR,
+        "pitr-timestamp",
+        &[
+            ("from = \"before-fault\"", &from),
+            ("every = \"10s\"", "every = \"5s\""),
+            ("at = \"15s\"", "at = \"25s\""),
+            (", \"backup-age\"", ""),
+            // Restoring to a time well before the drop loses those seconds by design.
+            ("rpo = \"5s\"", "rpo = \"30s\""),
+        ],
+    );
+    let run = drill(&scenario, "pitr-timestamp", &[]);
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     let t = run.target();
     assert!(

@@ -141,6 +141,7 @@ pub(super) async fn restore(
         );
     }
     Ok(Restored {
+        prepared: None,
         recovery_target: Some(format!("the snapshot of dump {}", backup.id)),
         reached: None,
         note: None,

@@ -177,6 +177,79 @@ impl Chain {
     fn reachable_end(&self, p: &Position) -> Option<u64> {
         self.missing.first().map(|&gap| gap * p.segment_size)
     }
+
+    /// Whether replay from the backup can read all of segment `n`.
+    fn reaches(&self, n: u64) -> bool {
+        self.missing.first().is_none_or(|&gap| n < gap) && self.present.contains(&n)
+    }
+
+    /// The end of the last segment replay can read, if the archive holds any.
+    fn end(&self, p: &Position) -> Option<u64> {
+        self.reachable_end(p)
+            .or_else(|| self.present.last().map(|&n| (n + 1) * p.segment_size))
+    }
+}
+
+/// The archive step of a restore (`archive` phase), as an operator does it: while the primary
+/// still answers, force a segment switch and wait until the archive holds the switched segment,
+/// so every WAL record written so far can be replayed. With the primary gone, or the archive
+/// not there in time (`timeouts.archive`), the archive is what there is: a point beyond it is
+/// given up for its end, and the ledger measures what that cost.
+async fn settle_archive(pg: &Postgres, position: &Position) -> Result<(Chain, String)> {
+    let archive = pg.archive_dir();
+    let clock = &pg.service.env.clock;
+    let switched = async {
+        let client = pg.connect().await?;
+        let row = client
+            .query_one("SELECT pg_switch_wal()::text", &[])
+            .await
+            .map_err(|e| anyhow!("switch WAL segments: {}", error_line(&e)))?;
+        let lsn: String = row.get(0);
+        parse_lsn(&lsn).ok_or_else(|| anyhow!("pg_switch_wal returned {lsn:?}"))
+    };
+    let switched = match tokio::time::timeout(Duration::from_secs(10), switched).await {
+        Ok(Ok(lsn)) => lsn,
+        Ok(Err(e)) => {
+            let chain = Chain::read(&archive, position)?;
+            return Ok((
+                chain,
+                format!(
+                    "the primary does not answer ({e:#}): no segment switch, the archive is as the fault left it"
+                ),
+            ));
+        }
+        Err(_) => {
+            let chain = Chain::read(&archive, position)?;
+            return Ok((chain, "the primary did not switch WAL segments within 10s: the archive is as the fault left it".into()));
+        }
+    };
+    // The segment holding the last byte before the switch point (a switch at a segment boundary
+    // closed the one before it).
+    let needed = switched.saturating_sub(1) / position.segment_size;
+    let name = position.name(needed);
+    let began = clock.micros();
+    let limit = pg.service.env.timeouts.archive;
+    loop {
+        let chain = Chain::read(&archive, position)?;
+        let waited = Duration::from_micros(clock.micros().saturating_sub(began));
+        if chain.present.contains(&needed) {
+            let account = format!(
+                "forced a WAL segment switch at {}; segment {name} was archived {} later",
+                format_lsn(switched),
+                crate::util::seconds(waited.as_millis() as u64)
+            );
+            return Ok((chain, account));
+        }
+        if waited >= limit {
+            let account = format!(
+                "forced a WAL segment switch at {}, but segment {name} was not archived within {} (timeouts.archive)",
+                format_lsn(switched),
+                humantime::format_duration(limit)
+            );
+            return Ok((chain, account));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
@@ -256,7 +329,8 @@ pub(super) async fn restore(
 ) -> Result<Restored> {
     let backup = request.backup;
     let position = Position::of(backup)?;
-    let chain = Chain::read(&pg.archive_dir(), &position)?;
+    phases.enter(Phase::Archive);
+    let (chain, prepared) = settle_archive(pg, &position).await?;
     let reachable = chain.reachable_end(&position);
     let mut note = chain.missing.first().map(|&gap| {
         format!(
@@ -284,6 +358,18 @@ pub(super) async fn restore(
                 Some(end) if lsn > end => {
                     note = note.map(|n| format!("{n}; the point before the fault ({}) lies beyond it, so the restore goes as far as it can", point.label));
                     "the end of the archive (the point before the fault is beyond a gap)"
+                        .to_string()
+                }
+                // The WAL holding the point never reached the archive: replay what there is.
+                _ if !chain.reaches(lsn / position.segment_size) => {
+                    let end = chain
+                        .end(&position)
+                        .map_or("the backup's own WAL".to_string(), format_lsn);
+                    note = Some(format!(
+                        "the WAL at the point before the fault ({}) is not in the archive: the restore replays to its end ({end}), and every write after it is lost",
+                        point.label
+                    ));
+                    "the end of the archive (the point before the fault was never archived)"
                         .to_string()
                 }
                 _ => {
@@ -361,6 +447,7 @@ pub(super) async fn restore(
     Ok(Restored {
         recovery_target: Some(recovery_target),
         reached,
+        prepared: Some(prepared),
         note,
     })
 }

@@ -275,6 +275,7 @@ pub(super) async fn restore(
     }
     let _ = connection.close(200, "restored".into()).await;
     Ok(Restored {
+        prepared: None,
         recovery_target: Some(format!(
             "the definitions and messages of backup {}",
             backup.id

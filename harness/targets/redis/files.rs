@@ -355,6 +355,7 @@ pub(super) async fn restore(
         wait_idle(&mut con).await?;
     }
     Ok(Restored {
+        prepared: None,
         recovery_target: Some(format!("the contents of backup {}", backup.id)),
         reached: Some(format!("{keys} keys loaded")),
         note: None,
