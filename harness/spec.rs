@@ -344,11 +344,31 @@ impl BackupMethod {
     }
 }
 
+impl RestorePoint {
+    /// Whether the recovery restores a backup (not `restart`, not `in-place`).
+    pub fn from_backup(self) -> bool {
+        !matches!(self, RestorePoint::Restart | RestorePoint::InPlace)
+    }
+
+    /// As the scenario spells it.
+    pub fn label(self) -> String {
+        match self {
+            RestorePoint::Restart => "restart".into(),
+            RestorePoint::InPlace => "in-place".into(),
+            RestorePoint::Latest => "latest".into(),
+            RestorePoint::BeforeFault => "before-fault".into(),
+            RestorePoint::At(t) => humantime::format_rfc3339(t).to_string(),
+        }
+    }
+}
+
 /// `restore.from`: which recovery point to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestorePoint {
     /// The service recovers in place on its own data (crash recovery).
     Restart,
+    /// Nothing is restored: a temporary fault heals and the service must serve again by itself.
+    InPlace,
     /// The newest backup, restored into a fresh container.
     Latest,
     /// The newest recovery point before the fault.

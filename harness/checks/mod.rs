@@ -73,9 +73,9 @@ pub struct Evidence<'a> {
     pub backup: Option<&'a Backup>,
     /// Every completed backup of the target, oldest first.
     pub catalog: &'a [Backup],
-    /// When the injection of the first fault that hit the service began (run µs): no backup can
-    /// be taken after it, so the age of the newest recovery point is measured there. It equals
-    /// `t_fault` for instant faults; a `reset` takes seconds.
+    /// When the injection of the first fault that hit the service began (`t_fault`, run µs):
+    /// no backup can be taken after it, so the age of the newest recovery point is measured
+    /// there.
     pub fault_began: Micros,
     /// The RPO objective, which the newest recovery point's age must not exceed.
     pub rpo_objective: Duration,

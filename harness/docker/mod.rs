@@ -365,6 +365,17 @@ impl Docker {
         Ok((state.running.unwrap_or(false), state.exit_code))
     }
 
+    /// Whether the engine reports `c` paused (frozen by the cgroup freezer).
+    pub async fn paused(&self, c: &Container) -> Result<bool> {
+        let state = self
+            .api
+            .inspect_container(&c.id, None::<InspectContainerOptions>)
+            .await?
+            .state
+            .unwrap_or_default();
+        Ok(state.paused.unwrap_or(false))
+    }
+
     pub async fn kill(&self, c: &Container, signal: &str) -> Result<()> {
         self.api
             .kill_container(

@@ -37,10 +37,11 @@ pub struct Executor<'a> {
 
 /// What the fault step learned.
 struct Outage {
-    /// When the first fault that hit the service was injected (run µs); `None`: none did.
+    /// When the injection of the first fault that hit the service began: the outage's start
+    /// (run µs); `None`: none did.
     t_fault: Option<Micros>,
-    /// When that injection began.
-    fault_began: Option<Micros>,
+    /// When that injection returned.
+    injected: Option<Micros>,
     recovery_point: Option<RecoveryPoint>,
     detection: Option<Detection>,
 }
@@ -159,7 +160,7 @@ impl Executor<'_> {
             &catalog,
             restored,
             t_fault,
-            outage.fault_began.unwrap_or(t_fault),
+            outage.injected.unwrap_or(t_fault),
             phases,
             workload_start,
         )
@@ -320,7 +321,7 @@ impl Executor<'_> {
             let mut fault_tx = Some(fault_tx);
             let mut outage = Outage {
                 t_fault: None,
-                fault_began: None,
+                injected: None,
                 recovery_point: None,
                 detection: None,
             };
@@ -328,7 +329,7 @@ impl Executor<'_> {
                 let scheduled = workload_start + f.at.as_micros() as Micros;
                 tokio::time::sleep_until(clock.instant_at(scheduled)).await;
                 let hits_service = !f.kind.is_latent() && outage.t_fault.is_none();
-                if hits_service && spec.restore != RestorePoint::Restart {
+                if hits_service && spec.restore.from_backup() {
                     // The point `before-fault` restores to: the last moment the target was whole.
                     outage.recovery_point = bounded(
                         &format!("capture the recovery point of {name}"),
@@ -358,6 +359,8 @@ impl Executor<'_> {
                     scheduled_ms: scheduled / 1000,
                     started_ms: started / 1000,
                     injected_at_ms: None,
+                    heal_started_ms: None,
+                    healed_at_ms: None,
                     details: serde_json::Value::Null,
                     error: None,
                 };
@@ -370,15 +373,41 @@ impl Executor<'_> {
                         );
                         record.injected_at_ms = Some(injected / 1000);
                         record.details = details;
-                        self.events.fault(record);
                         if hits_service {
-                            outage.t_fault = Some(injected);
-                            outage.fault_began = Some(started);
-                            self.events.outage(name, injected);
+                            outage.t_fault = Some(started);
+                            outage.injected = Some(injected);
+                            self.events.outage(name, started);
                             if let Some(tx) = fault_tx.take() {
                                 let _ = tx.send(injected);
                             }
                         }
+                        if let Some(hold) = f.hold {
+                            // The fault lasts `for` from the moment it was in place.
+                            tokio::time::sleep_until(clock.instant_at(injected) + hold).await;
+                            let span = self.events.begin(&format!("heal {}", f.kind), Some(name));
+                            record.heal_started_ms = Some(clock.micros() / 1000);
+                            let healed = bounded(
+                                &format!("heal {} of {name}", f.kind),
+                                s.timeouts.fault,
+                                "timeouts.fault",
+                                target.heal(f),
+                            )
+                            .await;
+                            self.events.end(span);
+                            match healed {
+                                Ok(details) => {
+                                    record.healed_at_ms = Some(clock.micros() / 1000);
+                                    record.details["heal"] = details;
+                                    info!("{name}: healed {}", f.kind);
+                                }
+                                Err(stop) => {
+                                    record.error = Some(stop.message());
+                                    self.events.fault(record);
+                                    return Err(stop);
+                                }
+                            }
+                        }
+                        self.events.fault(record);
                     }
                     Err(stop) => {
                         record.error = Some(stop.message());
@@ -445,13 +474,29 @@ impl Executor<'_> {
                     error,
                 });
             }
+            RestorePoint::InPlace => {
+                // The fault has healed; the service must answer again by itself.
+                phases.enter(Phase::Restore);
+                let restored = Restored {
+                    recovery_target: Some(
+                        "none: the fault healed and the service serves again by itself".into(),
+                    ),
+                    ..Restored::default()
+                };
+                let error = match tokio::time::timeout(limit, target.serve_again(limit)).await {
+                    Ok(r) => r.err().map(|e| format!("{e:#}")),
+                    Err(_) => return Err(overran(&step, limit, "timeouts.restore")),
+                };
+                return Ok(RestoreOutcome {
+                    backup: None,
+                    restored,
+                    error,
+                });
+            }
             point => choose_backup(catalog, point, t_fault, &self.clock),
         };
         let Some(backup) = chosen else {
-            let error = format!(
-                "no completed backup matches `{}`",
-                super::restore_label(spec.restore)
-            );
+            let error = format!("no completed backup matches `{}`", spec.restore.label());
             return Ok(RestoreOutcome {
                 backup: None,
                 restored: Restored::default(),
@@ -478,9 +523,10 @@ impl Executor<'_> {
     }
 
     /// Reads the workload back against the ledger, runs the checks, and when all pass, a fresh
-    /// write and read-back: that instant is the recovery (`t_recovered`). Records the RTO and
-    /// RPO, measured from `t_fault` (the first fault that hit the service, or the restore's start
-    /// when none did); `fault_began` is when that fault's injection began.
+    /// write and read-back: that instant is the recovery (`t_recovered`). Records the RTO from
+    /// `t_fault` (when the injection of the first fault that hit the service began, or the
+    /// restore's start when none did) and the RPO against the writes acknowledged before
+    /// `injected` (when that injection returned).
     #[allow(clippy::too_many_arguments)]
     async fn verify(
         &self,
@@ -490,7 +536,7 @@ impl Executor<'_> {
         catalog: &[Backup],
         outcome: RestoreOutcome<'_>,
         t_fault: Micros,
-        fault_began: Micros,
+        injected: Micros,
         mut phases: RecoveryPhases,
         workload_start: Micros,
     ) -> Result<(), Stop> {
@@ -519,7 +565,7 @@ impl Executor<'_> {
             comparison: &comparison,
             backup: restored,
             catalog,
-            fault_began,
+            fault_began: t_fault,
             rpo_objective: spec.objectives.rpo,
         };
         let target_ref: &dyn Target = target;
@@ -559,7 +605,7 @@ impl Executor<'_> {
 
         let end_of_phases = recovered.unwrap_or_else(|| clock.micros());
         let ledger_file = self.write_ledger(name, ledger, &comparison);
-        let mut rpo = rpo_report(spec, ledger, &comparison, t_fault, workload_start);
+        let mut rpo = rpo_report(spec, ledger, &comparison, injected, workload_start);
         if let (false, Some(note)) = (rpo.met, &outcome.restored.note) {
             // Damage to the backup chain is the reason the RPO was missed.
             rpo.note = Some(rpo.note.map_or(note.clone(), |n| format!("{n}; {note}")));
@@ -622,7 +668,7 @@ pub fn choose_backup<'c>(
     clock: &Clock,
 ) -> Option<&'c Backup> {
     match point {
-        RestorePoint::Restart => None,
+        RestorePoint::Restart | RestorePoint::InPlace => None,
         RestorePoint::Latest => catalog.last(),
         RestorePoint::BeforeFault => catalog
             .iter()
@@ -677,25 +723,26 @@ async fn run_check(
     Ok(result)
 }
 
-/// The RPO of one target: from the ledger against what the restored target holds.
+/// The RPO of one target: from the ledger against what the restored target holds, counting
+/// the writes acknowledged before `injected` (the fault's injection returned).
 fn rpo_report(
     spec: &TargetSpec,
     ledger: &Ledger,
     comparison: &Result<Comparison, String>,
-    t_fault: Micros,
+    injected: Micros,
     workload_start: Micros,
 ) -> Rpo {
     let mut rpo = Rpo {
         target_ms: spec.objectives.rpo.as_millis() as u64,
         max_lost_writes: spec.objectives.max_lost_writes,
         acked_writes: ledger.count(workload::WriteOutcome::Ok),
-        last_acked_before_fault_seq: ledger.last_acked_before(t_fault).map(|w| w.seq),
+        last_acked_before_fault_seq: ledger.last_acked_before(injected).map(|w| w.seq),
         ..Rpo::default()
     };
     match comparison {
         Err(e) => rpo.note = Some(format!("unknown: {e}")),
         Ok(c) => {
-            let achieved = measure::rpo(ledger, c, t_fault, workload_start);
+            let achieved = measure::rpo(ledger, c, injected, workload_start);
             rpo.achieved_ms = Some(achieved.as_millis() as u64);
             rpo.lost_writes = c.lost.len() as u64;
             rpo.holes = c.holes;

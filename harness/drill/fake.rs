@@ -34,6 +34,9 @@ pub struct Behaviour {
     pub fail: Option<&'static str>,
     /// How long provision, seed, a backup and a restore take.
     pub step_time: Duration,
+    /// How long a fault's injection takes after it took the service down (a kill's wait for
+    /// the container to die).
+    pub fault_time: Duration,
     /// Cancelled when the fake enters the named step (an interrupt at that phase).
     pub interrupt_at: Option<(&'static str, CancellationToken)>,
     /// The fake's "log" shows a restart no fault caused.
@@ -278,8 +281,9 @@ impl Target for FakeTarget {
     ) -> Result<serde_json::Value> {
         self.shared.step(fault.kind.as_str()).await?;
         self.shared.step("fault").await?;
+        self.store().up = false;
+        tokio::time::sleep(self.shared.behaviour.fault_time).await;
         let mut store = self.store();
-        store.up = false;
         match fault.kind {
             FaultKind::Kill => {
                 let lose = self.shared.behaviour.lose_on_kill;
@@ -295,6 +299,8 @@ impl Target for FakeTarget {
                 store.rows.clear();
                 Ok(serde_json::json!({ "volume": "gone" }))
             }
+            // Frozen: nothing answers, nothing is lost.
+            FaultKind::Pause => Ok(serde_json::json!({ "paused": true })),
             other => bail!("the fake target has no fault {other}"),
         }
     }
@@ -302,6 +308,20 @@ impl Target for FakeTarget {
     async fn restart(&mut self, _timeout: Duration) -> Result<()> {
         self.shared.step("restart").await?;
         self.store().up = true;
+        Ok(())
+    }
+
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        self.shared.step(&format!("heal {}", fault.kind)).await?;
+        self.store().up = true;
+        Ok(serde_json::json!({ "paused": false }))
+    }
+
+    async fn serve_again(&mut self, _timeout: Duration) -> Result<()> {
+        self.shared.step("serve-again").await?;
+        if !self.store().up {
+            bail!("the fake does not answer");
+        }
         Ok(())
     }
 

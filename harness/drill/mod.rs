@@ -34,7 +34,7 @@ use crate::measure;
 use crate::report::{
     self, Report, RestoreReport, Rpo, Rto, RunOutcome, TargetReport, WorkloadReport,
 };
-use crate::spec::{RestorePoint, Scenario, TargetSpec};
+use crate::spec::{Scenario, TargetSpec};
 use crate::targets::site::DockerSite;
 use crate::targets::{RunContext, Site, Target};
 use crate::util;
@@ -289,7 +289,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         },
         checks: Vec::new(),
         restore: RestoreReport {
-            from: restore_label(t.restore),
+            from: t.restore.label(),
             ..RestoreReport::default()
         },
         backups: Vec::new(),
@@ -299,15 +299,6 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         },
         detection: measure::Detection::default(),
         unasked_outages: Vec::new(),
-    }
-}
-
-fn restore_label(p: RestorePoint) -> String {
-    match p {
-        RestorePoint::Restart => "restart".into(),
-        RestorePoint::Latest => "latest".into(),
-        RestorePoint::BeforeFault => "before-fault".into(),
-        RestorePoint::At(t) => humantime::format_rfc3339(t).to_string(),
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::fake::{Behaviour, FakeSite, Record};
 use super::*;
 use crate::backup::Backup;
-use crate::spec::BackupMethod;
+use crate::spec::{BackupMethod, RestorePoint};
 
 /// A scenario with one target `db`: `target` adds keys to it, `rest` adds tables after it.
 fn scenario(target: &str, rest: &str) -> Scenario {
@@ -161,6 +161,62 @@ async fn a_clean_kill_and_restart_is_met_and_every_phase_is_on_the_timeline() {
     let fault_at = ran.target()["rto"]["fault_at_ms"].as_u64().unwrap();
     let started = ran.target()["workload"]["started_ms"].as_u64().unwrap();
     assert_eq!(fault_at - started, 2000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_heals_after_its_span_and_the_rto_covers_the_freeze() {
+    let s = scenario(
+        r#"restore = { from = "in-place" }
+checks = ["ledger"]"#,
+        r#"[[faults]]
+target = "db"
+kind = "pause"
+at = "2s"
+for = "3s""#,
+    );
+    let ran = drill_plain(&s, Behaviour::default()).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    let steps = &ran.record.steps;
+    let at = |step: &str| steps.iter().position(|s| s == step).unwrap();
+    assert!(at("pause") < at("heal pause") && at("heal pause") < at("serve-again"));
+    assert!(!steps.iter().any(|s| s == "restart" || s == "restore"));
+    let fault = &ran.report["faults"][0];
+    let injected = fault["injected_at_ms"].as_u64().unwrap();
+    assert_eq!(fault["heal_started_ms"].as_u64().unwrap() - injected, 3000);
+    assert_eq!(fault["details"]["heal"]["paused"], false);
+    let t = ran.target();
+    // Writes during the freeze failed; none was lost; the RTO spans the freeze.
+    assert!(t["workload"]["fail"].as_u64().unwrap() > 0);
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    assert!(t["rto"]["achieved_ms"].as_u64().unwrap() >= 3000);
+    assert_eq!(
+        t["restore"]["recovery_target"],
+        "none: the fault healed and the service serves again by itself"
+    );
+    assert!(ran.phases().contains(&"heal pause".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rto_runs_from_the_start_of_a_slow_injection() {
+    let behaviour = Behaviour {
+        fault_time: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&kill_and_restart(), behaviour).await;
+    let fault = &ran.report["faults"][0];
+    let (started, returned) = (
+        fault["started_ms"].as_u64().unwrap(),
+        fault["injected_at_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(returned - started, 300);
+    let rto = &ran.target()["rto"];
+    assert_eq!(rto["fault_at_ms"].as_u64().unwrap(), started);
+    assert_eq!(
+        rto["achieved_ms"].as_u64().unwrap(),
+        rto["recovered_at_ms"].as_u64().unwrap() - started
+    );
+    // The service was down from the start: the 300 ms of injection are in the detect phase.
+    assert!(rto["phases"]["detect"].as_u64().unwrap() >= 300);
 }
 
 #[tokio::test(start_paused = true)]

@@ -85,10 +85,17 @@ pub struct FaultRecord {
     pub kind: FaultKind,
     /// The scheduled offset from the workload's start.
     pub scheduled_ms: u64,
+    /// When the injection began (`t_fault` for the target's first service fault).
     pub started_ms: u64,
-    /// When the injection returned success (`t_fault` for the first service fault).
+    /// When the injection returned success.
     pub injected_at_ms: Option<u64>,
-    /// What was done to the target, or why the injection failed.
+    /// A temporary fault (`for`): when drillrig began healing it, and when the heal returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_started_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healed_at_ms: Option<u64>,
+    /// What was done to the target, or why the injection failed. A heal's own account is under
+    /// `heal`.
     pub details: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -521,7 +521,7 @@ impl Validator<'_> {
 
         let restore_raw = raw.restore.get_ref();
         let restore = *restore_raw.from.get_ref();
-        if restore != RestorePoint::Restart && backup.is_none() {
+        if restore.from_backup() && backup.is_none() {
             return Err(self.at.error(
                 restore_raw.from.span(),
                 key("restore.from"),
@@ -556,11 +556,14 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if c.needs_backup() && restore == RestorePoint::Restart {
+            if c.needs_backup() && !restore.from_backup() {
                 return Err(self.at.error(
                     check.span(),
                     key("checks"),
-                    format!("check `{c}` compares with the restored backup, but restore.from is `restart`"),
+                    format!(
+                        "check `{c}` compares with the restored backup, but restore.from is `{}`",
+                        restore.label()
+                    ),
                 ));
             }
             let method = backup.map(|b| b.method);
@@ -710,6 +713,22 @@ impl Validator<'_> {
                 format!("fault `{kind}` leaves no data to restart on; target {name:?} must restore from a backup"),
             ));
         }
+        // A temporary fault heals by itself: nothing is restored, and nothing but a temporary
+        // fault may hit a target that restores nothing.
+        if kind.takes_hold() && target.restore != RestorePoint::InPlace {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("fault `{kind}` heals by itself after `for`: target {name:?} must use restore.from = \"in-place\""),
+            ));
+        }
+        if target.restore == RestorePoint::InPlace && !kind.takes_hold() && !kind.is_latent() {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("target {name:?} restores nothing (restore.from = \"in-place\"): only a fault that heals by itself (pause, network-partition) can hit it"),
+            ));
+        }
         let hold = raw.for_.as_ref().map(|f| (f.span(), f.get_ref().0));
         match (kind.takes_hold(), hold.clone()) {
             (true, None) => {
@@ -831,7 +850,7 @@ impl Validator<'_> {
         faults: &[FaultSpec],
         raw: &RawScenario,
     ) -> Checked<()> {
-        if target.restore == RestorePoint::Restart {
+        if !target.restore.from_backup() {
             return Ok(());
         }
         let first = faults.iter().find(|f| f.target == target.name);

@@ -161,17 +161,20 @@ impl<'de> Deserialize<'de> for RestorePoint {
         impl Visitor<'_> for V {
             type Value = RestorePoint;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`restart`, `latest`, `before-fault` or an RFC 3339 timestamp")
+                f.write_str(
+                    "`restart`, `in-place`, `latest`, `before-fault` or an RFC 3339 timestamp",
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RestorePoint, E> {
                 match s {
                     "restart" => Ok(RestorePoint::Restart),
+                    "in-place" => Ok(RestorePoint::InPlace),
                     "latest" => Ok(RestorePoint::Latest),
                     "before-fault" => Ok(RestorePoint::BeforeFault),
                     _ => humantime::parse_rfc3339(s).map(RestorePoint::At).map_err(|_| {
                         E::custom(format!(
-                            "invalid restore point {s:?}: expected `restart`, `latest`, \
-                             `before-fault` or an RFC 3339 timestamp such as \"2026-11-21T10:00:00Z\""
+                            "invalid restore point {s:?}: expected `restart`, `in-place`, \
+                             `latest`, `before-fault` or an RFC 3339 timestamp such as \"2026-11-21T10:00:00Z\""
                         ))
                     }),
                 }

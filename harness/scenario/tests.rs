@@ -233,7 +233,7 @@ fn missing_required_key() {
 fn kind_specific_rules() {
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"flushall\""),
-        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `corrupt-data-file`, `drop-table`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
+        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `corrupt-data-file`, `drop-table`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
     );
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nrelation = \"order\""),
@@ -251,6 +251,26 @@ fn kind_specific_rules() {
         error_after("at = \"12s\"", "at = \"12s\"\nfor = \"1s\""),
         "s.toml:18:7: faults[0].for: fault `drop-table` does not take `for`"
     );
+    assert_eq!(
+        error_after("kind = \"drop-table\"", "kind = \"pause\""),
+        "s.toml:16:8: faults[0].kind: fault `pause` heals by itself after `for`: target \"pg\" must use restore.from = \"in-place\""
+    );
+    let in_place = GOOD
+        .replace("from = \"latest\"", "from = \"in-place\"")
+        .replace(", \"row-counts\"", "");
+    assert_eq!(
+        parse_text(&in_place)
+            .expect_err("must be rejected")
+            .to_string(),
+        "s.toml:16:8: faults[0].kind: target \"pg\" restores nothing (restore.from = \"in-place\"): only a fault that heals by itself (pause, network-partition) can hit it"
+    );
+    let paused = parse_text(
+        &in_place
+            .replace("kind = \"drop-table\"", "kind = \"pause\"")
+            .replace("at = \"12s\"", "at = \"12s\"\nfor = \"3s\""),
+    )
+    .expect("a pause healed in place is valid");
+    assert_eq!(paused.faults[0].hold, Some(Duration::from_secs(3)));
     assert_eq!(
         error_after("from = \"latest\"", "from = \"restart\""),
         "s.toml:11:21: targets.pg.checks: check `row-counts` compares with the restored backup, but restore.from is `restart`"

@@ -204,6 +204,12 @@ pub trait Target: Send + Sync {
     /// Crash recovery in place: starts the same container on its own data, waits until ready.
     async fn restart(&mut self, timeout: Duration) -> Result<()>;
 
+    /// Ends a temporary fault (`for`) the kind injected; returns what was done.
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value>;
+
+    /// Waits, without touching the service, until it answers again (after a fault healed).
+    async fn serve_again(&mut self, timeout: Duration) -> Result<()>;
+
     /// Repairs the stopped service's own files before a `restart` (`restore.repair`); returns
     /// what the repair tool says it did.
     async fn repair(&mut self) -> Result<Option<String>> {

@@ -198,6 +198,27 @@ impl Service {
         }))
     }
 
+    /// The `pause` fault: every process of the serving container frozen by the engine (the
+    /// cgroup freezer), which must then report it paused. Connections stay open and unanswered.
+    pub async fn pause(&self) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        self.env.docker.pause(c).await?;
+        if !self.env.docker.paused(c).await? {
+            bail!("the engine does not report container {} paused", c.name);
+        }
+        Ok(serde_json::json!({ "container": c.name, "paused": true }))
+    }
+
+    /// Heals `pause`: the container thaws, and the engine must report it running again.
+    pub async fn unpause(&self) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        self.env.docker.unpause(c).await?;
+        if self.env.docker.paused(c).await? {
+            bail!("container {} is still paused after unpause", c.name);
+        }
+        Ok(serde_json::json!({ "container": c.name, "paused": false }))
+    }
+
     /// The exit code of `c`, which `what` must have stopped: an error if it still runs.
     async fn exit_code_after(&self, c: &Container, what: &str) -> Result<Option<i64>> {
         let (running, exit_code) = self.env.docker.state(c).await?;

@@ -6,6 +6,7 @@
 
 mod common;
 mod drills;
+mod engine_clock;
 mod hardening;
 mod layers;
 mod outages;

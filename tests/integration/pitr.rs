@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
+use crate::engine_clock::{EngineEvents, assert_on_the_engine_clock};
 use serde_json::Value;
 
 const PITR: &str = "scenarios/pg-pitr-drop-table.toml";
@@ -234,8 +235,11 @@ fn with_the_primary_gone_an_unarchived_point_gives_way_to_the_end_of_the_archive
 #[test]
 fn volume_loss_loses_at_most_the_unarchived_segment() {
     let _engine = engine();
+    let engine_events = EngineEvents::follow();
     let run = drill("scenarios/pg-volume-loss.toml", "pg-volume-loss", &[]);
+    let engine_events = engine_events.stop();
     assert_eq!(run.code(), Some(0), "{}", run.debug());
+    assert_on_the_engine_clock(&run, &engine_events);
     let t = run.target();
     assert_eq!(run.report["faults"][0]["kind"], "volume-loss");
     assert!(

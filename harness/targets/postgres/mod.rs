@@ -43,6 +43,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     faults: &[
         FaultKind::Kill,
         FaultKind::Stop,
+        FaultKind::Pause,
         FaultKind::CorruptDataFile,
         FaultKind::DropTable,
         FaultKind::VolumeLoss,
@@ -365,6 +366,7 @@ impl Target for Postgres {
         match fault.kind {
             FaultKind::Kill => self.service.kill().await,
             FaultKind::Stop => self.service.stop().await,
+            FaultKind::Pause => self.service.pause().await,
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
             FaultKind::VolumeLoss => self.service.lose_volume().await,
@@ -390,6 +392,17 @@ impl Target for Postgres {
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
         self.service.start_again().await?;
+        self.wait_ready(Ready::Serving, limit).await
+    }
+
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        match fault.kind {
+            FaultKind::Pause => self.service.unpause().await,
+            other => bail!("fault {other} does not heal"),
+        }
+    }
+
+    async fn serve_again(&mut self, limit: Duration) -> Result<()> {
         self.wait_ready(Ready::Serving, limit).await
     }
 

@@ -347,7 +347,9 @@ pub(super) async fn restore(
         "recovery_target_timeline=current".into(),
     ];
     let recovery_target = match request.point {
-        RestorePoint::Latest | RestorePoint::Restart => "the end of the archive".to_string(),
+        RestorePoint::Latest | RestorePoint::Restart | RestorePoint::InPlace => {
+            "the end of the archive".to_string()
+        }
         RestorePoint::BeforeFault => {
             let point = request
                 .recovery_point

@@ -47,6 +47,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     faults: &[
         FaultKind::Kill,
         FaultKind::Stop,
+        FaultKind::Pause,
         FaultKind::DeleteQueue,
         FaultKind::Reset,
         FaultKind::VolumeLoss,
@@ -408,6 +409,7 @@ impl Target for RabbitMq {
         match fault.kind {
             FaultKind::Kill => self.service.kill().await,
             FaultKind::Stop => self.service.stop().await,
+            FaultKind::Pause => self.service.pause().await,
             FaultKind::DeleteQueue => {
                 let queue = fault
                     .queue
@@ -444,6 +446,17 @@ impl Target for RabbitMq {
         *self.browsed.get_mut() = None;
         self.service.start_again().await?;
         // Durable queues come back on their own: wait until they are all there.
+        self.wait_ready(limit, true).await
+    }
+
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        match fault.kind {
+            FaultKind::Pause => self.service.unpause().await,
+            other => bail!("fault {other} does not heal"),
+        }
+    }
+
+    async fn serve_again(&mut self, limit: Duration) -> Result<()> {
         self.wait_ready(limit, true).await
     }
 

@@ -38,6 +38,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     faults: &[
         FaultKind::Kill,
         FaultKind::Stop,
+        FaultKind::Pause,
         FaultKind::CorruptDataFile,
         FaultKind::Flushall,
         FaultKind::VolumeLoss,
@@ -301,6 +302,7 @@ impl Target for Redis {
         match fault.kind {
             FaultKind::Kill => self.service.kill().await,
             FaultKind::Stop => self.service.stop().await,
+            FaultKind::Pause => self.service.pause().await,
             FaultKind::Flushall => {
                 let mut con = self.connect().await?;
                 redis::cmd("FLUSHALL")
@@ -319,6 +321,17 @@ impl Target for Redis {
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {
         self.service.start_again().await?;
+        self.wait_ready(limit).await
+    }
+
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        match fault.kind {
+            FaultKind::Pause => self.service.unpause().await,
+            other => bail!("fault {other} does not heal"),
+        }
+    }
+
+    async fn serve_again(&mut self, limit: Duration) -> Result<()> {
         self.wait_ready(limit).await
     }
 

@@ -1,0 +1,261 @@
+//! The outside clock: the Docker engine's own event stream, with the engine's timestamps,
+//! followed while a drill runs. The report's instants, mapped to wall time through its
+//! `started_at`, must agree with what the engine saw happen to the containers: each fault's
+//! start, each heal, the restored container's start, and the teardown.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::common::Run;
+
+/// How far a report instant may be from the engine's (the report's instants are whole
+/// milliseconds, and each engine call takes a few).
+const TOLERANCE_MS: f64 = 50.0;
+
+/// One container event as the engine logged it.
+#[derive(Debug, Clone)]
+pub struct EngineEvent {
+    /// `create`, `start`, `kill`, `die`, `stop`, `pause`, `unpause`, `destroy`.
+    pub action: String,
+    /// The container's name.
+    pub container: String,
+    /// The drill run that labelled the container.
+    pub run: Option<String>,
+    /// The engine's timestamp, ms since the Unix epoch.
+    pub at_ms: f64,
+}
+
+/// `docker events` running beside a drill, from before it starts.
+pub struct EngineEvents {
+    child: Child,
+    events: Arc<Mutex<Vec<EngineEvent>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl EngineEvents {
+    pub fn follow() -> EngineEvents {
+        let mut args = vec![
+            "events".to_string(),
+            "--format".into(),
+            "{{json .}}".into(),
+            "--filter".into(),
+            "type=container".into(),
+        ];
+        for action in [
+            "create", "start", "kill", "die", "stop", "pause", "unpause", "destroy",
+        ] {
+            args.extend(["--filter".to_string(), format!("event={action}")]);
+        }
+        let mut child = Command::new("docker")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run docker events");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let reader = std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let Ok(e) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let attributes = &e["Actor"]["Attributes"];
+                sink.lock().unwrap().push(EngineEvent {
+                    action: e["Action"].as_str().unwrap_or_default().to_string(),
+                    container: attributes["name"].as_str().unwrap_or_default().to_string(),
+                    run: attributes["io.drillrig.run"].as_str().map(String::from),
+                    at_ms: e["timeNano"].as_f64().unwrap_or_default() / 1e6,
+                });
+            }
+        });
+        // The subscription is open before the drill's first container.
+        std::thread::sleep(Duration::from_millis(300));
+        EngineEvents {
+            child,
+            events,
+            reader,
+        }
+    }
+
+    /// Stops following; every event seen, oldest first.
+    pub fn stop(mut self) -> Vec<EngineEvent> {
+        // Events of the teardown's last removals may still be on their way.
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        let mut events = self.events.lock().unwrap().clone();
+        events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+        events
+    }
+}
+
+/// The run's instants as wall-clock ms since the epoch.
+struct RunClock(f64);
+
+impl RunClock {
+    fn of(run: &Run) -> RunClock {
+        let started = humantime::parse_rfc3339(run.report["started_at"].as_str().unwrap()).unwrap();
+        RunClock(started.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3)
+    }
+
+    fn wall(&self, offset_ms: &Value) -> f64 {
+        self.0 + offset_ms.as_f64().expect("an instant in ms")
+    }
+}
+
+fn assert_near(what: &str, report_ms: f64, engine: &EngineEvent) {
+    let diff = engine.at_ms - report_ms;
+    assert!(
+        (-TOLERANCE_MS..=TOLERANCE_MS).contains(&diff),
+        "{what}: the engine saw `{}` on {} {diff:.1} ms from the report's instant",
+        engine.action,
+        engine.container
+    );
+}
+
+/// Checks the run's report against the engine's events of its containers: every fault's start
+/// and heal, where each target's serving container was (re)started, and the teardown, each
+/// within [`TOLERANCE_MS`].
+pub fn assert_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
+    let id = run.run_id();
+    let clock = RunClock::of(run);
+    let ours: Vec<&EngineEvent> = events
+        .iter()
+        .filter(|e| e.run.as_deref() == Some(id))
+        .collect();
+    assert!(!ours.is_empty(), "the engine saw no container of run {id}");
+    let name = |short: &str| format!("drillrig-{id}-{short}");
+    let on = |container: &str, actions: &[&str], from: f64| -> Option<&EngineEvent> {
+        ours.iter().copied().find(|e| {
+            e.container == container && actions.contains(&e.action.as_str()) && e.at_ms >= from
+        })
+    };
+
+    for fault in run.report["faults"].as_array().unwrap() {
+        let target = fault["target"].as_str().unwrap();
+        let Some(short) = fault["details"]["container"].as_str() else {
+            continue;
+        };
+        let container = name(short);
+        let started = clock.wall(&fault["started_ms"]);
+        let first = on(
+            &container,
+            &["kill", "die", "stop", "pause", "destroy"],
+            started - TOLERANCE_MS,
+        )
+        .unwrap_or_else(|| panic!("{target}: the engine saw nothing happen to {container}"));
+        assert_near(
+            &format!("{target}: fault {} start", fault["kind"]),
+            started,
+            first,
+        );
+        if let Some(heal) = fault.get("heal_started_ms") {
+            let healed = clock.wall(heal);
+            let thaw = on(&container, &["unpause"], started)
+                .unwrap_or_else(|| panic!("{target}: the engine never unpaused {container}"));
+            assert_near(&format!("{target}: heal"), healed, thaw);
+        }
+    }
+
+    for t in run.report["targets"].as_array().unwrap() {
+        let target = t["name"].as_str().unwrap();
+        let Some(fault_at) = t["rto"]["fault_at_ms"].as_f64() else {
+            continue;
+        };
+        let fault_wall = clock.0 + fault_at;
+        // The recovery's phases, laid end to end from the fault.
+        let mut bounds = BTreeMap::new();
+        let mut at = fault_wall;
+        for phase in [
+            "detect",
+            "archive",
+            "provision",
+            "fetch",
+            "restore",
+            "verify",
+        ] {
+            if let Some(ms) = t["rto"]["phases"][phase].as_f64() {
+                bounds.insert(phase, (at, at + ms));
+                at += ms;
+            }
+        }
+        let prefix = name(&format!("{target}-"));
+        let started: Vec<&EngineEvent> = ours
+            .iter()
+            .copied()
+            .filter(|e| {
+                e.action == "start"
+                    && e.container.starts_with(&prefix)
+                    && !e.container.ends_with("-loader")
+                    && e.at_ms > fault_wall
+            })
+            .collect();
+        if t["restore"]["from"] == "in-place" {
+            assert!(
+                started.is_empty(),
+                "{target} restores nothing, yet the engine started {:?}",
+                started.iter().map(|e| &e.container).collect::<Vec<_>>()
+            );
+            continue;
+        }
+        let start = started
+            .first()
+            .unwrap_or_else(|| panic!("{target}: the engine started no container after the fault"));
+        let (from, _) = bounds
+            .get("provision")
+            .or(bounds.get("restore"))
+            .copied()
+            .expect("a restore phase");
+        let (_, to) = bounds["restore"];
+        assert!(
+            start.at_ms >= from - TOLERANCE_MS && start.at_ms <= to + TOLERANCE_MS,
+            "{target}: {} started {:.1} ms after the fault, outside the report's restore ({:.1}..{:.1} ms)",
+            start.container,
+            start.at_ms - fault_wall,
+            from - fault_wall,
+            to - fault_wall
+        );
+    }
+
+    let teardown = run.report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["phase"] == "teardown")
+        .expect("a teardown on the timeline");
+    let (from, to) = (
+        clock.wall(&teardown["started_ms"]),
+        clock.wall(&teardown["ended_ms"]),
+    );
+    let destroyed: Vec<&&EngineEvent> = ours
+        .iter()
+        .filter(|e| e.action == "destroy" && e.at_ms >= from - TOLERANCE_MS)
+        .collect();
+    assert!(
+        !destroyed.is_empty(),
+        "the engine removed nothing at teardown"
+    );
+    for e in destroyed {
+        assert!(
+            e.at_ms <= to + TOLERANCE_MS,
+            "{} was removed {:.1} ms after the report's teardown ended",
+            e.container,
+            e.at_ms - to
+        );
+    }
+    let first = ours
+        .iter()
+        .find(|e| {
+            e.at_ms >= from - TOLERANCE_MS
+                && ["kill", "die", "stop", "destroy"].contains(&e.action.as_str())
+        })
+        .expect("the teardown stopped something");
+    assert_near("teardown start", from, first);
+}
