@@ -259,6 +259,7 @@ kebab_enum!(
         WalContinuity = "wal-continuity",
         RedisCheck = "redis-check",
         Definitions = "definitions",
+        Seed = "seed",
     }
 );
 

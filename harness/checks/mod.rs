@@ -79,6 +79,54 @@ pub struct Evidence<'a> {
     pub fault_began: Micros,
     /// The RPO objective, which the newest recovery point's age must not exceed.
     pub rpo_objective: Duration,
+    /// The seeded dataset's own facts, recorded right after the seed.
+    pub seed: &'a Contents,
+}
+
+/// `seed` (run on every recovery): the fixture's own rows, which no ledger covers, are as the
+/// seed left them: per dataset the same row count and digest.
+pub fn seed(recorded: &Contents, now: Result<Contents, String>) -> CheckResult {
+    let check = CheckKind::Seed;
+    let now = match now {
+        Ok(now) => now,
+        Err(e) => return CheckResult::unknown(check, format!("could not read the seed back: {e}")),
+    };
+    let mut problems = Vec::new();
+    for (name, want) in recorded {
+        match now.get(name) {
+            Some(have) if have.rows == 0 && want.rows > 0 => {
+                problems.push(format!("{name}: all {} seeded rows are gone", want.rows))
+            }
+            Some(have) if have.rows != want.rows => problems.push(format!(
+                "{name}: {} seeded rows, {} after the recovery",
+                want.rows, have.rows
+            )),
+            Some(have) if have.digest != want.digest => problems.push(format!(
+                "{name}: the {} seeded rows are there but changed (digest {} was {})",
+                want.rows, have.digest, want.digest
+            )),
+            Some(_) => {}
+            None => problems.push(format!("{name} is gone")),
+        }
+    }
+    let rows: u64 = recorded.values().map(|d| d.rows).sum();
+    CheckResult::from_problems(
+        check,
+        format!(
+            "{} dataset(s), {rows} seeded rows: as seeded (row counts and digests)",
+            recorded.len()
+        ),
+        problems,
+    )
+}
+
+/// Whether nothing of the seed survived: every recorded dataset is gone or empty.
+pub fn seed_gone(recorded: &Contents, now: &Result<Contents, String>) -> bool {
+    let Ok(now) = now else { return false };
+    recorded.values().any(|d| d.rows > 0)
+        && recorded
+            .keys()
+            .all(|name| now.get(name).is_none_or(|d| d.rows == 0))
 }
 
 /// A backup's size changing by more than this fraction from the previous one is flagged.

@@ -35,6 +35,15 @@ pub struct Executor<'a> {
     pub dir: PathBuf,
 }
 
+/// A target's seed as it was right after seeding: the reference the `seed` check and a total
+/// loss are judged against.
+pub struct Seeded {
+    /// When the seed began (run µs): the dataset's creation, where a total loss reaches back to.
+    pub at: Micros,
+    /// Per dataset, the fixture's own rows and their digest.
+    pub facts: crate::backup::Contents,
+}
+
 /// What the fault step learned.
 struct Outage {
     /// When the injection of the first fault that hit the service began: the outage's start
@@ -87,6 +96,7 @@ impl Executor<'_> {
         &self,
         spec: &TargetSpec,
         target: &mut dyn Target,
+        seeded: &Seeded,
         workload_start: Micros,
     ) -> Result<(), Stop> {
         let s = self.scenario;
@@ -162,6 +172,7 @@ impl Executor<'_> {
             t_fault,
             outage.injected.unwrap_or(t_fault),
             phases,
+            seeded,
             workload_start,
         )
         .await?;
@@ -538,6 +549,7 @@ impl Executor<'_> {
         t_fault: Micros,
         injected: Micros,
         mut phases: RecoveryPhases,
+        seeded: &Seeded,
         workload_start: Micros,
     ) -> Result<(), Stop> {
         let s = self.scenario;
@@ -561,12 +573,20 @@ impl Executor<'_> {
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => return Err(step_overran("reading the workload back")),
         };
+        let seed_read = tokio::time::Instant::now();
+        let seed_now = match tokio::time::timeout(limit, target.seed_facts()).await {
+            Ok(r) => r.map_err(|e| format!("{e:#}")),
+            Err(_) => return Err(step_overran("reading the seed back")),
+        };
+        let mut seed_check = checks::seed(&seeded.facts, seed_now.clone());
+        seed_check.duration_ms = seed_read.elapsed().as_millis() as u64;
         let evidence = Evidence {
             comparison: &comparison,
             backup: restored,
             catalog,
             fault_began: t_fault,
             rpo_objective: spec.objectives.rpo,
+            seed: &seeded.facts,
         };
         let target_ref: &dyn Target = target;
         let results = try_join_all(
@@ -576,6 +596,8 @@ impl Executor<'_> {
         )
         .await
         .map_err(|o| step_overran(&format!("check {}", o.check)))?;
+        let mut results = results;
+        results.push(seed_check);
         let all_passed =
             restore_error.is_none() && results.iter().all(|c| c.status == CheckStatus::Passed);
         let mut recovered = None;
@@ -605,7 +627,21 @@ impl Executor<'_> {
 
         let end_of_phases = recovered.unwrap_or_else(|| clock.micros());
         let ledger_file = self.write_ledger(name, ledger, &comparison);
+        let seed_gone = checks::seed_gone(&seeded.facts, &seed_now);
+        let seed_changed = results
+            .iter()
+            .any(|c| c.name == CheckKind::Seed && c.status == CheckStatus::Failed);
         let mut rpo = rpo_report(spec, ledger, &comparison, injected, workload_start);
+        if seed_changed {
+            seed_loss(
+                &mut rpo,
+                ledger,
+                &comparison,
+                injected,
+                seeded.at,
+                seed_gone,
+            );
+        }
         if let (false, Some(note)) = (rpo.met, &outcome.restored.note) {
             // Damage to the backup chain is the reason the RPO was missed.
             rpo.note = Some(rpo.note.map_or(note.clone(), |n| format!("{n}; {note}")));
@@ -714,6 +750,10 @@ async fn run_check(
             | CheckKind::WalContinuity
             | CheckKind::RedisCheck
             | CheckKind::Definitions => target.check(check, evidence).await,
+            CheckKind::Seed => checks::seed(
+                evidence.seed,
+                target.seed_facts().await.map_err(|e| format!("{e:#}")),
+            ),
         }
     };
     let mut result = tokio::time::timeout(limit, work)
@@ -721,6 +761,37 @@ async fn run_check(
         .map_err(|_| Overran { check, limit })?;
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// The seed did not come back as seeded: the loss reaches back past the workload, to the
+/// dataset's creation (`seeded_at`), and misses the RPO objective whatever its size. When
+/// nothing survived at all (no seeded row, no acknowledged write), it is a total loss
+/// (docs/measurement.md §6).
+fn seed_loss(
+    rpo: &mut Rpo,
+    ledger: &Ledger,
+    comparison: &Result<Comparison, String>,
+    injected: Micros,
+    seeded_at: Micros,
+    seed_gone: bool,
+) {
+    let until = ledger
+        .last_acked_before(injected)
+        .map_or(injected, |w| w.completed);
+    rpo.achieved_ms = Some(until.saturating_sub(seeded_at) / 1000);
+    rpo.met = false;
+    let nothing_survived = comparison.as_ref().is_ok_and(|c| c.recovered == 0);
+    rpo.total_loss = seed_gone && nothing_survived;
+    let why = if rpo.total_loss {
+        "total loss: nothing of the dataset survived, neither the seed nor any acknowledged write"
+    } else {
+        "the seeded data did not survive as seeded (check `seed`): the loss reaches back to the dataset's creation"
+    };
+    rpo.note = Some(
+        rpo.note
+            .take()
+            .map_or(why.to_string(), |n| format!("{why}; {n}")),
+    );
 }
 
 /// The RPO of one target: from the ledger against what the restored target holds, counting

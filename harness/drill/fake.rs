@@ -41,6 +41,8 @@ pub struct Behaviour {
     pub interrupt_at: Option<(&'static str, CancellationToken)>,
     /// The fake's "log" shows a restart no fault caused.
     pub unasked_outage: bool,
+    /// On `kill`, every row goes, the seed's too (a restart then finds nothing).
+    pub wipe_on_kill: bool,
 }
 
 /// What the fake did, as it saw it.
@@ -151,6 +153,8 @@ impl Site for FakeSite {
 struct Store {
     rows: BTreeMap<u64, u64>,
     up: bool,
+    /// The seed's rows are there (every backup holds them: all are taken after the seed).
+    seeded: bool,
 }
 
 impl Store {
@@ -232,6 +236,7 @@ impl Target for FakeTarget {
     async fn seed(&mut self) -> Result<()> {
         self.shared.step("seed").await?;
         tokio::time::sleep(self.shared.behaviour.step_time).await;
+        self.store().seeded = true;
         Ok(())
     }
 
@@ -285,6 +290,11 @@ impl Target for FakeTarget {
         tokio::time::sleep(self.shared.behaviour.fault_time).await;
         let mut store = self.store();
         match fault.kind {
+            FaultKind::Kill if self.shared.behaviour.wipe_on_kill => {
+                store.rows.clear();
+                store.seeded = false;
+                Ok(serde_json::json!({ "wiped": true }))
+            }
             FaultKind::Kill => {
                 let lose = self.shared.behaviour.lose_on_kill;
                 let newest: Vec<u64> = store.rows.keys().rev().take(lose).copied().collect();
@@ -297,6 +307,7 @@ impl Target for FakeTarget {
             }
             FaultKind::VolumeLoss => {
                 store.rows.clear();
+                store.seeded = false;
                 Ok(serde_json::json!({ "volume": "gone" }))
             }
             // Frozen: nothing answers, nothing is lost.
@@ -341,6 +352,7 @@ impl Target for FakeTarget {
         let mut store = self.store();
         store.rows = rows;
         store.up = true;
+        store.seeded = true;
         Ok(Restored {
             prepared: None,
             recovery_target: Some(format!("backup {}", request.backup.id)),
@@ -355,6 +367,17 @@ impl Target for FakeTarget {
 
     async fn contents(&self) -> Result<Contents> {
         Ok(self.store().contents())
+    }
+
+    async fn seed_facts(&self) -> Result<Contents> {
+        let rows = if self.store().seeded { 10 } else { 0 };
+        Ok(Contents::from([(
+            "customers".to_string(),
+            DatasetDigest {
+                rows,
+                digest: format!("{rows} customers"),
+            },
+        )]))
     }
 
     async fn check(&self, check: CheckKind, _evidence: &Evidence<'_>) -> CheckResult {

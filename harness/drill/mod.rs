@@ -39,7 +39,7 @@ use crate::targets::site::DockerSite;
 use crate::targets::{RunContext, Site, Target};
 use crate::util;
 use events::Events;
-use executor::Executor;
+use executor::{Executor, Seeded};
 use stop::{Stop, bounded, classify, host_storage_full};
 
 /// When to leave a run's containers in place for inspection (`DRILLRIG_KEEP`).
@@ -278,6 +278,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         kind: t.kind,
         image: None,
         dataset_rows: t.dataset.rows,
+        seed: None,
         rto: Rto {
             target_ms: t.objectives.rto.as_millis() as u64,
             ..Rto::default()
@@ -384,13 +385,17 @@ impl Drill<'_> {
         self.events.end(span);
 
         let span = self.events.begin("seed", None);
-        try_join_all(targets.iter_mut().map(|(spec, t)| async move {
-            let started = clock.millis();
-            bounded(
+        let seeds = try_join_all(targets.iter_mut().map(|(spec, t)| async move {
+            let at = clock.micros();
+            let seeded = async {
+                t.seed().await?;
+                t.seed_facts().await
+            };
+            let facts = bounded(
                 &format!("seed {}", spec.name),
                 s.timeouts.seed,
                 "timeouts.seed",
-                t.seed(),
+                seeded,
             )
             .await?;
             info!(
@@ -398,9 +403,15 @@ impl Drill<'_> {
                 spec.name,
                 spec.dataset.rows,
                 spec.dataset.fixture,
-                util::seconds(clock.millis() - started)
+                util::seconds((clock.micros() - at) / 1000)
             );
-            Ok::<_, Stop>(())
+            self.events.target(&spec.name, |r| {
+                r.seed = Some(report::SeedReport {
+                    started_ms: at / 1000,
+                    datasets: facts.clone(),
+                })
+            });
+            Ok::<_, Stop>(Seeded { at, facts })
         }))
         .await?;
         self.events.end(span);
@@ -414,9 +425,9 @@ impl Drill<'_> {
         };
         let workload_start = clock.micros();
         try_join_all(
-            targets
-                .iter_mut()
-                .map(|(spec, t)| executor.drive(spec, t.as_mut(), workload_start)),
+            targets.iter_mut().zip(&seeds).map(|((spec, t), seeded)| {
+                executor.drive(spec, t.as_mut(), seeded, workload_start)
+            }),
         )
         .await?;
         Ok(())

@@ -197,6 +197,47 @@ for = "3s""#,
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_total_loss_reaches_back_to_the_seed_and_misses_any_rpo() {
+    // A generous objective: a drill of a few seconds can never span it by time alone.
+    let s = scenario(
+        r#"restore = { from = "restart" }
+checks = ["ledger"]"#,
+        r#"[[faults]]
+target = "db"
+kind = "kill"
+at = "2s""#,
+    );
+    let mut s = s;
+    s.targets[0].objectives.rpo = Duration::from_secs(3600);
+    let behaviour = Behaviour {
+        wipe_on_kill: true,
+        step_time: Duration::from_millis(500),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&s, behaviour).await;
+    assert_eq!(ran.result.exit, Exit::Missed, "{:#}", ran.report);
+    let t = ran.target();
+    let rpo = &t["rpo"];
+    assert_eq!(rpo["total_loss"], true, "{rpo:#}");
+    assert_eq!(rpo["met"], false);
+    // From the seed's start to the last write acknowledged before the kill: past the workload.
+    let seeded = t["seed"]["started_ms"].as_u64().unwrap();
+    let workload = t["workload"]["started_ms"].as_u64().unwrap();
+    assert!(seeded < workload);
+    // Writes every 10 ms from the workload's start, the kill 2 s in.
+    assert!(rpo["achieved_ms"].as_u64().unwrap() >= workload - seeded + 1980);
+    assert!(rpo["note"].as_str().unwrap().starts_with("total loss"));
+    let seed = t["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "seed")
+        .expect("the seed check ran");
+    assert_eq!(seed["status"], "failed");
+    assert_eq!(t["seed"]["datasets"]["customers"]["rows"], 10);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_rto_runs_from_the_start_of_a_slow_injection() {
     let behaviour = Behaviour {
         fault_time: Duration::from_millis(300),

@@ -108,6 +108,9 @@ pub struct TargetReport {
     pub image: Option<ImageChoice>,
     /// Rows of the seeded fixture (the dataset size RTO is projected from).
     pub dataset_rows: u64,
+    /// The seed as recorded right after seeding: what the `seed` check compares with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedReport>,
     pub rto: Rto,
     pub rpo: Rpo,
     pub checks: Vec<CheckResult>,
@@ -147,6 +150,13 @@ pub struct Rto {
     /// Why no RTO was achieved, when none was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// A target's seed: when it began, and per dataset its rows and digest right after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedReport {
+    pub started_ms: u64,
+    pub datasets: crate::backup::Contents,
 }
 
 /// Milliseconds per recovery phase; they add up to the RTO.
@@ -219,6 +229,9 @@ pub struct Rpo {
     pub recovered_prefix_seq: Option<u64>,
     /// `a_max`: the last write acknowledged before the fault.
     pub last_acked_before_fault_seq: Option<u64>,
+    /// Nothing of the dataset survived: no seeded row and no acknowledged write.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub total_loss: bool,
     /// The oldest lost write's seq and ack time, if any was lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_lost_seq: Option<u64>,

@@ -546,6 +546,13 @@ impl Validator<'_> {
         let mut checks = Vec::new();
         for check in &raw.checks {
             let c = *check.get_ref();
+            if c == CheckKind::Seed {
+                return Err(self.at.error(
+                    check.span(),
+                    key("checks"),
+                    "the `seed` check runs on every recovery: leave it out of `checks`",
+                ));
+            }
             if !caps.checks.contains(&c) {
                 return Err(self.at.error(
                     check.span(),

@@ -233,7 +233,7 @@ fn missing_required_key() {
 fn kind_specific_rules() {
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"flushall\""),
-        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `corrupt-data-file`, `drop-table`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
+        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `corrupt-data-file`, `drop-table`, `bad-update`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
     );
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nrelation = \"order\""),
@@ -250,6 +250,10 @@ fn kind_specific_rules() {
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nfor = \"1s\""),
         "s.toml:18:7: faults[0].for: fault `drop-table` does not take `for`"
+    );
+    assert_eq!(
+        error_after("\"ledger\", \"row-counts\"", "\"ledger\", \"seed\""),
+        "s.toml:11:21: targets.pg.checks: the `seed` check runs on every recovery: leave it out of `checks`"
     );
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"pause\""),

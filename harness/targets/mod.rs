@@ -204,6 +204,10 @@ pub trait Target: Send + Sync {
     /// Crash recovery in place: starts the same container on its own data, waits until ready.
     async fn restart(&mut self, timeout: Duration) -> Result<()>;
 
+    /// The seeded dataset as it stands now: per dataset, the fixture's own rows (never the
+    /// workload's) and a digest of them. Recorded after the seed, compared after the recovery.
+    async fn seed_facts(&self) -> Result<Contents>;
+
     /// Ends a temporary fault (`for`) the kind injected; returns what was done.
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value>;
 

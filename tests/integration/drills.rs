@@ -272,3 +272,59 @@ fn a_backend_crash_no_fault_caused_is_found_in_the_log_and_fails_the_drill() {
     assert_eq!(t["rpo"]["lost_writes"], 0);
     assert_no_leftovers(&run_id);
 }
+
+/// A restart does not undo a bad UPDATE. The run is kept (it misses), and the damage is read
+/// from the server directly: the zeroed orders are exactly the rows the fault reported, the
+/// workload's among them are exactly what the ledger found changed, and the seed check fails.
+#[test]
+fn a_restart_does_not_undo_a_bad_update() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/pg-bad-update-restart.toml",
+        "pg-bad-update-restart",
+        &[("DRILLRIG_KEEP", "on-failure")],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    let details = &run.report["faults"][0]["details"];
+    let updated = details["rows_updated"].as_u64().unwrap();
+    let statement = details["statement"].as_str().unwrap();
+    let pick: u64 = statement
+        .split("id % 10 = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("which rows? {statement}"));
+    let container = format!("drillrig-{}-pg-1", run.run_id());
+    let count = |which: &str| -> u64 {
+        let sql = format!(
+            "SELECT count(*) FROM orders WHERE id % 10 = {pick} AND amount_cents = 0 AND {which}"
+        );
+        docker(&[
+            "exec", "-u", "postgres", &container, "psql", "-d", "drill", "-tAc", &sql,
+        ])
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let (seeded, written) = (count("seq IS NULL"), count("seq IS NOT NULL"));
+    assert!(
+        seeded > 400,
+        "one seeded order in ten of 5000 is zeroed: {seeded}"
+    );
+    assert_eq!(
+        seeded + written,
+        updated,
+        "the zeroed orders are the updated rows"
+    );
+    let t = run.target();
+    assert_eq!(t["rpo"]["mismatched"], written);
+    assert_eq!(run.check("ledger"), "failed");
+    assert_eq!(run.check("seed"), "failed");
+    let gc = Command::new(BIN).arg("gc").output().unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert_no_leftovers(run.run_id());
+}

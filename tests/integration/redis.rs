@@ -187,3 +187,55 @@ fn a_damaged_rdb_backup_fails_the_drill() {
     assert_eq!(run.target()["rto"]["achieved_ms"], Value::Null);
     assert_no_leftovers(run.run_id());
 }
+
+/// A FLUSHALL replayed by the restart: nothing of the dataset survives. The ledger says every
+/// acknowledged write before the flush is lost, the seed check finds no seeded key, and the
+/// drill calls it a total loss that misses a 10-minute RPO objective in a drill of seconds.
+#[test]
+fn a_flushall_kept_by_the_restart_is_a_total_loss_and_misses_the_rpo() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/redis-flushall-restart.toml",
+        "redis-flushall-restart",
+        &[],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    let t = run.target();
+    let flushed = run.report["faults"][0]["started_ms"].as_f64().unwrap();
+    let ledger = run.ledger_of("cache");
+    let before: Vec<_> = ledger
+        .iter()
+        .filter(|w| w.2 == "ok" && w.1 < flushed)
+        .collect();
+    assert!(before.len() > 100, "the workload wrote before the flush");
+    assert!(
+        before.iter().all(|w| w.3 == "yes"),
+        "every write acknowledged before the flush is lost"
+    );
+    let seeded = t["seed"]["datasets"]["items"]["rows"].as_u64().unwrap();
+    assert_eq!(seeded, 5000 + 1, "5000 item keys and the sorted set");
+    assert_eq!(run.check("seed"), "failed");
+    let rpo = &t["rpo"];
+    assert_eq!(rpo["total_loss"], true, "{rpo:#}");
+    assert_eq!(rpo["met"], false);
+    // The loss reaches back to the seed's start, before the workload's.
+    let span =
+        t["workload"]["started_ms"].as_u64().unwrap() - t["seed"]["started_ms"].as_u64().unwrap();
+    assert!(rpo["achieved_ms"].as_u64().unwrap() > span);
+    assert_no_leftovers(run.run_id());
+}
+
+/// Every tenth seeded item overwritten, then the latest RDB (taken before) loaded into a fresh
+/// server: exactly a tenth of the items were overwritten, and every one comes back as seeded.
+#[test]
+fn an_rdb_restore_undoes_a_bad_update() {
+    let _engine = engine();
+    let run = drill("scenarios/redis-bad-update.toml", "redis-bad-update", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let details = &run.report["faults"][0]["details"];
+    assert_eq!(details["keys_overwritten"], 2000, "{details}");
+    assert_eq!(run.check("seed"), "passed");
+    assert_eq!(run.check("ledger"), "passed");
+    assert_eq!(run.target()["rpo"]["mismatched"], 0);
+    assert_no_leftovers(run.run_id());
+}

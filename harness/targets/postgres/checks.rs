@@ -1,8 +1,9 @@
 //! What PostgreSQL holds, and the PostgreSQL-only checks: per-table row counts and digests,
 //! foreign keys without orphans, and `pg_amcheck` over every heap and B-tree index.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use super::{DATABASE, Postgres, error_line, physical, quote_ident};
 use crate::backup::{Contents, DatasetDigest};
@@ -11,6 +12,35 @@ use crate::checks::Evidence;
 use crate::spec::CheckKind;
 
 /// Row count and md5 digest (rows as text, in primary-key order) of every table in `public`.
+/// The `orders` fixture's own rows per table: every customer, and the orders the seed wrote (the
+/// workload's carry a `seq`, the round trip's the canary status). A table that is gone holds none.
+pub(super) async fn seed_facts(client: &Client) -> Result<Contents> {
+    let mut facts = Contents::new();
+    let canary = format!("'{}'", super::CANARY_STATUS);
+    for (table, filter) in [
+        ("customers", "true".to_string()),
+        ("orders", format!("t.seq IS NULL AND t.status <> {canary}")),
+    ] {
+        let sql = format!(
+            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t.id), '')) \
+             FROM public.{table} AS t WHERE {filter}"
+        );
+        let digest = match client.query_one(&sql, &[]).await {
+            Ok(row) => DatasetDigest {
+                rows: row.get::<_, i64>(0) as u64,
+                digest: row.get(1),
+            },
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => DatasetDigest {
+                rows: 0,
+                digest: "the table is gone".into(),
+            },
+            Err(e) => bail!("digest the seeded rows of {table}: {}", error_line(&e)),
+        };
+        facts.insert(table.to_string(), digest);
+    }
+    Ok(facts)
+}
+
 pub(super) async fn contents(client: &Client) -> Result<Contents> {
     let tables = client
         .query(

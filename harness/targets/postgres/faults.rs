@@ -1,4 +1,4 @@
-//! PostgreSQL faults: a damaged heap page under the workload, and a dropped table.
+//! PostgreSQL faults: a damaged heap page under the workload, a dropped table, and a bad update.
 
 use std::time::Duration;
 
@@ -107,4 +107,19 @@ pub(super) async fn drop_table(pg: &mut Postgres, relation: &str) -> Result<serd
         .await
         .map_err(|e| anyhow!("{sql}: {}", error_line(&e)))?;
     Ok(json!({ "statement": sql }))
+}
+
+/// `bad-update`: a logical disaster through a normal client, one statement: every tenth order
+/// (`id % 10 = pick`, `pick` from the run's seed), seeded and workload rows alike, gets
+/// `amount_cents = 0`. The server stays healthy; only the data is wrong.
+pub(super) async fn bad_update(pg: &mut Postgres) -> Result<serde_json::Value> {
+    let client = pg.connect().await?;
+    let pick = pg.service.env.seed % 10;
+    let sql =
+        format!("UPDATE orders SET amount_cents = 0 WHERE id % 10 = {pick} AND amount_cents <> 0");
+    let rows = client
+        .execute(&sql, &[])
+        .await
+        .map_err(|e| anyhow!("{sql}: {}", error_line(&e)))?;
+    Ok(json!({ "statement": sql, "rows_updated": rows }))
 }

@@ -46,6 +46,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Pause,
         FaultKind::CorruptDataFile,
         FaultKind::DropTable,
+        FaultKind::BadUpdate,
         FaultKind::VolumeLoss,
         FaultKind::CorruptBackup,
         FaultKind::TruncateBackup,
@@ -369,6 +370,7 @@ impl Target for Postgres {
             FaultKind::Pause => self.service.pause().await,
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
+            FaultKind::BadUpdate => faults::bad_update(self).await,
             FaultKind::VolumeLoss => self.service.lose_volume().await,
             FaultKind::DeleteWalSegment => physical::delete_segment(self, backups),
             other => bail!("fault {other} is not a postgres fault"),
@@ -429,8 +431,11 @@ impl Target for Postgres {
             .await;
         let rows = match rows {
             Ok(rows) => rows,
-            // The table is gone: nothing of the workload survived.
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(ReadBack::new()),
+            // The table is gone: the read-back fails, naming it (an empty read-back would pass
+            // as a prefix loss).
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                bail!("the table orders is gone: {}", error_line(&e))
+            }
             Err(e) => bail!("read the workload's orders: {}", error_line(&e)),
         };
         futures::pin_mut!(rows);
@@ -449,6 +454,11 @@ impl Target for Postgres {
     async fn contents(&self) -> Result<Contents> {
         let client = self.connect().await?;
         checks::contents(&client).await
+    }
+
+    async fn seed_facts(&self) -> Result<Contents> {
+        let client = self.connect().await?;
+        checks::seed_facts(&client).await
     }
 
     async fn check(&self, check: CheckKind, evidence: &Evidence<'_>) -> CheckResult {

@@ -255,7 +255,6 @@ async fn settle_archive(pg: &Postgres, position: &Position) -> Result<(Chain, St
 pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
     let c = pg.service.containers.serving()?;
     let docker = &pg.service.env.docker;
-    let consistent_at = pg.service.env.clock.micros();
     let client = pg.connect().await?;
     let segment_size: i64 = client
         .query_one(
@@ -280,6 +279,9 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
         "drillrig",
     ];
     let out = docker.exec(c, "postgres", &cmd).await?;
+    // A base backup restores to its end (the WAL it streamed up to `End-LSN`), never to an
+    // earlier point: it is consistent as of the moment pg_basebackup returned.
+    let consistent_at = pg.service.env.clock.micros();
     if !out.success() {
         bail!(
             "pg_basebackup exited with {}: {}",

@@ -30,6 +30,7 @@ const DEFINITIONS: &str = "definitions.json";
 const MESSAGES: &str = "messages.jsonl";
 
 /// One message as a queue holds it.
+#[derive(Clone)]
 pub(super) struct Message {
     pub id: String,
     pub body: Vec<u8>,
@@ -146,16 +147,6 @@ fn digest(messages: &[Message]) -> String {
         hasher.update(b"\n");
     }
     hex::encode(hasher.finalize())
-}
-
-/// Per queue: how many messages it holds, and a digest of their ids and bodies in order.
-pub(super) async fn contents(channel: &Channel, queues: &[String]) -> Result<Contents> {
-    let mut contents = Contents::new();
-    for q in queues {
-        let messages = browse(channel, q).await?;
-        contents.insert(q.clone(), summary(&messages));
-    }
-    Ok(contents)
 }
 
 fn artefact(dir: &Path, file: &str, bytes: &[u8]) -> Result<Artefact> {

@@ -191,10 +191,54 @@ pub struct RabbitMq {
     /// them, so a second browse running alongside would see only part. Holds what the last
     /// read-back saw, so the checks of one verify phase judge the same snapshot without browsing
     /// again; any change to the node (fault, restart, restore) clears it.
-    browsed: tokio::sync::Mutex<Option<Contents>>,
+    browsed: tokio::sync::Mutex<Option<Browsed>>,
+}
+
+/// What one browse of every queue saw.
+#[derive(Clone)]
+struct Browsed {
+    /// Per queue, every message.
+    contents: Contents,
+    /// Per queue, the seed's messages (ids `seed-<n>`).
+    seed: Contents,
+}
+
+impl Browsed {
+    fn add(&mut self, queue: &str, messages: &[messages::Message]) {
+        self.contents
+            .insert(queue.to_string(), messages::summary(messages));
+        let seeded: Vec<messages::Message> = messages
+            .iter()
+            .filter(|m| m.id.starts_with("seed-"))
+            .cloned()
+            .collect();
+        self.seed
+            .insert(queue.to_string(), messages::summary(&seeded));
+    }
 }
 
 impl RabbitMq {
+    /// Browses every queue of the topology; the caller holds `browsed`.
+    async fn browse_all(&self) -> Result<Browsed> {
+        let (connection, channel) = self.channel().await?;
+        let mut seen = Browsed {
+            contents: Contents::new(),
+            seed: Contents::new(),
+        };
+        let mut browsed = Ok(());
+        for q in &self.topology.queues {
+            match messages::browse(&channel, q).await {
+                Ok(messages) => seen.add(q, &messages),
+                Err(e) => {
+                    browsed = Err(e);
+                    break;
+                }
+            }
+        }
+        let _ = connection.close(200, "browse".into()).await;
+        browsed.map(|()| seen)
+    }
+
     pub fn new(env: TargetEnv) -> Self {
         RabbitMq {
             service: Service::new(env, "RabbitMQ"),
@@ -472,13 +516,16 @@ impl Target for RabbitMq {
     async fn read_back(&self) -> Result<ReadBack> {
         let mut browsed = self.browsed.lock().await;
         let (connection, channel) = self.channel().await?;
-        let mut contents = Contents::new();
+        let mut seen_now = Browsed {
+            contents: Contents::new(),
+            seed: Contents::new(),
+        };
         // A message is recovered when every queue it was routed to has it back.
         let mut per_queue: Vec<BTreeMap<u64, (u64, u64)>> = Vec::new();
         for q in &self.topology.queues {
             let mut seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
             let messages = messages::browse(&channel, q).await?;
-            contents.insert(q.clone(), messages::summary(&messages));
+            seen_now.add(q, &messages);
             for m in messages {
                 if let Ok(seq) = m.id.parse::<u64>() {
                     let entry = seen.entry(seq).or_insert((body_digest(&m.body), 0));
@@ -488,7 +535,7 @@ impl Target for RabbitMq {
             per_queue.push(seen);
         }
         let _ = connection.close(200, "read back".into()).await;
-        *browsed = Some(contents);
+        *browsed = Some(seen_now);
         let everywhere: BTreeSet<u64> = match per_queue.split_first() {
             Some((first, rest)) => first
                 .keys()
@@ -520,15 +567,21 @@ impl Target for RabbitMq {
 
     async fn contents(&self) -> Result<Contents> {
         let mut browsed = self.browsed.lock().await;
-        if let Some(contents) = browsed.as_ref() {
-            return Ok(contents.clone());
+        if let Some(seen) = browsed.as_ref() {
+            return Ok(seen.contents.clone());
         }
-        let (connection, channel) = self.channel().await?;
-        let contents = messages::contents(&channel, &self.topology.queues).await;
-        let _ = connection.close(200, "contents".into()).await;
-        let contents = contents?;
-        *browsed = Some(contents.clone());
-        Ok(contents)
+        let seen = self.browse_all().await?;
+        *browsed = Some(seen.clone());
+        Ok(seen.contents)
+    }
+
+    async fn seed_facts(&self) -> Result<Contents> {
+        let browsed = self.browsed.lock().await;
+        match browsed.as_ref() {
+            Some(seen) => Ok(seen.seed.clone()),
+            // Not kept: the workload has not written yet when the seed is recorded.
+            None => Ok(self.browse_all().await?.seed),
+        }
     }
 
     async fn check(&self, check: CheckKind, evidence: &Evidence<'_>) -> CheckResult {

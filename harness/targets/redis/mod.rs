@@ -41,6 +41,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Pause,
         FaultKind::CorruptDataFile,
         FaultKind::Flushall,
+        FaultKind::BadUpdate,
         FaultKind::VolumeLoss,
         FaultKind::CorruptBackup,
         FaultKind::TruncateBackup,
@@ -70,6 +71,34 @@ const PROBE_KEY: &str = "item:1";
 const SEED_CHUNK: u64 = 1000;
 /// The one dataset of a Redis target in reports: the whole keyspace.
 const KEYSPACE: &str = "keyspace";
+/// `bad-update`: every tenth seeded item (`n % 10 = ARGV[2]`) that exists is overwritten
+/// through the normal client, one script: a logical disaster the server cannot notice.
+const BAD_UPDATE: &str = r"
+local count = 0
+for i = 1, tonumber(ARGV[1]) do
+  if i % 10 == tonumber(ARGV[2]) and redis.call('EXISTS', 'item:' .. i) == 1 then
+    redis.call('SET', 'item:' .. i, 'drillrig bad update')
+    count = count + 1
+  end
+end
+return count
+";
+/// The `items` fixture's own keys as they stand, for `rows` items: how many are there (each
+/// `item:<n>` and the sorted set), and a SHA-1 of every present key, value and sorted-set member.
+const SEED_FACTS: &str = r"
+local parts, count = {}, 0
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('GET', 'item:' .. i)
+  if v then
+    count = count + 1
+    parts[#parts + 1] = 'item:' .. i .. '=' .. v
+  end
+end
+local z = redis.call('ZRANGE', 'items:by-price', 0, -1, 'WITHSCORES')
+if #z > 0 then count = count + 1 end
+parts[#parts + 1] = table.concat(z, ' ')
+return {count, redis.sha1hex(table.concat(parts, ','))}
+";
 
 /// How to log in to the server.
 #[derive(Clone)]
@@ -311,6 +340,22 @@ impl Target for Redis {
                     .map_err(|e| anyhow!("FLUSHALL: {e}"))?;
                 Ok(serde_json::json!({ "command": "FLUSHALL" }))
             }
+            FaultKind::BadUpdate => {
+                let mut con = self.connect().await?;
+                let pick = self.service.env.seed % 10;
+                let keys: u64 = redis::cmd("EVAL")
+                    .arg(BAD_UPDATE)
+                    .arg(0)
+                    .arg(self.service.env.spec.dataset.rows)
+                    .arg(pick)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| anyhow!("overwrite the seeded items: {e}"))?;
+                Ok(serde_json::json!({
+                    "keys_overwritten": keys,
+                    "which": format!("item:<n> with n % 10 = {pick}"),
+                }))
+            }
             FaultKind::CorruptDataFile => {
                 files::damage(self, fault.file.expect("validation sets the file")).await
             }
@@ -383,6 +428,21 @@ impl Target for Redis {
                 .map(|&s| (s, 0)),
         );
         Ok(read)
+    }
+
+    async fn seed_facts(&self) -> Result<Contents> {
+        let mut con = self.connect().await?;
+        let (rows, digest): (u64, String) = redis::cmd("EVAL")
+            .arg(SEED_FACTS)
+            .arg(0)
+            .arg(self.service.env.spec.dataset.rows)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| anyhow!("digest the seeded items: {e}"))?;
+        Ok(Contents::from([(
+            "items".to_string(),
+            DatasetDigest { rows, digest },
+        )]))
     }
 
     async fn contents(&self) -> Result<Contents> {
