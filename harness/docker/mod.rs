@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{NetworkCreateRequest, PortBinding, VolumeCreateRequest};
+use bollard::models::{
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, PortBinding,
+    VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
@@ -363,6 +366,45 @@ impl Docker {
             .state
             .unwrap_or_default();
         Ok((state.running.unwrap_or(false), state.exit_code))
+    }
+
+    /// Takes `c` off the run's network: its only interface goes, and with it every published
+    /// port (the engine removes the mapping). The processes inside keep running.
+    pub async fn leave_network(&self, c: &Container) -> Result<()> {
+        let request = NetworkDisconnectRequest {
+            container: c.id.clone(),
+            force: Some(true),
+        };
+        self.api
+            .disconnect_network(&self.network, request)
+            .await
+            .with_context(|| format!("disconnect {} from {}", c.name, self.network))
+    }
+
+    /// Puts `c` back on the run's network; the engine publishes its port again, on a new host
+    /// port.
+    pub async fn join_network(&self, c: &Container) -> Result<()> {
+        let request = NetworkConnectRequest {
+            container: c.id.clone(),
+            endpoint_config: None,
+        };
+        self.api
+            .connect_network(&self.network, request)
+            .await
+            .with_context(|| format!("connect {} to {}", c.name, self.network))
+    }
+
+    /// The networks `c` is attached to now.
+    pub async fn networks_of(&self, c: &Container) -> Result<Vec<String>> {
+        let info = self
+            .api
+            .inspect_container(&c.id, None::<InspectContainerOptions>)
+            .await?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_keys().collect())
+            .unwrap_or_default())
     }
 
     /// Whether the engine reports `c` paused (frozen by the cgroup freezer).

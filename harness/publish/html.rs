@@ -1,6 +1,7 @@
 //! The report a person reads: one self-contained HTML file (inline CSS and SVG, no scripts, no
 //! fetches) with the latest run of each scenario against its objectives, a phase timeline per
-//! drill, and trend charts of achieved RTO and RPO over runs with the objective drawn as a line.
+//! drill, and trend charts of achieved RTO and RPO over runs, scaled to the values, with the
+//! objective drawn as a line (or named, when it lies far above them).
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use plotters::coord::{Shift, types::RangedCoordf64};
@@ -17,11 +18,14 @@ th { background: #f2f2f2; }
 .missed, .error, .interrupted { color: #c62828; font-weight: bold; }
 section { border-top: 2px solid #ddd; margin-top: 2em; }
 .charts { display: flex; flex-wrap: wrap; gap: 1em; }
+.legend span { display: inline-block; margin-right: 1.2em; }
+.legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: middle; }
 ";
 
-const PHASE_COLORS: [RGBColor; 5] = [
+const PHASE_COLORS: [RGBColor; 6] = [
     RGBColor(0x8e, 0x24, 0xaa),
-    RGBColor(0x1e, 0x88, 0xe5),
+    RGBColor(0xc0, 0xca, 0x33),
+    RGBColor(0x39, 0x49, 0xab),
     RGBColor(0x00, 0x89, 0x7b),
     RGBColor(0xfb, 0x8c, 0x00),
     RGBColor(0x6d, 0x4c, 0x41),
@@ -87,9 +91,21 @@ fn trend_svg(title: &str, points: &[(String, Option<i64>)], objective_ms: i64) -
             .filter_map(|(i, (_, v))| v.map(|v| (i as f64, v as f64 / 1000.0)))
             .collect();
         let objective = objective_ms as f64 / 1000.0;
-        // Headroom above the highest value for the legend.
-        let top = values.iter().map(|p| p.1).fold(objective, f64::max) * 1.45;
-        let top = if top > 0.0 { top } else { 1.0 };
+        // The y axis is scaled to the achieved values, so a 2 s RTO under a 120 s objective is
+        // not a line on the floor; an objective far above them is named, not drawn.
+        let highest = values.iter().map(|p| p.1).fold(0.0, f64::max);
+        let scale = if highest > 0.0 {
+            highest
+        } else {
+            objective.max(1.0)
+        };
+        let objective_on_chart = objective <= scale * 4.0;
+        // Headroom above the highest line for the legend.
+        let top = if objective_on_chart {
+            scale.max(objective)
+        } else {
+            scale
+        } * 1.45;
         let last = points.len().saturating_sub(1).max(1) as f64;
         let missing = points.len() - values.len();
         let caption = if missing > 0 {
@@ -119,12 +135,20 @@ fn trend_svg(title: &str, points: &[(String, Option<i64>)], objective_ms: i64) -
             })
             .y_desc("seconds")
             .draw()?;
+        let (line, label) = if objective_on_chart {
+            (
+                vec![(-0.3, objective), (last + 0.3, objective)],
+                format!("objective {}", secs(objective_ms)),
+            )
+        } else {
+            (
+                Vec::new(),
+                format!("objective {} (above the chart)", secs(objective_ms)),
+            )
+        };
         chart
-            .draw_series(LineSeries::new(
-                [(-0.3, objective), (last + 0.3, objective)],
-                OBJECTIVE.stroke_width(2),
-            ))?
-            .label(format!("objective {}", secs(objective_ms)))
+            .draw_series(LineSeries::new(line, OBJECTIVE.stroke_width(2)))?
+            .label(label)
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], OBJECTIVE.stroke_width(2)));
         chart
             .draw_series(LineSeries::new(
@@ -138,13 +162,31 @@ fn trend_svg(title: &str, points: &[(String, Option<i64>)], objective_ms: i64) -
     })
 }
 
-/// The recovery phases of one target as a stacked bar from the fault to the recovery.
+/// The colour of the `i`th recovery phase, as CSS.
+fn phase_css(i: usize) -> String {
+    let RGBColor(r, g, b) = PHASE_COLORS[i % PHASE_COLORS.len()];
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// The timeline's legend, in the page beside the chart (never over the bars).
+fn timeline_legend(t: &TargetRecord) -> Markup {
+    html! {
+        p.legend {
+            @for (i, (phase, ms)) in t.phases.iter().enumerate() {
+                span { i style={ "background:" (phase_css(i)) } {} (phase) " " (secs(*ms)) }
+            }
+        }
+    }
+}
+
+/// The recovery phases of one target as a stacked bar from the fault to the recovery; the
+/// legend is [`timeline_legend`].
 fn timeline_svg(t: &TargetRecord) -> String {
     let total: i64 = t.phases.iter().map(|(_, ms)| ms).sum();
     if total <= 0 {
         return "<p>no recovery phases recorded</p>".into();
     }
-    svg((1000, 170), "timeline", |root| {
+    svg((1000, 90), "timeline", |root| {
         let end = total as f64 / 1000.0;
         let mut chart = ChartBuilder::on(root)
             .margin(8)
@@ -157,19 +199,13 @@ fn timeline_svg(t: &TargetRecord) -> String {
             .x_desc("seconds since the fault")
             .draw()?;
         let mut start = 0.0;
-        for (i, (phase, ms)) in t.phases.iter().enumerate() {
+        for (i, (_, ms)) in t.phases.iter().enumerate() {
             let color = PHASE_COLORS[i % PHASE_COLORS.len()];
             let stop = start + *ms as f64 / 1000.0;
-            chart
-                // The bar takes the lower part; the legend sits above it.
-                .draw_series([Rectangle::new([(start, 0.05), (stop, 0.4)], color.filled())])?
-                .label(format!("{phase} {}", secs(*ms)))
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                });
+            chart.draw_series([Rectangle::new([(start, 0.1), (stop, 0.9)], color.filled())])?;
             start = stop;
         }
-        legend(&mut chart, SeriesLabelPosition::UpperRight)
+        Ok(())
     })
 }
 
@@ -204,6 +240,7 @@ fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> M
         }
         h4 { "Phase timeline of the latest run" }
         (PreEscaped(timeline_svg(t)))
+        (timeline_legend(t))
         h4 { "Over " (series.len()) " run(s)" }
         div.charts {
             (PreEscaped(trend_svg("achieved RTO", &rto, t.rto_target_ms)))
@@ -275,6 +312,35 @@ mod tests {
     use super::*;
     use crate::history::tests::sample_run;
 
+    /// The y axis's tick labels of a trend chart, as numbers.
+    fn y_ticks(svg: &str) -> Vec<f64> {
+        svg.split("<text")
+            .filter_map(|t| t.split('>').nth(1)?.split('<').next()?.trim().parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn a_trend_is_scaled_to_its_values_and_an_objective_far_above_is_named() {
+        let points: Vec<(String, Option<i64>)> = [2_000, 2_400, 2_100]
+            .iter()
+            .enumerate()
+            .map(|(i, &ms)| (format!("r{i}"), Some(ms)))
+            .collect();
+        let far = trend_svg("RTO", &points, 120_000);
+        assert!(
+            far.contains("objective 120.000s (above the chart)"),
+            "{far}"
+        );
+        let top = y_ticks(&far).into_iter().fold(0.0, f64::max);
+        assert!(
+            top > 2.4 && top < 5.0,
+            "y axis up to {top} s for values up to 2.4 s"
+        );
+        let near = trend_svg("RTO", &points, 3_000);
+        assert!(near.contains("objective 3.000s\n"), "{near}");
+        assert!(!near.contains("above the chart"));
+    }
+
     #[test]
     fn the_page_is_self_contained_with_a_chart_per_objective_and_a_timeline() {
         let runs: Vec<RunRecord> = (0..4)
@@ -290,7 +356,10 @@ mod tests {
         let page = html(&runs, "2026-11-22T12:00:00Z");
         // One timeline and two trends for the one target.
         assert_eq!(page.matches("<svg").count(), 3, "{page}");
-        assert!(page.contains("objective 60.000s"));
+        // 3 to 4.5 s under a 60 s objective: scaled to the values, the objective named.
+        assert!(page.contains("objective 60.000s (above the chart)"));
+        // The timeline's legend is in the page, outside the chart.
+        assert!(page.contains("class=\"legend\""));
         for fetch in ["src=", "<link", "url(", "<script", "@import"] {
             assert!(!page.contains(fetch), "{fetch} in the page");
         }

@@ -233,7 +233,7 @@ fn missing_required_key() {
 fn kind_specific_rules() {
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"flushall\""),
-        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `corrupt-data-file`, `drop-table`, `bad-update`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
+        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `network-partition`, `corrupt-data-file`, `drop-table`, `bad-update`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
     );
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nrelation = \"order\""),

@@ -219,6 +219,38 @@ impl Service {
         Ok(serde_json::json!({ "container": c.name, "paused": false }))
     }
 
+    /// The `network-partition` fault: the serving container is taken off the run's network, which
+    /// also withdraws its published port, so every client of the drill is cut off (established
+    /// connections break, new ones are refused) while the service runs on. The engine must then
+    /// show the container on no network and publishing nothing.
+    pub async fn partition(&self) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        let docker = &self.env.docker;
+        let port = *self.port.borrow();
+        docker.leave_network(c).await?;
+        let networks = docker.networks_of(c).await?;
+        if !networks.is_empty() {
+            bail!("container {} is still on {networks:?}", c.name);
+        }
+        if let Ok(p) = docker.host_port(c).await {
+            bail!("container {} still publishes host port {p}", c.name);
+        }
+        Ok(serde_json::json!({
+            "container": c.name,
+            "cut_from": ["the run's network", format!("host port {port}")],
+        }))
+    }
+
+    /// Heals `network-partition`: the container rejoins the run's network and publishes its
+    /// port again (a new host port, which writers and probes follow).
+    pub async fn reconnect(&self) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        self.env.docker.join_network(c).await?;
+        let port = self.env.docker.host_port(c).await?;
+        self.port.send_replace(port);
+        Ok(serde_json::json!({ "container": c.name, "host_port": port }))
+    }
+
     /// The exit code of `c`, which `what` must have stopped: an error if it still runs.
     async fn exit_code_after(&self, c: &Container, what: &str) -> Result<Option<i64>> {
         let (running, exit_code) = self.env.docker.state(c).await?;

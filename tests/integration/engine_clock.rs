@@ -1,7 +1,8 @@
 //! The outside clock: the Docker engine's own event stream, with the engine's timestamps,
 //! followed while a drill runs. The report's instants, mapped to wall time through its
 //! `started_at`, must agree with what the engine saw happen to the containers: each fault's
-//! start, each heal, the restored container's start, and the teardown.
+//! start, each heal, the restored container's start, and the teardown. Network events (a
+//! container leaving or joining a network) count as happening to the container.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -20,9 +21,12 @@ const TOLERANCE_MS: f64 = 50.0;
 /// One container event as the engine logged it.
 #[derive(Debug, Clone)]
 pub struct EngineEvent {
-    /// `create`, `start`, `kill`, `die`, `stop`, `pause`, `unpause`, `destroy`.
+    /// `create`, `start`, `kill`, `die`, `stop`, `pause`, `unpause`, `destroy`, and for
+    /// networks `disconnect`, `connect`.
     pub action: String,
-    /// The container's name.
+    /// The container's id.
+    pub id: String,
+    /// The container's name (network events carry only the id: resolved from the others).
     pub container: String,
     /// The drill run that labelled the container.
     pub run: Option<String>,
@@ -45,9 +49,20 @@ impl EngineEvents {
             "{{json .}}".into(),
             "--filter".into(),
             "type=container".into(),
+            "--filter".into(),
+            "type=network".into(),
         ];
         for action in [
-            "create", "start", "kill", "die", "stop", "pause", "unpause", "destroy",
+            "create",
+            "start",
+            "kill",
+            "die",
+            "stop",
+            "pause",
+            "unpause",
+            "destroy",
+            "connect",
+            "disconnect",
         ] {
             args.extend(["--filter".to_string(), format!("event={action}")]);
         }
@@ -66,9 +81,20 @@ impl EngineEvents {
                     continue;
                 };
                 let attributes = &e["Actor"]["Attributes"];
+                let network = e["Type"] == "network";
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
                 sink.lock().unwrap().push(EngineEvent {
-                    action: e["Action"].as_str().unwrap_or_default().to_string(),
-                    container: attributes["name"].as_str().unwrap_or_default().to_string(),
+                    action: text(&e["Action"]),
+                    id: if network {
+                        text(&attributes["container"])
+                    } else {
+                        text(&e["Actor"]["ID"])
+                    },
+                    container: if network {
+                        String::new()
+                    } else {
+                        text(&attributes["name"])
+                    },
                     run: attributes["io.drillrig.run"].as_str().map(String::from),
                     at_ms: e["timeNano"].as_f64().unwrap_or_default() / 1e6,
                 });
@@ -91,6 +117,18 @@ impl EngineEvents {
         let _ = self.child.wait();
         let _ = self.reader.join();
         let mut events = self.events.lock().unwrap().clone();
+        // A network event names the container by id only: give it the container's name and run.
+        let known: std::collections::HashMap<String, (String, Option<String>)> = events
+            .iter()
+            .filter(|e| !e.container.is_empty())
+            .map(|e| (e.id.clone(), (e.container.clone(), e.run.clone())))
+            .collect();
+        for e in events.iter_mut().filter(|e| e.container.is_empty()) {
+            if let Some((name, run)) = known.get(&e.id) {
+                e.container = name.clone();
+                e.run = run.clone();
+            }
+        }
         events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
         events
     }
@@ -108,6 +146,20 @@ impl RunClock {
     fn wall(&self, offset_ms: &Value) -> f64 {
         self.0 + offset_ms.as_f64().expect("an instant in ms")
     }
+}
+
+/// The engine logs a network `disconnect` or `connect` when it has finished (endpoint, port
+/// mapping and proxy torn down or set up: 100 ms and more), so those must fall inside the step
+/// the report records, from its start to its return.
+fn assert_inside(what: &str, from_ms: f64, to_ms: f64, engine: &EngineEvent) {
+    assert!(
+        engine.at_ms >= from_ms - TOLERANCE_MS && engine.at_ms <= to_ms + TOLERANCE_MS,
+        "{what}: the engine saw `{}` on {} {:.1} ms after the step began, which took {:.1} ms",
+        engine.action,
+        engine.container,
+        engine.at_ms - from_ms,
+        to_ms - from_ms
+    );
 }
 
 fn assert_near(what: &str, report_ms: f64, engine: &EngineEvent) {
@@ -147,20 +199,26 @@ pub fn assert_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
         let started = clock.wall(&fault["started_ms"]);
         let first = on(
             &container,
-            &["kill", "die", "stop", "pause", "destroy"],
+            &["kill", "die", "stop", "pause", "destroy", "disconnect"],
             started - TOLERANCE_MS,
         )
         .unwrap_or_else(|| panic!("{target}: the engine saw nothing happen to {container}"));
-        assert_near(
-            &format!("{target}: fault {} start", fault["kind"]),
-            started,
-            first,
-        );
+        let what = format!("{target}: fault {} start", fault["kind"]);
+        if first.action == "disconnect" {
+            assert_inside(&what, started, clock.wall(&fault["injected_at_ms"]), first);
+        } else {
+            assert_near(&what, started, first);
+        }
         if let Some(heal) = fault.get("heal_started_ms") {
             let healed = clock.wall(heal);
-            let thaw = on(&container, &["unpause"], started)
-                .unwrap_or_else(|| panic!("{target}: the engine never unpaused {container}"));
-            assert_near(&format!("{target}: heal"), healed, thaw);
+            let thaw = on(&container, &["unpause", "connect"], started)
+                .unwrap_or_else(|| panic!("{target}: the engine never healed {container}"));
+            if thaw.action == "connect" {
+                let what = format!("{target}: heal");
+                assert_inside(&what, healed, clock.wall(&fault["healed_at_ms"]), thaw);
+            } else {
+                assert_near(&format!("{target}: heal"), healed, thaw);
+            }
         }
     }
 

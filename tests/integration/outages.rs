@@ -58,22 +58,16 @@ fn a_graceful_stop_shuts_each_service_down_cleanly_and_loses_nothing() {
     assert_no_leftovers(run.run_id());
 }
 
-/// `pause` on one target of each kind: the engine freezes each container for 3 s (its own
-/// `pause` and `unpause` events, when the report says), nothing acknowledges a write while it is
-/// frozen, the probes see it, and each service serves again by itself: nothing restarted, nothing
-/// restored, nothing lost.
-#[test]
-fn a_pause_freezes_each_service_until_it_thaws_and_loses_nothing() {
-    let _engine = engine();
+/// A temporary fault (`pause`, `network-partition`) of 3 s on one target of each kind, healed
+/// in place: the engine's own events show it applied and healed when the report says; the
+/// probes failed inside it; no write was acknowledged while it lasted (a reply already on its
+/// way may land within a few ms of its start); nothing restarted, nothing was restored, nothing
+/// acknowledged was lost; and the RTO covers it. Returns the run for the fault's own checks.
+fn a_temporary_fault_on_every_kind(kind: &str, scenario: &str, test: &str) -> Run {
     let engine_events = EngineEvents::follow();
-    let run = drill(
-        "tests/scenarios/pause-every-kind.toml",
-        "pause-every-kind",
-        &[],
-    );
+    let run = drill(scenario, test, &[]);
     let engine_events = engine_events.stop();
     assert_eq!(run.code(), Some(0), "{}", run.debug());
-    // Also: no container of a paused target started again.
     assert_on_the_engine_clock(&run, &engine_events);
     for target in ["pg", "cache", "mq"] {
         let fault = run.report["faults"]
@@ -82,13 +76,13 @@ fn a_pause_freezes_each_service_until_it_thaws_and_loses_nothing() {
             .iter()
             .find(|f| f["target"] == target)
             .unwrap_or_else(|| panic!("no fault on {target}"));
-        assert_eq!(fault["kind"], "pause");
-        let frozen = fault["injected_at_ms"].as_f64().unwrap();
-        let thawed = fault["heal_started_ms"].as_f64().unwrap();
+        assert_eq!(fault["kind"], kind);
+        let began = fault["injected_at_ms"].as_f64().unwrap();
+        let ended = fault["heal_started_ms"].as_f64().unwrap();
         assert!(
-            thawed - frozen >= 3000.0,
-            "{target}: frozen for {} ms",
-            thawed - frozen
+            ended - began >= 3000.0,
+            "{target}: {kind} for {} ms",
+            ended - began
         );
         let t = run.report["targets"]
             .as_array()
@@ -96,29 +90,75 @@ fn a_pause_freezes_each_service_until_it_thaws_and_loses_nothing() {
             .iter()
             .find(|t| t["name"] == target)
             .unwrap();
-        // The probes failed inside the freeze.
         let detected = t["detection"]["detected_at_ms"].as_f64().unwrap();
         assert!(
-            detected > frozen && detected < thawed,
-            "{target}: detected at {detected} ms, outside the freeze {frozen}..{thawed}"
+            detected >= began && detected < ended,
+            "{target}: detected at {detected} ms, outside the {kind} {began}..{ended}"
         );
-        // No write was acknowledged while the service was frozen (a reply already on its way
-        // may land within a few ms of the freeze), and none acknowledged was lost.
         let ledger = run.ledger_of(target);
-        let acked_frozen: Vec<_> = ledger
+        let acked_inside: Vec<_> = ledger
             .iter()
-            .filter(|w| w.2 == "ok" && w.1 > frozen + 50.0 && w.1 < thawed)
+            .filter(|w| w.2 == "ok" && w.1 > began + 50.0 && w.1 < ended)
             .collect();
         assert!(
-            acked_frozen.is_empty(),
-            "{target}: writes acknowledged while frozen: {acked_frozen:?}"
+            acked_inside.is_empty(),
+            "{target}: writes acknowledged during the {kind}: {acked_inside:?}"
         );
         assert!(
             ledger.iter().any(|w| w.2 != "ok"),
-            "{target}: no write failed during the freeze"
+            "{target}: no write failed during the {kind}"
         );
         assert_eq!(t["rpo"]["lost_writes"], 0, "{target}");
-        assert!(t["rto"]["achieved_ms"].as_f64().unwrap() >= thawed - frozen);
+        assert!(t["rto"]["achieved_ms"].as_f64().unwrap() >= ended - began);
+        let seed = t["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "seed")
+            .unwrap_or_else(|| panic!("{target}: no seed check"));
+        assert_eq!(seed["status"], "passed", "{target}: {seed}");
     }
     assert_no_leftovers(run.run_id());
+    run
+}
+
+/// `pause`: the engine freezes each container for 3 s, then thaws it.
+#[test]
+fn a_pause_freezes_each_service_until_it_thaws_and_loses_nothing() {
+    let _engine = engine();
+    let run = a_temporary_fault_on_every_kind(
+        "pause",
+        "tests/scenarios/pause-every-kind.toml",
+        "pause-every-kind",
+    );
+    for fault in run.report["faults"].as_array().unwrap() {
+        assert_eq!(fault["details"]["paused"], true);
+        assert_eq!(fault["details"]["heal"]["paused"], false);
+    }
+}
+
+/// `network-partition`: each container leaves the run's network for 3 s, its published port
+/// withdrawn, then rejoins on a new host port, which the clients follow.
+#[test]
+fn a_partition_cuts_each_service_off_until_it_rejoins_and_loses_nothing() {
+    let _engine = engine();
+    let run = a_temporary_fault_on_every_kind(
+        "network-partition",
+        "tests/scenarios/partition-every-kind.toml",
+        "partition-every-kind",
+    );
+    for fault in run.report["faults"].as_array().unwrap() {
+        let cut = fault["details"]["cut_from"].to_string();
+        let before: u64 = cut
+            .split("host port ")
+            .nth(1)
+            .and_then(|p| {
+                p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{cut}"));
+        let after = fault["details"]["heal"]["host_port"].as_u64().unwrap();
+        assert_ne!(before, after, "the port was withdrawn and published anew");
+    }
 }

@@ -379,6 +379,11 @@ fn the_html_report_renders_in_headless_chromium() {
         "objective {objective} px, achieved {achieved} px in {}",
         shot.display()
     );
+    // RTOs of 2 to 11.5 s under a 60 s objective: the charts are scaled to the RTOs and name
+    // the objective instead of drawing it on the ceiling; the timeline's legend is page text
+    // beside the chart, so it cannot cover a bar.
+    assert!(html.contains("objective 60.000s (above the chart)"));
+    assert!(html.contains("class=\"legend\"") && html.contains("restore 9.900s"));
 }
 
 /// A PostgreSQL container for the shared history; removed when dropped.

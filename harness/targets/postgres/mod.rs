@@ -44,6 +44,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Kill,
         FaultKind::Stop,
         FaultKind::Pause,
+        FaultKind::NetworkPartition,
         FaultKind::CorruptDataFile,
         FaultKind::DropTable,
         FaultKind::BadUpdate,
@@ -368,6 +369,7 @@ impl Target for Postgres {
             FaultKind::Kill => self.service.kill().await,
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
+            FaultKind::NetworkPartition => self.service.partition().await,
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
             FaultKind::BadUpdate => faults::bad_update(self).await,
@@ -400,6 +402,7 @@ impl Target for Postgres {
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
+            FaultKind::NetworkPartition => self.service.reconnect().await,
             other => bail!("fault {other} does not heal"),
         }
     }

@@ -48,6 +48,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Kill,
         FaultKind::Stop,
         FaultKind::Pause,
+        FaultKind::NetworkPartition,
         FaultKind::DeleteQueue,
         FaultKind::Reset,
         FaultKind::VolumeLoss,
@@ -454,6 +455,7 @@ impl Target for RabbitMq {
             FaultKind::Kill => self.service.kill().await,
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
+            FaultKind::NetworkPartition => self.service.partition().await,
             FaultKind::DeleteQueue => {
                 let queue = fault
                     .queue
@@ -496,6 +498,7 @@ impl Target for RabbitMq {
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
+            FaultKind::NetworkPartition => self.service.reconnect().await,
             other => bail!("fault {other} does not heal"),
         }
     }

@@ -39,6 +39,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Kill,
         FaultKind::Stop,
         FaultKind::Pause,
+        FaultKind::NetworkPartition,
         FaultKind::CorruptDataFile,
         FaultKind::Flushall,
         FaultKind::BadUpdate,
@@ -332,6 +333,7 @@ impl Target for Redis {
             FaultKind::Kill => self.service.kill().await,
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
+            FaultKind::NetworkPartition => self.service.partition().await,
             FaultKind::Flushall => {
                 let mut con = self.connect().await?;
                 redis::cmd("FLUSHALL")
@@ -372,6 +374,7 @@ impl Target for Redis {
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
+            FaultKind::NetworkPartition => self.service.reconnect().await,
             other => bail!("fault {other} does not heal"),
         }
     }
