@@ -69,6 +69,20 @@ impl Backup {
             .sum()
     }
 
+    /// [`Backup::data_size`] as the files are now, on disk: what a restore would read. A data
+    /// file that is gone counts 0.
+    pub fn data_size_on_disk(&self) -> u64 {
+        self.artefacts
+            .iter()
+            .filter(|a| !a.is_wal())
+            .map(|a| {
+                std::fs::metadata(self.dir.join(&a.file))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// The artefact a damaging fault aims at: the largest data file.
     pub fn main_artefact(&self) -> Option<&Artefact> {
         self.artefacts

@@ -202,7 +202,9 @@ pub fn backup_size(evidence: &Evidence<'_>) -> CheckResult {
             ),
         );
     };
-    let (now, before) = (b.data_size(), previous.data_size());
+    // The restored backup as it is on disk (what the restore read), against the previous one
+    // as it was taken.
+    let (now, before) = (b.data_size_on_disk(), previous.data_size());
     let change = (now as f64 - before as f64) / (before.max(1) as f64);
     let detail = format!(
         "backup {} holds {now} bytes of data, backup {} {before} ({:+.1}%)",

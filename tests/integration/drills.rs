@@ -328,3 +328,48 @@ fn a_restart_does_not_undo_a_bad_update() {
     );
     assert_no_leftovers(run.run_id());
 }
+
+/// The backup checks' failing paths on a real dump cut to half its size: the file on disk is
+/// half of what the backup recorded, and backup-integrity, backup-size and backup-age fail, as
+/// does the restore.
+#[test]
+fn a_truncated_dump_fails_integrity_size_and_age_and_the_restore() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/pg-truncated-dump.toml",
+        "pg-truncated-dump",
+        &[],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    let damage = &run.report["faults"][0]["details"];
+    assert_eq!(run.report["faults"][0]["kind"], "truncate-backup");
+    let file = damage["file"].as_str().unwrap();
+    let on_disk = std::fs::metadata(file).unwrap().len();
+    let before = damage["size_before"].as_u64().unwrap();
+    let recorded = run.restored_backup()["size_bytes"].as_u64().unwrap();
+    assert_eq!(on_disk, before / 2, "{file} on disk");
+    assert!(
+        before > 100_000 && before <= recorded,
+        "{before} of {recorded} bytes"
+    );
+    for check in ["backup-integrity", "backup-size", "backup-age"] {
+        assert_eq!(run.check(check), "failed", "{check}");
+    }
+    let t = run.target();
+    assert!(
+        t["restore"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("pg_restore"),
+        "{}",
+        t["restore"]
+    );
+    // The newest dump began at 8 s and the site was lost at 15 s: older than the 5 s objective.
+    let backups = t["backups"].as_array().unwrap();
+    let newest = backups.last().unwrap()["consistent_at_ms"]
+        .as_f64()
+        .unwrap();
+    let lost = t["rto"]["fault_at_ms"].as_f64().unwrap();
+    assert!(lost - newest > 5_000.0, "{lost} - {newest}");
+    assert_no_leftovers(run.run_id());
+}

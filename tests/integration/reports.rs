@@ -518,3 +518,41 @@ fn a_projection_runs_each_size_and_fits_the_rtos_it_measured() {
     );
     assert!(stdout.contains("RTO projected to"), "{stdout}");
 }
+
+/// `run --fail-on-regression`: a drill that meets its objectives but recovers far slower than
+/// its own history (same scenario, target and dataset size) exits 1 and names the regression.
+#[test]
+fn fail_on_regression_fails_a_met_drill_slower_than_its_history() {
+    let _engine = engine();
+    let dir = out_dir("fail-on-regression");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Five earlier runs that each recovered in 50 ms: no real restore is that fast, so this one
+    // regresses on any machine.
+    let runs: Vec<RunRecord> = (0..5)
+        .map(|i| {
+            let mut r = past_run(i, "fast-corruption", 50);
+            let t = &mut r.targets[0];
+            t.target = "pg".into();
+            t.dataset_rows = Some(20_000);
+            t.phases = vec![("restore".into(), 50)];
+            r
+        })
+        .collect();
+    history_with(&dir.join("history.sqlite"), &runs);
+    let (out, history) = run_recorded(
+        &dir,
+        &repo("tests/scenarios/fast-corruption.toml"),
+        &["--fail-on-regression"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let latest = recorded_runs(&history).pop().unwrap();
+    assert_eq!(latest.outcome, "met", "{stdout}\n{stderr}");
+    assert!(latest.targets[0].rto_achieved_ms.unwrap() > 50 * 2);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("REGRESSION"), "{stdout}");
+    assert!(
+        stderr.contains("RTO regression (--fail-on-regression)"),
+        "{stderr}"
+    );
+}
