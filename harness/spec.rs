@@ -88,7 +88,13 @@ pub struct TargetSpec {
     pub objectives: Objectives,
     /// Redis persistence (defaults: Redis's own).
     pub persistence: Option<Persistence>,
+    /// The data volume's fixed size in bytes (a tmpfs volume of that size), set when a
+    /// `disk-full` fault aims at the target, so that filling it never touches the host's disk.
+    pub volume_limit: Option<u64>,
 }
+
+/// The size of a target's data volume when a `disk-full` fault aims at it.
+pub const DISK_FULL_VOLUME: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persistence {
@@ -296,7 +302,10 @@ impl FaultKind {
 
     /// Faults that heal after `for` (the option is required).
     pub fn takes_hold(self) -> bool {
-        matches!(self, FaultKind::Pause | FaultKind::NetworkPartition)
+        matches!(
+            self,
+            FaultKind::Pause | FaultKind::NetworkPartition | FaultKind::DiskFull
+        )
     }
 }
 

@@ -240,12 +240,22 @@ impl Docker {
     }
 
     /// Creates a labelled volume of this run; returns its name.
-    pub async fn create_volume(&self, name: &str) -> Result<String> {
+    /// With `limit`, the volume is a tmpfs of that many bytes: full at that size, whatever the
+    /// host's disk holds.
+    pub async fn create_volume(&self, name: &str, limit: Option<u64>) -> Result<String> {
         let name = self.resource_name(name);
         let api = self.api.clone();
+        let driver_opts = limit.map(|bytes| {
+            HashMap::from([
+                ("type".to_string(), "tmpfs".to_string()),
+                ("device".to_string(), "tmpfs".to_string()),
+                ("o".to_string(), format!("size={bytes}")),
+            ])
+        });
         let request = VolumeCreateRequest {
             name: Some(name.clone()),
             labels: Some(self.labels.clone()),
+            driver_opts,
             ..Default::default()
         };
         self.create(async move { api.create_volume(request).await })

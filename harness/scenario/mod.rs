@@ -298,6 +298,15 @@ impl Validator<'_> {
         for target in &targets {
             self.restore_needs(target, &faults, &raw)?;
         }
+        let mut targets = targets;
+        for t in &mut targets {
+            if faults
+                .iter()
+                .any(|f| f.target == t.name && f.kind == FaultKind::DiskFull)
+            {
+                t.volume_limit = Some(crate::spec::DISK_FULL_VOLUME);
+            }
+        }
 
         Ok(Scenario {
             path: self.at.path.to_path_buf(),
@@ -644,6 +653,7 @@ impl Validator<'_> {
                 max_lost_writes,
             },
             persistence,
+            volume_limit: None,
         })
     }
 
@@ -695,6 +705,21 @@ impl Validator<'_> {
                     target.kind,
                     list(caps.faults)
                 ),
+            ));
+        }
+        // A full disk is only met by a service that keeps writing to it, and only survived in
+        // place where the service refuses writes rather than exiting (Redis exits on an AOF
+        // write error under `appendfsync always`).
+        if kind == FaultKind::DiskFull
+            && target
+                .persistence
+                .as_ref()
+                .is_some_and(|p| !p.appendonly || p.appendfsync == crate::spec::Fsync::Always)
+        {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("kind"),
+                format!("fault `{kind}` needs target {name:?} to write an AOF it can survive losing space under: persistence.appendonly = true with appendfsync `everysec` or `no`"),
             ));
         }
         if kind.is_latent() && target.backup.is_none() {

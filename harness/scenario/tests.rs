@@ -531,6 +531,38 @@ proptest! {
 }
 
 #[test]
+fn a_full_disk_fixes_the_volume_and_needs_an_aof_redis_survives() {
+    let text = r#"schema = 1
+name = "disk"
+
+[targets.cache]
+kind = "redis"
+persistence = { appendonly = true, appendfsync = "everysec", save = "" }
+restore = { from = "in-place" }
+checks = ["ledger"]
+objectives = { rto = "60s", rpo = "0s" }
+
+[[faults]]
+target = "cache"
+kind = "disk-full"
+at = "8s"
+for = "3s"
+"#;
+    let s = parse_text(text).unwrap();
+    assert_eq!(
+        s.targets[0].volume_limit,
+        Some(crate::spec::DISK_FULL_VOLUME)
+    );
+    let always = parse_text(&text.replace("\"everysec\"", "\"always\"")).unwrap_err();
+    assert_eq!(
+        always.to_string(),
+        "s.toml:13:8: faults[0].kind: fault `disk-full` needs target \"cache\" to write an AOF it can survive losing space under: persistence.appendonly = true with appendfsync `everysec` or `no`"
+    );
+    let unfaulted = parse_text(&text.replace("kind = \"disk-full\"", "kind = \"pause\"")).unwrap();
+    assert_eq!(unfaulted.targets[0].volume_limit, None);
+}
+
+#[test]
 fn a_rabbitmq_fault_names_a_queue_of_the_topology() {
     let text = r#"schema = 1
 name = "mq-test"

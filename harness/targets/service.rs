@@ -118,6 +118,9 @@ impl<C: Connector> Session<C> {
     }
 }
 
+/// The files `disk-full` fills a data volume with.
+const FILLER: &str = "drillrig-filler";
+
 /// Polls this often until a container is ready.
 const READY_POLL: Duration = Duration::from_millis(100);
 /// One readiness check that takes longer fails, and the next one starts: a client library
@@ -169,7 +172,9 @@ impl Service {
 
     /// Names the next container and creates its data volume: `(name, volume)`.
     pub async fn next_container(&mut self) -> Result<(String, String)> {
-        self.containers.next(&self.env.docker).await
+        self.containers
+            .next(&self.env.docker, self.env.spec.volume_limit)
+            .await
     }
 
     /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
@@ -249,6 +254,65 @@ impl Service {
         let port = self.env.docker.host_port(c).await?;
         self.port.send_replace(port);
         Ok(serde_json::json!({ "container": c.name, "host_port": port }))
+    }
+
+    /// The `disk-full` fault's first half: the data volume mounted at `mount` (a tmpfs of fixed
+    /// size, [`crate::spec::DISK_FULL_VOLUME`]) is filled to its last byte by filler files, as
+    /// root inside the container. Returns the volume's size and what is left (0).
+    pub async fn fill_volume(&self, mount: &str) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        if self.env.spec.volume_limit.is_none() {
+            bail!("the data volume of {} has no fixed size", c.name);
+        }
+        let script = format!(
+            "avail=$(df -B1 --output=avail {mount} | tail -1) \
+             && fallocate -l \"$avail\" {mount}/{FILLER} \
+             ; dd if=/dev/zero of={mount}/{FILLER}-tail bs=4096 2>/dev/null \
+             ; df -B1 --output=size,avail {mount} | tail -1"
+        );
+        let out = self
+            .env
+            .docker
+            .exec(c, "root", &["sh", "-c", &script])
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let numbers: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let [size, avail] = numbers[..] else {
+            bail!("filling {mount} in {}: {}", c.name, out.tail());
+        };
+        if avail > 0 {
+            bail!(
+                "{mount} in {} still has {avail} bytes free after filling",
+                c.name
+            );
+        }
+        Ok(serde_json::json!({
+            "container": c.name,
+            "volume": mount,
+            "volume_bytes": size,
+            "available_bytes": avail,
+        }))
+    }
+
+    /// Heals `disk-full`: the filler files are removed; returns the space free again.
+    pub async fn empty_volume(&self, mount: &str) -> Result<serde_json::Value> {
+        let c = self.containers.serving()?;
+        let script = format!(
+            "rm -f {mount}/{FILLER} {mount}/{FILLER}-tail && df -B1 --output=avail {mount} | tail -1"
+        );
+        let out = self
+            .env
+            .docker
+            .exec(c, "root", &["sh", "-c", &script])
+            .await?;
+        let avail: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("emptying {mount} in {}: {}", c.name, out.tail()))?;
+        Ok(serde_json::json!({ "available_bytes": avail }))
     }
 
     /// The exit code of `c`, which `what` must have stopped: an error if it still runs.
@@ -427,10 +491,10 @@ impl Containers {
     }
 
     /// Names the next container and creates its data volume: `(name, volume)`.
-    pub async fn next(&mut self, docker: &Docker) -> Result<(String, String)> {
+    pub async fn next(&mut self, docker: &Docker, limit: Option<u64>) -> Result<(String, String)> {
         self.generation += 1;
         let name = format!("{}-{}", self.target, self.generation);
-        let volume = docker.create_volume(&format!("{name}-data")).await?;
+        let volume = docker.create_volume(&format!("{name}-data"), limit).await?;
         Ok((name, volume))
     }
 

@@ -256,3 +256,55 @@ fn an_rdb_restore_undoes_a_bad_update() {
     assert_eq!(run.target()["rpo"]["mismatched"], 0);
     assert_no_leftovers(run.run_id());
 }
+
+/// `disk-full`: the 64 MiB data volume filled to its last byte; Redis refuses writes with its
+/// own out-of-space error (to the client, and in its log), and once the filler is gone writes
+/// again by itself, losing no acknowledged write.
+#[test]
+fn a_full_disk_makes_redis_refuse_writes_until_space_comes_back() {
+    let _engine = engine();
+    let run = drill("scenarios/redis-disk-full.toml", "redis-disk-full", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let fault = &run.report["faults"][0];
+    let details = &fault["details"];
+    assert_eq!(details["volume_bytes"], 64 << 20, "{details}");
+    assert_eq!(details["available_bytes"], 0);
+    assert!(
+        details["refused_with"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{details}"
+    );
+    let log = std::fs::read_to_string(
+        run.dir
+            .join("logs")
+            .join(format!("drillrig-{}-cache-1.log", run.run_id())),
+    )
+    .unwrap();
+    let failed = log
+        .find("writing to the AOF file")
+        .expect("Redis logs its failed AOF write");
+    let solved = log
+        .find("AOF write error looks solved")
+        .expect("Redis logs that it writes again");
+    assert!(failed < solved);
+    // Writes were refused while the volume was full; none acknowledged was lost.
+    let (full, freed) = (
+        fault["injected_at_ms"].as_f64().unwrap(),
+        fault["heal_started_ms"].as_f64().unwrap(),
+    );
+    let ledger = run.ledger_of("cache");
+    let refused = ledger
+        .iter()
+        .filter(|w| w.2 == "fail" && w.1 > full && w.1 < freed)
+        .count();
+    assert!(refused > 100, "{refused} writes refused while full");
+    let t = run.target();
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    assert_eq!(run.check("seed"), "passed");
+    // Reads kept working: no probe failed, and the RTO still spans the full disk.
+    assert_eq!(t["detection"]["detected_at_ms"], Value::Null);
+    assert!(t["rto"]["achieved_ms"].as_f64().unwrap() >= freed - full);
+    assert_no_leftovers(run.run_id());
+}

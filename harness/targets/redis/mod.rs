@@ -40,6 +40,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Stop,
         FaultKind::Pause,
         FaultKind::NetworkPartition,
+        FaultKind::DiskFull,
         FaultKind::CorruptDataFile,
         FaultKind::Flushall,
         FaultKind::BadUpdate,
@@ -72,6 +73,10 @@ const PROBE_KEY: &str = "item:1";
 const SEED_CHUNK: u64 = 1000;
 /// The one dataset of a Redis target in reports: the whole keyspace.
 const KEYSPACE: &str = "keyspace";
+/// The key `disk-full` writes to meet, then to clear, the server's out-of-space refusal.
+const SPACE_PROBE: &str = "drillrig:disk-full-probe";
+/// How long Redis may take to refuse writes on a full volume, or to accept them again.
+const SPACE_WAIT: Duration = Duration::from_secs(10);
 /// `bad-update`: every tenth seeded item (`n % 10 = ARGV[2]`) that exists is overwritten
 /// through the normal client, one script: a logical disaster the server cannot notice.
 const BAD_UPDATE: &str = r"
@@ -243,6 +248,59 @@ impl Redis {
     }
 
     /// `DBSIZE` and `DEBUG DIGEST` in one transaction, plus the newest seq in the ledger list.
+    /// After the volume filled up: writes a 4 kB probe until Redis refuses it with its own
+    /// out-of-space error (it fails the AOF write of the next command that needs a new page,
+    /// then refuses every write with `MISCONF`); returns that error.
+    async fn refusal_for_space(&self) -> Result<String> {
+        let mut con = self.connect().await?;
+        let deadline = tokio::time::Instant::now() + SPACE_WAIT;
+        loop {
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(SPACE_PROBE)
+                .arg("x".repeat(4096))
+                .query_async(&mut con)
+                .await;
+            match set {
+                Err(e) if e.to_string().contains("No space left on device") => {
+                    return Ok(e.to_string());
+                }
+                Err(e) => bail!("write on a full volume: {e}"),
+                Ok(()) if tokio::time::Instant::now() >= deadline => {
+                    bail!("Redis still accepts writes {SPACE_WAIT:?} after its volume filled up")
+                }
+                Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// After the filler went: waits until Redis accepts a write again (it retries its AOF write
+    /// every second), then removes the probe; returns how long that took (ms).
+    async fn writable_again(&self) -> Result<u64> {
+        let mut con = self.connect().await?;
+        let began = tokio::time::Instant::now();
+        loop {
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(SPACE_PROBE)
+                .arg("ok")
+                .query_async(&mut con)
+                .await;
+            match set {
+                Ok(()) => break,
+                Err(e) if began.elapsed() >= SPACE_WAIT => {
+                    bail!("Redis still refuses writes {SPACE_WAIT:?} after space came back: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let waited = began.elapsed().as_millis() as u64;
+        redis::cmd("DEL")
+            .arg(SPACE_PROBE)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| anyhow!("remove the space probe: {e}"))?;
+        Ok(waited)
+    }
+
     async fn keyspace(con: &mut MultiplexedConnection) -> Result<(Contents, Option<u64>)> {
         let (keys, digest, newest): (u64, String, Option<u64>) = redis::pipe()
             .atomic()
@@ -334,6 +392,11 @@ impl Target for Redis {
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
             FaultKind::NetworkPartition => self.service.partition().await,
+            FaultKind::DiskFull => {
+                let mut details = self.service.fill_volume(DATA).await?;
+                details["refused_with"] = serde_json::json!(self.refusal_for_space().await?);
+                Ok(details)
+            }
             FaultKind::Flushall => {
                 let mut con = self.connect().await?;
                 redis::cmd("FLUSHALL")
@@ -375,6 +438,11 @@ impl Target for Redis {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
             FaultKind::NetworkPartition => self.service.reconnect().await,
+            FaultKind::DiskFull => {
+                let mut details = self.service.empty_volume(DATA).await?;
+                details["writes_again_after_ms"] = serde_json::json!(self.writable_again().await?);
+                Ok(details)
+            }
             other => bail!("fault {other} does not heal"),
         }
     }
