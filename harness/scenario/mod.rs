@@ -298,7 +298,6 @@ impl Validator<'_> {
         for target in &targets {
             self.restore_needs(target, &faults, &raw)?;
         }
-        let mut targets = targets;
         for t in &mut targets {
             if faults
                 .iter()
