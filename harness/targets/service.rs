@@ -135,6 +135,9 @@ pub struct Service {
     port: watch::Sender<u16>,
     /// The service's name in messages: `PostgreSQL`, `Redis`, `RabbitMQ`.
     what: &'static str,
+    /// Containers that answered their readiness query at least once: only a service that
+    /// served can have an outage (a restore that never came up is the restore's failure).
+    served: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Service {
@@ -144,6 +147,7 @@ impl Service {
             env,
             port: watch::channel(0).0,
             what,
+            served: Default::default(),
         }
     }
 
@@ -353,7 +357,11 @@ impl Service {
                 Ok(port) => {
                     self.port.send_replace(port);
                     match tokio::time::timeout(READY_ATTEMPT, ready(port)).await {
-                        Ok(Ok(())) => return Ok(()),
+                        Ok(Ok(())) => {
+                            let mut served = self.served.lock().expect("not poisoned");
+                            served.insert(c.name.clone());
+                            return Ok(());
+                        }
                         Ok(Err(e)) => e,
                         Err(_) => format!("no answer within {READY_ATTEMPT:?}"),
                     }
@@ -391,11 +399,18 @@ impl Service {
         self.env.docker.start_again(c).await
     }
 
-    /// Lines of the logs of every container started so far that contain one of `patterns`,
-    /// each as `container: line`. A log that cannot be read (a removed container) is skipped.
+    /// Lines of the logs of every container that served (answered its readiness query) that
+    /// contain one of `patterns`, each as `container: line`. A log that cannot be read (a
+    /// removed container) is skipped.
     pub async fn log_lines(&self, patterns: &[&str]) -> Vec<String> {
         let mut found = Vec::new();
-        for c in self.containers.started() {
+        let served = self.served.lock().expect("not poisoned").clone();
+        for c in self
+            .containers
+            .started()
+            .iter()
+            .filter(|c| served.contains(&c.name))
+        {
             let Ok(logs) = self.env.docker.logs(c).await else {
                 continue;
             };

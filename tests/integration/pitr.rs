@@ -399,3 +399,41 @@ fn pitr_undoes_a_bad_update() {
     assert_eq!(t["rpo"]["mismatched"], 0);
     assert_no_leftovers(run.run_id());
 }
+
+/// A recovery target the archive cannot reach (an hour ahead): PostgreSQL stops the restored
+/// server with its own FATAL, the restore fails naming it, and the crash of a server that never
+/// served is the restore's failure, not an outage nobody injected.
+#[test]
+fn a_target_beyond_the_archive_fails_the_restore_and_is_no_unasked_outage() {
+    let _engine = engine();
+    let later = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(3600));
+    let from = format!("from = \"{later}\"");
+    let scenario = variant(
+        PITR,
+        "pitr-beyond-the-archive",
+        &[("from = \"before-fault\"", &from), (", \"backup-age\"", "")],
+    );
+    let run = drill(&scenario, "pitr-beyond-the-archive", &[]);
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    let t = run.target();
+    let error = t["restore"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("recovery ended before configured recovery target was reached"),
+        "{error}"
+    );
+    // The restored server's log has PostgreSQL's crash line, yet no outage is reported.
+    let log = std::fs::read_to_string(
+        run.dir
+            .join("logs")
+            .join(format!("drillrig-{}-pg-2.log", run.run_id())),
+    )
+    .unwrap();
+    assert!(log.contains("terminating any other active server processes"));
+    assert_eq!(
+        t["unasked_outages"],
+        Value::Null,
+        "{}",
+        t["unasked_outages"]
+    );
+    assert_no_leftovers(run.run_id());
+}
