@@ -124,13 +124,12 @@ fn a_suite_runs_its_folder_records_history_and_writes_ci_reports() {
         ["pg-kill", "redis-kill-always"],
         "{stdout}\n{stderr}"
     );
-    // One exit code: the worst of the drills'.
-    let worst = if runs.iter().all(|r| r.outcome == "met") {
-        0
-    } else {
-        1
-    };
-    assert_eq!(out.status.code(), Some(worst), "{stdout}\n{stderr}");
+    // Both drills are built to meet their objectives (a kill that loses nothing acknowledged,
+    // recovered within 30 s): each must, and the suite's one exit code is then 0.
+    for r in &runs {
+        assert_eq!(r.outcome, "met", "{}: {stdout}\n{stderr}", r.scenario);
+    }
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("suite: "), "{stdout}");
     // Off a terminal: plain log lines, tagged with their drill, without colour codes.
     for s in ["pg-kill", "redis-kill-always"] {
@@ -502,20 +501,15 @@ fn a_projection_runs_each_size_and_fits_the_rtos_it_measured() {
     let expected = (y0 as f64 + slope * (5_000_000 - x0) as f64).round() as i64;
     let projected = projection["projected_ms"].as_i64().unwrap();
     assert!((projected - expected).abs() <= 1, "{projection}");
-    assert!(
-        projection["rms_error_ms"].as_f64().unwrap() < 1.0,
-        "two points fit exactly"
-    );
-    let miss = expected > 60_000;
-    assert_eq!(projection["projected_miss"].as_bool(), Some(miss));
+    // Far under the 24 h objective on any machine: no projected miss, and every size met.
+    assert!(expected < 24 * 3_600_000, "{projection}");
+    assert_eq!(projection["projected_miss"].as_bool(), Some(false));
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(junit.contains("projected RTO at 5000000 rows"), "{junit}");
-    let met = runs.iter().all(|r| r.outcome == "met");
-    assert_eq!(
-        out.status.code(),
-        Some(if met && !miss { 0 } else { 1 }),
-        "{stdout}\n{stderr}"
-    );
+    for r in &runs {
+        assert_eq!(r.outcome, "met", "{}: {stdout}\n{stderr}", r.run_id);
+    }
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("RTO projected to"), "{stdout}");
 }
 
