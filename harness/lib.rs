@@ -24,6 +24,7 @@ pub mod faults;
 pub mod history;
 pub mod live;
 pub mod measure;
+pub mod proxy;
 pub mod publish;
 pub mod report;
 pub mod scenario;

@@ -91,6 +91,9 @@ pub struct TargetSpec {
     /// The data volume's fixed size in bytes (a tmpfs volume of that size), set when a
     /// `disk-full` fault aims at the target, so that filling it never touches the host's disk.
     pub volume_limit: Option<u64>,
+    /// The workload's and probes' connections pass drillrig's TCP proxy, set when a `latency`
+    /// fault aims at the target.
+    pub proxied: bool,
 }
 
 /// The size of a target's data volume when a `disk-full` fault aims at it.
@@ -194,6 +197,9 @@ pub struct FaultSpec {
     pub queue: Option<String>,
     /// The backup artefact `corrupt-backup` / `truncate-backup` damages (default: the largest).
     pub artefact: Option<String>,
+    /// `latency`: the delay added to every chunk of data each way, and its jitter (±).
+    pub delay: Option<Duration>,
+    pub jitter: Option<Duration>,
 }
 
 macro_rules! kebab_enum {
@@ -286,6 +292,7 @@ kebab_enum!(
         CorruptBackup = "corrupt-backup",
         TruncateBackup = "truncate-backup",
         DiskFull = "disk-full",
+        Latency = "latency",
         VolumeLoss = "volume-loss",
     }
 );
@@ -304,8 +311,17 @@ impl FaultKind {
     pub fn takes_hold(self) -> bool {
         matches!(
             self,
-            FaultKind::Pause | FaultKind::NetworkPartition | FaultKind::DiskFull
+            FaultKind::Pause
+                | FaultKind::NetworkPartition
+                | FaultKind::DiskFull
+                | FaultKind::Latency
         )
+    }
+
+    /// Faults that slow the service down without taking it down: like backup-chain faults they
+    /// neither start the RTO clock nor end the workload, which runs on through them.
+    pub fn degrades(self) -> bool {
+        matches!(self, FaultKind::Latency)
     }
 }
 

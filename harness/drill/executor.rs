@@ -53,6 +53,8 @@ struct Outage {
     injected: Option<Micros>,
     recovery_point: Option<RecoveryPoint>,
     detection: Option<Detection>,
+    /// A `latency` fault's span: its injection's return to its heal's start (run µs).
+    slowed: Option<(Micros, Micros)>,
 }
 
 /// What [`Executor::restore`] did: the backup it used, what the service reached, and the error
@@ -131,7 +133,13 @@ impl Executor<'_> {
         let ledger = workload.stop(name).await?;
         self.events.end(workload_span);
         let t_fault = outage.t_fault.unwrap_or(restore_start);
+        let write_latency = outage.slowed.map(|(slowed, healed)| report::WriteLatency {
+            before: measure::write_latency(&ledger, workload_start, slowed),
+            during: measure::write_latency(&ledger, slowed, healed),
+            after: measure::write_latency(&ledger, healed, restore_start),
+        });
         self.events.target(name, |t| {
+            t.write_latency = write_latency;
             t.workload = WorkloadReport {
                 rate: spec.rate,
                 started_ms: Some(workload_start / 1000),
@@ -335,11 +343,13 @@ impl Executor<'_> {
                 injected: None,
                 recovery_point: None,
                 detection: None,
+                slowed: None,
             };
             for f in faults {
                 let scheduled = workload_start + f.at.as_micros() as Micros;
                 tokio::time::sleep_until(clock.instant_at(scheduled)).await;
-                let hits_service = !f.kind.is_latent() && outage.t_fault.is_none();
+                let hits_service =
+                    !f.kind.is_latent() && !f.kind.degrades() && outage.t_fault.is_none();
                 if hits_service && spec.restore.from_backup() {
                     // The point `before-fault` restores to: the last moment the target was whole.
                     outage.recovery_point = bounded(
@@ -396,7 +406,8 @@ impl Executor<'_> {
                             // The fault lasts `for` from the moment it was in place.
                             tokio::time::sleep_until(clock.instant_at(injected) + hold).await;
                             let span = self.events.begin(&format!("heal {}", f.kind), Some(name));
-                            record.heal_started_ms = Some(clock.micros() / 1000);
+                            let heal_started = clock.micros();
+                            record.heal_started_ms = Some(heal_started / 1000);
                             let healed = bounded(
                                 &format!("heal {} of {name}", f.kind),
                                 s.timeouts.fault,
@@ -405,6 +416,9 @@ impl Executor<'_> {
                             )
                             .await;
                             self.events.end(span);
+                            if f.kind.degrades() {
+                                outage.slowed = Some((injected, heal_started));
+                            }
                             match healed {
                                 Ok(details) => {
                                     record.healed_at_ms = Some(clock.micros() / 1000);

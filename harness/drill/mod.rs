@@ -279,6 +279,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         image: None,
         dataset_rows: t.dataset.rows,
         seed: None,
+        write_latency: None,
         rto: Rto {
             target_ms: t.objectives.rto.as_millis() as u64,
             ..Rto::default()

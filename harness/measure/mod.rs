@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, Micros};
-use crate::workload::{Comparison, Ledger};
+use crate::workload::{Comparison, Ledger, WriteOutcome};
 
 /// A health probe of one target: a real read of the workload's data.
 #[async_trait]
@@ -154,6 +154,36 @@ pub fn rpo(
         .and_then(|r| ledger.get(r))
         .map_or(workload_start, |w| w.completed);
     Duration::from_micros(a_max.completed.saturating_sub(prefix_end))
+}
+
+/// Acknowledged-write latency (invoke to acknowledgement) over one span of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub writes: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+/// The latency of the `ok` writes of `ledger` invoked in `[from, to)` (run µs): nearest-rank
+/// percentiles.
+pub fn write_latency(ledger: &Ledger, from: Micros, to: Micros) -> LatencySummary {
+    let mut ms: Vec<f64> = ledger
+        .writes()
+        .iter()
+        .filter(|w| w.outcome == WriteOutcome::Ok && w.invoked >= from && w.invoked < to)
+        .map(|w| w.completed.saturating_sub(w.invoked) as f64 / 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        (!ms.is_empty()).then(|| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1])
+    };
+    LatencySummary {
+        writes: ms.len() as u64,
+        p50_ms: rank(0.50),
+        p99_ms: rank(0.99),
+        max_ms: ms.last().copied(),
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,9 @@ pub struct TargetReport {
     pub image: Option<ImageChoice>,
     /// Rows of the seeded fixture (the dataset size RTO is projected from).
     pub dataset_rows: u64,
+    /// Acknowledged-write latency before, during and after a `latency` fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_latency: Option<WriteLatency>,
     /// The seed as recorded right after seeding: what the `seed` check compares with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<SeedReport>,
@@ -150,6 +153,15 @@ pub struct Rto {
     /// Why no RTO was achieved, when none was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// Acknowledged-write latency around a `latency` fault: before it was set, while it lasted
+/// (from its injection's return to its heal's start), and after it, until the workload stopped.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteLatency {
+    pub before: crate::measure::LatencySummary,
+    pub during: crate::measure::LatencySummary,
+    pub after: crate::measure::LatencySummary,
 }
 
 /// A target's seed: when it began, and per dataset its rows and digest right after it.

@@ -305,6 +305,9 @@ impl Validator<'_> {
             {
                 t.volume_limit = Some(crate::spec::DISK_FULL_VOLUME);
             }
+            t.proxied = faults
+                .iter()
+                .any(|f| f.target == t.name && f.kind == FaultKind::Latency);
         }
 
         Ok(Scenario {
@@ -653,6 +656,7 @@ impl Validator<'_> {
             },
             persistence,
             volume_limit: None,
+            proxied: false,
         })
     }
 
@@ -862,6 +866,34 @@ impl Validator<'_> {
             ));
         }
         let artefact = raw.artefact.as_ref().map(|a| a.get_ref().clone());
+        let latency = kind == FaultKind::Latency;
+        for (k, v) in [("delay", &raw.delay), ("jitter", &raw.jitter)] {
+            if let (false, Some(v)) = (latency, v) {
+                return Err(self.at.error(
+                    v.span(),
+                    key(k),
+                    format!("fault `{kind}` does not take `{k}`"),
+                ));
+            }
+        }
+        let delay = raw.delay.as_ref().map(|d| d.get_ref().0);
+        let jitter = raw.jitter.as_ref().map(|d| d.get_ref().0);
+        if latency && delay.is_none_or(|d| d.is_zero()) {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("delay"),
+                "fault `latency` needs `delay`, above zero: the time added each way",
+            ));
+        }
+        if let (Some(d), Some(j)) = (delay, jitter)
+            && j > d
+        {
+            return Err(self.at.error(
+                raw.jitter.as_ref().expect("jitter is set").span(),
+                key("jitter"),
+                "the jitter may not exceed the delay (a chunk cannot arrive before it was sent)",
+            ));
+        }
         Ok(FaultSpec {
             target: name.clone(),
             kind,
@@ -871,6 +903,8 @@ impl Validator<'_> {
             file,
             queue,
             artefact,
+            delay,
+            jitter,
         })
     }
 

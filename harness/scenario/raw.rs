@@ -131,6 +131,8 @@ pub struct RawFault {
     pub file: Option<Spanned<DataFile>>,
     pub queue: Option<Spanned<String>>,
     pub artefact: Option<Spanned<String>>,
+    pub delay: Option<Spanned<HumanDuration>>,
+    pub jitter: Option<Spanned<HumanDuration>>,
 }
 
 /// A humantime duration string ("500ms", "5s", "2m").

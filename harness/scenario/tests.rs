@@ -84,7 +84,9 @@ fn a_good_file_becomes_domain_types() {
             relation: Some("orders".into()),
             file: None,
             queue: None,
-            artefact: None
+            artefact: None,
+            delay: None,
+            jitter: None,
         }]
     );
     assert_eq!(s.timeouts, Timeouts::default());
@@ -233,7 +235,7 @@ fn missing_required_key() {
 fn kind_specific_rules() {
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"flushall\""),
-        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `network-partition`, `corrupt-data-file`, `drop-table`, `bad-update`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
+        "s.toml:16:8: faults[0].kind: fault `flushall` is not available for postgres targets (available: `kill`, `stop`, `pause`, `network-partition`, `latency`, `corrupt-data-file`, `drop-table`, `bad-update`, `volume-loss`, `corrupt-backup`, `truncate-backup`, `delete-wal-segment`)"
     );
     assert_eq!(
         error_after("at = \"12s\"", "at = \"12s\"\nrelation = \"order\""),
@@ -275,6 +277,26 @@ fn kind_specific_rules() {
     )
     .expect("a pause healed in place is valid");
     assert_eq!(paused.faults[0].hold, Some(Duration::from_secs(3)));
+    let slowed = in_place
+        .replace("kind = \"drop-table\"", "kind = \"latency\"")
+        .replace("at = \"12s\"", "at = \"12s\"\nfor = \"3s\"");
+    assert_eq!(
+        parse_text(&slowed).expect_err("no delay").to_string(),
+        "s.toml:16:8: faults[0].delay: fault `latency` needs `delay`, above zero: the time added each way"
+    );
+    let jittery = slowed.replace(
+        "for = \"3s\"",
+        "for = \"3s\"\ndelay = \"10ms\"\njitter = \"20ms\"",
+    );
+    assert_eq!(
+        parse_text(&jittery)
+            .expect_err("jitter beyond the delay")
+            .to_string(),
+        "s.toml:20:10: faults[0].jitter: the jitter may not exceed the delay (a chunk cannot arrive before it was sent)"
+    );
+    let s = parse_text(&jittery.replace("\"20ms\"", "\"5ms\"")).expect("a valid latency");
+    assert!(s.targets[0].proxied);
+    assert_eq!(s.faults[0].delay, Some(Duration::from_millis(10)));
     assert_eq!(
         error_after("from = \"latest\"", "from = \"restart\""),
         "s.toml:11:21: targets.pg.checks: check `row-counts` compares with the restored backup, but restore.from is `restart`"

@@ -138,6 +138,9 @@ pub struct Service {
     /// Containers that answered their readiness query at least once: only a service that
     /// served can have an outage (a restore that never came up is the restore's failure).
     served: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The `latency` fault's proxy, in front of every client connection when the target is
+    /// proxied, and the port it listens on.
+    proxy: Option<(crate::proxy::Proxy, watch::Sender<u16>)>,
 }
 
 impl Service {
@@ -148,6 +151,7 @@ impl Service {
             port: watch::channel(0).0,
             what,
             served: Default::default(),
+            proxy: None,
         }
     }
 
@@ -163,10 +167,11 @@ impl Service {
 
     /// An endpoint on the serving container, connecting with `connector`.
     pub fn endpoint<C: Connector>(&self, connector: C) -> Endpoint<C> {
-        Endpoint {
-            port: self.port.subscribe(),
-            connector,
-        }
+        let port = match &self.proxy {
+            Some((_, through)) => through.subscribe(),
+            None => self.port.subscribe(),
+        };
+        Endpoint { port, connector }
     }
 
     /// Nothing serves now (the container and its volume are gone): clients fail at once.
@@ -337,9 +342,45 @@ impl Service {
         Ok(removed)
     }
 
-    /// Starts `spec` as the serving container; the kind then waits until it is ready.
+    /// Starts `spec` as the serving container; the kind then waits until it is ready. A proxied
+    /// target's proxy starts with its first container.
     pub async fn start(&mut self, spec: &ContainerSpec) -> Result<()> {
+        if self.env.spec.proxied && self.proxy.is_none() {
+            let proxy = crate::proxy::Proxy::start(self.port.subscribe(), self.env.seed).await?;
+            let through = watch::channel(proxy.port()).0;
+            self.proxy = Some((proxy, through));
+        }
         self.containers.start(&self.env.docker, spec).await
+    }
+
+    /// The `latency` fault: from now on every chunk of data between the target and its
+    /// clients waits `delay ± jitter` in drillrig's proxy, each way.
+    pub fn slow_down(&self, delay: Duration, jitter: Duration) -> Result<serde_json::Value> {
+        let Some((proxy, _)) = &self.proxy else {
+            bail!(
+                "target {} is not behind the latency proxy",
+                self.env.spec.name
+            );
+        };
+        proxy.set(Some(crate::proxy::Latency { delay, jitter }));
+        Ok(serde_json::json!({
+            "proxy_port": proxy.port(),
+            "delay_ms": delay.as_millis() as u64,
+            "jitter_ms": jitter.as_millis() as u64,
+            "each_way": true,
+        }))
+    }
+
+    /// Heals `latency`: the proxy copies without delay again.
+    pub fn speed_up(&self) -> Result<serde_json::Value> {
+        let Some((proxy, _)) = &self.proxy else {
+            bail!(
+                "target {} is not behind the latency proxy",
+                self.env.spec.name
+            );
+        };
+        proxy.set(None);
+        Ok(serde_json::json!({ "delay_ms": 0 }))
     }
 
     /// Publishes the serving container's host port, then polls `ready` on it (a real query,

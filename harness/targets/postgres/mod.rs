@@ -45,6 +45,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Stop,
         FaultKind::Pause,
         FaultKind::NetworkPartition,
+        FaultKind::Latency,
         FaultKind::CorruptDataFile,
         FaultKind::DropTable,
         FaultKind::BadUpdate,
@@ -370,6 +371,10 @@ impl Target for Postgres {
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
             FaultKind::NetworkPartition => self.service.partition().await,
+            FaultKind::Latency => self.service.slow_down(
+                fault.delay.expect("validation requires a delay"),
+                fault.jitter.unwrap_or_default(),
+            ),
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
             FaultKind::BadUpdate => faults::bad_update(self).await,
@@ -403,6 +408,7 @@ impl Target for Postgres {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
             FaultKind::NetworkPartition => self.service.reconnect().await,
+            FaultKind::Latency => self.service.speed_up(),
             other => bail!("fault {other} does not heal"),
         }
     }

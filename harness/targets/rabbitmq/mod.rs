@@ -49,6 +49,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Stop,
         FaultKind::Pause,
         FaultKind::NetworkPartition,
+        FaultKind::Latency,
         FaultKind::DeleteQueue,
         FaultKind::Reset,
         FaultKind::VolumeLoss,
@@ -456,6 +457,10 @@ impl Target for RabbitMq {
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
             FaultKind::NetworkPartition => self.service.partition().await,
+            FaultKind::Latency => self.service.slow_down(
+                fault.delay.expect("validation requires a delay"),
+                fault.jitter.unwrap_or_default(),
+            ),
             FaultKind::DeleteQueue => {
                 let queue = fault
                     .queue
@@ -499,6 +504,7 @@ impl Target for RabbitMq {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
             FaultKind::NetworkPartition => self.service.reconnect().await,
+            FaultKind::Latency => self.service.speed_up(),
             other => bail!("fault {other} does not heal"),
         }
     }

@@ -40,6 +40,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         FaultKind::Stop,
         FaultKind::Pause,
         FaultKind::NetworkPartition,
+        FaultKind::Latency,
         FaultKind::DiskFull,
         FaultKind::CorruptDataFile,
         FaultKind::Flushall,
@@ -392,6 +393,10 @@ impl Target for Redis {
             FaultKind::Stop => self.service.stop().await,
             FaultKind::Pause => self.service.pause().await,
             FaultKind::NetworkPartition => self.service.partition().await,
+            FaultKind::Latency => self.service.slow_down(
+                fault.delay.expect("validation requires a delay"),
+                fault.jitter.unwrap_or_default(),
+            ),
             FaultKind::DiskFull => {
                 let mut details = self.service.fill_volume(DATA).await?;
                 details["refused_with"] = serde_json::json!(self.refusal_for_space().await?);
@@ -438,6 +443,7 @@ impl Target for Redis {
         match fault.kind {
             FaultKind::Pause => self.service.unpause().await,
             FaultKind::NetworkPartition => self.service.reconnect().await,
+            FaultKind::Latency => self.service.speed_up(),
             FaultKind::DiskFull => {
                 let mut details = self.service.empty_volume(DATA).await?;
                 details["writes_again_after_ms"] = serde_json::json!(self.writable_again().await?);
