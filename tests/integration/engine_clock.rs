@@ -148,9 +148,10 @@ impl RunClock {
     }
 }
 
-/// The engine logs a network `disconnect` or `connect` when it has finished (endpoint, port
-/// mapping and proxy torn down or set up: 100 ms and more), so those must fall inside the step
-/// the report records, from its start to its return.
+/// The engine logs a network `disconnect` or `connect`, and a `pause` or `unpause`, when it has
+/// finished (endpoint, port mapping and proxy torn down or set up, the cgroup frozen or thawed:
+/// up to 100 ms and more on a loaded machine), so those must fall inside the step the report
+/// records, from its start to its return. A `kill` is logged when the signal is sent.
 fn assert_inside(what: &str, from_ms: f64, to_ms: f64, engine: &EngineEvent) {
     assert!(
         engine.at_ms >= from_ms - TOLERANCE_MS && engine.at_ms <= to_ms + TOLERANCE_MS,
@@ -204,7 +205,7 @@ pub fn assert_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
         )
         .unwrap_or_else(|| panic!("{target}: the engine saw nothing happen to {container}"));
         let what = format!("{target}: fault {} start", fault["kind"]);
-        if first.action == "disconnect" {
+        if ["disconnect", "pause"].contains(&first.action.as_str()) {
             assert_inside(&what, started, clock.wall(&fault["injected_at_ms"]), first);
         } else {
             assert_near(&what, started, first);
@@ -213,7 +214,7 @@ pub fn assert_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
             let healed = clock.wall(heal);
             let thaw = on(&container, &["unpause", "connect"], started)
                 .unwrap_or_else(|| panic!("{target}: the engine never healed {container}"));
-            if thaw.action == "connect" {
+            if ["connect", "unpause"].contains(&thaw.action.as_str()) {
                 let what = format!("{target}: heal");
                 assert_inside(&what, healed, clock.wall(&fault["healed_at_ms"]), thaw);
             } else {
