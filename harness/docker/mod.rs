@@ -367,14 +367,19 @@ impl Docker {
         })
     }
 
-    /// Whether the container is running, and its exit code when not.
-    pub async fn state(&self, c: &Container) -> Result<(bool, Option<i64>)> {
-        let state = self
+    /// The engine's view of `c`'s state now.
+    async fn inspect_state(&self, c: &Container) -> Result<bollard::models::ContainerState> {
+        Ok(self
             .api
             .inspect_container(&c.id, None::<InspectContainerOptions>)
             .await?
             .state
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// Whether the container is running, and its exit code when not.
+    pub async fn state(&self, c: &Container) -> Result<(bool, Option<i64>)> {
+        let state = self.inspect_state(c).await?;
         Ok((state.running.unwrap_or(false), state.exit_code))
     }
 
@@ -419,13 +424,7 @@ impl Docker {
 
     /// Whether the engine reports `c` paused (frozen by the cgroup freezer).
     pub async fn paused(&self, c: &Container) -> Result<bool> {
-        let state = self
-            .api
-            .inspect_container(&c.id, None::<InspectContainerOptions>)
-            .await?
-            .state
-            .unwrap_or_default();
-        Ok(state.paused.unwrap_or(false))
+        Ok(self.inspect_state(c).await?.paused.unwrap_or(false))
     }
 
     pub async fn kill(&self, c: &Container, signal: &str) -> Result<()> {

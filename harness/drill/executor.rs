@@ -479,7 +479,6 @@ impl Executor<'_> {
             RestorePoint::Restart => {
                 phases.enter(Phase::Restore);
                 let mut restored = Restored {
-                    prepared: None,
                     recovery_target: Some("crash recovery in place".into()),
                     ..Restored::default()
                 };

@@ -354,7 +354,6 @@ impl Target for FakeTarget {
         store.up = true;
         store.seeded = true;
         Ok(Restored {
-            prepared: None,
             recovery_target: Some(format!("backup {}", request.backup.id)),
             ..Restored::default()
         })
