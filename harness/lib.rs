@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod publish;
 pub mod report;
 pub mod scenario;
+pub mod source;
 pub mod spec;
 pub mod suite;
 pub mod targets;

@@ -458,9 +458,26 @@ async fn run(
         );
     }
 
+    // Restore tests compare with what earlier runs measured (`drift`, `backup-size`).
+    let mut previous = std::collections::HashMap::new();
+    if let Some(h) = &history {
+        for (_, s) in &scenarios {
+            match h.previous(&s.name).await {
+                Ok(p) => {
+                    previous.insert(s.name.clone(), p);
+                }
+                Err(e) => {
+                    eprintln!("error: read the history: {e:#}");
+                    return Exit::Environment;
+                }
+            }
+        }
+    }
+
     let cancel = CancellationToken::new();
     tokio::spawn(escalate_signals(cancel.clone()));
     let options = |s: &Scenario| RunOptions {
+        previous: previous.get(&s.name).cloned().unwrap_or_default(),
         out_dir: suite.out.clone(),
         reports_root: outputs.reports.clone(),
         images: images

@@ -94,6 +94,142 @@ pub struct TargetSpec {
     /// The workload's and probes' connections pass drillrig's TCP proxy, set when a `latency`
     /// fault aims at the target.
     pub proxied: bool,
+    /// A restore test: the user's own backup is fetched from here, restored and proven. Such a
+    /// target has no dataset, workload, backups or faults.
+    pub source: Option<SourceSpec>,
+    /// The user's own queries, each a check after the restore.
+    pub queries: Vec<QuerySpec>,
+    /// PostgreSQL: the database queries and checks run in (default: the dump's own).
+    pub database: Option<String>,
+}
+
+/// `source`: where a restore test finds the user's backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSpec {
+    pub location: SourceLocation,
+    /// A glob on names (`*.dump`); the newest match is restored.
+    pub pattern: Option<String>,
+    /// `backup-age` fails when the backup is older than this (default 24 h).
+    pub max_age: Duration,
+    /// `backup-size` fails when the size moved more than this share against the previous run.
+    pub size_tolerance: f64,
+}
+
+/// Where a source lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceLocation {
+    /// A file, or a folder whose newest backup is taken.
+    Path(PathBuf),
+    /// An object-store URL (`s3://bucket/prefix/`, `gs://…`, `az://…`), with an endpoint
+    /// override for S3-compatible servers and a region.
+    Url {
+        url: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+    },
+}
+
+impl SourceLocation {
+    /// As the report shows it: never a credential (URLs carry none; the store's keys come from
+    /// the environment).
+    pub fn label(&self) -> String {
+        match self {
+            SourceLocation::Path(p) => p.display().to_string(),
+            SourceLocation::Url { url, endpoint, .. } => match endpoint {
+                Some(e) => format!("{url} (endpoint {e})"),
+                None => url.clone(),
+            },
+        }
+    }
+}
+
+/// One user query of a restore test (`[[targets.NAME.queries]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuerySpec {
+    pub name: String,
+    pub ask: Ask,
+    pub expect: Option<Expect>,
+    /// The largest share the value may move against the previous run's (0.01 = 1 %).
+    pub drift: Option<f64>,
+}
+
+/// What a query asks, in the kind's own language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// PostgreSQL: SQL run in a read-only transaction; the first column of the first row.
+    Sql(String),
+    /// Redis: a read-only command and its arguments.
+    Command(Vec<String>),
+    /// RabbitMQ: a queue's depth (messages ready).
+    Queue(String),
+}
+
+/// `expect`: what a query's value must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    AtLeast(f64),
+    AtMost(f64),
+    Equals(f64),
+    Between(f64, f64),
+    /// Exactly this text.
+    Text(String),
+}
+
+impl Expect {
+    /// Parses `>= N`, `<= N`, `== N`, `between A and B`, or takes the text as an exact value.
+    pub fn parse(s: &str) -> Result<Expect, String> {
+        let t = s.trim();
+        let number = |v: &str| {
+            v.trim()
+                .replace('_', "")
+                .parse::<f64>()
+                .map_err(|_| format!("{v:?} in `{s}` is not a number"))
+        };
+        if let Some(v) = t.strip_prefix(">=") {
+            return Ok(Expect::AtLeast(number(v)?));
+        }
+        if let Some(v) = t.strip_prefix("<=") {
+            return Ok(Expect::AtMost(number(v)?));
+        }
+        if let Some(v) = t.strip_prefix("==") {
+            return Ok(Expect::Equals(number(v)?));
+        }
+        if let Some(rest) = t.strip_prefix("between ") {
+            let Some((a, b)) = rest.split_once(" and ") else {
+                return Err(format!("`{s}`: expected `between A and B`"));
+            };
+            let (a, b) = (number(a)?, number(b)?);
+            if a > b {
+                return Err(format!("`{s}`: the lower bound is above the upper"));
+            }
+            return Ok(Expect::Between(a, b));
+        }
+        Ok(Expect::Text(s.to_string()))
+    }
+
+    /// Whether `value` meets the expectation.
+    pub fn holds(&self, value: &str) -> bool {
+        let n = value.trim().parse::<f64>().ok();
+        match self {
+            Expect::AtLeast(x) => n.is_some_and(|n| n >= *x),
+            Expect::AtMost(x) => n.is_some_and(|n| n <= *x),
+            Expect::Equals(x) => n.is_some_and(|n| n == *x),
+            Expect::Between(a, b) => n.is_some_and(|n| *a <= n && n <= *b),
+            Expect::Text(t) => value == t,
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::AtLeast(x) => write!(f, ">= {x}"),
+            Expect::AtMost(x) => write!(f, "<= {x}"),
+            Expect::Equals(x) => write!(f, "== {x}"),
+            Expect::Between(a, b) => write!(f, "between {a} and {b}"),
+            Expect::Text(t) => write!(f, "{t:?}"),
+        }
+    }
 }
 
 /// The size of a target's data volume when a `disk-full` fault aims at it.
@@ -272,6 +408,8 @@ kebab_enum!(
         RedisCheck = "redis-check",
         Definitions = "definitions",
         Seed = "seed",
+        /// A user query of a restore test (never listed in `checks`).
+        Query = "query",
     }
 );
 

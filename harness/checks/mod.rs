@@ -22,36 +22,58 @@ pub enum CheckStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckResult {
     pub name: CheckKind,
+    /// A user query's name (check `query`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     pub status: CheckStatus,
     pub detail: String,
     pub duration_ms: u64,
+    /// What the check measured, as the next run compares it (a query's value, a backup's
+    /// size in bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 impl CheckResult {
     pub fn passed(name: CheckKind, detail: impl Into<String>) -> Self {
         CheckResult {
             name,
+            query: None,
             status: CheckStatus::Passed,
             detail: detail.into(),
             duration_ms: 0,
+            value: None,
         }
     }
 
     pub fn failed(name: CheckKind, detail: impl Into<String>) -> Self {
         CheckResult {
             name,
+            query: None,
             status: CheckStatus::Failed,
             detail: detail.into(),
             duration_ms: 0,
+            value: None,
         }
     }
 
     pub fn unknown(name: CheckKind, detail: impl Into<String>) -> Self {
         CheckResult {
             name,
+            query: None,
             status: CheckStatus::Unknown,
             detail: detail.into(),
             duration_ms: 0,
+            value: None,
+        }
+    }
+
+    /// The name the report, the terminal, JUnit and the history show: the kind, or
+    /// `query: NAME` for a user query.
+    pub fn title(&self) -> String {
+        match &self.query {
+            Some(q) => format!("query: {q}"),
+            None => self.name.to_string(),
         }
     }
 
@@ -127,6 +149,22 @@ pub fn seed_gone(recorded: &Contents, now: &Result<Contents, String>) -> bool {
         && recorded
             .keys()
             .all(|name| now.get(name).is_none_or(|d| d.rows == 0))
+}
+
+/// What earlier runs of the same scenario measured, for `drift` and `backup-size`: per target
+/// and check title, the newest value recorded and the run that recorded it (from the history).
+#[derive(Debug, Clone, Default)]
+pub struct Previous {
+    pub values: std::collections::BTreeMap<(String, String), (String, String)>,
+}
+
+impl Previous {
+    /// `(run id, value)` of the newest run that recorded `title` for `target`.
+    pub fn value(&self, target: &str, title: &str) -> Option<(&str, &str)> {
+        self.values
+            .get(&(target.to_string(), title.to_string()))
+            .map(|(run, v)| (run.as_str(), v.as_str()))
+    }
 }
 
 /// A backup's size changing by more than this fraction from the previous one is flagged.

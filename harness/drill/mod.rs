@@ -8,6 +8,7 @@ mod events;
 mod executor;
 #[cfg(test)]
 mod fake;
+mod restore_test;
 mod stop;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 pub use executor::choose_backup;
 
 use crate::backup::Repository;
+use crate::checks::Previous;
 use crate::clock::Clock;
 use crate::docker::EnvironmentError;
 use crate::exit::Exit;
@@ -72,6 +74,8 @@ pub struct RunOptions {
     pub keep: Keep,
     /// The drill's live lines on a terminal; drawn nowhere by default.
     pub live: live::Lines,
+    /// What the previous run of the scenario measured (restore tests' `drift`, `backup-size`).
+    pub previous: Previous,
 }
 
 /// A finished run: its report, folder and exit (docs/outputs.md).
@@ -182,6 +186,7 @@ where
                 run,
                 events: events.clone(),
                 dir: dir.clone(),
+                previous: &opts.previous,
             };
             let stop = tokio::select! {
                 r = drill.execute() => r.err(),
@@ -279,6 +284,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         image: None,
         dataset_rows: t.dataset.rows,
         seed: None,
+        source: None,
         write_latency: None,
         rto: Rto {
             target_ms: t.objectives.rto.as_millis() as u64,
@@ -345,13 +351,16 @@ struct Drill<'a> {
     run: RunContext,
     events: Events,
     dir: PathBuf,
+    previous: &'a Previous,
 }
 
 impl Drill<'_> {
     async fn execute(&self) -> Result<(), Stop> {
         let s = self.scenario;
         let clock = self.run.clock;
-        let span = self.events.begin("provision", None);
+        // Restore tests start their targets when they restore; only drills provision and seed.
+        let drills = s.targets.iter().any(|t| t.source.is_none());
+        let span = drills.then(|| self.events.begin("provision", None));
         self.site
             .open()
             .await
@@ -366,27 +375,39 @@ impl Drill<'_> {
             self.events.target(&spec.name, |t| t.image = image);
             targets.push((spec, target));
         }
-        try_join_all(targets.iter_mut().map(|(spec, t)| async move {
-            let started = clock.millis();
-            bounded(
-                &format!("provision {}", spec.name),
-                s.timeouts.provision,
-                "timeouts.provision",
-                t.provision(),
-            )
-            .await?;
-            info!(
-                "{}: provisioned in {}",
-                spec.name,
-                util::seconds(clock.millis() - started)
-            );
-            Ok::<_, Stop>(())
-        }))
+        // A restore test's target starts when its backup is restored.
+        let drilled = |(spec, _): &&mut (&TargetSpec, Box<dyn Target>)| spec.source.is_none();
+        try_join_all(
+            targets
+                .iter_mut()
+                .filter(drilled)
+                .map(|(spec, t)| async move {
+                    let started = clock.millis();
+                    bounded(
+                        &format!("provision {}", spec.name),
+                        s.timeouts.provision,
+                        "timeouts.provision",
+                        t.provision(),
+                    )
+                    .await?;
+                    info!(
+                        "{}: provisioned in {}",
+                        spec.name,
+                        util::seconds(clock.millis() - started)
+                    );
+                    Ok::<_, Stop>(())
+                }),
+        )
         .await?;
-        self.events.end(span);
+        if let Some(span) = span {
+            self.events.end(span);
+        }
 
-        let span = self.events.begin("seed", None);
+        let span = drills.then(|| self.events.begin("seed", None));
         let seeds = try_join_all(targets.iter_mut().map(|(spec, t)| async move {
+            if spec.source.is_some() {
+                return Ok(None);
+            }
             let at = clock.micros();
             let seeded = async {
                 t.seed().await?;
@@ -412,10 +433,12 @@ impl Drill<'_> {
                     datasets: facts.clone(),
                 })
             });
-            Ok::<_, Stop>(Seeded { at, facts })
+            Ok::<_, Stop>(Some(Seeded { at, facts }))
         }))
         .await?;
-        self.events.end(span);
+        if let Some(span) = span {
+            self.events.end(span);
+        }
 
         let executor = Executor {
             scenario: s,
@@ -425,11 +448,24 @@ impl Drill<'_> {
             dir: self.dir.clone(),
         };
         let workload_start = clock.micros();
-        try_join_all(
-            targets.iter_mut().zip(&seeds).map(|((spec, t), seeded)| {
-                executor.drive(spec, t.as_mut(), seeded, workload_start)
-            }),
-        )
+        try_join_all(targets.iter_mut().zip(&seeds).map(|((spec, t), seeded)| {
+            let executor = &executor;
+            async move {
+                match (&spec.source, seeded) {
+                    (Some(source), _) => {
+                        executor
+                            .restore_test(spec, source, t.as_mut(), self.previous)
+                            .await
+                    }
+                    (None, Some(seeded)) => {
+                        executor
+                            .drive(spec, t.as_mut(), seeded, workload_start)
+                            .await
+                    }
+                    (None, None) => unreachable!("every drilled target is seeded"),
+                }
+            }
+        }))
         .await?;
         Ok(())
     }

@@ -68,6 +68,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, target, name),
         FOREIGN KEY (run_id, target) REFERENCES targets (run_id, target) ON DELETE CASCADE
     );",
+    // 3: what a check measured (a restore test's query value, a backup's size), which the next
+    // run's `drift` and `backup-size` compare with.
+    "ALTER TABLE checks ADD COLUMN value TEXT;",
 ];
 
 /// The schema version this drillrig writes.
@@ -112,10 +115,13 @@ pub struct TargetRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckRecord {
+    /// The check's kind, or `query: NAME` for a user query.
     pub name: String,
     /// `passed`, `failed` or `unknown`.
     pub status: String,
     pub detail: String,
+    /// What it measured, for the next run to compare with.
+    pub value: Option<String>,
 }
 
 fn json_name<T: Serialize>(v: &T) -> String {
@@ -183,14 +189,16 @@ impl RunRecord {
                         .checks
                         .iter()
                         .map(|c| CheckRecord {
-                            name: json_name(&c.name),
+                            name: c.title(),
                             status: json_name(&c.status),
                             detail: c.detail.clone(),
+                            value: c.value.clone(),
                         })
                         .chain(t.unasked_outages.iter().map(|o| CheckRecord {
                             name: "no-unasked-outage".into(),
                             status: "failed".into(),
                             detail: o.clone(),
+                            value: None,
                         }))
                         .collect(),
                 })
@@ -405,8 +413,8 @@ impl History {
             for (position, c) in t.checks.iter().enumerate() {
                 self.backend
                     .execute(
-                        "INSERT INTO checks (run_id, target, position, name, status, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        "INSERT INTO checks (run_id, target, position, name, status, detail, value) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         &[
                             run.run_id.as_str().into(),
                             t.target.as_str().into(),
@@ -414,12 +422,44 @@ impl History {
                             c.name.as_str().into(),
                             c.status.as_str().into(),
                             c.detail.as_str().into(),
+                            c.value.clone().into(),
                         ],
                     )
                     .await?;
             }
         }
         Ok(())
+    }
+
+    /// What earlier runs of `scenario` measured: per target and check, the newest value
+    /// recorded, for the next run's `drift` and `backup-size` (empty when it never ran).
+    pub async fn previous(&self, scenario: &str) -> Result<crate::checks::Previous> {
+        use Kind::Text;
+        let rows = self
+            .backend
+            .query(
+                "SELECT r.run_id, c.target, c.name, c.value FROM checks c \
+                 JOIN runs r ON r.run_id = c.run_id \
+                 WHERE r.scenario = $1 AND c.value IS NOT NULL \
+                 ORDER BY r.started_at, r.run_id",
+                &[scenario.into()],
+                &[Text, Text, Text, Text],
+            )
+            .await?;
+        let mut previous = crate::checks::Previous::default();
+        for r in rows {
+            previous.values.insert(
+                (
+                    r[1].text().unwrap_or_default(),
+                    r[2].text().unwrap_or_default(),
+                ),
+                (
+                    r[0].text().unwrap_or_default(),
+                    r[3].text().unwrap_or_default(),
+                ),
+            );
+        }
+        Ok(previous)
     }
 
     /// Every recorded run, oldest first.
@@ -511,10 +551,10 @@ impl History {
         for r in self
             .backend
             .query(
-                "SELECT run_id, target, name, status, detail FROM checks \
+                "SELECT run_id, target, name, status, detail, value FROM checks \
                  ORDER BY run_id, target, position",
                 &[],
-                &[Text, Text, Text, Text, Text],
+                &[Text, Text, Text, Text, Text, Text],
             )
             .await?
         {
@@ -527,6 +567,7 @@ impl History {
                     name: r[2].text().unwrap_or_default(),
                     status: r[3].text().unwrap_or_default(),
                     detail: r[4].text().unwrap_or_default(),
+                    value: r[5].text(),
                 });
             }
         }

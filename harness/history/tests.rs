@@ -36,11 +36,13 @@ pub(crate) fn sample_run(run_id: &str, scenario: &str, started_at: &str, rto_ms:
                     name: "ledger".into(),
                     status: "passed".into(),
                     detail: "all there".into(),
+                    value: Some("7".into()),
                 },
                 CheckRecord {
                     name: "fk-integrity".into(),
                     status: "failed".into(),
                     detail: "3 orphans".into(),
+                    value: Some("7".into()),
                 },
             ],
         }],

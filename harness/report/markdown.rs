@@ -135,7 +135,7 @@ pub fn markdown(r: &Report) -> String {
                 let _ = writeln!(
                     md,
                     "| {} | {status} | {} |",
-                    c.name,
+                    c.title(),
                     c.detail.replace('|', "\\|")
                 );
             }

@@ -114,6 +114,10 @@ pub struct TargetReport {
     /// The seed as recorded right after seeding: what the `seed` check compares with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<SeedReport>,
+    /// A restore test: where the backup came from, what it is, when it was made, and how fast
+    /// it was fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceReport>,
     pub rto: Rto,
     pub rpo: Rpo,
     pub checks: Vec<CheckResult>,
@@ -125,6 +129,17 @@ pub struct TargetReport {
     /// backend that made PostgreSQL restart every session): the drill's figures absorbed them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unasked_outages: Vec<String>,
+}
+
+/// The backup a restore test restored.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    /// The source as the scenario names it (a path, or a URL and its endpoint).
+    pub location: String,
+    #[serde(flatten)]
+    pub fetched: crate::source::Fetched,
+    /// Fetch throughput, MB/s (10^6 bytes per second).
+    pub mb_per_s: f64,
 }
 
 impl TargetReport {

@@ -48,6 +48,23 @@ pub fn terminal(r: &Report) -> String {
             t.rpo.achieved_ms.map_or("—".into(), seconds),
             yes_no(t.rpo.met).into(),
         ]);
+        if let Some(src) = &t.source {
+            objectives.push_record([
+                t.name.clone(),
+                "backup".into(),
+                String::new(),
+                format!(
+                    "{} ({}), made {}; {} bytes fetched at {} MB/s",
+                    src.fetched.object,
+                    src.fetched.format.describe(),
+                    src.fetched.made_at,
+                    src.fetched.bytes,
+                    src.mb_per_s
+                ),
+                String::new(),
+            ]);
+            continue;
+        }
         objectives.push_record([
             t.name.clone(),
             "lost writes".into(),
@@ -99,12 +116,7 @@ pub fn terminal(r: &Report) -> String {
                 CheckStatus::Failed => "FAILED",
                 CheckStatus::Unknown => "UNKNOWN",
             };
-            checks.push_record([
-                t.name.clone(),
-                c.name.to_string(),
-                status.into(),
-                shorten(&c.detail),
-            ]);
+            checks.push_record([t.name.clone(), c.title(), status.into(), shorten(&c.detail)]);
         }
     }
     if checks.count_records() > 1 {

@@ -2,6 +2,7 @@
 //! into the domain types the drill runs. Every error names file, line, column and key.
 
 pub mod raw;
+mod source;
 
 use std::fmt;
 use std::ops::Range;
@@ -397,6 +398,23 @@ impl Validator<'_> {
         }
         let kind = *raw.kind.get_ref();
         let caps = capabilities(kind);
+        if let Some(source) = &raw.source {
+            return self.sourced_target(name, raw, source);
+        }
+        if let Some(q) = raw.queries.first() {
+            return Err(self.at.error(
+                q.span(),
+                key("queries"),
+                "queries prove a restore test of your own backup: give the target a `source`",
+            ));
+        }
+        if let Some(d) = &raw.database {
+            return Err(self.at.error(
+                d.span(),
+                key("database"),
+                "`database` names where a restore test's queries run: give the target a `source`",
+            ));
+        }
 
         let dataset = match &raw.dataset {
             None => Dataset {
@@ -657,6 +675,9 @@ impl Validator<'_> {
             persistence,
             volume_limit: None,
             proxied: false,
+            source: None,
+            queries: Vec::new(),
+            database: None,
         })
     }
 
@@ -698,6 +719,13 @@ impl Validator<'_> {
             ));
         };
         let kind = *raw.kind.get_ref();
+        if target.source.is_some() {
+            return Err(self.at.error(
+                raw.target.span(),
+                key("target"),
+                format!("target {name:?} restores your own backup (`source`): a restore test takes no faults"),
+            ));
+        }
         let caps = capabilities(target.kind);
         if !caps.faults.contains(&kind) {
             return Err(self.at.error(

@@ -62,6 +62,35 @@ pub struct RawTarget {
     pub checks: Vec<Spanned<CheckKind>>,
     pub objectives: Spanned<RawObjectives>,
     pub persistence: Option<Spanned<RawPersistence>>,
+    pub source: Option<Spanned<RawSource>>,
+    #[serde(default)]
+    pub queries: Vec<Spanned<RawQuery>>,
+    pub database: Option<Spanned<String>>,
+}
+
+/// A restore test's backup: `path` or `url`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub path: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub pattern: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<String>,
+    pub max_age: Option<Spanned<HumanDuration>>,
+    pub size_tolerance: Option<Spanned<String>>,
+}
+
+/// A user query: one of `sql`, `command`, `queue`, with `expect` and `drift`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuery {
+    pub name: Spanned<String>,
+    pub sql: Option<Spanned<String>>,
+    pub command: Option<Spanned<String>>,
+    pub queue: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub drift: Option<Spanned<String>>,
 }
 
 /// Redis persistence settings, passed to `redis-server`.

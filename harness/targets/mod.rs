@@ -22,8 +22,10 @@ use crate::clock::Micros;
 use crate::docker::Docker;
 use crate::docker::image::{DefaultImage, ImageChoice};
 use crate::measure::{Prober, RecoveryPhases};
+use crate::source::Fetched;
 use crate::spec::{
-    BackupMethod, CheckKind, FaultKind, FaultSpec, RestorePoint, TargetKind, TargetSpec, Timeouts,
+    Ask, BackupMethod, CheckKind, FaultKind, FaultSpec, RestorePoint, TargetKind, TargetSpec,
+    Timeouts,
 };
 use crate::workload::{ReadBack, Writer};
 
@@ -81,6 +83,10 @@ pub struct Capabilities {
     pub fault_options: &'static [(FaultKind, FaultOption)],
     /// Whether targets take Redis-style `persistence` (and `restore.repair` of the AOF).
     pub persistence: bool,
+    /// The checks a restore test of the user's own backup (`source`) may run.
+    pub source_checks: &'static [CheckKind],
+    /// The key a user query of this kind asks with (`sql`, `command` or `queue`).
+    pub query_key: &'static str,
 }
 
 /// An option of a fault that only some kinds take.
@@ -226,6 +232,25 @@ pub trait Target: Send + Sync {
         request: &RestoreRequest<'_>,
         phases: &mut RecoveryPhases,
     ) -> Result<Restored>;
+
+    /// Restores the user's own backup (a restore test) into a fresh container, entering the
+    /// restore phases as it goes.
+    async fn restore_source(
+        &mut self,
+        fetched: &Fetched,
+        phases: &mut RecoveryPhases,
+    ) -> Result<Restored> {
+        let _ = phases;
+        anyhow::bail!(
+            "restoring a {} is not implemented for this kind",
+            fetched.format.describe()
+        )
+    }
+
+    /// Answers a user query on the restored service, read-only: its value as text.
+    async fn query(&self, ask: &Ask) -> Result<String> {
+        anyhow::bail!("{ask:?} is not a query this kind answers")
+    }
 
     /// The workload's writes as the target holds them now.
     async fn read_back(&self) -> Result<ReadBack>;

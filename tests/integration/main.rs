@@ -14,4 +14,5 @@ mod pitr;
 mod rabbitmq;
 mod redis;
 mod reports;
+mod restore_tests;
 mod shipped;

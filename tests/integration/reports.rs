@@ -47,6 +47,7 @@ fn past_run(i: usize, scenario: &str, rto_ms: i64) -> RunRecord {
                 name: "ledger".into(),
                 status: "passed".into(),
                 detail: "recovered".into(),
+                value: Some("7".into()),
             }],
         }],
     }

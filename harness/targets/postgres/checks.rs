@@ -5,7 +5,7 @@ use anyhow::{Result, anyhow, bail};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use super::{DATABASE, Postgres, error_line, physical, quote_ident};
+use super::{Postgres, error_line, physical, quote_ident};
 use crate::backup::{Contents, DatasetDigest};
 use crate::checks::CheckResult;
 use crate::checks::Evidence;
@@ -82,12 +82,13 @@ pub(super) async fn contents(client: &Client) -> Result<Contents> {
     Ok(contents)
 }
 
-/// Names of the foreign keys in `public`, in name order.
+/// Names of the foreign keys in the user schemas, in name order.
 pub(super) async fn foreign_key_names(client: &Client) -> Result<Vec<String>> {
     let rows = client
         .query(
             "SELECT con.conname FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace \
-             WHERE con.contype = 'f' AND n.nspname = 'public' ORDER BY 1",
+             WHERE con.contype = 'f' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY 1",
             &[],
         )
         .await
@@ -110,7 +111,8 @@ pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
                     (SELECT array_agg(quote_ident(a.attname) ORDER BY k.i) FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, i) \
                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum) \
              FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace \
-             WHERE con.contype = 'f' AND n.nspname = 'public' ORDER BY 1",
+             WHERE con.contype = 'f' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY 1",
             &[],
         )
         .await
@@ -156,7 +158,13 @@ pub(super) async fn foreign_keys(pg: &Postgres) -> CheckResult {
             }
         }
     }
-    if pg.foreign_keys.is_empty() {
+    if pg.service.env.spec.source.is_some() && constraints.is_empty() {
+        return CheckResult::unknown(
+            check,
+            format!("database {} declares no foreign keys to check", pg.database),
+        );
+    }
+    if pg.service.env.spec.source.is_none() && pg.foreign_keys.is_empty() {
         return CheckResult::unknown(check, "the fixture declared no foreign keys to check");
     }
     CheckResult::from_problems(
@@ -178,7 +186,7 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
         "--install-missing",
         "--heapallindexed",
         "--rootdescend",
-        DATABASE,
+        &pg.database,
     ];
     match pg.service.env.docker.exec(c, "postgres", &cmd).await {
         Ok(out) if out.success() => CheckResult::passed(

@@ -8,6 +8,7 @@ mod checks;
 mod dump;
 mod faults;
 mod physical;
+mod source;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,8 @@ use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
 use crate::docker::image::DefaultImage;
 use crate::measure::{Prober, RecoveryPhases};
-use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::source::Fetched;
+use crate::spec::{Ask, BackupMethod, CheckKind, FaultKind, FaultSpec};
 use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -71,6 +73,14 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         (FaultKind::DropTable, FaultOption::Relation),
     ],
     persistence: false,
+    source_checks: &[
+        CheckKind::Amcheck,
+        CheckKind::ForeignKeys,
+        CheckKind::BackupIntegrity,
+        CheckKind::BackupAge,
+        CheckKind::BackupSize,
+    ],
+    query_key: "sql",
 };
 
 /// The database the drill uses in every container.
@@ -95,6 +105,7 @@ const PROBE: &str = "SELECT amount_cents FROM orders WHERE seq = (SELECT max(seq
 #[derive(Clone)]
 struct Login {
     password: Arc<str>,
+    database: Arc<str>,
 }
 
 #[async_trait]
@@ -108,7 +119,7 @@ impl Connector for Login {
             .port(port)
             .user("postgres")
             .password(self.password.as_bytes())
-            .dbname(DATABASE)
+            .dbname(&*self.database)
             .connect_timeout(CONNECT_TIMEOUT);
         let (client, connection) = config
             .connect(NoTls)
@@ -181,21 +192,32 @@ pub struct Postgres {
     customers: u64,
     /// Foreign keys the fixture declared, checked after restore.
     foreign_keys: Vec<String>,
+    /// The database queries, checks and the round trip use: the drill's own, or a restore
+    /// test's dump's.
+    database: String,
 }
 
 impl Postgres {
     pub fn new(env: TargetEnv) -> Self {
         let customers = (env.spec.dataset.rows / 10).max(1);
+        // A restore test's scratch server has only `postgres` until the dump brings its own.
+        let database = if env.spec.source.is_some() {
+            "postgres"
+        } else {
+            DATABASE
+        };
         Postgres {
             service: Service::new(env, "PostgreSQL"),
             customers,
             foreign_keys: Vec::new(),
+            database: database.into(),
         }
     }
 
     fn login(&self) -> Login {
         Login {
             password: self.service.password(),
+            database: self.database.as_str().into(),
         }
     }
 
@@ -233,7 +255,16 @@ impl Postgres {
                     "POSTGRES_PASSWORD".into(),
                     self.service.env.password.clone(),
                 ),
-                ("POSTGRES_DB".into(), DATABASE.into()),
+                // A restore test's scratch server starts with only `postgres`: the dump
+                // brings its own database.
+                (
+                    "POSTGRES_DB".into(),
+                    if self.service.env.spec.source.is_some() {
+                        "postgres".into()
+                    } else {
+                        DATABASE.into()
+                    },
+                ),
                 // 1 MB WAL segments keep archives of short drills small.
                 (
                     "POSTGRES_INITDB_ARGS".into(),
@@ -429,6 +460,21 @@ impl Target for Postgres {
         }
     }
 
+    async fn restore_source(
+        &mut self,
+        fetched: &Fetched,
+        phases: &mut RecoveryPhases,
+    ) -> Result<Restored> {
+        source::restore(self, fetched, phases).await
+    }
+
+    async fn query(&self, ask: &Ask) -> Result<String> {
+        match ask {
+            Ask::Sql(sql) => source::query(self, sql).await,
+            other => bail!("a postgres query asks with `sql`, not {other:?}"),
+        }
+    }
+
     async fn read_back(&self) -> Result<ReadBack> {
         use futures::TryStreamExt;
         let client = self.connect().await?;
@@ -482,6 +528,9 @@ impl Target for Postgres {
     }
 
     async fn round_trip(&self) -> Result<()> {
+        if self.service.env.spec.source.is_some() {
+            return source::round_trip(self).await;
+        }
         let client = self.connect().await?;
         let row = client
             .query_one(

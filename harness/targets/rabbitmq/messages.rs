@@ -281,7 +281,7 @@ pub(super) async fn restore(
 
 /// The parts of a definitions export that describe topology and access, each item as canonical
 /// JSON tagged with its section; node-specific parameters (cluster name and id) are left out.
-fn canonical(definitions: &[u8]) -> Result<BTreeSet<String>> {
+pub(super) fn canonical(definitions: &[u8]) -> Result<BTreeSet<String>> {
     let defs: serde_json::Value =
         serde_json::from_slice(definitions).context("parse the definitions")?;
     let mut items = BTreeSet::new();

@@ -9,6 +9,7 @@
 //! `rabbitmqctl` runs inside the containers, never on the host.
 
 mod messages;
+mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -67,6 +68,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     ],
     fault_options: &[(FaultKind::DeleteQueue, FaultOption::Queue)],
     persistence: false,
+    source_checks: &[
+        CheckKind::Definitions,
+        CheckKind::BackupIntegrity,
+        CheckKind::BackupAge,
+        CheckKind::BackupSize,
+    ],
+    query_key: "queue",
 };
 
 const DATA: &str = "/var/lib/rabbitmq";
@@ -194,6 +202,8 @@ pub struct RabbitMq {
     /// read-back saw, so the checks of one verify phase judge the same snapshot without browsing
     /// again; any change to the node (fault, restart, restore) clears it.
     browsed: tokio::sync::Mutex<Option<Browsed>>,
+    /// A restore test's export, which `definitions` compares the broker with.
+    fetched: std::sync::Mutex<Option<crate::source::Fetched>>,
 }
 
 /// What one browse of every queue saw.
@@ -242,10 +252,22 @@ impl RabbitMq {
     }
 
     pub fn new(env: TargetEnv) -> Self {
+        // A restore test's broker has the user's topology; drillrig's round trip uses `/`.
+        let topology = if env.spec.source.is_some() {
+            Topology {
+                json: "",
+                vhost: "/".into(),
+                exchange: String::new(),
+                queues: Vec::new(),
+            }
+        } else {
+            Topology::orders()
+        };
         RabbitMq {
             service: Service::new(env, "RabbitMQ"),
-            topology: Topology::orders(),
+            topology,
             browsed: Default::default(),
+            fetched: Default::default(),
         }
     }
 
@@ -593,8 +615,28 @@ impl Target for RabbitMq {
         }
     }
 
+    async fn restore_source(
+        &mut self,
+        fetched: &crate::source::Fetched,
+        phases: &mut RecoveryPhases,
+    ) -> Result<Restored> {
+        *self.fetched.lock().expect("not poisoned") = Some(fetched.clone());
+        source::restore(self, fetched, phases).await
+    }
+
+    async fn query(&self, ask: &crate::spec::Ask) -> Result<String> {
+        match ask {
+            crate::spec::Ask::Queue(q) => source::depth(self, q).await,
+            other => bail!("a rabbitmq query asks with `queue`, not {other:?}"),
+        }
+    }
+
     async fn check(&self, check: CheckKind, evidence: &Evidence<'_>) -> CheckResult {
+        let fetched = self.fetched.lock().expect("not poisoned").clone();
         match check {
+            CheckKind::Definitions if fetched.is_some() => {
+                source::definitions(self, fetched.as_ref().expect("checked")).await
+            }
             CheckKind::Definitions => messages::compare_definitions(self, evidence).await,
             CheckKind::BackupAge => {
                 crate::checks::backup_age(evidence, crate::checks::newest_backup_point(evidence))

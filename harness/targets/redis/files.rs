@@ -362,6 +362,146 @@ pub(super) async fn restore(
     })
 }
 
+/// A restore test of the user's own RDB: `redis-check-rdb` on it (the `redis-check` check),
+/// then a fresh server that loads it at startup.
+pub(super) async fn restore_source(
+    r: &mut Redis,
+    f: &crate::source::Fetched,
+    phases: &mut RecoveryPhases,
+) -> Result<Restored> {
+    phases.enter(Phase::Provision);
+    let (name, volume) = r.service.next_container().await?;
+    let dir = f
+        .local
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no folder", f.local.display()))?
+        .to_path_buf();
+    let file = f
+        .local
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tools = r
+        .service
+        .env
+        .docker
+        .start(&ContainerSpec {
+            name: format!("{name}-check"),
+            image: r.service.env.image.clone(),
+            env: Vec::new(),
+            cmd: vec!["infinity".into()],
+            port: PORT,
+            volume: None,
+            binds: vec![(dir, "/source".into(), true)],
+            entrypoint: Some("sleep".into()),
+            copy_in: Vec::new(),
+            files: Vec::new(),
+            hostname: None,
+            startup_timeout: r.service.env.timeouts.provision,
+        })
+        .await?;
+
+    phases.enter(Phase::Restore);
+    let ran = r
+        .service
+        .env
+        .docker
+        .exec(
+            &tools,
+            "root",
+            &["redis-check-rdb", &format!("/source/{file}")],
+        )
+        .await;
+    r.service.env.docker.remove(&tools).await?;
+    let checked = match ran {
+        Ok(out) if out.success() => CheckResult::passed(
+            CheckKind::RedisCheck,
+            format!("redis-check-rdb on {}: {}", f.object, out.tail()),
+        ),
+        Ok(out) => CheckResult::failed(
+            CheckKind::RedisCheck,
+            format!(
+                "redis-check-rdb on {} exited with {}: {}",
+                f.object,
+                out.exit_code,
+                out.tail()
+            ),
+        ),
+        Err(e) => CheckResult::unknown(CheckKind::RedisCheck, format!("{e:#}")),
+    };
+    *r.artefact_check.lock().expect("not poisoned") = Some(checked);
+    let copy_in = vec![(f.local.clone(), format!("{DATA}/{RDB_FILE}"))];
+    let spec = r.container_spec(name, volume, r.server_command(false), copy_in);
+    r.start_container(spec, r.service.env.timeouts.restore)
+        .await?;
+    let mut con = r.connect().await?;
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| anyhow!("DBSIZE: {e}"))?;
+    Ok(Restored {
+        recovery_target: Some(format!("the {} {}", f.format.describe(), f.object)),
+        reached: Some(format!("{keys} keys loaded")),
+        ..Restored::default()
+    })
+}
+
+/// A user's read-only command (`DBSIZE`, `EXISTS key`, `HLEN key`…): the server's own command
+/// table must flag it `readonly`, else it is refused unrun. The reply as text.
+pub(super) async fn query(r: &Redis, args: &[String]) -> Result<String> {
+    let mut con = r.connect().await?;
+    let name = args.first().ok_or_else(|| anyhow!("an empty command"))?;
+    let info: redis::Value = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg(name)
+        .query_async(&mut con)
+        .await
+        .map_err(|e| anyhow!("COMMAND INFO {name}: {e}"))?;
+    let flags = match &info {
+        redis::Value::Array(entries) => match entries.first() {
+            Some(redis::Value::Array(entry)) => entry.get(2).cloned(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let readonly = match flags {
+        Some(redis::Value::Array(flags)) => flags.iter().any(|f| {
+            matches!(f, redis::Value::SimpleString(s) if s == "readonly")
+                || matches!(f, redis::Value::BulkString(b) if b == b"readonly")
+        }),
+        _ => bail!("Redis knows no command {name:?}"),
+    };
+    if !readonly {
+        bail!("{name} is not a read-only command (Redis's command table): a query may only read");
+    }
+    let mut cmd = redis::cmd(name);
+    for a in &args[1..] {
+        cmd.arg(a);
+    }
+    let reply: redis::Value = cmd
+        .query_async(&mut con)
+        .await
+        .map_err(|e| anyhow!("{}: {e}", args.join(" ")))?;
+    Ok(reply_text(&reply))
+}
+
+fn reply_text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::Nil => "nil".into(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Okay => "OK".into(),
+        redis::Value::Double(d) => d.to_string(),
+        redis::Value::Boolean(b) => b.to_string(),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().map(reply_text).collect::<Vec<_>>().join("\n")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 /// `restore.repair`: `redis-check-aof --fix` on the crashed server's AOF, in a helper container
 /// that mounts its data volume. Returns what the tool says it cut; the ledger measures the loss.
 pub(super) async fn repair_aof(r: &mut Redis) -> Result<String> {

@@ -60,6 +60,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     ],
     fault_options: &[(FaultKind::CorruptDataFile, FaultOption::File)],
     persistence: true,
+    source_checks: &[
+        CheckKind::RedisCheck,
+        CheckKind::BackupIntegrity,
+        CheckKind::BackupAge,
+        CheckKind::BackupSize,
+    ],
+    query_key: "command",
 };
 
 const DATA: &str = "/data";
@@ -463,6 +470,21 @@ impl Target for Redis {
         phases: &mut RecoveryPhases,
     ) -> Result<Restored> {
         files::restore(self, request, phases).await
+    }
+
+    async fn restore_source(
+        &mut self,
+        fetched: &crate::source::Fetched,
+        phases: &mut RecoveryPhases,
+    ) -> Result<Restored> {
+        files::restore_source(self, fetched, phases).await
+    }
+
+    async fn query(&self, ask: &crate::spec::Ask) -> Result<String> {
+        match ask {
+            crate::spec::Ask::Command(args) => files::query(self, args).await,
+            other => bail!("a redis query asks with `command`, not {other:?}"),
+        }
     }
 
     async fn repair(&mut self) -> Result<Option<String>> {

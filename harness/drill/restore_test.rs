@@ -1,0 +1,502 @@
+//! A restore test: the user's own backup, fetched from its source, restored into a fresh
+//! container and proven by the checks and the user's queries. No workload, no fault: the RTO
+//! runs from the fetch's start to the verified fresh write, and the RPO is the backup's age
+//! when the test ran (docs/restore-tests.md §4).
+
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+
+use super::executor::Executor;
+use super::stop::{Stop, classify, overran};
+use crate::checks::{CheckResult, CheckStatus, Evidence, Previous};
+use crate::measure::{Phase, RecoveryPhases};
+use crate::report::{self, Rpo, SourceReport};
+use crate::source::{self, Fetched, Unrestorable};
+use crate::spec::{CheckKind, QuerySpec, SourceSpec, TargetSpec};
+use crate::targets::{Restored, Target};
+use crate::util;
+
+impl Executor<'_> {
+    /// Fetch → restore → verify for a target with a `source`.
+    pub async fn restore_test(
+        &self,
+        spec: &TargetSpec,
+        source: &SourceSpec,
+        target: &mut dyn Target,
+        previous: &Previous,
+    ) -> Result<(), Stop> {
+        let name = spec.name.as_str();
+        let clock = self.clock;
+        let limit = self.scenario.timeouts.restore;
+        let start = clock.micros();
+        let tested_at = clock.wall_at(start);
+        self.events.outage(name, start);
+        self.events.target(name, |t| {
+            t.rto.fault_at_ms = Some(start / 1000);
+            t.rto.restore_started_at_ms = Some(start / 1000);
+        });
+
+        let span = self.events.begin("restore", Some(name));
+        let mut phases = RecoveryPhases::new(clock, Phase::Fetch, start);
+        let dest = self.dir.join("source").join(name);
+        let fetched = match tokio::time::timeout(limit, source::fetch(source, &dest)).await {
+            Err(_) => {
+                return Err(overran(
+                    &format!("fetch for {name}"),
+                    limit,
+                    "timeouts.restore",
+                ));
+            }
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) if e.downcast_ref::<Unrestorable>().is_some() => Err(format!("{e:#}")),
+            Ok(Err(e)) => return Err(classify(&format!("fetch for {name}"), e)),
+        };
+        let mut restore_error = None;
+        let mut restored = Restored::default();
+        match &fetched {
+            Err(e) => restore_error = Some(e.clone()),
+            Ok(f) => {
+                info!(
+                    "{name}: fetched {} ({}, {} bytes) in {}",
+                    f.object,
+                    f.format.describe(),
+                    f.bytes,
+                    util::seconds(f.fetch_ms)
+                );
+                let mb_per_s = f.bytes as f64 / 1e6 / (f.fetch_ms.max(1) as f64 / 1000.0);
+                self.events.target(name, |t| {
+                    t.source = Some(SourceReport {
+                        location: source.location.label(),
+                        fetched: f.clone(),
+                        mb_per_s: (mb_per_s * 100.0).round() / 100.0,
+                    })
+                });
+                if f.format.kind() != spec.kind {
+                    restore_error = Some(format!(
+                        "{} is a {}, not a {} backup",
+                        f.object,
+                        f.format.describe(),
+                        spec.kind
+                    ));
+                } else {
+                    match tokio::time::timeout(limit, target.restore_source(f, &mut phases)).await {
+                        Err(_) => {
+                            return Err(overran(
+                                &format!("restore {name}"),
+                                limit,
+                                "timeouts.restore",
+                            ));
+                        }
+                        Ok(Ok(r)) => restored = r,
+                        Ok(Err(e)) => restore_error = Some(format!("{e:#}")),
+                    }
+                }
+            }
+        }
+        self.events.end(span);
+        if let Some(e) = &restore_error {
+            warn!("{name}: restore failed: {e}");
+        }
+
+        let span = self.events.begin("verify", Some(name));
+        phases.enter(Phase::Verify);
+        let mut results = Vec::new();
+        let check_limit = self.scenario.timeouts.check;
+        if let Ok(f) = &fetched {
+            for &check in &spec.checks {
+                let started = tokio::time::Instant::now();
+                let mut r = match check {
+                    CheckKind::BackupIntegrity => integrity(f),
+                    CheckKind::BackupAge => age(f, tested_at, source.max_age),
+                    CheckKind::BackupSize => size(f, previous, name, source.size_tolerance),
+                    kind_check if restore_error.is_none() => {
+                        let evidence = Evidence {
+                            comparison: &Err("a restore test has no workload".into()),
+                            backup: None,
+                            catalog: &[],
+                            fault_began: start,
+                            rpo_objective: spec.objectives.rpo,
+                            seed: &Default::default(),
+                        };
+                        tokio::time::timeout(check_limit, target.check(kind_check, &evidence))
+                            .await
+                            .map_err(|_| {
+                                overran(
+                                    &format!("check {kind_check} of {name}"),
+                                    check_limit,
+                                    "timeouts.check",
+                                )
+                            })?
+                    }
+                    other => CheckResult::unknown(other, "not run: the restore failed"),
+                };
+                r.duration_ms = started.elapsed().as_millis() as u64;
+                results.push(r);
+            }
+        }
+        for q in &spec.queries {
+            let started = tokio::time::Instant::now();
+            let mut r = if restore_error.is_some() || fetched.is_err() {
+                let mut r = CheckResult::unknown(CheckKind::Query, "not run: the restore failed");
+                r.query = Some(q.name.clone());
+                r
+            } else {
+                let answer = tokio::time::timeout(check_limit, target.query(&q.ask))
+                    .await
+                    .map_err(|_| {
+                        overran(
+                            &format!("query {:?} of {name}", q.name),
+                            check_limit,
+                            "timeouts.check",
+                        )
+                    })?;
+                judge(q, answer.map_err(|e| format!("{e:#}")), previous, name)
+            };
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            results.push(r);
+        }
+
+        let all_passed =
+            restore_error.is_none() && results.iter().all(|c| c.status == CheckStatus::Passed);
+        let mut recovered = None;
+        let rto_note = if all_passed {
+            match tokio::time::timeout(check_limit, target.round_trip()).await {
+                Ok(Ok(())) => {
+                    recovered = Some(clock.micros());
+                    None
+                }
+                Ok(Err(e)) => Some(format!("the fresh write and read-back failed: {e:#}")),
+                Err(_) => {
+                    return Err(overran(
+                        &format!("the fresh write and read-back of {name}"),
+                        check_limit,
+                        "timeouts.check",
+                    ));
+                }
+            }
+        } else if restore_error.is_some() {
+            Some("the restore failed".to_string())
+        } else {
+            let failing: Vec<String> = results
+                .iter()
+                .filter(|c| c.status != CheckStatus::Passed)
+                .map(CheckResult::title)
+                .collect();
+            Some(format!(
+                "not recovered: check(s) {} did not pass",
+                failing.join(", ")
+            ))
+        };
+        self.events.end(span);
+
+        let end = recovered.unwrap_or_else(|| clock.micros());
+        let rto = recovered.map(|r| (r - start) / 1000);
+        let rpo = rpo(spec, fetched.as_ref().ok(), tested_at);
+        self.events.recovered(name, rto.map(Duration::from_millis));
+        self.events.target(name, |t| {
+            t.rto.phases = report::PhaseDurations::from_durations(&phases.durations(end));
+            t.rto.achieved_ms = rto;
+            t.rto.met = rto.is_some_and(|a| a <= t.rto.target_ms);
+            t.rto.recovered_at_ms = recovered.map(|r| r / 1000);
+            t.rto.note = rto_note;
+            t.rpo = rpo;
+            t.checks = results;
+            t.restore.error = restore_error;
+            t.restore.recovery_target = restored.recovery_target.clone();
+            t.restore.reached = restored.reached.clone();
+            t.restore.note = restored.note.clone();
+        });
+        match rto {
+            Some(ms) => info!("{name}: restored and proven in {}", util::seconds(ms)),
+            None => warn!("{name}: not recovered"),
+        }
+        Ok(())
+    }
+}
+
+/// The RPO of a restore test: how old the backup's consistent point was when the test began.
+fn rpo(spec: &TargetSpec, fetched: Option<&Fetched>, tested_at: SystemTime) -> Rpo {
+    let mut rpo = Rpo {
+        target_ms: spec.objectives.rpo.as_millis() as u64,
+        ..Rpo::default()
+    };
+    match fetched {
+        None => rpo.note = Some("unknown: no backup was fetched".into()),
+        Some(f) => {
+            let age = tested_at
+                .duration_since(f.made_at_time)
+                .unwrap_or(Duration::ZERO);
+            rpo.achieved_ms = Some(age.as_millis() as u64);
+            rpo.met = age <= spec.objectives.rpo;
+            rpo.note = Some(format!(
+                "the backup's age when the test began: made at {} (from {})",
+                f.made_at, f.made_at_from
+            ));
+        }
+    }
+    rpo
+}
+
+/// `backup-integrity`: the fetched bytes against the sidecar checksum next to the backup.
+fn integrity(f: &Fetched) -> CheckResult {
+    let check = CheckKind::BackupIntegrity;
+    match (&f.sidecar, &f.sha256) {
+        (None, _) => CheckResult::unknown(
+            check,
+            format!(
+                "no checksum next to {} (NAME.sha256 or SHA256SUMS): nothing to verify against",
+                f.object
+            ),
+        ),
+        (Some(_), None) => CheckResult::unknown(check, "a folder backup has no single checksum"),
+        (Some(s), Some(have)) if s.sha256 == *have => CheckResult::passed(
+            check,
+            format!("{} matches {} (sha256 {})", f.object, s.file, &have[..12]),
+        ),
+        (Some(s), Some(have)) => CheckResult::failed(
+            check,
+            format!(
+                "{} has sha256 {have}, but {} says {}: the backup changed after it was written",
+                f.object, s.file, s.sha256
+            ),
+        ),
+    }
+}
+
+/// `backup-age`: the backup was made within `max_age` of the test.
+fn age(f: &Fetched, tested_at: SystemTime, max_age: Duration) -> CheckResult {
+    let check = CheckKind::BackupAge;
+    let age = tested_at
+        .duration_since(f.made_at_time)
+        .unwrap_or(Duration::ZERO);
+    let shown = humantime::format_duration(Duration::from_secs(age.as_secs()));
+    let mut r = if age <= max_age {
+        CheckResult::passed(
+            check,
+            format!(
+                "{} was made {shown} ago (at most {})",
+                f.object,
+                humantime::format_duration(max_age)
+            ),
+        )
+    } else {
+        CheckResult::failed(
+            check,
+            format!(
+                "{} was made {shown} ago, at {} (from {}): older than {} (source.max_age); the backup job may have stopped",
+                f.object,
+                f.made_at,
+                f.made_at_from,
+                humantime::format_duration(max_age)
+            ),
+        )
+    };
+    r.value = Some(age.as_secs().to_string());
+    r
+}
+
+/// `backup-size`: the size against the previous run's, within `tolerance`.
+fn size(f: &Fetched, previous: &Previous, target: &str, tolerance: f64) -> CheckResult {
+    let check = CheckKind::BackupSize;
+    let mut r = match previous
+        .value(target, check.as_str())
+        .and_then(|(run, v)| Some((run, v.parse::<u64>().ok()?)))
+    {
+        None => CheckResult::unknown(
+            check,
+            format!(
+                "{} bytes; no previous run of this scenario recorded a size to compare with",
+                f.bytes
+            ),
+        ),
+        Some((run, before)) => {
+            let change = (f.bytes as f64 - before as f64) / (before.max(1) as f64);
+            let text = format!(
+                "{} bytes, {:+.1} % against {} bytes in run {run}",
+                f.bytes,
+                change * 100.0,
+                before,
+            );
+            if change.abs() <= tolerance {
+                CheckResult::passed(
+                    check,
+                    format!("{text} (within ±{:.0} %)", tolerance * 100.0),
+                )
+            } else {
+                CheckResult::failed(
+                    check,
+                    format!(
+                        "{text}: beyond ±{:.0} % (source.size_tolerance)",
+                        tolerance * 100.0
+                    ),
+                )
+            }
+        }
+    };
+    r.value = Some(f.bytes.to_string());
+    r
+}
+
+/// A user query's answer against its `expect` and `drift`.
+fn judge(
+    q: &QuerySpec,
+    answer: Result<String, String>,
+    previous: &Previous,
+    target: &str,
+) -> CheckResult {
+    let check = CheckKind::Query;
+    let title = format!("query: {}", q.name);
+    let mut r = match answer {
+        Err(e) => CheckResult::failed(check, format!("the query failed: {e}")),
+        Ok(value) => {
+            let mut problems = Vec::new();
+            let mut said = vec![format!("value {value}")];
+            if let Some(expect) = &q.expect {
+                if expect.holds(&value) {
+                    said.push(format!("expected {expect}"));
+                } else {
+                    problems.push(format!("value {value}, expected {expect}"));
+                }
+            }
+            let mut unknown = None;
+            if let Some(bound) = q.drift {
+                match previous.value(target, &title) {
+                    // With an `expect` that held, the query proved something; the drift has no
+                    // baseline yet, and says so.
+                    None if q.expect.is_some() => said.push(
+                        "drift: no earlier run recorded this query; this value is the baseline"
+                            .into(),
+                    ),
+                    None => unknown = Some(format!(
+                        "value {value}; no earlier run of this scenario recorded it, so its drift cannot be judged yet"
+                    )),
+                    Some((run, before)) => match (value.trim().parse::<f64>(), before.trim().parse::<f64>()) {
+                        (Ok(now), Ok(was)) => {
+                            let moved = if was == 0.0 {
+                                if now == 0.0 { 0.0 } else { f64::INFINITY }
+                            } else {
+                                (now - was) / was.abs()
+                            };
+                            let text = format!(
+                                "{:+.2} % against {was} in run {run}",
+                                moved * 100.0,
+                            );
+                            if moved.abs() <= bound {
+                                said.push(format!("{text} (drift at most {:.2} %)", bound * 100.0));
+                            } else {
+                                problems.push(format!(
+                                    "value {value} moved {text}: beyond the drift of {:.2} %",
+                                    bound * 100.0
+                                ));
+                            }
+                        }
+                        _ if value == before => said.push(format!("unchanged since run {run}")),
+                        _ => problems.push(format!(
+                            "value {value:?} was {before:?} in run {run}: a text value may not drift"
+                        )),
+                    },
+                }
+            }
+            let mut r = if !problems.is_empty() {
+                CheckResult::failed(check, problems.join("; "))
+            } else if let Some(u) = unknown {
+                CheckResult::unknown(check, u)
+            } else {
+                CheckResult::passed(check, said.join(", "))
+            };
+            r.value = Some(value);
+            r
+        }
+    };
+    r.query = Some(q.name.clone());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Ask, Expect};
+
+    fn q(expect: Option<&str>, drift: Option<f64>) -> QuerySpec {
+        QuerySpec {
+            name: "orders".into(),
+            ask: Ask::Sql("SELECT 1".into()),
+            expect: expect.map(|e| Expect::parse(e).unwrap()),
+            drift,
+        }
+    }
+
+    fn previous(value: &str) -> Previous {
+        let mut p = Previous::default();
+        p.values.insert(
+            ("db".into(), "query: orders".into()),
+            ("r1".into(), value.into()),
+        );
+        p
+    }
+
+    #[test]
+    fn a_query_below_its_floor_fails_and_names_both() {
+        let r = judge(
+            &q(Some(">= 1000"), None),
+            Ok("999".into()),
+            &Previous::default(),
+            "db",
+        );
+        assert_eq!(r.status, CheckStatus::Failed);
+        assert!(
+            r.detail.contains("999") && r.detail.contains(">= 1000"),
+            "{}",
+            r.detail
+        );
+        assert_eq!(r.value.as_deref(), Some("999"));
+    }
+
+    #[test]
+    fn drift_beyond_its_bound_fails_even_above_the_floor() {
+        let r = judge(
+            &q(Some(">= 10"), Some(0.01)),
+            Ok("500".into()),
+            &previous("1000"),
+            "db",
+        );
+        assert_eq!(r.status, CheckStatus::Failed, "{}", r.detail);
+        let r = judge(
+            &q(Some(">= 10"), Some(0.01)),
+            Ok("995".into()),
+            &previous("1000"),
+            "db",
+        );
+        assert_eq!(r.status, CheckStatus::Passed, "{}", r.detail);
+    }
+
+    #[test]
+    fn drift_without_an_earlier_run_is_unknown_unless_an_expect_was_proven() {
+        let r = judge(
+            &q(None, Some(0.01)),
+            Ok("5".into()),
+            &Previous::default(),
+            "db",
+        );
+        assert_eq!(r.status, CheckStatus::Unknown);
+        let r = judge(
+            &q(Some(">= 1"), Some(0.01)),
+            Ok("5".into()),
+            &Previous::default(),
+            "db",
+        );
+        assert_eq!(r.status, CheckStatus::Passed);
+        assert!(r.detail.contains("baseline"), "{}", r.detail);
+    }
+
+    #[test]
+    fn expectations_parse_and_hold() {
+        let e = Expect::parse("between 5 and 10").unwrap();
+        assert!(e.holds("5") && e.holds("10") && !e.holds("11") && !e.holds("x"));
+        assert!(Expect::parse("== 3").unwrap().holds("3"));
+        assert!(Expect::parse("ok").unwrap().holds("ok"));
+        assert!(Expect::parse("between 9 and 1").is_err());
+        assert!(Expect::parse(">= lots").is_err());
+    }
+}

@@ -1,0 +1,360 @@
+//! What a backup is, told from its first bytes and never from its name, and the time the
+//! format itself records (docs/restore-tests.md §2).
+
+use std::io::Read;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::spec::TargetKind;
+
+/// How many leading bytes [`sniff`] reads.
+pub const HEAD: usize = 64 << 10;
+
+/// A backup format drillrig restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// `pg_dump -Fc`.
+    PgCustom,
+    /// `pg_dump -Ft`.
+    PgTar,
+    /// `pg_dump -Fd` (a folder with `toc.dat`).
+    PgDirectory,
+    /// `pg_dump` plain SQL.
+    PgPlain,
+    /// `pg_dumpall`.
+    PgDumpall,
+    /// A Redis RDB file (`dump.rdb`).
+    RedisRdb,
+    /// A RabbitMQ definitions export (`rabbitmqctl export_definitions`, management API).
+    RabbitmqDefinitions,
+}
+
+impl Format {
+    pub fn kind(self) -> TargetKind {
+        match self {
+            Format::PgCustom
+            | Format::PgTar
+            | Format::PgDirectory
+            | Format::PgPlain
+            | Format::PgDumpall => TargetKind::Postgres,
+            Format::RedisRdb => TargetKind::Redis,
+            Format::RabbitmqDefinitions => TargetKind::Rabbitmq,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Format::PgCustom => "pg_dump custom archive",
+            Format::PgTar => "pg_dump tar archive",
+            Format::PgDirectory => "pg_dump directory archive",
+            Format::PgPlain => "pg_dump plain SQL",
+            Format::PgDumpall => "pg_dumpall SQL",
+            Format::RedisRdb => "Redis RDB snapshot",
+            Format::RabbitmqDefinitions => "RabbitMQ definitions export",
+        }
+    }
+}
+
+/// A compression wrapped around a backup, removed before the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The compression `head` starts with, if any.
+    pub fn of(head: &[u8]) -> Option<Compression> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Compression::Gzip)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// A reader that removes this compression from `inner`.
+    pub fn reader<'a, R: Read + 'a>(self, inner: R) -> std::io::Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+            Compression::Zstd => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(inner)
+                    .map_err(|e| std::io::Error::other(format!("zstd: {e}")))?,
+            ),
+        })
+    }
+}
+
+/// What the first bytes of a backup say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sniffed {
+    pub format: Format,
+    pub compression: Option<Compression>,
+    /// When the backup was made, as the format records it.
+    pub made_at: Option<SystemTime>,
+    /// PostgreSQL archives: the database the dump was taken from.
+    pub database: Option<String>,
+}
+
+/// Tells the format from `head` (the first [`HEAD`] bytes of a file, or of a folder's
+/// `toc.dat` when `folder` is set); `None` when it is none drillrig knows.
+pub fn sniff(head: &[u8], folder: bool) -> Option<Sniffed> {
+    if let Some(c) = Compression::of(head) {
+        let mut inner = Vec::new();
+        // A truncated head decompresses as far as it goes.
+        let _ = c
+            .reader(head)
+            .ok()?
+            .take(HEAD as u64)
+            .read_to_end(&mut inner);
+        let mut s = sniff(&inner, folder)?;
+        if s.compression.is_some() {
+            return None;
+        }
+        s.compression = Some(c);
+        return Some(s);
+    }
+    let plain = |format| Sniffed {
+        format,
+        compression: None,
+        made_at: None,
+        database: None,
+    };
+    if head.starts_with(b"PGDMP") {
+        let (made_at, database) = archive_header(head).unwrap_or((None, None));
+        let format = if folder {
+            Format::PgDirectory
+        } else {
+            Format::PgCustom
+        };
+        return Some(Sniffed {
+            made_at,
+            database,
+            ..plain(format)
+        });
+    }
+    if head.len() > 512 + 5 && &head[257..262] == b"ustar" && head.starts_with(b"toc.dat\0") {
+        let (made_at, database) = archive_header(&head[512..]).unwrap_or((None, None));
+        return Some(Sniffed {
+            made_at,
+            database,
+            ..plain(Format::PgTar)
+        });
+    }
+    let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
+    if text.starts_with("--\n-- PostgreSQL database cluster dump") {
+        return Some(plain(Format::PgDumpall));
+    }
+    if text.starts_with("--\n-- PostgreSQL database dump") {
+        let database = text
+            .lines()
+            .find_map(|l| l.strip_prefix("CREATE DATABASE "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|n| n.trim_matches('"').to_string());
+        return Some(Sniffed {
+            database,
+            ..plain(Format::PgPlain)
+        });
+    }
+    if head.len() >= 9 && head.starts_with(b"REDIS") && head[5..9].iter().all(u8::is_ascii_digit) {
+        return Some(Sniffed {
+            made_at: rdb_ctime(head),
+            ..plain(Format::RedisRdb)
+        });
+    }
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{')
+        && (text.contains("\"rabbit_version\"") || text.contains("\"rabbitmq_version\""))
+    {
+        return Some(plain(Format::RabbitmqDefinitions));
+    }
+    None
+}
+
+/// A pg_dump archive header (custom format, or a tar or directory archive's `toc.dat`): the
+/// creation time (the dumping host's local time with no zone, read as UTC) and the database.
+fn archive_header(b: &[u8]) -> Option<(Option<SystemTime>, Option<String>)> {
+    let (major, minor) = (*b.get(5)?, *b.get(6)?);
+    let int_size = *b.get(8)? as usize;
+    let mut at = 11;
+    let int = |at: &mut usize| -> Option<i64> {
+        let sign = *b.get(*at)?;
+        let bytes = b.get(*at + 1..*at + 1 + int_size)?;
+        *at += 1 + int_size;
+        let v = bytes
+            .iter()
+            .rev()
+            .fold(0i64, |acc, &x| (acc << 8) | x as i64);
+        Some(if sign != 0 { -v } else { v })
+    };
+    // Archive 1.15 (PostgreSQL 16) stores the compression algorithm as one byte.
+    if (major, minor) >= (1, 15) {
+        at += 1;
+    } else {
+        int(&mut at)?;
+    }
+    let sec = int(&mut at)?;
+    let min = int(&mut at)?;
+    let hour = int(&mut at)?;
+    let mday = int(&mut at)?;
+    let mon = int(&mut at)?;
+    let year = int(&mut at)?;
+    let _isdst = int(&mut at)?;
+    let made_at = civil_to_unix(year + 1900, mon + 1, mday)
+        .map(|days| days * 86_400 + hour * 3600 + min * 60 + sec)
+        .filter(|s| *s >= 0)
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s as u64));
+    let len = int(&mut at)?;
+    let database = usize::try_from(len)
+        .ok()
+        .and_then(|len| b.get(at..at + len))
+        .map(|n| String::from_utf8_lossy(n).into_owned());
+    Some((made_at, database))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_to_unix(y: i64, m: i64, d: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// An RDB file's `ctime` auxiliary field: when Redis wrote it.
+fn rdb_ctime(b: &[u8]) -> Option<SystemTime> {
+    let mut at = 9;
+    while *b.get(at)? == 0xFA {
+        at += 1;
+        let key = rdb_string(b, &mut at)?;
+        let value = rdb_string(b, &mut at)?;
+        if key == b"ctime" {
+            let secs: u64 = String::from_utf8(value).ok()?.parse().ok()?;
+            return Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        }
+    }
+    None
+}
+
+/// One RDB string (length-prefixed, or an integer encoding), as text bytes.
+fn rdb_string(b: &[u8], at: &mut usize) -> Option<Vec<u8>> {
+    let first = *b.get(*at)?;
+    *at += 1;
+    let len = match first >> 6 {
+        0 => (first & 0x3f) as usize,
+        1 => {
+            let next = *b.get(*at)? as usize;
+            *at += 1;
+            (((first & 0x3f) as usize) << 8) | next
+        }
+        2 if first == 0x80 => {
+            let v = u32::from_be_bytes(b.get(*at..*at + 4)?.try_into().ok()?);
+            *at += 4;
+            v as usize
+        }
+        2 => return None,
+        _ => {
+            let (n, v): (usize, i64) = match first & 0x3f {
+                0 => (1, *b.get(*at)? as i8 as i64),
+                1 => (
+                    2,
+                    i16::from_le_bytes(b.get(*at..*at + 2)?.try_into().ok()?) as i64,
+                ),
+                2 => (
+                    4,
+                    i32::from_le_bytes(b.get(*at..*at + 4)?.try_into().ok()?) as i64,
+                ),
+                _ => return None,
+            };
+            *at += n;
+            return Some(v.to_string().into_bytes());
+        }
+    };
+    let s = b.get(*at..*at + len)?.to_vec();
+    *at += len;
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn custom_header(year: i64, mon0: i64, mday: i64, hour: i64, db: &str) -> Vec<u8> {
+        let mut b = b"PGDMP".to_vec();
+        b.extend([1, 14, 0, 4, 8, 1]);
+        let int = |b: &mut Vec<u8>, v: i64| {
+            b.push(u8::from(v < 0));
+            b.extend((v.unsigned_abs() as u32).to_le_bytes());
+        };
+        for v in [-1, 30, 15, hour, mday, mon0, year - 1900, 0] {
+            int(&mut b, v);
+        }
+        int(&mut b, db.len() as i64);
+        b.extend(db.as_bytes());
+        b
+    }
+
+    #[test]
+    fn a_custom_dump_header_gives_its_time_and_database() {
+        let s = sniff(&custom_header(2026, 10, 30, 2, "shop"), false).unwrap();
+        assert_eq!(s.format, Format::PgCustom);
+        assert_eq!(s.database.as_deref(), Some("shop"));
+        assert_eq!(
+            humantime::format_rfc3339(s.made_at.unwrap()).to_string(),
+            "2026-11-30T02:15:30Z"
+        );
+    }
+
+    #[test]
+    fn gzip_is_seen_through() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"--\n-- PostgreSQL database dump\n--\n")
+            .unwrap();
+        let s = sniff(&gz.finish().unwrap(), false).unwrap();
+        assert_eq!(
+            (s.format, s.compression),
+            (Format::PgPlain, Some(Compression::Gzip))
+        );
+    }
+
+    #[test]
+    fn an_rdb_ctime_is_read_after_the_version_aux_fields() {
+        let mut b = b"REDIS0010".to_vec();
+        b.extend([0xFA, 9]);
+        b.extend(b"redis-ver");
+        b.extend([6]);
+        b.extend(b"7.0.15");
+        b.extend([0xFA, 10]);
+        b.extend(b"redis-bits");
+        b.extend([0xC0, 64]);
+        b.extend([0xFA, 5]);
+        b.extend(b"ctime");
+        b.push(0xC2);
+        b.extend(1_780_000_000u32.to_le_bytes());
+        let s = sniff(&b, false).unwrap();
+        assert_eq!(s.format, Format::RedisRdb);
+        assert_eq!(
+            s.made_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000))
+        );
+    }
+
+    #[test]
+    fn names_do_not_decide_and_unknown_bytes_are_none() {
+        assert_eq!(sniff(b"hello, world", false), None);
+        assert_eq!(
+            sniff(b"{\"rabbit_version\":\"3.10.8\",\"queues\":[]}", false).map(|s| s.format),
+            Some(Format::RabbitmqDefinitions)
+        );
+    }
+}

@@ -1,0 +1,576 @@
+//! Sources of restore tests: the user's own backups, in a folder or an object store. [`fetch`]
+//! finds the newest backup, copies it into the run folder (hashing as it goes), removes any
+//! compression, and tells its [`format`] and the time it was made from its own bytes.
+//!
+//! Object stores go through the `object_store` crate: S3 and S3-compatible servers (an
+//! `endpoint`), Google Cloud Storage and Azure, with credentials from each one's standard
+//! environment variables (docs/restore-tests.md §1).
+
+pub mod format;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::docker::EnvironmentError;
+use crate::spec::{SourceLocation, SourceSpec};
+pub use format::{Compression, Format};
+
+/// A fetched backup, ready to restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fetched {
+    /// Its name in the source (a file name, or an object key).
+    pub object: String,
+    /// Where it is now: a file or a folder in the run folder, with any compression removed.
+    #[serde(skip)]
+    pub local: PathBuf,
+    pub format: Format,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    /// Bytes fetched, as stored.
+    pub bytes: u64,
+    pub fetch_ms: u64,
+    /// sha256 of the bytes as stored (files; a folder has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The object's or file's modification time (RFC 3339).
+    pub modified: String,
+    /// When the backup was made (RFC 3339): the consistent point its RPO counts from.
+    pub made_at: String,
+    /// Where `made_at` was read.
+    pub made_at_from: String,
+    /// PostgreSQL archives: the database the dump was taken from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The sidecar checksum found next to it (`NAME.sha256` or `SHA256SUMS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<Sidecar>,
+    #[serde(skip)]
+    pub made_at_time: SystemTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sidecar {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// A backup found in the source that no format drillrig knows, or that is damaged: a finding
+/// about the backup, not a failure of the environment.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrestorable(pub String);
+
+/// One entry of a source listing.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    size: u64,
+    modified: SystemTime,
+    /// A folder (a directory-format dump).
+    folder: bool,
+}
+
+/// Fetches the newest backup `spec` names into `dest` (created).
+pub async fn fetch(spec: &SourceSpec, dest: &Path) -> Result<Fetched> {
+    std::fs::create_dir_all(dest).with_context(|| format!("create {}", dest.display()))?;
+    let started = std::time::Instant::now();
+    let source: Box<dyn Source> = match &spec.location {
+        SourceLocation::Path(p) => Box::new(Folder::open(p)?),
+        SourceLocation::Url {
+            url,
+            endpoint,
+            region,
+        } => Box::new(Bucket::open(url, endpoint.as_deref(), region.as_deref())?),
+    };
+    let label = spec.location.label();
+    let entries = source.list().await?;
+    let pattern = spec
+        .pattern
+        .as_deref()
+        .map(glob::Pattern::new)
+        .transpose()?;
+    let candidates: Vec<Entry> = entries
+        .iter()
+        .filter(|e| !is_sidecar(&e.name))
+        .filter(|e| pattern.as_ref().is_none_or(|p| p.matches(base(&e.name))))
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
+        return Err(EnvironmentError {
+            cause: match &spec.pattern {
+                Some(p) => format!("{label} holds no backup matching {p:?}"),
+                None => format!("{label} holds no backup"),
+            },
+            fix: "check the source's path or URL and its pattern; the backup job may not have run"
+                .into(),
+        }
+        .into());
+    }
+    // The newest by the backup's own time where its format records one, else by the file's.
+    let mut best: Option<(SystemTime, Entry, Option<format::Sniffed>)> = None;
+    for entry in candidates {
+        let sniffed = source
+            .head(&entry)
+            .await
+            .ok()
+            .and_then(|h| format::sniff(&h, entry.folder));
+        let when = sniffed
+            .as_ref()
+            .and_then(|s| s.made_at)
+            .unwrap_or(entry.modified);
+        if best.as_ref().is_none_or(|(t, _, _)| when > *t) {
+            best = Some((when, entry, sniffed));
+        }
+    }
+    let (_, entry, _) = best.expect("candidates is not empty");
+
+    let stored = dest.join(base(&entry.name));
+    let sha256 = source.download(&entry, &stored).await?;
+    let bytes = if entry.folder {
+        folder_size(&stored)
+    } else {
+        std::fs::metadata(&stored)?.len()
+    };
+    let head = if entry.folder {
+        read_head(&stored.join("toc.dat"))?
+    } else {
+        read_head(&stored)?
+    };
+    let Some(sniffed) = format::sniff(&head, entry.folder) else {
+        return Err(Unrestorable(format!(
+            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, Redis RDB, RabbitMQ definitions; gzip or zstd around them)",
+            entry.name
+        ))
+        .into());
+    };
+    let local = match sniffed.compression {
+        None => stored.clone(),
+        Some(c) => {
+            let out = dest.join(format!("{}.unwrapped", base(&entry.name)));
+            let (from, to) = (stored.clone(), out.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let mut r = c.reader(std::io::BufReader::new(std::fs::File::open(&from)?))?;
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&to)?);
+                std::io::copy(&mut r, &mut w).map_err(|e| {
+                    Unrestorable(format!(
+                        "{} does not decompress ({c:?}): {e}",
+                        from.display()
+                    ))
+                })?;
+                w.flush()?;
+                Ok(())
+            })
+            .await??;
+            out
+        }
+    };
+    let sidecar = match source.sidecar(&entry, &entries).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "{label}: cannot read the checksum sidecar of {}: {e:#}",
+                entry.name
+            );
+            None
+        }
+    };
+    let (made_at_time, made_at_from) = match sniffed.made_at {
+        Some(t) => (
+            t,
+            match sniffed.format {
+                Format::RedisRdb => "the RDB's ctime field",
+                _ => "the dump's header (pg_dump writes its host's local time; read as UTC)",
+            },
+        ),
+        None => (entry.modified, "the file's modification time"),
+    };
+    let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    Ok(Fetched {
+        object: entry.name.clone(),
+        local,
+        format: sniffed.format,
+        compression: sniffed.compression,
+        bytes,
+        fetch_ms: started.elapsed().as_millis() as u64,
+        sha256,
+        modified: rfc(entry.modified),
+        made_at: rfc(made_at_time),
+        made_at_from: made_at_from.into(),
+        database: sniffed.database,
+        sidecar,
+        made_at_time,
+    })
+}
+
+fn base(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+fn is_sidecar(name: &str) -> bool {
+    let b = base(name);
+    b == "SHA256SUMS" || b.ends_with(".sha256") || b.ends_with(".md5") || b.starts_with('.')
+}
+
+fn read_head(path: &Path) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(format::HEAD);
+    std::fs::File::open(path)
+        .with_context(|| format!("open {}", path.display()))?
+        .take(format::HEAD as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+fn folder_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => folder_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The sha256 a sidecar text gives for `name`: a `NAME.sha256` holds the hash (and maybe the
+/// name); `SHA256SUMS` holds `HASH  NAME` lines.
+fn sidecar_hash(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let hash = parts.next()?;
+        let file = parts.next().map(|f| f.trim_start_matches('*'));
+        let ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        (ok && file.is_none_or(|f| base(f) == name)).then(|| hash.to_ascii_lowercase())
+    })
+}
+
+#[async_trait::async_trait]
+trait Source: Send + Sync {
+    async fn list(&self) -> Result<Vec<Entry>>;
+    /// The first bytes of an entry (of a folder's `toc.dat`).
+    async fn head(&self, entry: &Entry) -> Result<Vec<u8>>;
+    /// Copies an entry to `to`; the sha256 of a file's bytes.
+    async fn download(&self, entry: &Entry, to: &Path) -> Result<Option<String>>;
+    async fn read_small(&self, name: &str) -> Result<String>;
+
+    /// The checksum a sidecar gives for `entry`, if there is one.
+    async fn sidecar(&self, entry: &Entry, all: &[Entry]) -> Result<Option<Sidecar>> {
+        let own = format!("{}.sha256", entry.name);
+        let dir = entry.name.rsplit_once('/').map_or("", |(d, _)| d);
+        let sums = if dir.is_empty() {
+            "SHA256SUMS".to_string()
+        } else {
+            format!("{dir}/SHA256SUMS")
+        };
+        for candidate in [own, sums] {
+            if all.iter().any(|e| e.name == candidate) {
+                let text = self.read_small(&candidate).await?;
+                return Ok(Some(Sidecar {
+                    file: candidate.clone(),
+                    sha256: sidecar_hash(&text, base(&entry.name)).ok_or_else(|| {
+                        anyhow!("{candidate} gives no sha256 for {}", base(&entry.name))
+                    })?,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A file, or a folder of backups, on this machine.
+struct Folder {
+    /// The folder listed (the file's own folder when the source is one file).
+    dir: PathBuf,
+    /// The one file the source names, when it names a file.
+    only: Option<String>,
+}
+
+impl Folder {
+    fn open(path: &Path) -> Result<Folder> {
+        let meta = std::fs::metadata(path).map_err(|e| EnvironmentError {
+            cause: format!("the source {} cannot be read: {e}", path.display()),
+            fix: "check source.path (a relative path is read from the scenario file's folder) and that this user may read it".into(),
+        })?;
+        let is_dump_folder = meta.is_dir() && path.join("toc.dat").is_file();
+        if meta.is_dir() && !is_dump_folder {
+            return Ok(Folder {
+                dir: path.to_path_buf(),
+                only: None,
+            });
+        }
+        Ok(Folder {
+            dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            only: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for Folder {
+    async fn list(&self) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for e in
+            std::fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))?
+        {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = e.metadata()?;
+            let folder = meta.is_dir();
+            if folder && !e.path().join("toc.dat").is_file() {
+                continue;
+            }
+            let keep = match &self.only {
+                Some(only) => &name == only || is_sidecar(&name),
+                None => true,
+            };
+            if keep {
+                entries.push(Entry {
+                    name,
+                    size: meta.len(),
+                    modified: meta.modified()?,
+                    folder,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn head(&self, entry: &Entry) -> Result<Vec<u8>> {
+        let path = self.dir.join(&entry.name);
+        read_head(&if entry.folder {
+            path.join("toc.dat")
+        } else {
+            path
+        })
+    }
+
+    async fn download(&self, entry: &Entry, to: &Path) -> Result<Option<String>> {
+        let from = self.dir.join(&entry.name);
+        let to = to.to_path_buf();
+        let folder = entry.folder;
+        tokio::task::spawn_blocking(move || {
+            if folder {
+                copy_folder(&from, &to)?;
+                return Ok(None);
+            }
+            let mut r =
+                std::fs::File::open(&from).with_context(|| format!("open {}", from.display()))?;
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&to)?);
+            let mut hash = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                w.write_all(&buf[..n])?;
+            }
+            w.flush()?;
+            Ok(Some(hex::encode(hash.finalize())))
+        })
+        .await?
+    }
+
+    async fn read_small(&self, name: &str) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.join(name))?)
+    }
+}
+
+fn copy_folder(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.metadata()?.is_dir() {
+            copy_folder(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A prefix (or one object) in an object store.
+struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+}
+
+impl Bucket {
+    fn open(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Bucket> {
+        let parsed = url::Url::parse(url).map_err(|e| anyhow!("source.url {url:?}: {e}"))?;
+        let retry = object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let client = object_store::ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(300))
+            .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")));
+        let built: object_store::Result<Arc<dyn ObjectStore>> = match parsed.scheme() {
+            "s3" | "s3a" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_retry(retry)
+                    .with_client_options(client);
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some(r) = region {
+                    b = b.with_region(r);
+                }
+                b.build().map(|s| Arc::new(s) as _)
+            }
+            "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_retry(retry)
+                .with_client_options(client)
+                .build()
+                .map(|s| Arc::new(s) as _),
+            _ => object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .with_retry(retry)
+                .with_client_options(client)
+                .build()
+                .map(|s| Arc::new(s) as _),
+        };
+        let store = built.map_err(|e| EnvironmentError {
+            cause: format!("cannot open {url}: {e}"),
+            fix: "check the URL, `endpoint`, `region` and the store's credentials in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3)".into(),
+        })?;
+        let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
+        Ok(Bucket {
+            store,
+            prefix,
+            url: url.to_string(),
+        })
+    }
+
+    fn store_error(&self, e: object_store::Error) -> anyhow::Error {
+        let fix = match &e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                "check the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): the store refused them"
+            }
+            object_store::Error::NotFound { .. } => "check the bucket and prefix in source.url",
+            _ => "check that the endpoint answers from this machine, and the URL and credentials",
+        };
+        EnvironmentError {
+            cause: format!("{}: {e}", self.url),
+            fix: fix.into(),
+        }
+        .into()
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for Bucket {
+    async fn list(&self) -> Result<Vec<Entry>> {
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        // A URL naming one object: that object and its sidecars.
+        let exact = listed.iter().any(|m| m.location == self.prefix);
+        Ok(listed
+            .into_iter()
+            .filter(|m| {
+                let key = m.location.as_ref();
+                if exact {
+                    key == self.prefix.as_ref()
+                        || is_sidecar(key) && key.starts_with(self.prefix.as_ref())
+                } else {
+                    // Only the prefix's own level: `prefix/name`.
+                    let rest = key
+                        .strip_prefix(self.prefix.as_ref())
+                        .unwrap_or(key)
+                        .trim_start_matches('/');
+                    !rest.contains('/')
+                }
+            })
+            .map(|m| Entry {
+                name: m.location.to_string(),
+                size: m.size,
+                modified: m.last_modified.into(),
+                folder: false,
+            })
+            .collect())
+    }
+
+    async fn head(&self, entry: &Entry) -> Result<Vec<u8>> {
+        let end = entry.size.min(format::HEAD as u64);
+        if end == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .store
+            .get_range(&ObjectPath::from(entry.name.as_str()), 0..end)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(bytes.to_vec())
+    }
+
+    async fn download(&self, entry: &Entry, to: &Path) -> Result<Option<String>> {
+        let got = self
+            .store
+            .get(&ObjectPath::from(entry.name.as_str()))
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let mut stream = got.into_stream();
+        let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(to).await?);
+        let mut hash = Sha256::new();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.store_error(e))? {
+            hash.update(&chunk);
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
+        Ok(Some(hex::encode(hash.finalize())))
+    }
+
+    async fn read_small(&self, name: &str) -> Result<String> {
+        let got = self
+            .store
+            .get(&ObjectPath::from(name))
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let bytes = got.bytes().await.map_err(|e| self.store_error(e))?;
+        if bytes.len() > 1 << 20 {
+            bail!("{name} is larger than a checksum file");
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecars_give_the_hash_of_their_file() {
+        let h = "a".repeat(64);
+        assert_eq!(sidecar_hash(&format!("{h}\n"), "x.dump"), Some(h.clone()));
+        assert_eq!(
+            sidecar_hash(
+                &format!("{}  other.dump\n{h} *x.dump\n", "b".repeat(64)),
+                "x.dump"
+            ),
+            Some(h)
+        );
+        assert_eq!(sidecar_hash("not a hash  x.dump", "x.dump"), None);
+    }
+}

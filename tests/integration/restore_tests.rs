@@ -1,0 +1,787 @@
+//! Restore tests of backups drillrig did not make: every backup here is made with the services'
+//! own plain tools (pg_dump, pg_dumpall, redis-cli, rabbitmqctl) from a schema that is not a
+//! drillrig fixture, then restored by `drillrig run` from a folder or from a real S3-compatible
+//! server (s3s-fs, SigV4 on). Assertions compare with facts the test made itself: the rows it
+//! inserted, the dump times it saw, the object sizes the store holds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::common::{self, BIN, Run, docker, engine, out_dir};
+
+/// A container the test started itself, removed when dropped.
+struct Scratch(String);
+
+impl Scratch {
+    fn start(name: &str, args: &[&str]) -> Scratch {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", name])
+            .output();
+        let mut all = vec!["run", "-d", "--name", name];
+        all.extend_from_slice(args);
+        docker(&all);
+        Scratch(name.to_string())
+    }
+
+    fn exec(&self, user: &str, script: &str) -> Vec<u8> {
+        let out = Command::new("docker")
+            .args(["exec", "-u", user, &self.0, "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn port(&self, port: u16) -> u16 {
+        let out = docker(&["port", &self.0, &format!("{port}/tcp")]);
+        out.lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .expect("a published port")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !ok() {
+        assert!(std::time::Instant::now() < until, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn runs_ok(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Rows the shop schema holds when the dumps are made.
+const INVOICES: u64 = 20_000;
+const NEWER_INVOICES: u64 = 20_100;
+
+/// Backups of a `shop` database (customers, invoices with a foreign key), made once with
+/// pg_dump and pg_dumpall in every format, each in a folder of its own under the returned one.
+/// `s3-older` and `s3-newer` hold two custom dumps made a few seconds apart, with 20 000 and
+/// 20 100 invoices; `(older made, newer made)` bracket the dumps' start times.
+struct PgBackups {
+    dir: PathBuf,
+    /// Before and after the newer dump ran (its header time lies between).
+    newer_made: (SystemTime, SystemTime),
+}
+
+fn pg_backups() -> &'static PgBackups {
+    static MADE: OnceLock<PgBackups> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = out_dir("restore-tests-pg-backups");
+        let c = Scratch::start(
+            "drillrig-test-pg-source",
+            &["-e", "POSTGRES_PASSWORD=x", "drillrig/postgres:15-bookworm"],
+        );
+        wait_for("the source PostgreSQL", Duration::from_secs(60), || {
+            runs_ok(&["exec", "-u", "postgres", &c.0, "psql", "-qc", "SELECT 1"])
+        });
+        c.exec("postgres", "psql -qc 'CREATE DATABASE shop'");
+        c.exec(
+            "postgres",
+            &format!(
+                "psql -q -d shop -c \"CREATE TABLE customer (id int PRIMARY KEY, name text NOT NULL); \
+                 CREATE TABLE invoice (id serial PRIMARY KEY, customer_id int NOT NULL REFERENCES customer (id), total numeric NOT NULL); \
+                 INSERT INTO customer SELECT g, 'c' || g FROM generate_series(1, 500) g; \
+                 INSERT INTO invoice (customer_id, total) SELECT 1 + g % 500, g FROM generate_series(1, {INVOICES}) g;\""
+            ),
+        );
+        let save = |folder: &str, file: &str, script: &str| {
+            let d = dir.join(folder);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(file), c.exec("postgres", script)).unwrap();
+        };
+        save("custom", "shop.dump", "pg_dump -Fc shop");
+        save("tar", "shop.tar", "pg_dump -Ft shop");
+        save("plain-gzip", "shop.sql.gz", "pg_dump --create shop | gzip");
+        save("dumpall", "cluster.sql", "pg_dumpall");
+        c.exec("postgres", "pg_dump -Fd -f /tmp/shop.dir shop");
+        std::fs::create_dir_all(dir.join("directory")).unwrap();
+        docker(&[
+            "cp",
+            &format!("{}:/tmp/shop.dir", c.0),
+            dir.join("directory/shop.dir").to_str().unwrap(),
+        ]);
+        save("s3-older", "shop.dump", "pg_dump -Fc shop");
+        // The header records whole seconds: the newer dump must start in a later second.
+        std::thread::sleep(Duration::from_millis(2100));
+        c.exec(
+            "postgres",
+            &format!(
+                "psql -q -d shop -c \"INSERT INTO invoice (customer_id, total) SELECT 1, g FROM generate_series(1, {}) g\"",
+                NEWER_INVOICES - INVOICES
+            ),
+        );
+        let before = SystemTime::now();
+        save("s3-newer", "shop.dump", "pg_dump -Fc shop");
+        let after = SystemTime::now();
+        PgBackups {
+            dir,
+            newer_made: (before, after),
+        }
+    })
+}
+
+/// Writes a scenario into the test's folder; returns its path.
+fn scenario(test: &str, body: &str) -> PathBuf {
+    let dir = out_dir(&format!("{test}-scenario"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{test}.toml"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// `drillrig run` of one scenario into `out`, with `history`.
+fn run(path: &Path, out: &str, history: &Path, env: &[(&str, &str)]) -> Run {
+    let dir = out_dir(out);
+    let output = Command::new(BIN)
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .args(["--history", history.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run drillrig");
+    let report = std::fs::read_to_string(dir.join("report.json"))
+        .map(|t| serde_json::from_str(&t).expect("report.json parses"))
+        .unwrap_or(Value::Null);
+    Run {
+        output,
+        dir,
+        report,
+    }
+}
+
+fn history(test: &str) -> PathBuf {
+    let dir = out_dir(&format!("{test}-history"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("history.sqlite")
+}
+
+fn pg_test(name: &str, source: &str, extra: &str) -> String {
+    format!(
+        r#"schema = 1
+name = "{name}"
+
+[targets.db]
+kind = "postgres"
+source = {source}
+restore = {{ from = "latest" }}
+objectives = {{ rto = "5m", rpo = "1h" }}
+{extra}
+"#
+    )
+}
+
+fn query<'a>(run: &'a Run, name: &str) -> &'a Value {
+    run.target()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["query"] == name)
+        .unwrap_or_else(|| panic!("no query {name}: {}", run.debug()))
+}
+
+fn phases(run: &Run) -> Vec<String> {
+    run.target()["rto"]["phases"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn every_pg_dump_format_in_a_folder_restores_into_its_own_database() {
+    let b = pg_backups();
+    let _engine = engine();
+    let h = history("formats");
+    for (folder, format, extra) in [
+        ("custom", "pg-custom", ""),
+        ("tar", "pg-tar", ""),
+        ("directory", "pg-directory", ""),
+        ("plain-gzip", "pg-plain", ""),
+        // pg_dumpall holds every database; the queries name the one they ask.
+        ("dumpall", "pg-dumpall", "database = \"shop\"\n"),
+    ] {
+        let path = scenario(
+            &format!("format-{folder}"),
+            &pg_test(
+                &format!("format-{folder}"),
+                &format!("{{ path = {:?} }}", b.dir.join(folder)),
+                &format!(
+                    r#"{extra}checks = ["amcheck", "foreign-keys", "backup-age"]
+
+[[targets.db.queries]]
+name = "invoices"
+sql = "SELECT count(*) FROM invoice"
+expect = "== {INVOICES}"
+"#
+                ),
+            ),
+        );
+        let r = run(&path, &format!("format-{folder}-run"), &h, &[]);
+        assert_eq!(r.code(), Some(0), "{folder}: {}", r.debug());
+        let t = r.target();
+        assert_eq!(t["source"]["format"], format, "{folder}");
+        assert_eq!(query(&r, "invoices")["value"], INVOICES.to_string());
+        assert_eq!(r.check("foreign-keys"), "passed", "{folder}");
+        if folder == "plain-gzip" {
+            assert_eq!(t["source"]["compression"], "gzip");
+        }
+        if folder != "dumpall" {
+            assert!(
+                t["restore"]["reached"]
+                    .as_str()
+                    .unwrap()
+                    .contains("database shop"),
+                "{folder}: restored into the dump's own database: {}",
+                t["restore"]
+            );
+        }
+        assert!(t["rto"]["achieved_ms"].as_u64().unwrap() > 0);
+        for p in ["fetch", "provision", "restore", "verify"] {
+            assert!(phases(&r).contains(&p.to_string()), "{folder}: {p}");
+        }
+        common::assert_no_leftovers(r.run_id());
+    }
+}
+
+/// The S3-compatible server, with SigV4 on; returns it and its endpoint.
+fn s3_server(name: &str) -> (Scratch, String) {
+    let s = Scratch::start(
+        name,
+        &[
+            "-p",
+            "127.0.0.1:0:9000",
+            "drillrig/s3:0.14.1-bookworm",
+            "--access-key",
+            "drillrig-test-key",
+            "--secret-key",
+            S3_SECRET,
+            "/data",
+        ],
+    );
+    s.exec("root", "mkdir -p /data/backups");
+    let endpoint = format!("http://127.0.0.1:{}", s.port(9000));
+    wait_for("the S3 server", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(endpoint.trim_start_matches("http://")).is_ok()
+    });
+    (s, endpoint)
+}
+
+const S3_SECRET: &str = "s3cr3t-never-in-any-output";
+
+fn s3_env(secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "drillrig-test-key".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
+}
+
+/// Uploads `file` as `key` with the object_store client, as a backup job would.
+fn upload(endpoint: &str, key: &str, bytes: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name("backups")
+        .with_access_key_id("drillrig-test-key")
+        .with_secret_access_key(S3_SECRET)
+        .build()
+        .unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.put(&object_store::path::Path::from(key), bytes.into()))
+        .unwrap();
+}
+
+#[test]
+fn the_newest_dump_in_an_s3_bucket_restores_with_its_rto_and_rpo_measured() {
+    let b = pg_backups();
+    let _engine = engine();
+    let (_s3, endpoint) = s3_server("drillrig-test-s3-restore");
+    let newer = std::fs::read(b.dir.join("s3-newer/shop.dump")).unwrap();
+    let older = std::fs::read(b.dir.join("s3-older/shop.dump")).unwrap();
+    // The newer dump is uploaded first: only its own header says it is the newer one.
+    upload(&endpoint, "nightly/shop-b.dump", newer.clone());
+    let sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&newer))
+    };
+    upload(
+        &endpoint,
+        "nightly/shop-b.dump.sha256",
+        format!("{sum}  shop-b.dump\n").into_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    upload(&endpoint, "nightly/shop-a.dump", older);
+    upload(&endpoint, "nightly/notes.txt", b"not a backup".to_vec());
+
+    let path = scenario(
+        "s3",
+        &pg_test(
+            "s3-nightly",
+            &format!(
+                "{{ url = \"s3://backups/nightly/\", endpoint = \"{endpoint}\", pattern = \"*.dump\" }}"
+            ),
+            &format!(
+                r#"checks = ["amcheck", "backup-integrity", "backup-age"]
+
+[[targets.db.queries]]
+name = "invoices"
+sql = "SELECT count(*) FROM invoice"
+expect = "== {NEWER_INVOICES}"
+"#
+            ),
+        ),
+    );
+    let env = s3_env(S3_SECRET);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let started = SystemTime::now();
+    let r = run(&path, "s3-run", &history("s3"), &env);
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["object"], "nightly/shop-b.dump");
+    assert_eq!(t["source"]["bytes"], newer.len() as u64);
+    assert_eq!(t["source"]["sha256"], sum);
+    assert_eq!(r.check("backup-integrity"), "passed");
+    // The RPO is the dump's age from its own header, which lies within the second the test
+    // started pg_dump in.
+    let made = humantime::parse_rfc3339(t["source"]["made_at"].as_str().unwrap()).unwrap();
+    let (before, after) = b.newer_made;
+    assert!(
+        made + Duration::from_secs(1) >= before && made <= after,
+        "made_at {made:?} outside the dump's run {before:?}..{after:?}"
+    );
+    let rpo = t["rpo"]["achieved_ms"].as_u64().unwrap();
+    let age_at_start = started.duration_since(made).unwrap().as_millis() as u64;
+    assert!(
+        rpo + 50 >= age_at_start && rpo <= age_at_start + 30_000,
+        "rpo {rpo} ms against an age of {age_at_start} ms when the run started"
+    );
+    assert!(t["source"]["fetch_ms"].as_u64().is_some());
+    assert!(phases(&r).contains(&"fetch".to_string()));
+    let all =
+        std::fs::read_to_string(r.dir.join("report.json")).unwrap() + &r.stdout() + &r.stderr();
+    assert!(!all.contains(S3_SECRET), "the S3 secret reached an output");
+    common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
+fn bad_sources_end_with_a_clear_cause_and_exit_3_or_2_leaving_nothing() {
+    let _engine = engine();
+    let (_s3, endpoint) = s3_server("drillrig-test-s3-bad");
+    upload(&endpoint, "nightly/x.dump", b"PGDMP".to_vec());
+    let h = history("bad-sources");
+    let case = |name: &str, source: &str, secret: &str| {
+        let path = scenario(name, &pg_test(name, source, ""));
+        let env = s3_env(secret);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&path, &format!("{name}-run"), &h, &env)
+    };
+    let s3 = |prefix: &str, endpoint: &str| {
+        format!("{{ url = \"s3://backups/{prefix}\", endpoint = \"{endpoint}\" }}")
+    };
+    let wrong = "wrong-secret-also-never-shown";
+    for (name, source, secret, code, says) in [
+        (
+            "bad-credentials",
+            s3("nightly/", &endpoint),
+            wrong,
+            3,
+            "credentials",
+        ),
+        (
+            "empty-prefix",
+            s3("nothing-here/", &endpoint),
+            S3_SECRET,
+            3,
+            "holds no backup",
+        ),
+        (
+            "unreachable",
+            s3("nightly/", "http://127.0.0.1:9"),
+            S3_SECRET,
+            3,
+            "endpoint",
+        ),
+        (
+            "missing-folder",
+            "{ path = \"/nonexistent/backups\" }".to_string(),
+            S3_SECRET,
+            3,
+            "cannot be read",
+        ),
+        (
+            "credentials-in-url",
+            "{ url = \"s3://key:secret@backups/x/\" }".to_string(),
+            S3_SECRET,
+            2,
+            "no credentials",
+        ),
+    ] {
+        let r = case(name, &source, secret);
+        assert_eq!(r.code(), Some(code), "{name}: {}", r.debug());
+        let text = r.stderr() + &r.stdout();
+        assert!(text.contains(says), "{name}: {}", r.debug());
+        assert!(
+            !text.contains(wrong) && !text.contains(S3_SECRET),
+            "{name}: a secret reached the output"
+        );
+        if r.report != Value::Null {
+            let report = std::fs::read_to_string(r.dir.join("report.json")).unwrap();
+            assert!(!report.contains(wrong) && !report.contains(S3_SECRET));
+            common::assert_no_leftovers(r.run_id());
+        }
+    }
+}
+
+#[test]
+fn negative_controls_miss_naming_the_check_that_failed() {
+    let b = pg_backups();
+    let _engine = engine();
+    let root = out_dir("negative-controls-backups");
+    let custom = std::fs::read(b.dir.join("custom/shop.dump")).unwrap();
+    let folder = |name: &str, files: &[(&str, Vec<u8>)]| {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, bytes) in files {
+            std::fs::write(d.join(f), bytes).unwrap();
+        }
+        d
+    };
+    let truncated = folder(
+        "truncated",
+        &[("shop.dump", custom[..custom.len() / 2].to_vec())],
+    );
+    let wrong_sum = folder(
+        "wrong-sidecar",
+        &[
+            ("shop.dump", custom.clone()),
+            (
+                "shop.dump.sha256",
+                format!("{}  shop.dump\n", "0".repeat(64)).into(),
+            ),
+        ],
+    );
+    let stale = folder(
+        "stale",
+        &[(
+            "shop.sql.gz",
+            std::fs::read(b.dir.join("plain-gzip/shop.sql.gz")).unwrap(),
+        )],
+    );
+    // A plain dump records no time: its file's age is the backup's, three days here.
+    let three_days_ago = SystemTime::now() - Duration::from_secs(3 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(stale.join("shop.sql.gz"))
+        .unwrap()
+        .set_modified(three_days_ago)
+        .unwrap();
+    let h = history("negative-controls");
+    let query = |expect: &str| {
+        format!(
+            "[[targets.db.queries]]\nname = \"invoices\"\nsql = \"SELECT count(*) FROM invoice\"\nexpect = \"{expect}\"\n"
+        )
+    };
+    for (name, dir, extra, failing) in [
+        ("truncated-dump", &truncated, String::new(), None),
+        (
+            "wrong-sidecar",
+            &wrong_sum,
+            "checks = [\"backup-integrity\"]".to_string(),
+            Some("backup-integrity"),
+        ),
+        (
+            "stale-backup",
+            &stale,
+            "checks = [\"backup-age\"]".to_string(),
+            Some("backup-age"),
+        ),
+        (
+            "failing-expect",
+            &b.dir.join("custom"),
+            query(">= 1000000"),
+            Some("query"),
+        ),
+    ] {
+        let path = scenario(
+            name,
+            &pg_test(name, &format!("{{ path = {dir:?} }}"), &extra),
+        );
+        let r = run(&path, &format!("{name}-run"), &h, &[]);
+        assert_eq!(r.code(), Some(1), "{name}: {}", r.debug());
+        assert_eq!(r.report["outcome"], "missed", "{name}");
+        let t = r.target();
+        assert!(
+            t["rto"]["achieved_ms"].is_null(),
+            "{name}: no RTO when missed"
+        );
+        match failing {
+            None => {
+                let error = t["restore"]["error"].as_str().unwrap_or_default();
+                assert!(error.contains("pg_restore"), "{name}: {}", t["restore"]);
+            }
+            Some(check) => {
+                let failed: Vec<&Value> = t["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c["status"] != "passed")
+                    .collect();
+                assert_eq!(failed.len(), 1, "{name}: {failed:?}");
+                assert_eq!(failed[0]["name"], check, "{name}");
+                assert_eq!(failed[0]["status"], "failed", "{name}");
+                assert!(
+                    r.stdout().contains("MISSED"),
+                    "{name}: the terminal says so: {}",
+                    r.stdout()
+                );
+            }
+        }
+        common::assert_no_leftovers(r.run_id());
+    }
+}
+
+#[test]
+fn a_query_that_drifts_beyond_its_bound_fails_while_its_floor_still_holds() {
+    let b = pg_backups();
+    let _engine = engine();
+    let folder = out_dir("drift-backups");
+    std::fs::create_dir_all(&folder).unwrap();
+    let h = history("drift");
+    let path = scenario(
+        "drift",
+        &pg_test(
+            "drift",
+            &format!("{{ path = {folder:?} }}"),
+            "[[targets.db.queries]]\nname = \"invoices\"\nsql = \"SELECT count(*) FROM invoice\"\nexpect = \">= 1000\"\ndrift = \"1%\"\n",
+        ),
+    );
+    // Week 1: 20 100 invoices, recorded as the baseline.
+    std::fs::copy(b.dir.join("s3-newer/shop.dump"), folder.join("shop.dump")).unwrap();
+    let first = run(&path, "drift-run-1", &h, &[]);
+    assert_eq!(first.code(), Some(0), "{}", first.debug());
+    assert!(
+        query(&first, "invoices")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("baseline")
+    );
+    // Week 2: the same backup job, the same query; the restored table has 20 000: within 1 %.
+    std::fs::copy(b.dir.join("custom/shop.dump"), folder.join("shop.dump")).unwrap();
+    let second = run(&path, "drift-run-2", &h, &[]);
+    assert_eq!(second.code(), Some(0), "{}", second.debug());
+    // Week 3: a backup of a table missing half its rows: the floor (>= 1000) still holds.
+    let c = Scratch::start(
+        "drillrig-test-pg-drift",
+        &["-e", "POSTGRES_PASSWORD=x", "drillrig/postgres:15-bookworm"],
+    );
+    wait_for("the source PostgreSQL", Duration::from_secs(60), || {
+        runs_ok(&["exec", "-u", "postgres", &c.0, "psql", "-qc", "SELECT 1"])
+    });
+    std::fs::write(
+        folder.join("shop.dump"),
+        c.exec(
+            "postgres",
+            "psql -q -c 'CREATE DATABASE shop' && psql -q -d shop -c 'CREATE TABLE invoice AS SELECT g AS id FROM generate_series(1, 10000) g' && pg_dump -Fc shop",
+        ),
+    )
+    .unwrap();
+    let third = run(&path, "drift-run-3", &h, &[]);
+    assert_eq!(third.code(), Some(1), "{}", third.debug());
+    let q = query(&third, "invoices");
+    assert_eq!(q["status"], "failed");
+    assert_eq!(q["value"], "10000");
+    let detail = q["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("-50.00 %") && detail.contains(second.run_id()),
+        "names the move and the run it compares with: {detail}"
+    );
+}
+
+#[test]
+fn a_redis_rdb_from_a_folder_restores_and_only_read_only_queries_run() {
+    let _engine = engine();
+    let c = Scratch::start(
+        "drillrig-test-redis-source",
+        &["drillrig/redis:7.0-bookworm"],
+    );
+    wait_for("the source Redis", Duration::from_secs(30), || {
+        runs_ok(&["exec", &c.0, "redis-cli", "ping"])
+    });
+    c.exec(
+        "root",
+        "for i in $(seq 1 300); do echo \"SET session:$i v$i\"; done | redis-cli >/dev/null && \
+         redis-cli HSET profile:1 name ann plan pro seats 3 >/dev/null && redis-cli SAVE >/dev/null",
+    );
+    let dir = out_dir("redis-rdb-backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    docker(&[
+        "cp",
+        &format!("{}:/data/dump.rdb", c.0),
+        dir.join("dump.rdb").to_str().unwrap(),
+    ]);
+    let saved = SystemTime::now();
+    let h = history("redis-rdb");
+    let body = |name: &str, command: &str, expect: &str| {
+        format!(
+            r#"schema = 1
+name = "{name}"
+
+[targets.cache]
+kind = "redis"
+source = {{ path = {dir:?} }}
+restore = {{ from = "latest" }}
+checks = ["redis-check", "backup-age"]
+objectives = {{ rto = "2m", rpo = "1h" }}
+
+[[targets.cache.queries]]
+name = "keys"
+command = "DBSIZE"
+expect = "== 301"
+
+[[targets.cache.queries]]
+name = "asked"
+command = "{command}"
+expect = "{expect}"
+"#
+        )
+    };
+    let path = scenario("redis-rdb", &body("redis-rdb", "HLEN profile:1", "== 3"));
+    let r = run(&path, "redis-rdb-run", &h, &[]);
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["format"], "redis-rdb");
+    assert_eq!(r.check("redis-check"), "passed");
+    // The RDB's own ctime: written by SAVE just before the copy.
+    let made = humantime::parse_rfc3339(t["source"]["made_at"].as_str().unwrap()).unwrap();
+    assert!(made <= saved && saved.duration_since(made).unwrap() < Duration::from_secs(30));
+    assert_eq!(t["source"]["made_at_from"], "the RDB's ctime field");
+    common::assert_no_leftovers(r.run_id());
+
+    let path = scenario("redis-write", &body("redis-write", "DEL session:1", "== 1"));
+    let r = run(&path, "redis-write-run", &h, &[]);
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    let q = query(&r, "asked");
+    assert_eq!(q["status"], "failed");
+    assert!(
+        q["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a read-only command"),
+        "{q}"
+    );
+    assert_eq!(
+        query(&r, "keys")["value"],
+        "301",
+        "the refused DEL never ran"
+    );
+    common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
+fn a_rabbitmq_definitions_export_imports_into_exactly_what_it_declares() {
+    let _engine = engine();
+    let c = Scratch::start(
+        "drillrig-test-rabbitmq-source",
+        &["drillrig/rabbitmq:3.10-bookworm"],
+    );
+    wait_for("the source RabbitMQ", Duration::from_secs(90), || {
+        runs_ok(&[
+            "exec",
+            &c.0,
+            "rabbitmqctl",
+            "await_startup",
+            "--timeout",
+            "1",
+        ])
+    });
+    let topology = r#"{"vhosts":[{"name":"shop"}],
+      "users":[{"name":"app","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":[]}],
+      "permissions":[{"user":"app","vhost":"shop","configure":"","write":".*","read":".*"}],
+      "exchanges":[{"name":"events","vhost":"shop","type":"topic","durable":true,"auto_delete":false,"internal":false,"arguments":{}}],
+      "queues":[{"name":"billing","vhost":"shop","durable":true,"auto_delete":false,"arguments":{"x-queue-type":"quorum"}},
+                {"name":"audit","vhost":"shop","durable":true,"auto_delete":false,"arguments":{}}],
+      "bindings":[{"source":"events","vhost":"shop","destination":"billing","destination_type":"queue","routing_key":"invoice.#","arguments":{}}]}"#;
+    c.exec(
+        "root",
+        &format!("cat > /tmp/topology.json <<'EOF'\n{topology}\nEOF\nrabbitmqctl import_definitions /tmp/topology.json >/dev/null && rabbitmqctl export_definitions /tmp/export.json >/dev/null"),
+    );
+    let dir = out_dir("rabbitmq-definitions-backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    docker(&[
+        "cp",
+        &format!("{}:/tmp/export.json", c.0),
+        dir.join("definitions.json").to_str().unwrap(),
+    ]);
+    drop(c);
+    let path = scenario(
+        "rabbitmq-definitions",
+        &format!(
+            r#"schema = 1
+name = "rabbitmq-definitions"
+
+[targets.broker]
+kind = "rabbitmq"
+source = {{ path = {dir:?} }}
+restore = {{ from = "latest" }}
+checks = ["definitions"]
+objectives = {{ rto = "3m", rpo = "1h" }}
+
+[[targets.broker.queries]]
+name = "billing empty"
+queue = "shop/billing"
+expect = "== 0"
+"#
+        ),
+    );
+    let r = run(
+        &path,
+        "rabbitmq-definitions-run",
+        &history("rabbitmq-definitions"),
+        &[],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["format"], "rabbitmq-definitions");
+    assert_eq!(r.check("definitions"), "passed");
+    assert!(
+        t["restore"]["reached"]
+            .as_str()
+            .unwrap()
+            .contains("2 queue(s)"),
+        "{}",
+        t["restore"]
+    );
+    common::assert_no_leftovers(r.run_id());
+}
