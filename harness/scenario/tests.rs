@@ -643,3 +643,81 @@ fn a_projection_expands_into_one_drill_per_size() {
         .contains("production_rows must be at least 1, got 0")
     );
 }
+
+#[test]
+fn a_restore_test_takes_a_source_queries_and_only_its_own_checks() {
+    let text = r#"schema = 1
+name = "nightly"
+
+[targets.db]
+kind = "postgres"
+source = { url = "s3://b/p/", endpoint = "http://127.0.0.1:9000", pattern = "*.dump", size_tolerance = "5%" }
+restore = { from = "latest" }
+checks = ["amcheck", "backup-age", "backup-size"]
+objectives = { rto = "30m", rpo = "26h" }
+
+[[targets.db.queries]]
+name = "orders"
+sql = "SELECT count(*) FROM orders"
+expect = "between 10 and 20"
+drift = "1%"
+"#;
+    let s = parse_text(text).unwrap();
+    let t = &s.targets[0];
+    let source = t.source.as_ref().unwrap();
+    assert_eq!(source.pattern.as_deref(), Some("*.dump"));
+    assert_eq!(source.size_tolerance, 0.05);
+    assert_eq!(t.queries[0].drift, Some(0.01));
+    assert_eq!(
+        t.queries[0].expect,
+        Some(crate::spec::Expect::Between(10.0, 20.0))
+    );
+    for (from, to, error) in [
+        (
+            "checks = [\"amcheck\", \"backup-age\", \"backup-size\"]",
+            "checks = [\"ledger\"]",
+            "s.toml:8:11: targets.db.checks: check `ledger` is not available in a restore test of a postgres backup (available: `amcheck`, `foreign-keys`, `backup-integrity`, `backup-age`, `backup-size`)",
+        ),
+        (
+            "sql = ",
+            "command = ",
+            "s.toml:13:11: targets.db.queries[0].command: a postgres query asks with `sql`, not `command`",
+        ),
+        (
+            "drift = \"1%\"",
+            "drift = \"one\"",
+            "s.toml:15:9: targets.db.queries[0].drift: \"one\": expected a percentage such as \"1%\"",
+        ),
+        (
+            "restore = { from = \"latest\" }",
+            "restore = { from = \"restart\" }",
+            "s.toml:7:20: targets.db.restore.from: a restore test restores the newest backup in its source: restore.from = \"latest\", not `restart`",
+        ),
+        (
+            "url = \"s3://b/p/\"",
+            "url = \"s3://key:secret@b/p/\"",
+            "s.toml:6:18: targets.db.source.url: put no credentials or options in the URL: keys come from the standard environment (AWS_ACCESS_KEY_ID, …), the endpoint from `endpoint`",
+        ),
+        (
+            "expect = \"between 10 and 20\"",
+            "expect = \">= many\"",
+            "s.toml:14:10: targets.db.queries[0].expect: \" many\" in `>= many` is not a number",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = parse_text(&text.replace(from, to)).unwrap_err();
+        assert_eq!(e.to_string(), error);
+    }
+    let faulted = format!("{text}\n[[faults]]\ntarget = \"db\"\nkind = \"kill\"\nat = \"5s\"\n");
+    let e = parse_text(&faulted).unwrap_err();
+    assert!(
+        e.to_string().contains("a restore test takes no faults"),
+        "{e}"
+    );
+    let drill_keys = text.replace("restore = {", "workload = { rate = 5 }\nrestore = {");
+    let e = parse_text(&drill_keys).unwrap_err();
+    assert!(
+        e.to_string().contains("`workload` belongs to drills"),
+        "{e}"
+    );
+}

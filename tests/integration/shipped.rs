@@ -10,8 +10,12 @@ use std::process::Command;
 use crate::common::{BIN, drill, engine, repo};
 
 fn shipped() -> Vec<PathBuf> {
+    in_folders(&["scenarios", "scenarios/controls"])
+}
+
+fn in_folders(dirs: &[&str]) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for dir in ["scenarios", "scenarios/controls"] {
+    for &dir in dirs {
         for entry in std::fs::read_dir(repo(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
@@ -23,10 +27,15 @@ fn shipped() -> Vec<PathBuf> {
     files
 }
 
+/// Every shipped scenario validates; the restore-test examples too, which restore backups only
+/// their users have (`tests/integration/restore_tests.rs` runs restore tests for real).
 #[test]
 fn every_shipped_scenario_validates() {
-    let files = shipped();
+    let mut files = shipped();
     assert!(files.len() >= 15, "{files:?}");
+    let examples = in_folders(&["scenarios/restore-tests"]);
+    assert!(examples.len() >= 4, "{examples:?}");
+    files.extend(examples);
     let out = Command::new(BIN)
         .arg("validate")
         .args(&files)
