@@ -6,12 +6,13 @@
 //! result ([`checks`]), and measures the achieved RTO and RPO ([`measure`]) into a report
 //! ([`report`]). Scenarios are TOML files ([`scenario`]) checked into the vocabulary of
 //! [`spec`]. Several run as a [`suite`]; every run goes into the [`history`], which the trend
-//! reports and the regression gate read ([`publish`]).
+//! reports and the regression gate read ([`publish`]). A suite's end can be sent to a webhook
+//! ([`notify`]).
 //!
 //! Layers go one way (`tests/integration/layers.rs` keeps it so): `scenario` → `suite` → `drill`
 //! → `faults` → `targets` → `checks`, `backup`, `docker`; `report` and `history` read finished
-//! results, and `publish` reads the history; `spec` (the vocabulary) and the leaves `clock`,
-//! `digest`, `exit` and `util` serve every layer.
+//! results, `publish` reads the history, and `notify` reads finished runs; `spec` (the
+//! vocabulary) and the leaves `clock`, `digest`, `exit` and `util` serve every layer.
 
 pub mod backup;
 pub mod checks;
@@ -24,6 +25,7 @@ pub mod faults;
 pub mod history;
 pub mod live;
 pub mod measure;
+pub mod notify;
 pub mod proxy;
 pub mod publish;
 pub mod report;

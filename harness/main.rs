@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use drillrig::docker::{self, EnvironmentError};
 use drillrig::drill::{Keep, RunOptions};
 use drillrig::exit::Exit;
@@ -15,7 +15,7 @@ use drillrig::live::Board;
 use drillrig::measure::projection::Projection;
 use drillrig::spec::Scenario;
 use drillrig::suite::{self, Finished, Partition, Projected};
-use drillrig::{publish, report, scenario, util};
+use drillrig::{notify, publish, report, scenario, util};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -54,6 +54,17 @@ enum Command {
         /// Exit 1 when a drill's RTO regressed against its recent runs (see --regression-ratio).
         #[arg(long)]
         fail_on_regression: bool,
+        /// POST a JSON summary of the suite to this http(s) URL when it ends (see --notify-on).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "DRILLRIG_NOTIFY",
+            hide_env_values = true
+        )]
+        notify: Option<String>,
+        /// When to notify: only when the suite's exit is not 0, or after every suite.
+        #[arg(long, value_enum, value_name = "WHEN", default_value_t = NotifyOn::Failure)]
+        notify_on: NotifyOn,
         #[command(flatten)]
         gate: GateArgs,
         #[command(flatten)]
@@ -82,6 +93,24 @@ enum Command {
     /// Remove containers, volumes and networks of drillrig runs whose process has exited
     /// (runs kept with DRILLRIG_KEEP included).
     Gc,
+}
+
+/// `--notify-on`.
+#[derive(Clone, Copy, ValueEnum)]
+enum NotifyOn {
+    /// When the suite's exit is not 0.
+    Failure,
+    /// After every suite.
+    Always,
+}
+
+impl From<NotifyOn> for notify::When {
+    fn from(on: NotifyOn) -> Self {
+        match on {
+            NotifyOn::Failure => notify::When::Failure,
+            NotifyOn::Always => notify::When::Always,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -247,6 +276,8 @@ fn main() -> ExitCode {
                 jobs,
                 partition,
                 fail_on_regression,
+                notify,
+                notify_on,
                 gate,
                 outputs,
             } => {
@@ -256,6 +287,8 @@ fn main() -> ExitCode {
                     jobs,
                     partition,
                     fail_on_regression,
+                    notify,
+                    notify_on: notify_on.into(),
                 };
                 run(&scenarios, suite, &gate, &outputs, board.as_ref()).await
             }
@@ -337,6 +370,9 @@ struct Suite {
     jobs: Option<usize>,
     partition: Partition,
     fail_on_regression: bool,
+    /// `--notify URL`, checked by `run` before any drill starts.
+    notify: Option<String>,
+    notify_on: notify::When,
 }
 
 /// The scenarios of `paths`, in this partition; every invalid file is reported before any
@@ -405,6 +441,18 @@ async fn run(
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
+            return Exit::Usage;
+        }
+    };
+    let webhook = match suite
+        .notify
+        .as_deref()
+        .map(notify::Webhook::parse)
+        .transpose()
+    {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: --notify (or DRILLRIG_NOTIFY): {e}");
             return Exit::Usage;
         }
     };
@@ -571,7 +619,40 @@ async fn run(
     if let Err(code) = outputs.write(&records, &verdicts, &projections, &all) {
         codes.push(code);
     }
-    Exit::worst(codes)
+    let exit = Exit::worst(codes);
+    if let Some(webhook) = &webhook {
+        notify_end(webhook, suite.notify_on, &records, exit).await;
+    }
+    exit
+}
+
+/// Sends the suite's notification if one is due, says how it went and records it in each run's
+/// folder; whatever happens, the exit stays as it is.
+async fn notify_end(
+    webhook: &notify::Webhook,
+    when: notify::When,
+    records: &[RunRecord],
+    exit: Exit,
+) {
+    let Some(delivery) = notify::notify(webhook, when, records, exit).await else {
+        return;
+    };
+    if delivery.ok {
+        info!(
+            "notified {} ({} attempt(s))",
+            delivery.target, delivery.attempts
+        );
+    } else {
+        eprintln!(
+            "warning: notification to {} failed after {} attempt(s): {}",
+            delivery.target,
+            delivery.attempts,
+            delivery.error.as_deref().unwrap_or("unknown cause")
+        );
+    }
+    for e in notify::record(&delivery, records) {
+        eprintln!("warning: record the notification: {e:#}");
+    }
 }
 
 /// Prints each scenario's RTO projection; returns the fitted ones.

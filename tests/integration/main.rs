@@ -9,6 +9,7 @@ mod drills;
 mod engine_clock;
 mod hardening;
 mod layers;
+mod notify;
 mod outages;
 mod pitr;
 mod rabbitmq;
