@@ -444,9 +444,11 @@ async fn run(
             return Exit::Usage;
         }
     };
+    // An empty DRILLRIG_NOTIFY (a CI secret that is not set) asks for nothing.
     let webhook = match suite
         .notify
         .as_deref()
+        .filter(|url| !url.trim().is_empty())
         .map(notify::Webhook::parse)
         .transpose()
     {

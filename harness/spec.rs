@@ -107,6 +107,8 @@ pub struct TargetSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceSpec {
     pub location: SourceLocation,
+    /// The WAL archive a base backup replays from (a folder or a prefix).
+    pub wal: Option<SourceLocation>,
     /// A glob on names (`*.dump`); the newest match is restored.
     pub pattern: Option<String>,
     /// `backup-age` fails when the backup is older than this (default 24 h).

@@ -40,18 +40,23 @@ impl Executor<'_> {
         let span = self.events.begin("restore", Some(name));
         let mut phases = RecoveryPhases::new(clock, Phase::Fetch, start);
         let dest = self.dir.join("source").join(name);
-        let fetched = match tokio::time::timeout(limit, source::fetch(source, &dest)).await {
-            Err(_) => {
-                return Err(overran(
-                    &format!("fetch for {name}"),
-                    limit,
-                    "timeouts.restore",
-                ));
-            }
-            Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) if e.downcast_ref::<Unrestorable>().is_some() => Err(format!("{e:#}")),
-            Ok(Err(e)) => return Err(classify(&format!("fetch for {name}"), e)),
+        let not_after = match spec.restore {
+            crate::spec::RestorePoint::At(t) => Some(t),
+            _ => None,
         };
+        let fetched =
+            match tokio::time::timeout(limit, source::fetch(source, &dest, not_after)).await {
+                Err(_) => {
+                    return Err(overran(
+                        &format!("fetch for {name}"),
+                        limit,
+                        "timeouts.restore",
+                    ));
+                }
+                Ok(Ok(f)) => Ok(f),
+                Ok(Err(e)) if e.downcast_ref::<Unrestorable>().is_some() => Err(format!("{e:#}")),
+                Ok(Err(e)) => return Err(classify(&format!("fetch for {name}"), e)),
+            };
         let mut restore_error = None;
         let mut restored = Restored::default();
         match &fetched {
@@ -192,7 +197,12 @@ impl Executor<'_> {
 
         let end = recovered.unwrap_or_else(|| clock.micros());
         let rto = recovered.map(|r| (r - start) / 1000);
-        let rpo = rpo(spec, fetched.as_ref().ok(), tested_at);
+        let rpo = rpo(
+            spec,
+            fetched.as_ref().ok(),
+            restored.consistent_at,
+            tested_at,
+        );
         self.events.recovered(name, rto.map(Duration::from_millis));
         self.events.target(name, |t| {
             t.rto.phases = report::PhaseDurations::from_durations(&phases.durations(end));
@@ -216,7 +226,12 @@ impl Executor<'_> {
 }
 
 /// The RPO of a restore test: how old the backup's consistent point was when the test began.
-fn rpo(spec: &TargetSpec, fetched: Option<&Fetched>, tested_at: SystemTime) -> Rpo {
+fn rpo(
+    spec: &TargetSpec,
+    fetched: Option<&Fetched>,
+    replayed_to: Option<SystemTime>,
+    tested_at: SystemTime,
+) -> Rpo {
     let mut rpo = Rpo {
         target_ms: spec.objectives.rpo.as_millis() as u64,
         ..Rpo::default()
@@ -224,15 +239,26 @@ fn rpo(spec: &TargetSpec, fetched: Option<&Fetched>, tested_at: SystemTime) -> R
     match fetched {
         None => rpo.note = Some("unknown: no backup was fetched".into()),
         Some(f) => {
-            let age = tested_at
-                .duration_since(f.made_at_time)
-                .unwrap_or(Duration::ZERO);
+            let (point, said) = match replayed_to {
+                Some(t) => (
+                    t,
+                    format!(
+                        "the age of the newest transaction the restore replayed ({}) when the test began",
+                        humantime::format_rfc3339_millis(t)
+                    ),
+                ),
+                None => (
+                    f.made_at_time,
+                    format!(
+                        "the backup's age when the test began: made at {} (from {})",
+                        f.made_at, f.made_at_from
+                    ),
+                ),
+            };
+            let age = tested_at.duration_since(point).unwrap_or(Duration::ZERO);
             rpo.achieved_ms = Some(age.as_millis() as u64);
             rpo.met = age <= spec.objectives.rpo;
-            rpo.note = Some(format!(
-                "the backup's age when the test began: made at {} (from {})",
-                f.made_at, f.made_at_from
-            ));
+            rpo.note = Some(said);
         }
     }
     rpo

@@ -74,6 +74,8 @@ pub struct RawTarget {
 pub struct RawSource {
     pub path: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
+    /// The WAL archive of a base backup: a path or an object-store URL.
+    pub wal: Option<Spanned<String>>,
     pub pattern: Option<Spanned<String>>,
     pub endpoint: Option<Spanned<String>>,
     pub region: Option<String>,

@@ -44,17 +44,6 @@ impl Validator<'_> {
         let s = source.get_ref();
         let location = match (&s.path, &s.url) {
             (Some(p), None) => {
-                let path = std::path::PathBuf::from(p.get_ref());
-                // A relative path is read from the scenario file's folder.
-                let path = if path.is_relative() {
-                    self.at
-                        .path
-                        .parent()
-                        .unwrap_or(std::path::Path::new("."))
-                        .join(path)
-                } else {
-                    path
-                };
                 if let Some(e) = &s.endpoint {
                     return Err(self.at.error(
                         e.span(),
@@ -62,44 +51,9 @@ impl Validator<'_> {
                         "`endpoint` is for an object store's `url`, not a `path`",
                     ));
                 }
-                SourceLocation::Path(path)
+                self.path(p.get_ref())
             }
-            (None, Some(u)) => {
-                let url = u.get_ref();
-                let scheme = url.split_once("://").map(|(s, _)| s);
-                if !matches!(scheme, Some("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")) {
-                    return Err(self.at.error(
-                        u.span(),
-                        key("source.url"),
-                        format!("{url:?}: expected an object-store URL such as s3://bucket/prefix/ (also gs://, az://)"),
-                    ));
-                }
-                if url.contains('@') || url.contains('?') {
-                    return Err(self.at.error(
-                        u.span(),
-                        key("source.url"),
-                        "put no credentials or options in the URL: keys come from the standard environment (AWS_ACCESS_KEY_ID, …), the endpoint from `endpoint`",
-                    ));
-                }
-                let endpoint = match &s.endpoint {
-                    Some(e)
-                        if !e.get_ref().starts_with("http://")
-                            && !e.get_ref().starts_with("https://") =>
-                    {
-                        return Err(self.at.error(
-                            e.span(),
-                            key("source.endpoint"),
-                            format!("{:?}: expected an http:// or https:// URL", e.get_ref()),
-                        ));
-                    }
-                    e => e.as_ref().map(|e| e.get_ref().clone()),
-                };
-                SourceLocation::Url {
-                    url: url.clone(),
-                    endpoint,
-                    region: s.region.clone(),
-                }
-            }
+            (None, Some(u)) => self.url(u, &key("source.url"), s)?,
             _ => {
                 return Err(self.at.error(
                     source.span(),
@@ -107,6 +61,11 @@ impl Validator<'_> {
                     "a source takes exactly one of `path` (a file or folder) and `url` (s3://…)",
                 ));
             }
+        };
+        let wal = match &s.wal {
+            None => None,
+            Some(w) if w.get_ref().contains("://") => Some(self.url(w, &key("source.wal"), s)?),
+            Some(w) => Some(self.path(w.get_ref())),
         };
         let pattern = match &s.pattern {
             Some(p) => {
@@ -129,15 +88,26 @@ impl Validator<'_> {
 
         let restore_raw = raw.restore.get_ref();
         let restore = *restore_raw.from.get_ref();
-        if restore != RestorePoint::Latest {
-            return Err(self.at.error(
-                restore_raw.from.span(),
-                key("restore.from"),
-                format!(
-                    "a restore test restores the newest backup in its source: restore.from = \"latest\", not `{}`",
-                    restore.label()
-                ),
-            ));
+        match restore {
+            RestorePoint::Latest => {}
+            RestorePoint::At(_) if wal.is_some() => {}
+            RestorePoint::At(_) => {
+                return Err(self.at.error(
+                    restore_raw.from.span(),
+                    key("restore.from"),
+                    "a restore to a point in time replays WAL: give the source its archive (`wal`)",
+                ));
+            }
+            other => {
+                return Err(self.at.error(
+                    restore_raw.from.span(),
+                    key("restore.from"),
+                    format!(
+                        "a restore test restores the newest backup in its source (\"latest\") or the newest before a time, not `{}`",
+                        other.label()
+                    ),
+                ));
+            }
         }
         if let Some(r) = &restore_raw.repair {
             return Err(self.at.error(
@@ -234,12 +204,65 @@ impl Validator<'_> {
             proxied: false,
             source: Some(SourceSpec {
                 location,
+                wal,
                 pattern,
                 max_age,
                 size_tolerance,
             }),
             queries,
             database,
+        })
+    }
+
+    /// A path; a relative one is read from the scenario file's folder.
+    fn path(&self, p: &str) -> SourceLocation {
+        let path = std::path::PathBuf::from(p);
+        SourceLocation::Path(if path.is_relative() {
+            self.at
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(path)
+        } else {
+            path
+        })
+    }
+
+    /// An object-store URL, with the source's endpoint and region.
+    fn url(&self, u: &Spanned<String>, key: &str, s: &RawSource) -> Checked<SourceLocation> {
+        let url = u.get_ref();
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")) {
+            return Err(self.at.error(
+                u.span(),
+                key.to_string(),
+                format!("{url:?}: expected an object-store URL such as s3://bucket/prefix/ (also gs://, az://)"),
+            ));
+        }
+        if url.contains('@') || url.contains('?') {
+            return Err(self.at.error(
+                u.span(),
+                key.to_string(),
+                "put no credentials or options in the URL: keys come from the standard environment (AWS_ACCESS_KEY_ID, …), the endpoint from `endpoint`",
+            ));
+        }
+        let endpoint = match &s.endpoint {
+            Some(e)
+                if !e.get_ref().starts_with("http://") && !e.get_ref().starts_with("https://") =>
+            {
+                return Err(self.at.error(
+                    e.span(),
+                    key.replace(".url", ".endpoint")
+                        .replace(".wal", ".endpoint"),
+                    format!("{:?}: expected an http:// or https:// URL", e.get_ref()),
+                ));
+            }
+            e => e.as_ref().map(|e| e.get_ref().clone()),
+        };
+        Ok(SourceLocation::Url {
+            url: url.clone(),
+            endpoint,
+            region: s.region.clone(),
         })
     }
 

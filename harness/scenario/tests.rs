@@ -691,7 +691,7 @@ drift = "1%"
         (
             "restore = { from = \"latest\" }",
             "restore = { from = \"restart\" }",
-            "s.toml:7:20: targets.db.restore.from: a restore test restores the newest backup in its source: restore.from = \"latest\", not `restart`",
+            "s.toml:7:20: targets.db.restore.from: a restore test restores the newest backup in its source (\"latest\") or the newest before a time, not `restart`",
         ),
         (
             "url = \"s3://b/p/\"",

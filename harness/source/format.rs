@@ -25,6 +25,8 @@ pub enum Format {
     PgPlain,
     /// `pg_dumpall`.
     PgDumpall,
+    /// `pg_basebackup -Ft` (`base.tar`, `base.tar.gz`): replayed from a WAL archive.
+    PgBaseTar,
     /// A Redis RDB file (`dump.rdb`).
     RedisRdb,
     /// A RabbitMQ definitions export (`rabbitmqctl export_definitions`, management API).
@@ -38,7 +40,8 @@ impl Format {
             | Format::PgTar
             | Format::PgDirectory
             | Format::PgPlain
-            | Format::PgDumpall => TargetKind::Postgres,
+            | Format::PgDumpall
+            | Format::PgBaseTar => TargetKind::Postgres,
             Format::RedisRdb => TargetKind::Redis,
             Format::RabbitmqDefinitions => TargetKind::Rabbitmq,
         }
@@ -51,6 +54,7 @@ impl Format {
             Format::PgDirectory => "pg_dump directory archive",
             Format::PgPlain => "pg_dump plain SQL",
             Format::PgDumpall => "pg_dumpall SQL",
+            Format::PgBaseTar => "pg_basebackup tar",
             Format::RedisRdb => "Redis RDB snapshot",
             Format::RabbitmqDefinitions => "RabbitMQ definitions export",
         }
@@ -145,6 +149,13 @@ pub fn sniff(head: &[u8], folder: bool) -> Option<Sniffed> {
             ..plain(Format::PgTar)
         });
     }
+    if head.len() > 512 && &head[257..262] == b"ustar" && head.starts_with(b"backup_label\0") {
+        let label = String::from_utf8_lossy(&head[512..head.len().min(512 + 4096)]);
+        return Some(Sniffed {
+            made_at: label_start_time(&label),
+            ..plain(Format::PgBaseTar)
+        });
+    }
     let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
     if text.starts_with("--\n-- PostgreSQL database cluster dump") {
         return Some(plain(Format::PgDumpall));
@@ -214,6 +225,24 @@ fn archive_header(b: &[u8]) -> Option<(Option<SystemTime>, Option<String>)> {
         .and_then(|len| b.get(at..at + len))
         .map(|n| String::from_utf8_lossy(n).into_owned());
     Some((made_at, database))
+}
+
+/// A `backup_label`'s `START TIME: 2026-11-30 02:14:45 UTC` (the server's log time zone; a
+/// zone other than UTC or GMT is read as UTC).
+fn label_start_time(label: &str) -> Option<SystemTime> {
+    let line = label.lines().find_map(|l| l.strip_prefix("START TIME: "))?;
+    let mut parts = line.split_whitespace();
+    let (date, time) = (parts.next()?, parts.next()?);
+    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
+    let t: Vec<i64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    let days = civil_to_unix(d[0], d[1], d[2])?;
+    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -346,6 +375,20 @@ mod tests {
         assert_eq!(
             s.made_at,
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000))
+        );
+    }
+
+    #[test]
+    fn a_base_backup_tar_gives_its_label_start_time() {
+        let mut tar = vec![0u8; 512];
+        tar[..13].copy_from_slice(b"backup_label\0");
+        tar[257..263].copy_from_slice(b"ustar\0");
+        tar.extend(b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIME: 2026-11-30 02:14:45 UTC\n");
+        let s = sniff(&tar, false).unwrap();
+        assert_eq!(s.format, Format::PgBaseTar);
+        assert_eq!(
+            humantime::format_rfc3339(s.made_at.unwrap()).to_string(),
+            "2026-11-30T02:14:45Z"
         );
     }
 

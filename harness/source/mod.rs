@@ -53,8 +53,21 @@ pub struct Fetched {
     /// The sidecar checksum found next to it (`NAME.sha256` or `SHA256SUMS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<Sidecar>,
+    /// A base backup's WAL archive, fetched beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalArchive>,
     #[serde(skip)]
     pub made_at_time: SystemTime,
+}
+
+/// A fetched WAL archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalArchive {
+    #[serde(skip)]
+    pub local: PathBuf,
+    /// Files fetched (segments, `.history`, `.backup`).
+    pub files: usize,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,18 +92,27 @@ struct Entry {
     folder: bool,
 }
 
-/// Fetches the newest backup `spec` names into `dest` (created).
-pub async fn fetch(spec: &SourceSpec, dest: &Path) -> Result<Fetched> {
-    std::fs::create_dir_all(dest).with_context(|| format!("create {}", dest.display()))?;
-    let started = std::time::Instant::now();
-    let source: Box<dyn Source> = match &spec.location {
+fn open(location: &SourceLocation) -> Result<Box<dyn Source>> {
+    Ok(match location {
         SourceLocation::Path(p) => Box::new(Folder::open(p)?),
         SourceLocation::Url {
             url,
             endpoint,
             region,
         } => Box::new(Bucket::open(url, endpoint.as_deref(), region.as_deref())?),
-    };
+    })
+}
+
+/// Fetches the newest backup `spec` names into `dest` (created): with `not_after`, the newest
+/// made by then (a base backup a point-in-time restore starts from).
+pub async fn fetch(
+    spec: &SourceSpec,
+    dest: &Path,
+    not_after: Option<SystemTime>,
+) -> Result<Fetched> {
+    std::fs::create_dir_all(dest).with_context(|| format!("create {}", dest.display()))?;
+    let started = std::time::Instant::now();
+    let source = open(&spec.location)?;
     let label = spec.location.label();
     let entries = source.list().await?;
     let pattern = spec
@@ -115,8 +137,11 @@ pub async fn fetch(spec: &SourceSpec, dest: &Path) -> Result<Fetched> {
         }
         .into());
     }
-    // The newest by the backup's own time where its format records one, else by the file's.
-    let mut best: Option<(SystemTime, Entry, Option<format::Sniffed>)> = None;
+    // The newest by the backup's own time where its format records one, else by the file's;
+    // files of no known format (a manifest, a README) count only when nothing else is there, so
+    // that the finding names them.
+    let mut known: Option<(SystemTime, Entry)> = None;
+    let mut unknown: Option<(SystemTime, Entry)> = None;
     for entry in candidates {
         let sniffed = source
             .head(&entry)
@@ -127,12 +152,25 @@ pub async fn fetch(spec: &SourceSpec, dest: &Path) -> Result<Fetched> {
             .as_ref()
             .and_then(|s| s.made_at)
             .unwrap_or(entry.modified);
-        if best.as_ref().is_none_or(|(t, _, _)| when > *t) {
-            best = Some((when, entry, sniffed));
+        if not_after.is_some_and(|limit| when > limit) {
+            continue;
+        }
+        let slot = if sniffed.is_some() {
+            &mut known
+        } else {
+            &mut unknown
+        };
+        if slot.as_ref().is_none_or(|(t, _)| when > *t) {
+            *slot = Some((when, entry));
         }
     }
-    let (_, entry, _) = best.expect("candidates is not empty");
-
+    let Some((_, entry)) = known.or(unknown) else {
+        return Err(Unrestorable(format!(
+            "{label} holds no backup made by {}: a point-in-time restore starts from a base backup taken before its target",
+            humantime::format_rfc3339_seconds(not_after.expect("only a time skips candidates"))
+        ))
+        .into());
+    };
     let stored = dest.join(base(&entry.name));
     let sha256 = source.download(&entry, &stored).await?;
     let bytes = if entry.folder {
@@ -193,8 +231,13 @@ pub async fn fetch(spec: &SourceSpec, dest: &Path) -> Result<Fetched> {
         ),
         None => (entry.modified, "the file's modification time"),
     };
+    let wal = match &spec.wal {
+        Some(w) => Some(fetch_wal(w, &dest.join("wal")).await?),
+        None => None,
+    };
     let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     Ok(Fetched {
+        wal,
         object: entry.name.clone(),
         local,
         format: sniffed.format,
@@ -209,6 +252,31 @@ pub async fn fetch(spec: &SourceSpec, dest: &Path) -> Result<Fetched> {
         sidecar,
         made_at_time,
     })
+}
+
+/// Copies every file of a WAL archive into `dest`.
+async fn fetch_wal(location: &SourceLocation, dest: &Path) -> Result<WalArchive> {
+    std::fs::create_dir_all(dest).with_context(|| format!("create {}", dest.display()))?;
+    let source = open(location)?;
+    let entries = source.list().await?;
+    let mut archive = WalArchive {
+        local: dest.to_path_buf(),
+        files: 0,
+        bytes: 0,
+    };
+    for e in entries.iter().filter(|e| !e.folder && !is_sidecar(&e.name)) {
+        source.download(e, &dest.join(base(&e.name))).await?;
+        archive.files += 1;
+        archive.bytes += e.size;
+    }
+    if archive.files == 0 {
+        return Err(EnvironmentError {
+            cause: format!("the WAL archive {} holds no file", location.label()),
+            fix: "check source.wal: the folder or prefix archive_command writes to".into(),
+        }
+        .into());
+    }
+    Ok(archive)
 }
 
 fn base(name: &str) -> &str {

@@ -168,6 +168,10 @@ pub struct Restored {
     /// Damage found on the way and what it cost (a WAL gap, a target beyond reach…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A restore test's point in time: the newest transaction the service replayed, which the
+    /// RPO counts from instead of the backup's own start.
+    #[serde(skip)]
+    pub consistent_at: Option<std::time::SystemTime>,
 }
 
 /// Builds the target for `env.spec.kind`.

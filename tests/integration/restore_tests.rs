@@ -66,6 +66,21 @@ fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
     }
 }
 
+/// The entrypoint's final server answers: over TCP, which its temporary initdb server does not
+/// listen on (a socket check would race the restart between the two).
+fn pg_up(c: &Scratch) -> bool {
+    runs_ok(&[
+        "exec",
+        "-u",
+        "postgres",
+        &c.0,
+        "pg_isready",
+        "-q",
+        "-h",
+        "127.0.0.1",
+    ])
+}
+
 fn runs_ok(args: &[&str]) -> bool {
     Command::new("docker")
         .args(args)
@@ -96,7 +111,7 @@ fn pg_backups() -> &'static PgBackups {
             &["-e", "POSTGRES_PASSWORD=x", "drillrig/postgres:15-bookworm"],
         );
         wait_for("the source PostgreSQL", Duration::from_secs(60), || {
-            runs_ok(&["exec", "-u", "postgres", &c.0, "psql", "-qc", "SELECT 1"])
+            pg_up(&c)
         });
         c.exec("postgres", "psql -qc 'CREATE DATABASE shop'");
         c.exec(
@@ -607,7 +622,7 @@ fn a_query_that_drifts_beyond_its_bound_fails_while_its_floor_still_holds() {
         &["-e", "POSTGRES_PASSWORD=x", "drillrig/postgres:15-bookworm"],
     );
     wait_for("the source PostgreSQL", Duration::from_secs(60), || {
-        runs_ok(&["exec", "-u", "postgres", &c.0, "psql", "-qc", "SELECT 1"])
+        pg_up(&c)
     });
     std::fs::write(
         folder.join("shop.dump"),
@@ -782,6 +797,202 @@ expect = "== 0"
             .contains("2 queue(s)"),
         "{}",
         t["restore"]
+    );
+    common::assert_no_leftovers(r.run_id());
+}
+
+/// A base backup (`pg_basebackup -Ft -z`) and the WAL archive `archive_command` filled, with
+/// 1 000 invoices committed before `.1` (a time between two batches) and 500 after.
+struct PitrBackups {
+    base: PathBuf,
+    wal: PathBuf,
+    between: SystemTime,
+}
+
+fn pitr_backups() -> &'static PitrBackups {
+    static MADE: OnceLock<PitrBackups> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = out_dir("restore-tests-pitr-backups");
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Scratch::start(
+            "drillrig-test-pg-pitr-source",
+            &[
+                "-e",
+                "POSTGRES_PASSWORD=x",
+                "drillrig/postgres:15-bookworm",
+                "postgres",
+                "-c",
+                "archive_mode=on",
+                "-c",
+                // In the postgres user's home, so that the first segment archives at once
+                // (a failing archive_command makes the archiver wait a minute).
+                "archive_command=mkdir -p /var/lib/postgresql/archive && test ! -f /var/lib/postgresql/archive/%f && cp %p /var/lib/postgresql/archive/%f",
+            ],
+        );
+        wait_for("the source PostgreSQL", Duration::from_secs(60), || {
+            pg_up(&c)
+        });
+        c.exec(
+            "postgres",
+            "psql -qc 'CREATE DATABASE shop' && psql -q -d shop -c 'CREATE TABLE invoice (id serial PRIMARY KEY, total int NOT NULL)'",
+        );
+        c.exec("postgres", "pg_basebackup -D /tmp/base -Ft -z -X none");
+        c.exec(
+            "postgres",
+            "psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 1000) g'",
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let between = SystemTime::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        c.exec(
+            "postgres",
+            "psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 500) g' && psql -qAtc 'SELECT pg_switch_wal()' >/dev/null",
+        );
+        // Until the segment the switch closed is in the archive.
+        wait_for("the last segment archived", Duration::from_secs(20), || {
+            Command::new("docker")
+                .args(["exec", "-u", "postgres", &c.0, "psql", "-qAtc"])
+                .arg("SELECT last_archived_wal >= pg_walfile_name(pg_current_wal_lsn() - 1) FROM pg_stat_archiver")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "t")
+        });
+        docker(&["cp", &format!("{}:/tmp/base", c.0), dir.join("base").to_str().unwrap()]);
+        docker(&[
+            "cp",
+            &format!("{}:/var/lib/postgresql/archive", c.0),
+            dir.join("wal").to_str().unwrap(),
+        ]);
+        PitrBackups {
+            base: dir.join("base"),
+            wal: dir.join("wal"),
+            between,
+        }
+    })
+}
+
+#[test]
+fn a_base_backup_and_its_wal_from_s3_restore_to_a_time() {
+    let p = pitr_backups();
+    let _engine = engine();
+    let (_s3, endpoint) = s3_server("drillrig-test-s3-pitr");
+    for e in std::fs::read_dir(&p.base).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "base.tar.gz" {
+            upload(
+                &endpoint,
+                &format!("pg/base/{name}"),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    let mut segments = 0;
+    for e in std::fs::read_dir(&p.wal).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        upload(
+            &endpoint,
+            &format!("pg/wal/{name}"),
+            std::fs::read(e.path()).unwrap(),
+        );
+        segments += 1;
+    }
+    let when = humantime::format_rfc3339_millis(p.between).to_string();
+    let path = scenario(
+        "pitr-s3",
+        &format!(
+            r#"schema = 1
+name = "pitr-s3"
+
+[targets.db]
+kind = "postgres"
+source = {{ url = "s3://backups/pg/base/", wal = "s3://backups/pg/wal/", endpoint = "{endpoint}" }}
+restore = {{ from = "{when}" }}
+database = "shop"
+checks = ["amcheck"]
+objectives = {{ rto = "5m", rpo = "1h" }}
+
+[[targets.db.queries]]
+name = "invoices before the time"
+sql = "SELECT count(*) FROM invoice"
+expect = "== 1000"
+"#
+        ),
+    );
+    let env = s3_env(S3_SECRET);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let started = SystemTime::now();
+    let r = run(&path, "pitr-s3-run", &history("pitr-s3"), &env);
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["format"], "pg-base-tar");
+    assert_eq!(t["source"]["wal"]["files"], segments);
+    assert!(
+        t["restore"]["recovery_target"]
+            .as_str()
+            .unwrap()
+            .starts_with("time ")
+    );
+    // The RPO counts from the newest transaction replayed, committed before the time.
+    let rpo = t["rpo"]["achieved_ms"].as_u64().unwrap();
+    let since_between = started.duration_since(p.between).unwrap().as_millis() as u64;
+    assert!(
+        rpo >= since_between && rpo <= since_between + 5_000,
+        "rpo {rpo} ms; the time was {since_between} ms before the run: {}",
+        t["rpo"]
+    );
+    common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
+fn a_wal_gap_before_the_target_time_misses() {
+    let p = pitr_backups();
+    let _engine = engine();
+    let wal = out_dir("wal-gap-archive");
+    std::fs::create_dir_all(&wal).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&p.wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // The segment the base backup started in (named by its `.backup` file) is kept; the next
+    // one, which holds the invoices committed before the time, is the gap.
+    let backup_file = names
+        .iter()
+        .find(|n| n.ends_with(".backup"))
+        .expect("a .backup file");
+    let start = &backup_file[..24];
+    let gap = names
+        .iter()
+        .find(|n| n.len() == 24 && n.as_str() > start)
+        .expect("a segment after the backup's")
+        .clone();
+    for n in names.iter().filter(|n| **n != gap) {
+        std::fs::copy(p.wal.join(n), wal.join(n)).unwrap();
+    }
+    let when = humantime::format_rfc3339_millis(p.between).to_string();
+    let path = scenario(
+        "wal-gap",
+        &pg_test(
+            "wal-gap",
+            &format!("{{ path = {:?}, wal = {wal:?} }}", p.base),
+            "database = \"shop\"\n",
+        )
+        .replace(
+            "restore = { from = \"latest\" }",
+            &format!("restore = {{ from = \"{when}\" }}"),
+        ),
+    );
+    let r = run(&path, "wal-gap-run", &history("wal-gap"), &[]);
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    assert_eq!(r.report["outcome"], "missed");
+    let error = r.target()["restore"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("recovery") || error.contains(&gap),
+        "the restore names the failed recovery: {error}"
     );
     common::assert_no_leftovers(r.run_id());
 }

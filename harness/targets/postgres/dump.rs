@@ -145,5 +145,6 @@ pub(super) async fn restore(
         recovery_target: Some(format!("the snapshot of dump {}", backup.id)),
         reached: None,
         note: None,
+        consistent_at: None,
     })
 }

@@ -453,6 +453,7 @@ pub(super) async fn restore(
         reached,
         prepared: Some(prepared),
         note,
+        consistent_at: None,
     })
 }
 

@@ -17,6 +17,9 @@ pub(super) async fn restore(
     f: &Fetched,
     phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
+    if f.format == Format::PgBaseTar {
+        return replay(pg, f, phases).await;
+    }
     phases.enter(Phase::Provision);
     let dir = f
         .local
@@ -131,6 +134,179 @@ pub(super) async fn restore(
     Ok(Restored {
         recovery_target: Some(format!("the {} {}", f.format.describe(), f.object)),
         reached: Some(format!("database {database} restored")),
+        ..Restored::default()
+    })
+}
+
+/// A base backup replayed from its WAL archive, to the archive's end or to `restore.from`'s
+/// time, then promoted. The cluster keeps its own roles and passwords: drillrig reaches it over
+/// the local socket (trusted in the scratch container only) and sets its own login on
+/// `postgres`.
+async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> Result<Restored> {
+    let wal = f.wal.as_ref().ok_or_else(|| {
+        anyhow!(
+            "{} is a base backup: give the source its WAL archive (`wal`)",
+            f.object
+        )
+    })?;
+    let file_name = f
+        .local
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
+        .to_string_lossy()
+        .into_owned();
+    phases.enter(Phase::Provision);
+    let docker = pg.service.env.docker.clone();
+    let (name, volume) = pg.service.next_container().await?;
+    let dir = f
+        .local
+        .parent()
+        .expect("fetched into a folder")
+        .to_path_buf();
+    let loader = crate::docker::ContainerSpec {
+        name: format!("{name}-loader"),
+        image: pg.service.env.image.clone(),
+        env: Vec::new(),
+        cmd: vec!["infinity".into()],
+        port: super::PORT,
+        volume: Some((volume.clone(), super::PGDATA.into())),
+        binds: vec![(dir, MOUNT.into(), true)],
+        entrypoint: Some("sleep".into()),
+        copy_in: Vec::new(),
+        files: Vec::new(),
+        hostname: None,
+        startup_timeout: pg.service.env.timeouts.provision,
+    };
+    let helper = docker.start(&loader).await?;
+    let pgdata = super::PGDATA;
+    let script = format!(
+        "tar -xf {MOUNT}/{file_name} -C {pgdata} \
+         && printf 'local all all trust\nhost all all all scram-sha-256\n' > {pgdata}/pg_hba.conf \
+         && touch {pgdata}/recovery.signal && chown -R postgres:postgres {pgdata} && chmod 700 {pgdata}"
+    );
+    let loaded = docker.exec(&helper, "root", &["sh", "-c", &script]).await?;
+    docker.remove(&helper).await?;
+    if !loaded.success() {
+        bail!(
+            "unpacking {} into a data volume failed: {}",
+            f.object,
+            loaded.tail()
+        );
+    }
+
+    phases.enter(Phase::Restore);
+    let mut cmd = vec![
+        "postgres".to_string(),
+        "-c".into(),
+        "restore_command=cp /archive/%f %p".into(),
+        "-c".into(),
+        "archive_mode=off".into(),
+    ];
+    let target = match pg.service.env.spec.restore {
+        crate::spec::RestorePoint::At(when) => {
+            // PostgreSQL's recovery_target_time refuses RFC 3339's `T…Z` form.
+            let when = humantime::format_rfc3339_micros(when)
+                .to_string()
+                .replace('T', " ")
+                .replace('Z', "+00");
+            cmd.extend([
+                "-c".into(),
+                format!("recovery_target_time={when}"),
+                "-c".into(),
+                "recovery_target_action=promote".into(),
+            ]);
+            format!("time {when}")
+        }
+        _ => "the end of the archive".to_string(),
+    };
+    let spec = pg.container_spec(
+        name,
+        volume,
+        cmd,
+        vec![(wal.local.clone(), "/archive".into(), true)],
+    );
+    pg.service.start(&spec).await?;
+    let c = pg.service.containers.serving()?.clone();
+    let limit = pg.service.env.timeouts.restore;
+    pg.service
+        .wait_ready(limit, |_port| {
+            let (docker, c) = (docker.clone(), c.clone());
+            async move {
+                let out = docker
+                    .exec(
+                        &c,
+                        "postgres",
+                        &["psql", "-X", "-Atc", "SELECT NOT pg_is_in_recovery()"],
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                match (out.success(), String::from_utf8_lossy(&out.stdout).trim()) {
+                    (true, "t") => Ok(()),
+                    (true, _) => Err("still replaying WAL".to_string()),
+                    (false, _) => Err(out.tail()),
+                }
+            }
+        })
+        .await?;
+    let sql = format!(
+        "ALTER ROLE postgres PASSWORD '{}';",
+        pg.service.env.password.replace('\'', "''")
+    );
+    let out = docker
+        .exec_with_stdin(
+            &c,
+            "postgres",
+            &[
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--dbname",
+                "postgres",
+            ],
+            sql.as_bytes(),
+        )
+        .await?;
+    if !out.success() {
+        bail!(
+            "set drillrig's login on the restored cluster: {}",
+            out.tail()
+        );
+    }
+    pg.database = pg
+        .service
+        .env
+        .spec
+        .database
+        .clone()
+        .unwrap_or_else(|| "postgres".into());
+    let client = pg.connect().await?;
+    let replayed: Option<f64> = client
+        .query_one(
+            "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::float8",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!("read the last replayed transaction: {}", error_line(&e)))?
+        .get(0);
+    let consistent_at = replayed
+        .filter(|s| *s > 0.0)
+        .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(s));
+    Ok(Restored {
+        recovery_target: Some(format!("{target}, from {}", f.object)),
+        reached: Some(match consistent_at {
+            Some(t) => format!(
+                "promoted after replaying {} WAL file(s); last transaction {}",
+                wal.files,
+                humantime::format_rfc3339_millis(t)
+            ),
+            None => format!(
+                "promoted after replaying {} WAL file(s); no transaction replayed",
+                wal.files
+            ),
+        }),
+        consistent_at,
         ..Restored::default()
     })
 }

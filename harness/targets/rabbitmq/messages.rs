@@ -276,6 +276,7 @@ pub(super) async fn restore(
             mq.topology.queues.len()
         )),
         note: None,
+        consistent_at: None,
     })
 }
 

@@ -359,6 +359,7 @@ pub(super) async fn restore(
         recovery_target: Some(format!("the contents of backup {}", backup.id)),
         reached: Some(format!("{keys} keys loaded")),
         note: None,
+        consistent_at: None,
     })
 }
 
