@@ -115,6 +115,9 @@ pub struct SourceSpec {
     pub max_age: Duration,
     /// `backup-size` fails when the size moved more than this share against the previous run.
     pub size_tolerance: f64,
+    /// The age identity file an encrypted backup is decrypted with; without it, the identity
+    /// is read from `DRILLRIG_AGE_IDENTITY`.
+    pub identity: Option<PathBuf>,
 }
 
 /// Where a source lives.

@@ -195,6 +195,15 @@ impl Executor<'_> {
         };
         self.events.end(span);
 
+        // The fetched copy (possibly decrypted production data) does not outlive the test.
+        if let Err(e) = std::fs::remove_dir_all(&dest)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(
+                "{name}: cannot remove the fetched copy {}: {e}",
+                dest.display()
+            );
+        }
         let end = recovered.unwrap_or_else(|| clock.micros());
         let rto = recovered.map(|r| (r - start) / 1000);
         let rpo = rpo(

@@ -81,6 +81,8 @@ pub struct RawSource {
     pub region: Option<String>,
     pub max_age: Option<Spanned<HumanDuration>>,
     pub size_tolerance: Option<Spanned<String>>,
+    /// An age identity file, for encrypted backups.
+    pub identity: Option<Spanned<String>>,
 }
 
 /// A user query: one of `sql`, `command`, `queue`, with `expect` and `drift`.

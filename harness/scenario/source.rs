@@ -208,6 +208,10 @@ impl Validator<'_> {
                 pattern,
                 max_age,
                 size_tolerance,
+                identity: s.identity.as_ref().map(|i| match self.path(i.get_ref()) {
+                    SourceLocation::Path(p) => p,
+                    SourceLocation::Url { .. } => unreachable!("a path"),
+                }),
             }),
             queries,
             database,

@@ -33,6 +33,8 @@ pub struct Fetched {
     #[serde(skip)]
     pub local: PathBuf,
     pub format: Format,
+    /// Whether it was encrypted with age (and decrypted before the restore).
+    pub encrypted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
     /// Bytes fetched, as stored.
@@ -143,11 +145,10 @@ pub async fn fetch(
     let mut known: Option<(SystemTime, Entry)> = None;
     let mut unknown: Option<(SystemTime, Entry)> = None;
     for entry in candidates {
-        let sniffed = source
-            .head(&entry)
-            .await
-            .ok()
-            .and_then(|h| format::sniff(&h, entry.folder));
+        let head = source.head(&entry).await.ok();
+        let sniffed = head.as_ref().and_then(|h| format::sniff(h, entry.folder));
+        // An encrypted backup's own time is inside it: its file's time stands in.
+        let encrypted = head.as_ref().is_some_and(|h| is_age(h));
         let when = sniffed
             .as_ref()
             .and_then(|s| s.made_at)
@@ -155,7 +156,7 @@ pub async fn fetch(
         if not_after.is_some_and(|limit| when > limit) {
             continue;
         }
-        let slot = if sniffed.is_some() {
+        let slot = if sniffed.is_some() || encrypted {
             &mut known
         } else {
             &mut unknown
@@ -182,6 +183,15 @@ pub async fn fetch(
         read_head(&stored.join("toc.dat"))?
     } else {
         read_head(&stored)?
+    };
+    let encrypted = !entry.folder && is_age(&head);
+    let (stored, head) = if encrypted {
+        let plain = dest.join(format!("{}.decrypted", base(&entry.name)));
+        decrypt(&stored, &plain, spec.identity.as_deref(), &entry.name).await?;
+        let head = read_head(&plain)?;
+        (plain, head)
+    } else {
+        (stored, head)
     };
     let Some(sniffed) = format::sniff(&head, entry.folder) else {
         return Err(Unrestorable(format!(
@@ -241,6 +251,7 @@ pub async fn fetch(
         object: entry.name.clone(),
         local,
         format: sniffed.format,
+        encrypted,
         compression: sniffed.compression,
         bytes,
         fetch_ms: started.elapsed().as_millis() as u64,
@@ -277,6 +288,56 @@ async fn fetch_wal(location: &SourceLocation, dest: &Path) -> Result<WalArchive>
         .into());
     }
     Ok(archive)
+}
+
+/// Whether `head` starts an age file (binary or armored).
+fn is_age(head: &[u8]) -> bool {
+    head.starts_with(b"age-encryption.org/v1\n")
+        || head.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
+}
+
+/// Decrypts the age file `from` into `to` with the identity file `identity`, else the identity
+/// in `DRILLRIG_AGE_IDENTITY`. No identity is an environment error; an identity that does not
+/// open the file is a finding naming the file. The identity is never shown.
+async fn decrypt(from: &Path, to: &Path, identity: Option<&Path>, name: &str) -> Result<()> {
+    let text = match identity {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| EnvironmentError {
+            cause: format!("the age identity {} cannot be read: {e}", path.display()),
+            fix: "check source.identity and that this user may read it".into(),
+        })?,
+        None => std::env::var("DRILLRIG_AGE_IDENTITY")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| EnvironmentError {
+                cause: format!("{name} is encrypted with age, and no identity was given"),
+                fix: "give the identity file as source.identity, or its contents in DRILLRIG_AGE_IDENTITY".into(),
+            })?,
+    };
+    let identities = age::IdentityFile::from_buffer(text.as_bytes())
+        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
+        .map_err(|_| EnvironmentError {
+            cause: "the age identity given is not an age identity file".into(),
+            fix: "give a file with AGE-SECRET-KEY-1… lines (age-keygen writes one)".into(),
+        })?;
+    let (from, to, name) = (from.to_path_buf(), to.to_path_buf(), name.to_string());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let input = age::armor::ArmoredReader::new(std::fs::File::open(&from)?);
+        let decryptor = age::Decryptor::new(input)
+            .map_err(|e| Unrestorable(format!("{name} is not a valid age file: {e}")))?;
+        let mut reader = decryptor
+            .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .map_err(|e| {
+                Unrestorable(format!(
+                    "{name} cannot be decrypted with the identity given ({e}): the key it was encrypted to is missing"
+                ))
+            })?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&to)?);
+        std::io::copy(&mut reader, &mut out)
+            .map_err(|e| Unrestorable(format!("{name} is damaged after its age header: {e}")))?;
+        out.flush()?;
+        Ok(())
+    })
+    .await?
 }
 
 fn base(name: &str) -> &str {

@@ -996,3 +996,87 @@ fn a_wal_gap_before_the_target_time_misses() {
     );
     common::assert_no_leftovers(r.run_id());
 }
+
+#[test]
+fn an_age_encrypted_dump_opens_with_its_identity_and_a_missing_key_is_named() {
+    use age::secrecy::ExposeSecret;
+    let b = pg_backups();
+    let _engine = engine();
+    let dir = out_dir("age-backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = age::x25519::Identity::generate();
+    let plain = std::fs::read(b.dir.join("custom/shop.dump")).unwrap();
+    let sealed = age::encrypt(&identity.to_public(), &plain).unwrap();
+    std::fs::write(dir.join("shop.dump.age"), &sealed).unwrap();
+    let keys = out_dir("age-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let secret = identity.to_string().expose_secret().to_string();
+    std::fs::write(keys.join("backup.key"), format!("{secret}\n")).unwrap();
+    let other = age::x25519::Identity::generate()
+        .to_string()
+        .expose_secret()
+        .to_string();
+    let h = history("age");
+    let body = |name: &str, identity: &str| {
+        pg_test(
+            name,
+            &format!("{{ path = {dir:?}{identity} }}"),
+            &format!(
+                "[[targets.db.queries]]\nname = \"invoices\"\nsql = \"SELECT count(*) FROM invoice\"\nexpect = \"== {INVOICES}\"\n"
+            ),
+        )
+    };
+    let with_key = format!(", identity = {:?}", keys.join("backup.key"));
+    let r = run(
+        &scenario("age", &body("age", &with_key)),
+        "age-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    assert_eq!(r.target()["source"]["encrypted"], true);
+    assert_eq!(r.target()["source"]["format"], "pg-custom");
+    assert_eq!(r.target()["source"]["bytes"], sealed.len() as u64);
+
+    // No identity at all: the environment lacks it (exit 3), said before anything restores.
+    let r = run(
+        &scenario("age-none", &body("age-none", "")),
+        "age-none-run",
+        &h,
+        &[("DRILLRIG_AGE_IDENTITY", "")],
+    );
+    assert_eq!(r.code(), Some(3), "{}", r.debug());
+    assert!(r.stderr().contains("encrypted with age"), "{}", r.debug());
+
+    // The DR site holds another key: a finding naming the file and the missing key.
+    let r = run(
+        &scenario("age-wrong", &body("age-wrong", "")),
+        "age-wrong-run",
+        &h,
+        &[("DRILLRIG_AGE_IDENTITY", other.as_str())],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    let error = r.target()["restore"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("shop.dump.age") && error.contains("key"),
+        "{error}"
+    );
+    for run_dir in ["age-run", "age-none-run", "age-wrong-run"] {
+        for f in common::files_under(&out_dir_kept(run_dir)) {
+            let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+            assert!(
+                !text.contains(&secret) && !text.contains(&other),
+                "an age identity reached {}",
+                f.display()
+            );
+        }
+    }
+    common::assert_no_leftovers(r.run_id());
+}
+
+/// A test's output folder as the run left it (without emptying it, as [`out_dir`] does).
+fn out_dir_kept(test: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("drills")
+        .join(test)
+}

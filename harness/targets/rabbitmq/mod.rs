@@ -219,11 +219,15 @@ impl Browsed {
     fn add(&mut self, queue: &str, messages: &[messages::Message]) {
         self.contents
             .insert(queue.to_string(), messages::summary(messages));
-        let seeded: Vec<messages::Message> = messages
+        // In id order: drillrig's own browses (every export) requeue what they read, and a
+        // quorum queue may hand requeued messages back in another order. The seed check asks
+        // whether the seeded messages survived unchanged, not in which order.
+        let mut seeded: Vec<messages::Message> = messages
             .iter()
             .filter(|m| m.id.starts_with("seed-"))
             .cloned()
             .collect();
+        seeded.sort_by(|a, b| a.id.cmp(&b.id));
         self.seed
             .insert(queue.to_string(), messages::summary(&seeded));
     }
