@@ -47,6 +47,7 @@ impl Executor<'_> {
         let fetched =
             match tokio::time::timeout(limit, source::fetch(source, &dest, not_after)).await {
                 Err(_) => {
+                    remove_fetched(name, &dest);
                     return Err(overran(
                         &format!("fetch for {name}"),
                         limit,
@@ -55,7 +56,10 @@ impl Executor<'_> {
                 }
                 Ok(Ok(f)) => Ok(f),
                 Ok(Err(e)) if e.downcast_ref::<Unrestorable>().is_some() => Err(format!("{e:#}")),
-                Ok(Err(e)) => return Err(classify(&format!("fetch for {name}"), e)),
+                Ok(Err(e)) => {
+                    remove_fetched(name, &dest);
+                    return Err(classify(&format!("fetch for {name}"), e));
+                }
             };
         let mut restore_error = None;
         let mut restored = Restored::default();
@@ -195,15 +199,7 @@ impl Executor<'_> {
         };
         self.events.end(span);
 
-        // The fetched copy (possibly decrypted production data) does not outlive the test.
-        if let Err(e) = std::fs::remove_dir_all(&dest)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(
-                "{name}: cannot remove the fetched copy {}: {e}",
-                dest.display()
-            );
-        }
+        remove_fetched(name, &dest);
         let end = recovered.unwrap_or_else(|| clock.micros());
         let rto = recovered.map(|r| (r - start) / 1000);
         let rpo = rpo(
@@ -231,6 +227,19 @@ impl Executor<'_> {
             None => warn!("{name}: not recovered"),
         }
         Ok(())
+    }
+}
+
+/// Removes the fetched copy of a backup (possibly decrypted production data): it does not
+/// outlive the test, whatever ended it.
+fn remove_fetched(target: &str, dest: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dest)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(
+            "{target}: cannot remove the fetched copy {}: {e}",
+            dest.display()
+        );
     }
 }
 

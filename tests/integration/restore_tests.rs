@@ -283,6 +283,10 @@ expect = "== {INVOICES}"
         for p in ["fetch", "provision", "restore", "verify"] {
             assert!(phases(&r).contains(&p.to_string()), "{folder}: {p}");
         }
+        assert!(
+            !r.dir.join("source/db").exists(),
+            "{folder}: the fetched copy outlived the test"
+        );
         common::assert_no_leftovers(r.run_id());
     }
 }
@@ -474,6 +478,10 @@ fn bad_sources_end_with_a_clear_cause_and_exit_3_or_2_leaving_nothing() {
         if r.report != Value::Null {
             let report = std::fs::read_to_string(r.dir.join("report.json")).unwrap();
             assert!(!report.contains(wrong) && !report.contains(S3_SECRET));
+            assert!(
+                !r.dir.join("source/db").exists(),
+                "{name}: the fetched copy outlived the run"
+            );
             common::assert_no_leftovers(r.run_id());
         }
     }
