@@ -101,31 +101,10 @@ pub(super) async fn restore(
             // pg_dumpall recreates every role, `postgres` included, which exists already: that
             // one error is expected; any other fails the restore.
             psql(pg, &c, "postgres", &file, f, false).await?;
-            // It also set the source cluster's password on `postgres`: drillrig's login is
-            // put back (through stdin, never on a command line).
-            let sql = format!(
-                "ALTER ROLE postgres PASSWORD '{}';",
-                pg.service.env.password.replace('\'', "''")
-            );
-            let out = docker
-                .exec_with_stdin(
-                    &c,
-                    "postgres",
-                    &[
-                        "psql",
-                        "-X",
-                        "-q",
-                        "-v",
-                        "ON_ERROR_STOP=1",
-                        "--dbname",
-                        "postgres",
-                    ],
-                    sql.as_bytes(),
-                )
-                .await?;
-            if !out.success() {
-                bail!("restore drillrig's login after pg_dumpall: {}", out.tail());
-            }
+            // It also set the source cluster's password on `postgres`: drillrig's is put back.
+            set_own_login(pg, &c)
+                .await
+                .map_err(|e| anyhow!("after pg_dumpall: {e:#}"))?;
             "postgres".to_string()
         }
         other => bail!("{} is not a PostgreSQL backup", other.describe()),
@@ -248,32 +227,9 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
             }
         })
         .await?;
-    let sql = format!(
-        "ALTER ROLE postgres PASSWORD '{}';",
-        pg.service.env.password.replace('\'', "''")
-    );
-    let out = docker
-        .exec_with_stdin(
-            &c,
-            "postgres",
-            &[
-                "psql",
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "--dbname",
-                "postgres",
-            ],
-            sql.as_bytes(),
-        )
-        .await?;
-    if !out.success() {
-        bail!(
-            "set drillrig's login on the restored cluster: {}",
-            out.tail()
-        );
-    }
+    set_own_login(pg, &c)
+        .await
+        .map_err(|e| anyhow!("on the restored cluster: {e:#}"))?;
     pg.database = pg
         .service
         .env
@@ -309,6 +265,34 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         consistent_at,
         ..Restored::default()
     })
+}
+
+/// Sets drillrig's own password on `postgres` over the local socket, through psql's stdin
+/// (never on a command line): a restored cluster brings the source's.
+async fn set_own_login(pg: &Postgres, c: &crate::docker::Container) -> Result<()> {
+    let sql = format!(
+        "ALTER ROLE postgres PASSWORD '{}';",
+        pg.service.env.password.replace('\'', "''")
+    );
+    let cmd = [
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--dbname",
+        "postgres",
+    ];
+    let out = pg
+        .service
+        .env
+        .docker
+        .exec_with_stdin(c, "postgres", &cmd, sql.as_bytes())
+        .await?;
+    if !out.success() {
+        bail!("set drillrig's login: {}", out.tail());
+    }
+    Ok(())
 }
 
 async fn psql(
