@@ -118,6 +118,9 @@ pub struct SourceSpec {
     /// The age identity file an encrypted backup is decrypted with; without it, the identity
     /// is read from `DRILLRIG_AGE_IDENTITY`.
     pub identity: Option<PathBuf>,
+    /// The stanza restored when the source is a pgBackRest repository (needed when it holds
+    /// several).
+    pub stanza: Option<String>,
 }
 
 /// Where a source lives.

@@ -116,7 +116,7 @@ impl Executor<'_> {
             for &check in &spec.checks {
                 let started = tokio::time::Instant::now();
                 let mut r = match check {
-                    CheckKind::BackupIntegrity => integrity(f),
+                    CheckKind::BackupIntegrity => integrity(f, &restored),
                     CheckKind::BackupAge => age(f, tested_at, source.max_age),
                     CheckKind::BackupSize => size(f, previous, name, source.size_tolerance),
                     kind_check if restore_error.is_none() => {
@@ -283,8 +283,19 @@ fn rpo(
 }
 
 /// `backup-integrity`: the fetched bytes against the sidecar checksum next to the backup.
-fn integrity(f: &Fetched) -> CheckResult {
+fn integrity(f: &Fetched, restored: &Restored) -> CheckResult {
     let check = CheckKind::BackupIntegrity;
+    // A pgBackRest repository carries a checksum for every file: pgbackrest verify reads them.
+    if f.pgbackrest.is_some() {
+        return match &restored.backup_verified {
+            Some((true, said)) => CheckResult::passed(check, said.clone()),
+            Some((false, said)) => CheckResult::failed(check, said.clone()),
+            None => CheckResult::unknown(
+                check,
+                "not run: the restore stopped before pgbackrest verify",
+            ),
+        };
+    }
     match (&f.sidecar, &f.sha256) {
         (None, _) => CheckResult::unknown(
             check,

@@ -83,6 +83,8 @@ pub struct RawSource {
     pub size_tolerance: Option<Spanned<String>>,
     /// An age identity file, for encrypted backups.
     pub identity: Option<Spanned<String>>,
+    /// The stanza of a pgBackRest repository.
+    pub stanza: Option<Spanned<String>>,
 }
 
 /// A user query: one of `sql`, `command`, `queue`, with `expect` and `drift`.

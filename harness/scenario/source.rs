@@ -86,16 +86,34 @@ impl Validator<'_> {
             .as_ref()
             .map_or(DEFAULT_MAX_AGE, |a| a.get_ref().0);
 
+        let stanza = match &s.stanza {
+            Some(st) if kind != TargetKind::Postgres => {
+                return Err(self.at.error(
+                    st.span(),
+                    key("source.stanza"),
+                    format!("`stanza` names a pgBackRest repository's stanza: postgres targets only, not {kind}"),
+                ));
+            }
+            Some(st) if st.get_ref().is_empty() || st.get_ref().contains(['/', ' ']) => {
+                return Err(self.at.error(
+                    st.span(),
+                    key("source.stanza"),
+                    format!("{:?} is not a stanza name", st.get_ref()),
+                ));
+            }
+            st => st.as_ref().map(|st| st.get_ref().clone()),
+        };
+
         let restore_raw = raw.restore.get_ref();
         let restore = *restore_raw.from.get_ref();
         match restore {
             RestorePoint::Latest => {}
-            RestorePoint::At(_) if wal.is_some() => {}
+            RestorePoint::At(_) if wal.is_some() || stanza.is_some() => {}
             RestorePoint::At(_) => {
                 return Err(self.at.error(
                     restore_raw.from.span(),
                     key("restore.from"),
-                    "a restore to a point in time replays WAL: give the source its archive (`wal`)",
+                    "a restore to a point in time replays WAL: give a base backup its archive (`wal`), or name a pgBackRest repository's `stanza`",
                 ));
             }
             other => {
@@ -212,6 +230,7 @@ impl Validator<'_> {
                     SourceLocation::Path(p) => p,
                     SourceLocation::Url { .. } => unreachable!("a path"),
                 }),
+                stanza,
             }),
             queries,
             database,

@@ -703,11 +703,36 @@ drift = "1%"
             "expect = \">= many\"",
             "s.toml:14:10: targets.db.queries[0].expect: \" many\" in `>= many` is not a number",
         ),
+        (
+            "restore = { from = \"latest\" }",
+            "restore = { from = \"2026-11-30T10:00:00Z\" }",
+            "s.toml:7:20: targets.db.restore.from: a restore to a point in time replays WAL: give a base backup its archive (`wal`), or name a pgBackRest repository's `stanza`",
+        ),
+        (
+            "size_tolerance = \"5%\" }",
+            "size_tolerance = \"5%\", stanza = \"a/b\" }",
+            "s.toml:6:119: targets.db.source.stanza: \"a/b\" is not a stanza name",
+        ),
     ] {
         assert!(text.contains(from), "{from}");
         let e = parse_text(&text.replace(from, to)).unwrap_err();
         assert_eq!(e.to_string(), error);
     }
+    // A pgBackRest repository replays its own archive: a stanza is enough for a time.
+    let pitr = text
+        .replace(
+            "restore = { from = \"latest\" }",
+            "restore = { from = \"2026-11-30T10:00:00Z\" }",
+        )
+        .replace(
+            "size_tolerance = \"5%\" }",
+            "size_tolerance = \"5%\", stanza = \"main\" }",
+        );
+    let s = parse_text(&pitr).unwrap();
+    assert_eq!(
+        s.targets[0].source.as_ref().unwrap().stanza.as_deref(),
+        Some("main")
+    );
     let faulted = format!("{text}\n[[faults]]\ntarget = \"db\"\nkind = \"kill\"\nat = \"5s\"\n");
     let e = parse_text(&faulted).unwrap_err();
     assert!(

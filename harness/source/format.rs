@@ -27,6 +27,10 @@ pub enum Format {
     PgDumpall,
     /// `pg_basebackup -Ft` (`base.tar`, `base.tar.gz`): replayed from a WAL archive.
     PgBaseTar,
+    /// A pgBackRest repository (`backup/STANZA/backup.info`, `archive/STANZA/`): restored by
+    /// pgbackrest itself.
+    #[serde(rename = "pgbackrest")]
+    PgBackRest,
     /// A Redis RDB file (`dump.rdb`).
     RedisRdb,
     /// A RabbitMQ definitions export (`rabbitmqctl export_definitions`, management API).
@@ -41,7 +45,8 @@ impl Format {
             | Format::PgDirectory
             | Format::PgPlain
             | Format::PgDumpall
-            | Format::PgBaseTar => TargetKind::Postgres,
+            | Format::PgBaseTar
+            | Format::PgBackRest => TargetKind::Postgres,
             Format::RedisRdb => TargetKind::Redis,
             Format::RabbitmqDefinitions => TargetKind::Rabbitmq,
         }
@@ -55,6 +60,7 @@ impl Format {
             Format::PgPlain => "pg_dump plain SQL",
             Format::PgDumpall => "pg_dumpall SQL",
             Format::PgBaseTar => "pg_basebackup tar",
+            Format::PgBackRest => "pgBackRest repository",
             Format::RedisRdb => "Redis RDB snapshot",
             Format::RabbitmqDefinitions => "RabbitMQ definitions export",
         }

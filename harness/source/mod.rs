@@ -7,6 +7,7 @@
 //! environment variables (docs/restore-tests.md §1).
 
 pub mod format;
+pub mod pgbackrest;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
@@ -58,6 +59,9 @@ pub struct Fetched {
     /// A base backup's WAL archive, fetched beside it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalArchive>,
+    /// A pgBackRest repository's set to restore (`local` is then the repository's copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgbackrest: Option<pgbackrest::BackupSet>,
     #[serde(skip)]
     pub made_at_time: SystemTime,
 }
@@ -116,6 +120,27 @@ pub async fn fetch(
     let started = std::time::Instant::now();
     let source = open(&spec.location)?;
     let label = spec.location.label();
+    let tree = source.tree().await?;
+    let stanzas = pgbackrest::stanzas(tree.iter().map(|(rel, _)| rel.as_str()));
+    if !stanzas.is_empty() {
+        return fetch_repository(
+            source.as_ref(),
+            spec,
+            &tree,
+            &stanzas,
+            dest,
+            not_after,
+            started,
+        )
+        .await;
+    }
+    if spec.stanza.is_some() {
+        return Err(EnvironmentError {
+            cause: format!("source.stanza is given, but {label} is no pgBackRest repository (it has no backup/STANZA/backup.info)"),
+            fix: "give the repository's root (the folder or prefix holding backup/ and archive/) as the source".into(),
+        }
+        .into());
+    }
     let entries = source.list().await?;
     let pattern = spec
         .pattern
@@ -245,9 +270,9 @@ pub async fn fetch(
         Some(w) => Some(fetch_wal(w, &dest.join("wal")).await?),
         None => None,
     };
-    let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     Ok(Fetched {
         wal,
+        pgbackrest: None,
         object: entry.name.clone(),
         local,
         format: sniffed.format,
@@ -263,6 +288,91 @@ pub async fn fetch(
         sidecar,
         made_at_time,
     })
+}
+
+/// Files of a pgBackRest repository fetched at once.
+const REPOSITORY_FETCHES: usize = 16;
+
+fn rfc(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Copies the stanza's part of a pgBackRest repository (its backup sets and WAL archive) into
+/// `dest/repository`, readable by the scratch container's `postgres`, and chooses the set.
+async fn fetch_repository(
+    source: &dyn Source,
+    spec: &SourceSpec,
+    tree: &[(String, Entry)],
+    stanzas: &[String],
+    dest: &Path,
+    not_after: Option<SystemTime>,
+    started: std::time::Instant,
+) -> Result<Fetched> {
+    let label = spec.location.label();
+    let stanza = pgbackrest::choose_stanza(stanzas, spec.stanza.as_deref(), &label)?;
+    let root = dest.join("repository");
+    let files: Vec<&(String, Entry)> = tree
+        .iter()
+        .filter(|(rel, _)| pgbackrest::belongs_to(rel, &stanza))
+        .collect();
+    for (rel, _) in &files {
+        if let Some(parent) = root.join(rel).parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+    }
+    // A repository is thousands of small files: several are fetched at once.
+    futures::stream::iter(files.iter().map(|(rel, entry)| {
+        let to = root.join(rel);
+        async move { source.download(entry, &to).await }
+    }))
+    .buffer_unordered(REPOSITORY_FETCHES)
+    .try_collect::<Vec<_>>()
+    .await?;
+    let bytes = files.iter().map(|(_, e)| e.size).sum();
+    let info_file = format!("backup/{stanza}/backup.info");
+    let info = std::fs::read(root.join(&info_file))
+        .with_context(|| format!("read the fetched {info_file}"))?;
+    let set = pgbackrest::choose_set(&info, &stanza, &info_file, not_after)?;
+    readable_by_all(&root)?;
+    let modified = tree
+        .iter()
+        .find(|(rel, _)| *rel == info_file)
+        .map_or(set.stopped, |(_, e)| e.modified);
+    Ok(Fetched {
+        object: format!("backup/{stanza}/{}", set.label),
+        local: root,
+        format: Format::PgBackRest,
+        encrypted: false,
+        compression: None,
+        bytes,
+        fetch_ms: started.elapsed().as_millis() as u64,
+        sha256: None,
+        modified: rfc(modified),
+        made_at: rfc(set.stopped),
+        made_at_from: "pgBackRest's backup.info (the set's backup-timestamp-stop)".into(),
+        database: None,
+        sidecar: None,
+        wal: None,
+        made_at_time: set.stopped,
+        pgbackrest: Some(set),
+    })
+}
+
+/// Opens drillrig's own copy of a fetched tree to every user (folders 0755, files 0644): the
+/// scratch container's `postgres` has another uid than the files' owner.
+fn readable_by_all(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            readable_by_all(&e.path())?;
+        } else {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies every file of a WAL archive into `dest`.
@@ -386,6 +496,9 @@ fn sidecar_hash(text: &str, name: &str) -> Option<String> {
 #[async_trait::async_trait]
 trait Source: Send + Sync {
     async fn list(&self) -> Result<Vec<Entry>>;
+    /// Every file under the source's root, at any depth, with its path relative to the root
+    /// (a pgBackRest repository's layout); nothing when the source names one file.
+    async fn tree(&self) -> Result<Vec<(String, Entry)>>;
     /// The first bytes of an entry (of a folder's `toc.dat`).
     async fn head(&self, entry: &Entry) -> Result<Vec<u8>>;
     /// Copies an entry to `to`; the sha256 of a file's bytes.
@@ -472,6 +585,44 @@ impl Source for Folder {
             }
         }
         Ok(entries)
+    }
+
+    async fn tree(&self) -> Result<Vec<(String, Entry)>> {
+        fn walk(root: &Path, rel: &str, out: &mut Vec<(String, Entry)>) -> Result<()> {
+            let dir = root.join(rel);
+            for e in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let rel = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                // Symbolic links (pgBackRest's `latest`) are no backup data.
+                let kind = e.file_type()?;
+                if kind.is_dir() {
+                    walk(root, &rel, out)?;
+                } else if kind.is_file() {
+                    let meta = e.metadata()?;
+                    out.push((
+                        rel.clone(),
+                        Entry {
+                            name: rel,
+                            size: meta.len(),
+                            modified: meta.modified()?,
+                            folder: false,
+                        },
+                    ));
+                }
+            }
+            Ok(())
+        }
+        if self.only.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        walk(&self.dir, "", &mut out)?;
+        Ok(out)
     }
 
     async fn head(&self, entry: &Entry) -> Result<Vec<u8>> {
@@ -637,6 +788,36 @@ impl Source for Bucket {
                 size: m.size,
                 modified: m.last_modified.into(),
                 folder: false,
+            })
+            .collect())
+    }
+
+    async fn tree(&self) -> Result<Vec<(String, Entry)>> {
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.location.to_string();
+                let rel = key
+                    .strip_prefix(self.prefix.as_ref())?
+                    .trim_start_matches('/')
+                    .to_string();
+                (!rel.is_empty()).then(|| {
+                    (
+                        rel,
+                        Entry {
+                            name: key,
+                            size: m.size,
+                            modified: m.last_modified.into(),
+                            folder: false,
+                        },
+                    )
+                })
             })
             .collect())
     }

@@ -172,6 +172,10 @@ pub struct Restored {
     /// RPO counts from instead of the backup's own start.
     #[serde(skip)]
     pub consistent_at: Option<std::time::SystemTime>,
+    /// A restore test's backup as its own tool verified it while restoring (`pgbackrest
+    /// verify`): whether it held, and what the tool said.
+    #[serde(skip)]
+    pub backup_verified: Option<(bool, String)>,
 }
 
 /// Builds the target for `env.spec.kind`.

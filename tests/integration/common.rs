@@ -332,14 +332,33 @@ pub fn variant(scenario: &str, test: &str, edits: &[(&str, &str)]) -> String {
     path.to_str().unwrap().to_string()
 }
 
-/// Every file under `dir`, recursively.
+/// Copies the folder `from` to `to` (created), as `cp -a` does.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// Every file (and symbolic link) under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            // A symbolic link is listed, not followed.
+            if entry.file_type().unwrap().is_dir() {
                 stack.push(path);
             } else {
                 files.push(path);

@@ -1088,3 +1088,255 @@ fn out_dir_kept(test: &str) -> PathBuf {
         .join("drills")
         .join(test)
 }
+
+/// A pgBackRest repository (stanza `shop`) that pgbackrest itself filled from a running server:
+/// a full backup, 1 000 invoices, `between`, a differential backup, 500 more invoices, and the
+/// WAL archived through `archive-push` up to the last of them.
+struct PgBackRestRepo {
+    dir: PathBuf,
+    between: SystemTime,
+    full: String,
+    diff: String,
+}
+
+fn pgbackrest_repo() -> &'static PgBackRestRepo {
+    static MADE: OnceLock<PgBackRestRepo> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = out_dir("restore-tests-pgbackrest-repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The container's postgres writes the repository into the test's folder.
+        Command::new("chmod")
+            .args(["777", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let opts = "--stanza=shop --repo1-path=/repo --pg1-path=/var/lib/postgresql/data --log-level-file=off --log-level-console=warn";
+        let c = Scratch::start(
+            "drillrig-test-pgbackrest-source",
+            &[
+                "-e",
+                "POSTGRES_PASSWORD=x",
+                "-v",
+                &format!("{}:/repo", dir.display()),
+                "drillrig/postgres:15-bookworm",
+                "postgres",
+                "-c",
+                "archive_mode=on",
+                "-c",
+                &format!("archive_command=pgbackrest {opts} archive-push %p"),
+            ],
+        );
+        wait_for("the source PostgreSQL", Duration::from_secs(60), || {
+            pg_up(&c)
+        });
+        c.exec(
+            "postgres",
+            &format!(
+                "pgbackrest {opts} stanza-create && psql -qc 'CREATE DATABASE shop' \
+                 && psql -q -d shop -c 'CREATE TABLE invoice (id serial PRIMARY KEY, total int NOT NULL)' \
+                 && pgbackrest {opts} --repo1-retention-full=9 --start-fast --type=full backup \
+                 && psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 1000) g'"
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let between = SystemTime::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        c.exec(
+            "postgres",
+            &format!(
+                "pgbackrest {opts} --repo1-retention-full=9 --start-fast --type=diff backup \
+                 && psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 500) g' \
+                 && psql -qAtc 'SELECT pg_switch_wal()' >/dev/null"
+            ),
+        );
+        wait_for("the last segment archived", Duration::from_secs(20), || {
+            Command::new("docker")
+                .args(["exec", "-u", "postgres", &c.0, "psql", "-qAtc"])
+                .arg("SELECT last_archived_wal >= pg_walfile_name(pg_current_wal_lsn() - 1) FROM pg_stat_archiver")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "t")
+        });
+        let mut sets: Vec<String> = std::fs::read_dir(dir.join("backup/shop"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with('F') || n.ends_with('D'))
+            .collect();
+        sets.sort();
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        PgBackRestRepo {
+            dir,
+            between,
+            full: sets[0].clone(),
+            diff: sets[1].clone(),
+        }
+    })
+}
+
+/// Every WAL segment file of the repository's archive, oldest first.
+fn repo_segments(repo: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = common::files_under(&repo.join("archive/shop"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".gz"))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_pgbackrest_repository_restores_its_newest_set_and_a_damaged_segment_is_named() {
+    let repo = pgbackrest_repo();
+    let _engine = engine();
+    let body = |name: &str, dir: &Path| {
+        pg_test(
+            name,
+            &format!("{{ path = {dir:?} }}"),
+            r#"database = "shop"
+checks = ["amcheck", "backup-integrity", "backup-age"]
+
+[[targets.db.queries]]
+name = "invoices"
+sql = "SELECT count(*) FROM invoice"
+expect = "== 1500"
+"#,
+        )
+    };
+    let h = history("pgbackrest");
+    let r = run(
+        &scenario("pgbackrest", &body("pgbackrest", &repo.dir)),
+        "pgbackrest-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["format"], "pgbackrest");
+    assert_eq!(t["source"]["pgbackrest"]["label"], repo.diff.as_str());
+    assert_eq!(t["source"]["pgbackrest"]["type"], "diff");
+    assert_eq!(t["source"]["pgbackrest"]["sets"], 2);
+    assert_eq!(r.check("backup-integrity"), "passed");
+    assert_eq!(r.check("amcheck"), "passed");
+    assert_eq!(query(&r, "invoices")["status"], "passed");
+    assert!(
+        t["restore"]["reached"]
+            .as_str()
+            .unwrap()
+            .contains("pgbackrest's WAL archive of stanza shop"),
+        "{}",
+        t["restore"]
+    );
+    // The fetched copy of the repository is gone with the test.
+    assert!(!r.dir.join("source").join("db").exists());
+    common::assert_no_leftovers(r.run_id());
+
+    // The newest segment damaged in a copy: verify names it, and replay stops short of it.
+    let damaged = out_dir("pgbackrest-damaged-repo");
+    common::copy_tree(&repo.dir, &damaged);
+    let last = repo_segments(&damaged).pop().expect("an archived segment");
+    let mut bytes = std::fs::read(&last).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&last, bytes).unwrap();
+    let r = run(
+        &scenario("pgbackrest-damaged", &body("pgbackrest-damaged", &damaged)),
+        "pgbackrest-damaged-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    assert_eq!(r.check("backup-integrity"), "failed", "{}", r.debug());
+    let segment = last.file_name().unwrap().to_string_lossy().into_owned();
+    let detail = r.target()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "backup-integrity")
+        .unwrap()["detail"]
+        .to_string();
+    assert!(detail.contains(&segment), "{detail}");
+    common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
+fn a_pgbackrest_repository_in_s3_restores_to_a_time_from_the_set_before_it() {
+    let repo = pgbackrest_repo();
+    let _engine = engine();
+    let (_s3, endpoint) = s3_server("drillrig-test-s3-pgbackrest");
+    let files: Vec<(String, Vec<u8>)> = common::files_under(&repo.dir)
+        .into_iter()
+        .filter(|p| p.is_file() && !p.is_symlink())
+        .map(|p| {
+            let rel = p
+                .strip_prefix(&repo.dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (format!("pg/repo/{rel}"), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    upload_all(&endpoint, files);
+    let when = humantime::format_rfc3339_millis(repo.between).to_string();
+    let path = scenario(
+        "pgbackrest-s3",
+        &format!(
+            r#"schema = 1
+name = "pgbackrest-s3"
+
+[targets.db]
+kind = "postgres"
+source = {{ url = "s3://backups/pg/repo/", endpoint = "{endpoint}", stanza = "shop" }}
+restore = {{ from = "{when}" }}
+database = "shop"
+checks = ["amcheck"]
+objectives = {{ rto = "5m", rpo = "1h" }}
+
+[[targets.db.queries]]
+name = "invoices before the time"
+sql = "SELECT count(*) FROM invoice"
+expect = "== 1000"
+"#
+        ),
+    );
+    let env = s3_env(S3_SECRET);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = run(&path, "pgbackrest-s3-run", &history("pgbackrest-s3"), &env);
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    // The differential set finished after the time: the full one is restored and replayed.
+    assert_eq!(t["source"]["pgbackrest"]["label"], repo.full.as_str());
+    assert_eq!(query(&r, "invoices before the time")["status"], "passed");
+    assert!(
+        t["restore"]["recovery_target"]
+            .as_str()
+            .unwrap()
+            .starts_with("time "),
+        "{}",
+        t["restore"]
+    );
+    common::assert_no_leftovers(r.run_id());
+}
+
+/// Uploads `(key, bytes)` pairs with one object_store client, as a backup job would.
+fn upload_all(endpoint: &str, files: Vec<(String, Vec<u8>)>) {
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name("backups")
+        .with_access_key_id("drillrig-test-key")
+        .with_secret_access_key(S3_SECRET)
+        .build()
+        .unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        for (key, bytes) in files {
+            store
+                .put(&object_store::path::Path::from(key.as_str()), bytes.into())
+                .await
+                .unwrap();
+        }
+    });
+}

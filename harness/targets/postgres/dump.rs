@@ -146,5 +146,6 @@ pub(super) async fn restore(
         reached: None,
         note: None,
         consistent_at: None,
+        ..Restored::default()
     })
 }

@@ -454,6 +454,7 @@ pub(super) async fn restore(
         prepared: Some(prepared),
         note,
         consistent_at: None,
+        ..Restored::default()
     })
 }
 

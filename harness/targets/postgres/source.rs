@@ -17,7 +17,7 @@ pub(super) async fn restore(
     f: &Fetched,
     phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
-    if f.format == Format::PgBaseTar {
+    if matches!(f.format, Format::PgBaseTar | Format::PgBackRest) {
         return replay(pg, f, phases).await;
     }
     phases.enter(Phase::Provision);
@@ -117,39 +117,49 @@ pub(super) async fn restore(
     })
 }
 
-/// A base backup replayed from its WAL archive, to the archive's end or to `restore.from`'s
-/// time, then promoted. The cluster keeps its own roles and passwords: drillrig reaches it over
-/// the local socket (trusted in the scratch container only) and sets its own login on
-/// `postgres`.
+/// A physical backup replayed from its WAL archive, to the archive's end or to
+/// `restore.from`'s time, then promoted: a `pg_basebackup` tar with the WAL folder beside it, or
+/// a pgBackRest repository's set restored by pgbackrest, which also serves the WAL. The cluster
+/// keeps its own roles and passwords: drillrig reaches it over the local socket (trusted in the
+/// scratch container only) and sets its own login on `postgres`.
 async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> Result<Restored> {
-    let wal = f.wal.as_ref().ok_or_else(|| {
-        anyhow!(
-            "{} is a base backup: give the source its WAL archive (`wal`)",
-            f.object
-        )
-    })?;
-    let file_name = f
-        .local
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
-        .to_string_lossy()
-        .into_owned();
     phases.enter(Phase::Provision);
     let docker = pg.service.env.docker.clone();
     let (name, volume) = pg.service.next_container().await?;
-    let dir = f
-        .local
-        .parent()
-        .expect("fetched into a folder")
-        .to_path_buf();
+    let pgdata = super::PGDATA;
+    // The folder mounted read-only at MOUNT: the base backup's, or the repository's copy.
+    let (mounted, restore_command, archive_bind, replayed_from) = match (&f.pgbackrest, &f.wal) {
+        (Some(set), _) => (
+            f.local.clone(),
+            format!(
+                "pgbackrest --stanza={} --repo1-path={MOUNT} --pg1-path={pgdata} --log-level-file=off --log-level-console=warn archive-get %f \"%p\"",
+                set.stanza
+            ),
+            None,
+            format!("pgbackrest's WAL archive of stanza {}", set.stanza),
+        ),
+        (None, Some(wal)) => (
+            f.local
+                .parent()
+                .expect("fetched into a folder")
+                .to_path_buf(),
+            "cp /archive/%f %p".to_string(),
+            Some((wal.local.clone(), "/archive".to_string(), true)),
+            format!("{} WAL file(s)", wal.files),
+        ),
+        (None, None) => bail!(
+            "{} is a base backup: give the source its WAL archive (`wal`)",
+            f.object
+        ),
+    };
     let loader = crate::docker::ContainerSpec {
         name: format!("{name}-loader"),
         image: pg.service.env.image.clone(),
         env: Vec::new(),
         cmd: vec!["infinity".into()],
         port: super::PORT,
-        volume: Some((volume.clone(), super::PGDATA.into())),
-        binds: vec![(dir, MOUNT.into(), true)],
+        volume: Some((volume.clone(), pgdata.into())),
+        binds: vec![(mounted, MOUNT.into(), true)],
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
         files: Vec::new(),
@@ -157,27 +167,15 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         startup_timeout: pg.service.env.timeouts.provision,
     };
     let helper = docker.start(&loader).await?;
-    let pgdata = super::PGDATA;
-    let script = format!(
-        "tar -xf {MOUNT}/{file_name} -C {pgdata} \
-         && printf 'local all all trust\nhost all all all scram-sha-256\n' > {pgdata}/pg_hba.conf \
-         && touch {pgdata}/recovery.signal && chown -R postgres:postgres {pgdata} && chmod 700 {pgdata}"
-    );
-    let loaded = docker.exec(&helper, "root", &["sh", "-c", &script]).await?;
+    let loaded = load(pg, f, &helper).await;
     docker.remove(&helper).await?;
-    if !loaded.success() {
-        bail!(
-            "unpacking {} into a data volume failed: {}",
-            f.object,
-            loaded.tail()
-        );
-    }
+    let verified = loaded?;
 
     phases.enter(Phase::Restore);
     let mut cmd = vec![
         "postgres".to_string(),
         "-c".into(),
-        "restore_command=cp /archive/%f %p".into(),
+        format!("restore_command={restore_command}"),
         "-c".into(),
         "archive_mode=off".into(),
     ];
@@ -198,12 +196,11 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         }
         _ => "the end of the archive".to_string(),
     };
-    let spec = pg.container_spec(
-        name,
-        volume,
-        cmd,
-        vec![(wal.local.clone(), "/archive".into(), true)],
-    );
+    let binds = match archive_bind {
+        Some(archive) => vec![archive],
+        None => vec![(f.local.clone(), MOUNT.into(), true)],
+    };
+    let spec = pg.container_spec(name, volume, cmd, binds);
     pg.service.start(&spec).await?;
     let c = pg.service.containers.serving()?.clone();
     let limit = pg.service.env.timeouts.restore;
@@ -253,18 +250,125 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         recovery_target: Some(format!("{target}, from {}", f.object)),
         reached: Some(match consistent_at {
             Some(t) => format!(
-                "promoted after replaying {} WAL file(s); last transaction {}",
-                wal.files,
+                "promoted after replaying {replayed_from}; last transaction {}",
                 humantime::format_rfc3339_millis(t)
             ),
-            None => format!(
-                "promoted after replaying {} WAL file(s); no transaction replayed",
-                wal.files
-            ),
+            None => format!("promoted after replaying {replayed_from}; no transaction replayed"),
         }),
         consistent_at,
+        backup_verified: verified,
         ..Restored::default()
     })
+}
+
+/// Fills the data volume from the backup in the loader container `helper`, and opens it to the
+/// local socket; a pgBackRest repository is verified first when `backup-integrity` is asked.
+async fn load(
+    pg: &Postgres,
+    f: &Fetched,
+    helper: &crate::docker::Container,
+) -> Result<Option<(bool, String)>> {
+    let docker = &pg.service.env.docker;
+    let pgdata = super::PGDATA;
+    let mut verified = None;
+    let unpack = match &f.pgbackrest {
+        Some(set) => {
+            let repo = [
+                format!("--stanza={}", set.stanza),
+                format!("--repo1-path={MOUNT}"),
+                "--log-level-file=off".into(),
+                // A damaged file is reported at once, not retried for 15 s.
+                "--job-retry=0".into(),
+            ];
+            let run = |extra: &[String]| {
+                let mut cmd: Vec<String> = vec!["pgbackrest".into()];
+                cmd.extend(repo.iter().cloned());
+                cmd.extend(extra.iter().cloned());
+                cmd
+            };
+            if pg
+                .service
+                .env
+                .spec
+                .checks
+                .contains(&crate::spec::CheckKind::BackupIntegrity)
+            {
+                let cmd = run(&["--log-level-console=info".into(), "verify".into()]);
+                let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let out = docker.exec(helper, "postgres", &args).await?;
+                verified = Some(verify_outcome(&out.stdout, out.success(), &out.tail()));
+            }
+            let cmd = run(&[
+                format!("--pg1-path={pgdata}"),
+                format!("--set={}", set.label),
+                "--log-level-console=warn".into(),
+                "restore".into(),
+            ]);
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let out = docker.exec(helper, "postgres", &args).await?;
+            if !out.success() {
+                let found = match &verified {
+                    Some((false, said)) => format!(" ({said})"),
+                    _ => String::new(),
+                };
+                bail!(
+                    "pgbackrest restore of {} exited with {}: {}{found}",
+                    f.object,
+                    out.exit_code,
+                    out.tail()
+                );
+            }
+            String::new()
+        }
+        None => {
+            let file_name = f
+                .local
+                .file_name()
+                .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
+                .to_string_lossy()
+                .into_owned();
+            format!("tar -xf {MOUNT}/{file_name} -C {pgdata} && touch {pgdata}/recovery.signal && ")
+        }
+    };
+    // Debian-packaged clusters keep postgresql.conf outside the data folder.
+    let script = format!(
+        "{unpack}printf 'local all all trust\nhost all all all scram-sha-256\n' > {pgdata}/pg_hba.conf \
+         && touch {pgdata}/postgresql.conf && chown -R postgres:postgres {pgdata} && chmod 700 {pgdata}"
+    );
+    let out = docker.exec(helper, "root", &["sh", "-c", &script]).await?;
+    if !out.success() {
+        bail!(
+            "unpacking {} into a data volume failed: {}",
+            f.object,
+            out.tail()
+        );
+    }
+    Ok(verified)
+}
+
+/// What `pgbackrest verify` found, from its console log: it exits 0 even when files are
+/// invalid, and lists each as `invalid …` under a `status: error` summary.
+fn verify_outcome(stdout: &[u8], exited_ok: bool, tail: &str) -> (bool, String) {
+    let text = String::from_utf8_lossy(stdout);
+    let invalid: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("INFO: ").map(|(_, m)| m))
+        .filter(|m| m.starts_with("invalid "))
+        .collect();
+    if !exited_ok {
+        return (false, format!("pgbackrest verify failed: {tail}"));
+    }
+    if invalid.is_empty() && !text.contains("status: error") {
+        return (
+            true,
+            "pgbackrest verify found every backup file and WAL segment of the stanza intact".into(),
+        );
+    }
+    let mut said = invalid.join("; ");
+    if said.is_empty() {
+        said = "status: error".into();
+    }
+    (false, format!("pgbackrest verify: {said}"))
 }
 
 /// Sets drillrig's own password on `postgres` over the local socket, through psql's stdin

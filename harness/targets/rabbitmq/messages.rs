@@ -277,6 +277,7 @@ pub(super) async fn restore(
         )),
         note: None,
         consistent_at: None,
+        ..Restored::default()
     })
 }
 

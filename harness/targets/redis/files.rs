@@ -360,6 +360,7 @@ pub(super) async fn restore(
         reached: Some(format!("{keys} keys loaded")),
         note: None,
         consistent_at: None,
+        ..Restored::default()
     })
 }
 
