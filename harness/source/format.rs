@@ -33,6 +33,8 @@ pub enum Format {
     PgBackRest,
     /// A Redis RDB file (`dump.rdb`).
     RedisRdb,
+    /// A Redis 7 AOF folder (`appendonlydir`: a manifest, a base file, incremental files).
+    RedisAof,
     /// A RabbitMQ definitions export (`rabbitmqctl export_definitions`, management API).
     RabbitmqDefinitions,
 }
@@ -47,7 +49,7 @@ impl Format {
             | Format::PgDumpall
             | Format::PgBaseTar
             | Format::PgBackRest => TargetKind::Postgres,
-            Format::RedisRdb => TargetKind::Redis,
+            Format::RedisRdb | Format::RedisAof => TargetKind::Redis,
             Format::RabbitmqDefinitions => TargetKind::Rabbitmq,
         }
     }
@@ -62,6 +64,7 @@ impl Format {
             Format::PgBaseTar => "pg_basebackup tar",
             Format::PgBackRest => "pgBackRest repository",
             Format::RedisRdb => "Redis RDB snapshot",
+            Format::RedisAof => "Redis AOF folder",
             Format::RabbitmqDefinitions => "RabbitMQ definitions export",
         }
     }
@@ -111,7 +114,7 @@ pub struct Sniffed {
 }
 
 /// Tells the format from `head` (the first [`HEAD`] bytes of a file, or of a folder's
-/// `toc.dat` when `folder` is set); `None` when it is none drillrig knows.
+/// `toc.dat` or AOF manifest when `folder` is set); `None` when it is none drillrig knows.
 pub fn sniff(head: &[u8], folder: bool) -> Option<Sniffed> {
     if let Some(c) = Compression::of(head) {
         let mut inner = Vec::new();
@@ -163,6 +166,13 @@ pub fn sniff(head: &[u8], folder: bool) -> Option<Sniffed> {
         });
     }
     let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
+    // Redis 7's AOF manifest: `file appendonly.aof.1.base.rdb seq 1 type b` lines.
+    if folder
+        && text.lines().next().is_some_and(|l| l.starts_with("file "))
+        && text.lines().any(|l| l.ends_with(" type b"))
+    {
+        return Some(plain(Format::RedisAof));
+    }
     if text.starts_with("--\n-- PostgreSQL database cluster dump") {
         return Some(plain(Format::PgDumpall));
     }
@@ -396,6 +406,18 @@ mod tests {
             humantime::format_rfc3339(s.made_at.unwrap()).to_string(),
             "2026-11-30T02:14:45Z"
         );
+    }
+
+    #[test]
+    fn an_aof_manifest_makes_its_folder_an_aof_backup() {
+        let manifest =
+            b"file shop.aof.2.base.rdb seq 2 type b\nfile shop.aof.2.incr.aof seq 2 type i\n";
+        assert_eq!(
+            sniff(manifest, true).map(|s| s.format),
+            Some(Format::RedisAof)
+        );
+        // The manifest alone, outside its folder, restores nothing.
+        assert_eq!(sniff(manifest, false), None);
     }
 
     #[test]

@@ -204,11 +204,14 @@ pub async fn fetch(
     } else {
         std::fs::metadata(&stored)?.len()
     };
-    let head = if entry.folder {
-        read_head(&stored.join("toc.dat"))?
-    } else {
-        read_head(&stored)?
-    };
+    let head =
+        if entry.folder {
+            read_head(&folder_marker(&stored).ok_or_else(|| {
+                Unrestorable(format!("{} changed while it was fetched", entry.name))
+            })?)?
+        } else {
+            read_head(&stored)?
+        };
     let encrypted = !entry.folder && is_age(&head);
     let (stored, head) = if encrypted {
         let plain = dest.join(format!("{}.decrypted", base(&entry.name)));
@@ -220,7 +223,7 @@ pub async fn fetch(
     };
     let Some(sniffed) = format::sniff(&head, entry.folder) else {
         return Err(Unrestorable(format!(
-            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, Redis RDB, RabbitMQ definitions; gzip or zstd around them)",
+            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, pg_basebackup tar, a pgBackRest repository, Redis RDB or AOF folder, RabbitMQ definitions; gzip or zstd around files)",
             entry.name
         ))
         .into());
@@ -263,6 +266,10 @@ pub async fn fetch(
                 Format::RedisRdb => "the RDB's ctime field",
                 _ => "the dump's header (pg_dump writes its host's local time; read as UTC)",
             },
+        ),
+        None if entry.folder => (
+            entry.modified,
+            "the modification time of the folder's newest file",
         ),
         None => (entry.modified, "the file's modification time"),
     };
@@ -468,6 +475,31 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
     Ok(head)
 }
 
+/// The file that tells a backup folder's format: a directory-format dump's `toc.dat`, or a
+/// Redis AOF folder's manifest (`NAME.manifest`). Other folders are no backups.
+fn folder_marker(dir: &Path) -> Option<PathBuf> {
+    let toc = dir.join("toc.dat");
+    if toc.is_file() {
+        return Some(toc);
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_file() && p.extension().is_some_and(|x| x == "manifest"))
+}
+
+/// The modification time of the newest file directly in `dir`.
+fn newest_file_time(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .filter_map(|m| m.modified().ok())
+        .max()
+}
+
 fn folder_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
@@ -499,7 +531,7 @@ trait Source: Send + Sync {
     /// Every file under the source's root, at any depth, with its path relative to the root
     /// (a pgBackRest repository's layout); nothing when the source names one file.
     async fn tree(&self) -> Result<Vec<(String, Entry)>>;
-    /// The first bytes of an entry (of a folder's `toc.dat`).
+    /// The first bytes of an entry (of a folder's marker, [`folder_marker`]).
     async fn head(&self, entry: &Entry) -> Result<Vec<u8>>;
     /// Copies an entry to `to`; the sha256 of a file's bytes.
     async fn download(&self, entry: &Entry, to: &Path) -> Result<Option<String>>;
@@ -543,8 +575,7 @@ impl Folder {
             cause: format!("the source {} cannot be read: {e}", path.display()),
             fix: "check source.path (a relative path is read from the scenario file's folder) and that this user may read it".into(),
         })?;
-        let is_dump_folder = meta.is_dir() && path.join("toc.dat").is_file();
-        if meta.is_dir() && !is_dump_folder {
+        if meta.is_dir() && folder_marker(path).is_none() {
             return Ok(Folder {
                 dir: path.to_path_buf(),
                 only: None,
@@ -568,7 +599,7 @@ impl Source for Folder {
             let name = e.file_name().to_string_lossy().into_owned();
             let meta = e.metadata()?;
             let folder = meta.is_dir();
-            if folder && !e.path().join("toc.dat").is_file() {
+            if folder && folder_marker(&e.path()).is_none() {
                 continue;
             }
             let keep = match &self.only {
@@ -576,10 +607,16 @@ impl Source for Folder {
                 None => true,
             };
             if keep {
+                // A folder was last written when its newest file was.
+                let modified = if folder {
+                    newest_file_time(&e.path()).unwrap_or(meta.modified()?)
+                } else {
+                    meta.modified()?
+                };
                 entries.push(Entry {
                     name,
                     size: meta.len(),
-                    modified: meta.modified()?,
+                    modified,
                     folder,
                 });
             }
@@ -628,7 +665,7 @@ impl Source for Folder {
     async fn head(&self, entry: &Entry) -> Result<Vec<u8>> {
         let path = self.dir.join(&entry.name);
         read_head(&if entry.folder {
-            path.join("toc.dat")
+            folder_marker(&path).ok_or_else(|| anyhow!("{} lost its marker", path.display()))?
         } else {
             path
         })

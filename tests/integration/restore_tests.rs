@@ -733,6 +733,100 @@ expect = "{expect}"
 }
 
 #[test]
+fn a_redis_aof_folder_restores_under_its_own_name_and_a_torn_tail_is_caught() {
+    let _engine = engine();
+    let c = Scratch::start(
+        "drillrig-test-redis-aof-source",
+        &[
+            "drillrig/redis:7.0-bookworm",
+            "redis-server",
+            "--appendonly",
+            "yes",
+            "--appendfilename",
+            "shop.aof",
+            "--dir",
+            "/data",
+        ],
+    );
+    wait_for("the source Redis", Duration::from_secs(30), || {
+        runs_ok(&["exec", &c.0, "redis-cli", "ping"])
+    });
+    // 200 keys in the base file (rewritten), 100 more and a hash in the incremental file.
+    c.exec(
+        "root",
+        "for i in $(seq 1 200); do echo \"SET session:$i v$i\"; done | redis-cli >/dev/null && \
+         redis-cli BGREWRITEAOF >/dev/null && sleep 0.5 && \
+         while redis-cli INFO persistence | grep -Eq 'aof_rewrite_(in_progress|scheduled):1'; do sleep 0.1; done && \
+         for i in $(seq 201 300); do echo \"SET session:$i v$i\"; done | redis-cli >/dev/null && \
+         redis-cli HSET profile:1 name ann plan pro >/dev/null",
+    );
+    let dir = out_dir("redis-aof-backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    docker(&[
+        "cp",
+        &format!("{}:/data/appendonlydir", c.0),
+        dir.join("appendonlydir").to_str().unwrap(),
+    ]);
+    let body = |name: &str, dir: &Path| {
+        format!(
+            r#"schema = 1
+name = "{name}"
+
+[targets.cache]
+kind = "redis"
+source = {{ path = {dir:?} }}
+restore = {{ from = "latest" }}
+checks = ["redis-check"]
+objectives = {{ rto = "2m", rpo = "1h" }}
+
+[[targets.cache.queries]]
+name = "keys"
+command = "DBSIZE"
+expect = "== 301"
+"#
+        )
+    };
+    let h = history("redis-aof");
+    let r = run(
+        &scenario("redis-aof", &body("redis-aof", &dir)),
+        "redis-aof-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["format"], "redis-aof");
+    assert_eq!(t["source"]["object"], "appendonlydir");
+    assert_eq!(r.check("redis-check"), "passed");
+    assert_eq!(query(&r, "keys")["value"], "301");
+    common::assert_no_leftovers(r.run_id());
+
+    // The incremental file cut inside its last command: redis-check-aof says so.
+    let torn = out_dir("redis-aof-torn");
+    common::copy_tree(&dir, &torn);
+    let incr = common::files_under(&torn)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file");
+    let len = std::fs::metadata(&incr).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&incr)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let r = run(
+        &scenario("redis-aof-torn", &body("redis-aof-torn", &torn)),
+        "redis-aof-torn-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    assert_eq!(r.check("redis-check"), "failed", "{}", r.debug());
+    common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
 fn a_rabbitmq_definitions_export_imports_into_exactly_what_it_declares() {
     let _engine = engine();
     let c = Scratch::start(

@@ -405,26 +405,35 @@ pub(super) async fn restore_source(
         .await?;
 
     phases.enter(Phase::Restore);
+    // An AOF folder loads under the name its manifest carries (`NAME.manifest`).
+    let aof_name = match f.format {
+        crate::source::Format::RedisAof => Some(aof_file_name(&f.local)?),
+        _ => None,
+    };
+    let (tool, script) = match &aof_name {
+        // redis-check-aof may rewrite what it checks: it checks a copy.
+        Some(aof) => (
+            "redis-check-aof",
+            format!("cp -r /source/{file} /tmp/check && redis-check-aof /tmp/check/{aof}.manifest"),
+        ),
+        None => ("redis-check-rdb", format!("redis-check-rdb /source/{file}")),
+    };
     let ran = r
         .service
         .env
         .docker
-        .exec(
-            &tools,
-            "root",
-            &["redis-check-rdb", &format!("/source/{file}")],
-        )
+        .exec(&tools, "root", &["sh", "-c", &script])
         .await;
     r.service.env.docker.remove(&tools).await?;
     let checked = match ran {
         Ok(out) if out.success() => CheckResult::passed(
             CheckKind::RedisCheck,
-            format!("redis-check-rdb on {}: {}", f.object, out.tail()),
+            format!("{tool} on {}: {}", f.object, out.tail()),
         ),
         Ok(out) => CheckResult::failed(
             CheckKind::RedisCheck,
             format!(
-                "redis-check-rdb on {} exited with {}: {}",
+                "{tool} on {} exited with {}: {}",
                 f.object,
                 out.exit_code,
                 out.tail()
@@ -433,8 +442,21 @@ pub(super) async fn restore_source(
         Err(e) => CheckResult::unknown(CheckKind::RedisCheck, format!("{e:#}")),
     };
     *r.artefact_check.lock().expect("not poisoned") = Some(checked);
-    let copy_in = vec![(f.local.clone(), format!("{DATA}/{RDB_FILE}"))];
-    let spec = r.container_spec(name, volume, r.server_command(false), copy_in);
+    let (copy_in, command) = match &aof_name {
+        Some(aof) => {
+            let mut command = r.server_command(true);
+            command.extend(["--appendfilename".to_string(), aof.clone()]);
+            (
+                vec![(f.local.clone(), format!("{DATA}/{AOF_DIR}"))],
+                command,
+            )
+        }
+        None => (
+            vec![(f.local.clone(), format!("{DATA}/{RDB_FILE}"))],
+            r.server_command(false),
+        ),
+    };
+    let spec = r.container_spec(name, volume, command, copy_in);
     r.start_container(spec, r.service.env.timeouts.restore)
         .await?;
     let mut con = r.connect().await?;
@@ -447,6 +469,15 @@ pub(super) async fn restore_source(
         reached: Some(format!("{keys} keys loaded")),
         ..Restored::default()
     })
+}
+
+/// The `appendfilename` of an AOF folder: its manifest's name without `.manifest`.
+fn aof_file_name(folder: &std::path::Path) -> Result<String> {
+    std::fs::read_dir(folder)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .find_map(|n| n.strip_suffix(".manifest").map(String::from))
+        .ok_or_else(|| anyhow!("{} holds no AOF manifest", folder.display()))
 }
 
 /// A user's read-only command (`DBSIZE`, `EXISTS key`, `HLEN key`…): the server's own command
