@@ -11,9 +11,35 @@ use crate::checks::CheckResult;
 use crate::checks::Evidence;
 use crate::spec::CheckKind;
 
-/// Row count and md5 digest (rows as text, in primary-key order) of every table in `public`.
-/// The `orders` fixture's own rows per table: every customer, and the orders the seed wrote (the
-/// workload's carry a `seq`, the round trip's the canary status). A table that is gone holds none.
+/// Row count and sha256 of the rows `select` returns (one text column), streamed through
+/// `COPY … TO STDOUT`: the server never builds a table into one value (PostgreSQL cannot past
+/// 1 GB), and the client holds one chunk at a time. COPY escapes newlines inside a row, so each
+/// row ends with the only newline it sends.
+async fn digest_rows(
+    client: &Client,
+    select: &str,
+) -> Result<DatasetDigest, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    use sha2::Digest;
+    let stream = client
+        .copy_out(&format!("COPY ({select}) TO STDOUT"))
+        .await?;
+    futures::pin_mut!(stream);
+    let mut hash = sha2::Sha256::new();
+    let mut rows = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        hash.update(&chunk);
+    }
+    Ok(DatasetDigest {
+        rows,
+        digest: hex::encode(hash.finalize()),
+    })
+}
+
+/// The `orders` fixture's own rows per table, counted and digested (rows as text, in id order):
+/// every customer, and the orders the seed wrote (the workload's carry a `seq`, the round
+/// trip's the canary status). A table that is gone holds none.
 pub(super) async fn seed_facts(client: &Client) -> Result<Contents> {
     let mut facts = Contents::new();
     let canary = format!("'{}'", super::CANARY_STATUS);
@@ -21,15 +47,10 @@ pub(super) async fn seed_facts(client: &Client) -> Result<Contents> {
         ("customers", "true".to_string()),
         ("orders", format!("t.seq IS NULL AND t.status <> {canary}")),
     ] {
-        let sql = format!(
-            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t.id), '')) \
-             FROM public.{table} AS t WHERE {filter}"
-        );
-        let digest = match client.query_one(&sql, &[]).await {
-            Ok(row) => DatasetDigest {
-                rows: row.get::<_, i64>(0) as u64,
-                digest: row.get(1),
-            },
+        let select =
+            format!("SELECT t::text FROM public.{table} AS t WHERE {filter} ORDER BY t.id");
+        let digest = match digest_rows(client, &select).await {
+            Ok(d) => d,
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => DatasetDigest {
                 rows: 0,
                 digest: "the table is gone".into(),
@@ -41,6 +62,8 @@ pub(super) async fn seed_facts(client: &Client) -> Result<Contents> {
     Ok(facts)
 }
 
+/// Row count and digest (rows as text, in primary-key order, else in text order) of every table
+/// in `public`.
 pub(super) async fn contents(client: &Client) -> Result<Contents> {
     let tables = client
         .query(
@@ -62,22 +85,14 @@ pub(super) async fn contents(client: &Client) -> Result<Contents> {
         } else {
             key
         };
-        let sql = format!(
-            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY {order}), '')) FROM public.{} AS t",
+        let select = format!(
+            "SELECT t::text FROM public.{} AS t ORDER BY {order}",
             quote_ident(&name)
         );
-        let row = client
-            .query_one(&sql, &[])
+        let digest = digest_rows(client, &select)
             .await
             .map_err(|e| anyhow!("digest table {name}: {}", error_line(&e)))?;
-        let rows: i64 = row.get(0);
-        contents.insert(
-            name,
-            DatasetDigest {
-                rows: rows as u64,
-                digest: row.get(1),
-            },
-        );
+        contents.insert(name, digest);
     }
     Ok(contents)
 }
