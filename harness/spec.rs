@@ -159,6 +159,9 @@ pub struct QuerySpec {
     pub expect: Option<Expect>,
     /// The largest share the value may move against the previous run's (0.01 = 1 %).
     pub drift: Option<f64>,
+    /// The value is the time of the newest data restored (a timestamp or Unix seconds): the
+    /// restore test's RPO counts from it.
+    pub freshness: bool,
 }
 
 /// What a query asks, in the kind's own language.

@@ -114,9 +114,25 @@ impl Executor<'_> {
         let check_limit = self.scenario.timeouts.check;
         if let Ok(f) = &fetched {
             for &check in &spec.checks {
+                // The restore ran it on the backup itself, on the way (its own duration).
+                if let Some(ran) = restored.checked.iter().find(|c| c.name == check) {
+                    results.push(ran.clone());
+                    continue;
+                }
                 let started = tokio::time::Instant::now();
                 let mut r = match check {
-                    CheckKind::BackupIntegrity => integrity(f, &restored),
+                    CheckKind::BackupIntegrity => integrity(f),
+                    CheckKind::PgVerifybackup => CheckResult::unknown(
+                        check,
+                        match &restore_error {
+                            Some(_) => "not run: the restore failed".to_string(),
+                            None => format!(
+                                "not run: pg_verifybackup reads base backups, and {} is a {}",
+                                f.object,
+                                f.format.describe()
+                            ),
+                        },
+                    ),
                     CheckKind::BackupAge => age(f, tested_at, source.max_age),
                     CheckKind::BackupSize => size(f, previous, name, source.size_tolerance),
                     kind_check if restore_error.is_none() => {
@@ -202,10 +218,19 @@ impl Executor<'_> {
         remove_fetched(name, &dest);
         let end = recovered.unwrap_or_else(|| clock.micros());
         let rto = recovered.map(|r| (r - start) / 1000);
+        // A passing freshness query knows the newest data better than the backup's metadata.
+        let freshness = spec.queries.iter().find(|q| q.freshness).and_then(|q| {
+            results
+                .iter()
+                .find(|r| r.query.as_deref() == Some(q.name.as_str()))
+                .filter(|r| r.status == CheckStatus::Passed)
+                .and_then(|r| r.value.as_deref().and_then(point_in_time))
+                .map(|t| (q.name.clone(), t))
+        });
         let rpo = rpo(
             spec,
             fetched.as_ref().ok(),
-            restored.consistent_at,
+            freshness.or(restored.consistent_at.map(|t| (String::new(), t))),
             tested_at,
         );
         self.events.recovered(name, rto.map(Duration::from_millis));
@@ -244,10 +269,12 @@ fn remove_fetched(target: &str, dest: &std::path::Path) {
 }
 
 /// The RPO of a restore test: how old the backup's consistent point was when the test began.
+/// `point` is a better point than the backup's own time, when there is one: the freshness
+/// query's (its name), else the newest transaction a replay reached (an empty name).
 fn rpo(
     spec: &TargetSpec,
     fetched: Option<&Fetched>,
-    replayed_to: Option<SystemTime>,
+    point: Option<(String, SystemTime)>,
     tested_at: SystemTime,
 ) -> Rpo {
     let mut rpo = Rpo {
@@ -257,8 +284,15 @@ fn rpo(
     match fetched {
         None => rpo.note = Some("unknown: no backup was fetched".into()),
         Some(f) => {
-            let (point, said) = match replayed_to {
-                Some(t) => (
+            let (point, said) = match point {
+                Some((query, t)) if !query.is_empty() => (
+                    t,
+                    format!(
+                        "the age of the newest data, as freshness query {query:?} found it ({}), when the test began",
+                        humantime::format_rfc3339_millis(t)
+                    ),
+                ),
+                Some((_, t)) => (
                     t,
                     format!(
                         "the age of the newest transaction the restore replayed ({}) when the test began",
@@ -283,18 +317,15 @@ fn rpo(
 }
 
 /// `backup-integrity`: the fetched bytes against the sidecar checksum next to the backup.
-fn integrity(f: &Fetched, restored: &Restored) -> CheckResult {
+fn integrity(f: &Fetched) -> CheckResult {
     let check = CheckKind::BackupIntegrity;
-    // A pgBackRest repository carries a checksum for every file: pgbackrest verify reads them.
+    // A pgBackRest repository carries a checksum for every file: pgbackrest verify reads them,
+    // in the restore.
     if f.pgbackrest.is_some() {
-        return match &restored.backup_verified {
-            Some((true, said)) => CheckResult::passed(check, said.clone()),
-            Some((false, said)) => CheckResult::failed(check, said.clone()),
-            None => CheckResult::unknown(
-                check,
-                "not run: the restore stopped before pgbackrest verify",
-            ),
-        };
+        return CheckResult::unknown(
+            check,
+            "not run: the restore stopped before pgbackrest verify",
+        );
     }
     match (&f.sidecar, &f.sha256) {
         (None, _) => CheckResult::unknown(
@@ -453,6 +484,17 @@ fn judge(
                     },
                 }
             }
+            if q.freshness {
+                match point_in_time(&value) {
+                    Some(t) => said.push(format!(
+                        "the newest data is from {}: the RPO counts from it",
+                        humantime::format_rfc3339_millis(t)
+                    )),
+                    None => problems.push(format!(
+                        "value {value:?} is no time: a freshness query answers a timestamp or Unix seconds"
+                    )),
+                }
+            }
             let mut r = if !problems.is_empty() {
                 CheckResult::failed(check, problems.join("; "))
             } else if let Some(u) = unknown {
@@ -468,13 +510,78 @@ fn judge(
     r
 }
 
+/// A freshness query's value as a point in time: Unix seconds, or a timestamp as PostgreSQL or
+/// RFC 3339 writes it (`2026-11-30 02:00:00.5+00`, `2026-11-30T02:00:00Z`, `…+05:30`). A
+/// timestamp with no zone is read as UTC.
+fn point_in_time(value: &str) -> Option<SystemTime> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    // The zone: `Z`, or `+HH`, `+HHMM`, `+HH:MM` (or `-`) after the time of day.
+    let (civil, offset_secs) = match v.strip_suffix('Z') {
+        Some(rest) => (rest, 0i64),
+        None => {
+            let split = v
+                .char_indices()
+                .skip(11)
+                .find(|(_, c)| *c == '+' || *c == '-')
+                .map(|(i, _)| i);
+            match split {
+                Some(i) => {
+                    let (civil, zone) = v.split_at(i);
+                    let sign = if zone.starts_with('-') { -1 } else { 1 };
+                    let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+                    if !digits.chars().all(|c| c.is_ascii_digit()) {
+                        return None;
+                    }
+                    let (h, m) = match digits.len() {
+                        2 => (digits.parse::<i64>().ok()?, 0),
+                        4 => (
+                            digits[..2].parse::<i64>().ok()?,
+                            digits[2..].parse::<i64>().ok()?,
+                        ),
+                        _ => return None,
+                    };
+                    (civil, sign * (h * 3600 + m * 60))
+                }
+                None => (v, 0),
+            }
+        }
+    };
+    let utc = humantime::parse_rfc3339_weak(&civil.replacen(' ', "T", 1)).ok()?;
+    if offset_secs >= 0 {
+        utc.checked_sub(Duration::from_secs(offset_secs as u64))
+    } else {
+        utc.checked_add(Duration::from_secs((-offset_secs) as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{Ask, Expect};
 
+    #[test]
+    fn freshness_values_read_as_points_in_time() {
+        let at =
+            |s: &str| point_in_time(s).map(|t| humantime::format_rfc3339_millis(t).to_string());
+        let want = Some("2026-11-30T02:00:00.500Z".to_string());
+        assert_eq!(at("2026-11-30 02:00:00.5+00"), want);
+        assert_eq!(at("2026-11-30 03:30:00.5+01:30"), want);
+        assert_eq!(at("2026-11-30 00:00:00.5-0200"), want);
+        assert_eq!(at("2026-11-30T02:00:00.5Z"), want);
+        assert_eq!(at("2026-11-30 02:00:00.5"), want);
+        assert_eq!(at("1796004000.5"), want);
+        assert_eq!(at("yesterday"), None);
+        assert_eq!(at("2026-11-30 02:00:00+0x"), None);
+        assert_eq!(at("-5"), None);
+    }
+
     fn q(expect: Option<&str>, drift: Option<f64>) -> QuerySpec {
         QuerySpec {
+            freshness: false,
             name: "orders".into(),
             ask: Ask::Sql("SELECT 1".into()),
             expect: expect.map(|e| Expect::parse(e).unwrap()),

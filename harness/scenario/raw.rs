@@ -97,6 +97,8 @@ pub struct RawQuery {
     pub queue: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
     pub drift: Option<Spanned<String>>,
+    /// The query answers the newest data's time: the RPO counts from it.
+    pub freshness: Option<Spanned<bool>>,
 }
 
 /// Redis persistence settings, passed to `redis-server`.

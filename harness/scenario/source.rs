@@ -161,6 +161,13 @@ impl Validator<'_> {
         let mut queries: Vec<QuerySpec> = Vec::new();
         for (i, q) in raw.queries.iter().enumerate() {
             let query = self.query(q, &key(&format!("queries[{i}]")), caps.query_key, kind)?;
+            if query.freshness && queries.iter().any(|other| other.freshness) {
+                return Err(self.at.error(
+                    q.get_ref().name.span(),
+                    key(&format!("queries[{i}].freshness")),
+                    "only one query may give the RPO its point (`freshness = true`)",
+                ));
+            }
             if queries.iter().any(|other| other.name == query.name) {
                 return Err(self.at.error(
                     q.get_ref().name.span(),
@@ -350,11 +357,21 @@ impl Validator<'_> {
             Some(d) => Some(self.share(d, &format!("{key}.drift"))?),
             None => None,
         };
-        if expect.is_none() && drift.is_none() {
+        let freshness = q.freshness.as_ref().is_some_and(|f| *f.get_ref());
+        if let Some(f) = q.freshness.as_ref().filter(|f| *f.get_ref())
+            && kind == TargetKind::Rabbitmq
+        {
+            return Err(self.at.error(
+                f.span(),
+                format!("{key}.freshness"),
+                "a queue's depth is no time: `freshness` needs a query that answers one",
+            ));
+        }
+        if expect.is_none() && drift.is_none() && !freshness {
             return Err(self.at.error(
                 spanned.span(),
                 key.to_string(),
-                "a query proves something only with `expect`, `drift` or both",
+                "a query proves something only with `expect`, `drift`, `freshness` or a mix",
             ));
         }
         Ok(QuerySpec {
@@ -362,6 +379,7 @@ impl Validator<'_> {
             ask,
             expect,
             drift,
+            freshness,
         })
     }
 

@@ -676,7 +676,7 @@ drift = "1%"
         (
             "checks = [\"amcheck\", \"backup-age\", \"backup-size\"]",
             "checks = [\"ledger\"]",
-            "s.toml:8:11: targets.db.checks: check `ledger` is not available in a restore test of a postgres backup (available: `amcheck`, `foreign-keys`, `backup-integrity`, `backup-age`, `backup-size`)",
+            "s.toml:8:11: targets.db.checks: check `ledger` is not available in a restore test of a postgres backup (available: `amcheck`, `foreign-keys`, `pg-verifybackup`, `backup-integrity`, `backup-age`, `backup-size`)",
         ),
         (
             "sql = ",
@@ -718,6 +718,17 @@ drift = "1%"
         let e = parse_text(&text.replace(from, to)).unwrap_err();
         assert_eq!(e.to_string(), error);
     }
+    // One query may carry the RPO's point, and it needs no expect.
+    let fresh = "\n[[targets.db.queries]]\nname = \"newest\"\nsql = \"SELECT max(created_at) FROM orders\"\nfreshness = true\n";
+    let s = parse_text(&format!("{text}{fresh}")).unwrap();
+    assert!(s.targets[0].queries[1].freshness);
+    let twice = format!("{text}{fresh}{}", fresh.replace("newest", "newer"));
+    let e = parse_text(&twice).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("only one query may give the RPO its point"),
+        "{e}"
+    );
     // A pgBackRest repository replays its own archive: a stanza is enough for a time.
     let pitr = text
         .replace(

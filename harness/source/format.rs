@@ -27,6 +27,8 @@ pub enum Format {
     PgDumpall,
     /// `pg_basebackup -Ft` (`base.tar`, `base.tar.gz`): replayed from a WAL archive.
     PgBaseTar,
+    /// `pg_basebackup -Fp` (a data folder with `backup_label`): copied into a fresh volume.
+    PgBasePlain,
     /// A pgBackRest repository (`backup/STANZA/backup.info`, `archive/STANZA/`): restored by
     /// pgbackrest itself.
     #[serde(rename = "pgbackrest")]
@@ -48,9 +50,21 @@ impl Format {
             | Format::PgPlain
             | Format::PgDumpall
             | Format::PgBaseTar
+            | Format::PgBasePlain
             | Format::PgBackRest => TargetKind::Postgres,
             Format::RedisRdb | Format::RedisAof => TargetKind::Redis,
             Format::RabbitmqDefinitions => TargetKind::Rabbitmq,
+        }
+    }
+
+    /// The file a backup of this format may have beside it, fetched with it: a tar base
+    /// backup's manifest (for `pg-verifybackup`), drillrig's message export beside a definitions
+    /// export (its messages are republished).
+    pub fn companion(self) -> Option<&'static str> {
+        match self {
+            Format::PgBaseTar => Some("backup_manifest"),
+            Format::RabbitmqDefinitions => Some("messages.jsonl"),
+            _ => None,
         }
     }
 
@@ -62,6 +76,7 @@ impl Format {
             Format::PgPlain => "pg_dump plain SQL",
             Format::PgDumpall => "pg_dumpall SQL",
             Format::PgBaseTar => "pg_basebackup tar",
+            Format::PgBasePlain => "pg_basebackup plain folder",
             Format::PgBackRest => "pgBackRest repository",
             Format::RedisRdb => "Redis RDB snapshot",
             Format::RedisAof => "Redis AOF folder",
@@ -114,7 +129,8 @@ pub struct Sniffed {
 }
 
 /// Tells the format from `head` (the first [`HEAD`] bytes of a file, or of a folder's
-/// `toc.dat` or AOF manifest when `folder` is set); `None` when it is none drillrig knows.
+/// `toc.dat`, `backup_label` or AOF manifest when `folder` is set); `None` when it is none
+/// drillrig knows.
 pub fn sniff(head: &[u8], folder: bool) -> Option<Sniffed> {
     if let Some(c) = Compression::of(head) {
         let mut inner = Vec::new();
@@ -166,6 +182,13 @@ pub fn sniff(head: &[u8], folder: bool) -> Option<Sniffed> {
         });
     }
     let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
+    // A plain base backup's `backup_label`.
+    if folder && text.starts_with("START WAL LOCATION: ") {
+        return Some(Sniffed {
+            made_at: label_start_time(&text),
+            ..plain(Format::PgBasePlain)
+        });
+    }
     // Redis 7's AOF manifest: `file appendonly.aof.1.base.rdb seq 1 type b` lines.
     if folder
         && text.lines().next().is_some_and(|l| l.starts_with("file "))
@@ -406,6 +429,18 @@ mod tests {
             humantime::format_rfc3339(s.made_at.unwrap()).to_string(),
             "2026-11-30T02:14:45Z"
         );
+    }
+
+    #[test]
+    fn a_backup_label_makes_its_folder_a_plain_base_backup() {
+        let label = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIME: 2026-11-30 02:14:45 UTC\n";
+        let s = sniff(label, true).unwrap();
+        assert_eq!(s.format, Format::PgBasePlain);
+        assert_eq!(
+            humantime::format_rfc3339(s.made_at.unwrap()).to_string(),
+            "2026-11-30T02:14:45Z"
+        );
+        assert_eq!(sniff(label, false), None);
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub struct Fetched {
     /// A base backup's WAL archive, fetched beside it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalArchive>,
+    /// The companion file fetched beside the backup ([`Format::companion`]): a tar base
+    /// backup's `backup_manifest`, a definitions export's `messages.jsonl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub companion: Option<String>,
+    #[serde(skip)]
+    pub companion_path: Option<PathBuf>,
     /// A pgBackRest repository's set to restore (`local` is then the repository's copy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pgbackrest: Option<pgbackrest::BackupSet>,
@@ -223,7 +229,7 @@ pub async fn fetch(
     };
     let Some(sniffed) = format::sniff(&head, entry.folder) else {
         return Err(Unrestorable(format!(
-            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, pg_basebackup tar, a pgBackRest repository, Redis RDB or AOF folder, RabbitMQ definitions; gzip or zstd around files)",
+            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, pg_basebackup tar or plain, a pgBackRest repository, Redis RDB or AOF folder, RabbitMQ definitions; gzip or zstd around files)",
             entry.name
         ))
         .into());
@@ -264,6 +270,7 @@ pub async fn fetch(
             t,
             match sniffed.format {
                 Format::RedisRdb => "the RDB's ctime field",
+                Format::PgBaseTar | Format::PgBasePlain => "START TIME in backup_label",
                 _ => "the dump's header (pg_dump writes its host's local time; read as UTC)",
             },
         ),
@@ -277,8 +284,28 @@ pub async fn fetch(
         Some(w) => Some(fetch_wal(w, &dest.join("wal")).await?),
         None => None,
     };
+    let companion = match sniffed.format.companion() {
+        Some(wanted) => {
+            let dir = |name: &str| name.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            match entries
+                .iter()
+                .find(|e| !e.folder && base(&e.name) == wanted && dir(&e.name) == dir(&entry.name))
+            {
+                Some(c) => {
+                    let to = dest.join(wanted);
+                    source.download(c, &to).await?;
+                    Some((c.name.clone(), to))
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let (companion, companion_path) = companion.unzip();
     Ok(Fetched {
         wal,
+        companion,
+        companion_path,
         pgbackrest: None,
         object: entry.name.clone(),
         local,
@@ -361,6 +388,8 @@ async fn fetch_repository(
         database: None,
         sidecar: None,
         wal: None,
+        companion: None,
+        companion_path: None,
         made_at_time: set.stopped,
         pgbackrest: Some(set),
     })
@@ -475,12 +504,15 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
     Ok(head)
 }
 
-/// The file that tells a backup folder's format: a directory-format dump's `toc.dat`, or a
-/// Redis AOF folder's manifest (`NAME.manifest`). Other folders are no backups.
+/// The file that tells a backup folder's format: a directory-format dump's `toc.dat`, a plain
+/// base backup's `backup_label`, or a Redis AOF folder's manifest (`NAME.manifest`). Other
+/// folders are no backups.
 fn folder_marker(dir: &Path) -> Option<PathBuf> {
-    let toc = dir.join("toc.dat");
-    if toc.is_file() {
-        return Some(toc);
+    for marker in ["toc.dat", "backup_label"] {
+        let path = dir.join(marker);
+        if path.is_file() {
+            return Some(path);
+        }
     }
     std::fs::read_dir(dir)
         .ok()?

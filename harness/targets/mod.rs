@@ -172,10 +172,10 @@ pub struct Restored {
     /// RPO counts from instead of the backup's own start.
     #[serde(skip)]
     pub consistent_at: Option<std::time::SystemTime>,
-    /// A restore test's backup as its own tool verified it while restoring (`pgbackrest
-    /// verify`): whether it held, and what the tool said.
+    /// Checks a restore test's restore ran on the backup itself, on the way (`pgbackrest
+    /// verify` for `backup-integrity`, `pg_verifybackup`): they stand as the checks' results.
     #[serde(skip)]
-    pub backup_verified: Option<(bool, String)>,
+    pub checked: Vec<crate::checks::CheckResult>,
 }
 
 /// Builds the target for `env.spec.kind`.

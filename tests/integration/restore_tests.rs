@@ -827,7 +827,7 @@ expect = "== 301"
 }
 
 #[test]
-fn a_rabbitmq_definitions_export_imports_into_exactly_what_it_declares() {
+fn a_rabbitmq_definitions_export_imports_exactly_what_it_declares_and_its_messages() {
     let _engine = engine();
     let c = Scratch::start(
         "drillrig-test-rabbitmq-source",
@@ -862,6 +862,25 @@ fn a_rabbitmq_definitions_export_imports_into_exactly_what_it_declares() {
         dir.join("definitions.json").to_str().unwrap(),
     ]);
     drop(c);
+    // drillrig's own message export beside it, in its documented form: 3 invoices for billing
+    // in vhost shop, 2 audit records.
+    let line = |queue: &str, id: u32| {
+        format!(
+            "{{\"queue\":\"{queue}\",\"vhost\":\"shop\",\"message_id\":\"{id}\",\"body\":\"{}\"}}\n",
+            hex::encode(format!("{queue} {id}"))
+        )
+    };
+    let messages: String = [
+        ("billing", 1),
+        ("billing", 2),
+        ("audit", 3),
+        ("billing", 4),
+        ("audit", 5),
+    ]
+    .iter()
+    .map(|(q, id)| line(q, *id))
+    .collect();
+    std::fs::write(dir.join("messages.jsonl"), messages).unwrap();
     let path = scenario(
         "rabbitmq-definitions",
         &format!(
@@ -876,9 +895,14 @@ checks = ["definitions"]
 objectives = {{ rto = "3m", rpo = "1h" }}
 
 [[targets.broker.queries]]
-name = "billing empty"
+name = "billing"
 queue = "shop/billing"
-expect = "== 0"
+expect = "== 3"
+
+[[targets.broker.queries]]
+name = "audit"
+queue = "audit"
+expect = "== 2"
 "#
         ),
     );
@@ -896,10 +920,12 @@ expect = "== 0"
         t["restore"]["reached"]
             .as_str()
             .unwrap()
-            .contains("2 queue(s)"),
+            .contains("2 queue(s) declared, 5 message(s) republished from"),
         "{}",
         t["restore"]
     );
+    assert_eq!(query(&r, "billing")["status"], "passed");
+    assert_eq!(query(&r, "audit")["status"], "passed");
     common::assert_no_leftovers(r.run_id());
 }
 
@@ -909,6 +935,8 @@ struct PitrBackups {
     base: PathBuf,
     wal: PathBuf,
     between: SystemTime,
+    /// A folder holding `plain/`, a `pg_basebackup -Fp -X stream` made after all 1 500.
+    plain: PathBuf,
 }
 
 fn pitr_backups() -> &'static PitrBackups {
@@ -958,6 +986,13 @@ fn pitr_backups() -> &'static PitrBackups {
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "t")
         });
+        c.exec("postgres", "pg_basebackup -D /tmp/plain -Fp -X stream -c fast");
+        std::fs::create_dir_all(dir.join("plain-backups")).unwrap();
+        docker(&[
+            "cp",
+            &format!("{}:/tmp/plain", c.0),
+            dir.join("plain-backups/plain").to_str().unwrap(),
+        ]);
         docker(&["cp", &format!("{}:/tmp/base", c.0), dir.join("base").to_str().unwrap()]);
         docker(&[
             "cp",
@@ -968,6 +1003,7 @@ fn pitr_backups() -> &'static PitrBackups {
             base: dir.join("base"),
             wal: dir.join("wal"),
             between,
+            plain: dir.join("plain-backups"),
         }
     })
 }
@@ -980,7 +1016,7 @@ fn a_base_backup_and_its_wal_from_s3_restore_to_a_time() {
     for e in std::fs::read_dir(&p.base).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        if name == "base.tar.gz" {
+        if name == "base.tar.gz" || name == "backup_manifest" {
             upload(
                 &endpoint,
                 &format!("pg/base/{name}"),
@@ -1011,7 +1047,7 @@ kind = "postgres"
 source = {{ url = "s3://backups/pg/base/", wal = "s3://backups/pg/wal/", endpoint = "{endpoint}" }}
 restore = {{ from = "{when}" }}
 database = "shop"
-checks = ["amcheck"]
+checks = ["amcheck", "pg-verifybackup"]
 objectives = {{ rto = "5m", rpo = "1h" }}
 
 [[targets.db.queries]]
@@ -1028,6 +1064,8 @@ expect = "== 1000"
     assert_eq!(r.code(), Some(0), "{}", r.debug());
     let t = r.target();
     assert_eq!(t["source"]["format"], "pg-base-tar");
+    // The manifest pg_basebackup wrote beside the tar, against the unpacked files and the WAL.
+    assert_eq!(r.check("pg-verifybackup"), "passed", "{}", r.debug());
     assert_eq!(t["source"]["wal"]["files"], segments);
     assert!(
         t["restore"]["recovery_target"]
@@ -1043,6 +1081,59 @@ expect = "== 1000"
         "rpo {rpo} ms; the time was {since_between} ms before the run: {}",
         t["rpo"]
     );
+    common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
+fn a_plain_base_backup_starts_on_its_own_wal_and_a_damaged_file_fails_pg_verifybackup() {
+    let p = pitr_backups();
+    let _engine = engine();
+    let body = |name: &str, dir: &Path| {
+        pg_test(
+            name,
+            &format!("{{ path = {dir:?} }}"),
+            r#"database = "shop"
+checks = ["amcheck", "pg-verifybackup"]
+
+[[targets.db.queries]]
+name = "invoices"
+sql = "SELECT count(*) FROM invoice"
+expect = "== 1500"
+"#,
+        )
+    };
+    let h = history("plain-base");
+    let r = run(
+        &scenario("plain-base", &body("plain-base", &p.plain)),
+        "plain-base-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.debug());
+    let t = r.target();
+    assert_eq!(t["source"]["format"], "pg-base-plain");
+    assert_eq!(t["source"]["made_at_from"], "START TIME in backup_label");
+    assert_eq!(r.check("pg-verifybackup"), "passed");
+    assert_eq!(query(&r, "invoices")["status"], "passed");
+    common::assert_no_leftovers(r.run_id());
+
+    // A file of the copy changed after the backup (a line added to postgresql.conf, which still
+    // starts the server): only the manifest can tell.
+    let damaged = out_dir("plain-base-damaged");
+    common::copy_tree(&p.plain, &damaged);
+    let conf = damaged.join("plain/postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("# changed after the backup\n");
+    std::fs::write(&conf, text).unwrap();
+    let r = run(
+        &scenario("plain-base-damaged", &body("plain-base-damaged", &damaged)),
+        "plain-base-damaged-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    assert_eq!(r.check("pg-verifybackup"), "failed", "{}", r.debug());
+    assert_eq!(r.check("amcheck"), "passed", "the data itself is whole");
     common::assert_no_leftovers(r.run_id());
 }
 
@@ -1189,6 +1280,8 @@ fn out_dir_kept(test: &str) -> PathBuf {
 struct PgBackRestRepo {
     dir: PathBuf,
     between: SystemTime,
+    /// Before and after the 1 000 invoices were committed (their `created_at`).
+    first_batch: (SystemTime, SystemTime),
     full: String,
     diff: String,
 }
@@ -1226,11 +1319,16 @@ fn pgbackrest_repo() -> &'static PgBackRestRepo {
             "postgres",
             &format!(
                 "pgbackrest {opts} stanza-create && psql -qc 'CREATE DATABASE shop' \
-                 && psql -q -d shop -c 'CREATE TABLE invoice (id serial PRIMARY KEY, total int NOT NULL)' \
-                 && pgbackrest {opts} --repo1-retention-full=9 --start-fast --type=full backup \
-                 && psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 1000) g'"
+                 && psql -q -d shop -c 'CREATE TABLE invoice (id serial PRIMARY KEY, total int NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp())' \
+                 && pgbackrest {opts} --repo1-retention-full=9 --start-fast --type=full backup"
             ),
         );
+        let before_batch = SystemTime::now();
+        c.exec(
+            "postgres",
+            "psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 1000) g'",
+        );
+        let first_batch = (before_batch, SystemTime::now());
         std::thread::sleep(Duration::from_millis(1500));
         let between = SystemTime::now();
         std::thread::sleep(Duration::from_millis(1500));
@@ -1259,6 +1357,7 @@ fn pgbackrest_repo() -> &'static PgBackRestRepo {
         PgBackRestRepo {
             dir,
             between,
+            first_batch,
             full: sets[0].clone(),
             diff: sets[1].clone(),
         }
@@ -1391,17 +1490,45 @@ objectives = {{ rto = "5m", rpo = "1h" }}
 name = "invoices before the time"
 sql = "SELECT count(*) FROM invoice"
 expect = "== 1000"
+
+[[targets.db.queries]]
+name = "newest invoice"
+sql = "SELECT max(created_at) FROM invoice"
+freshness = true
 "#
         ),
     );
     let env = s3_env(S3_SECRET);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let started = SystemTime::now();
     let r = run(&path, "pgbackrest-s3-run", &history("pgbackrest-s3"), &env);
     assert_eq!(r.code(), Some(0), "{}", r.debug());
     let t = r.target();
     // The differential set finished after the time: the full one is restored and replayed.
     assert_eq!(t["source"]["pgbackrest"]["label"], repo.full.as_str());
     assert_eq!(query(&r, "invoices before the time")["status"], "passed");
+    // The RPO counts from the newest invoice the restore holds: committed within the test's
+    // own clock readings around the batch (the run itself began up to 3 s after `started`).
+    assert_eq!(query(&r, "newest invoice")["status"], "passed");
+    let rpo = t["rpo"]["achieved_ms"].as_u64().unwrap();
+    let ms = |a: SystemTime, b: SystemTime| a.duration_since(b).unwrap().as_millis() as u64;
+    let (low, high) = (
+        ms(started, repo.first_batch.1),
+        ms(started, repo.first_batch.0) + 3_000,
+    );
+    assert!(
+        (low..=high).contains(&rpo),
+        "rpo {rpo} ms, the batch was committed {low}..{high} ms before the run: {}",
+        t["rpo"]
+    );
+    assert!(
+        t["rpo"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("freshness query \"newest invoice\""),
+        "{}",
+        t["rpo"]
+    );
     assert!(
         t["restore"]["recovery_target"]
             .as_str()

@@ -76,6 +76,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     source_checks: &[
         CheckKind::Amcheck,
         CheckKind::ForeignKeys,
+        CheckKind::PgVerifybackup,
         CheckKind::BackupIntegrity,
         CheckKind::BackupAge,
         CheckKind::BackupSize,

@@ -5,19 +5,26 @@
 use anyhow::{Result, anyhow, bail};
 
 use super::{Postgres, Ready, error_line};
+use crate::checks::CheckResult;
 use crate::measure::{Phase, RecoveryPhases};
 use crate::source::{Fetched, Format};
+use crate::spec::CheckKind;
 use crate::targets::Restored;
 
 /// Where the fetched backup's folder is mounted (read-only) in the scratch container.
 const MOUNT: &str = "/drillrig-source";
+/// Where a base backup's fetched WAL archive is mounted (read-only).
+const ARCHIVE: &str = "/archive";
 
 pub(super) async fn restore(
     pg: &mut Postgres,
     f: &Fetched,
     phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
-    if matches!(f.format, Format::PgBaseTar | Format::PgBackRest) {
+    if matches!(
+        f.format,
+        Format::PgBaseTar | Format::PgBasePlain | Format::PgBackRest
+    ) {
         return replay(pg, f, phases).await;
     }
     phases.enter(Phase::Provision);
@@ -118,24 +125,25 @@ pub(super) async fn restore(
 }
 
 /// A physical backup replayed from its WAL archive, to the archive's end or to
-/// `restore.from`'s time, then promoted: a `pg_basebackup` tar with the WAL folder beside it, or
-/// a pgBackRest repository's set restored by pgbackrest, which also serves the WAL. The cluster
-/// keeps its own roles and passwords: drillrig reaches it over the local socket (trusted in the
-/// scratch container only) and sets its own login on `postgres`.
+/// `restore.from`'s time, then promoted: a `pg_basebackup` tar or plain folder with the WAL
+/// folder beside it, or a pgBackRest repository's set restored by pgbackrest, which also serves
+/// the WAL. A plain folder without an archive starts on the WAL it holds itself (`-X stream`).
+/// The cluster keeps its own roles and passwords: drillrig reaches it over the local socket
+/// (trusted in the scratch container only) and sets its own login on `postgres`.
 async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> Result<Restored> {
     phases.enter(Phase::Provision);
     let docker = pg.service.env.docker.clone();
     let (name, volume) = pg.service.next_container().await?;
     let pgdata = super::PGDATA;
-    // The folder mounted read-only at MOUNT: the base backup's, or the repository's copy.
-    let (mounted, restore_command, archive_bind, replayed_from) = match (&f.pgbackrest, &f.wal) {
+    // The folder mounted read-only at MOUNT: the base backup's, or the repository's copy; and
+    // where the server reads WAL from.
+    let (mounted, restore_command, replayed_from) = match (&f.pgbackrest, &f.wal) {
         (Some(set), _) => (
             f.local.clone(),
-            format!(
+            Some(format!(
                 "pgbackrest --stanza={} --repo1-path={MOUNT} --pg1-path={pgdata} --log-level-file=off --log-level-console=warn archive-get %f \"%p\"",
                 set.stanza
-            ),
-            None,
+            )),
             format!("pgbackrest's WAL archive of stanza {}", set.stanza),
         ),
         (None, Some(wal)) => (
@@ -143,15 +151,26 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
                 .parent()
                 .expect("fetched into a folder")
                 .to_path_buf(),
-            "cp /archive/%f %p".to_string(),
-            Some((wal.local.clone(), "/archive".to_string(), true)),
+            Some(format!("cp {ARCHIVE}/%f %p")),
             format!("{} WAL file(s)", wal.files),
+        ),
+        (None, None) if f.format == Format::PgBasePlain => (
+            f.local
+                .parent()
+                .expect("fetched into a folder")
+                .to_path_buf(),
+            None,
+            "the WAL the backup holds (no archive given)".to_string(),
         ),
         (None, None) => bail!(
             "{} is a base backup: give the source its WAL archive (`wal`)",
             f.object
         ),
     };
+    let mut binds = vec![(mounted.clone(), MOUNT.to_string(), true)];
+    if let Some(wal) = &f.wal {
+        binds.push((wal.local.clone(), ARCHIVE.to_string(), true));
+    }
     let loader = crate::docker::ContainerSpec {
         name: format!("{name}-loader"),
         image: pg.service.env.image.clone(),
@@ -159,7 +178,7 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         cmd: vec!["infinity".into()],
         port: super::PORT,
         volume: Some((volume.clone(), pgdata.into())),
-        binds: vec![(mounted, MOUNT.into(), true)],
+        binds: binds.clone(),
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
         files: Vec::new(),
@@ -169,16 +188,17 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
     let helper = docker.start(&loader).await?;
     let loaded = load(pg, f, &helper).await;
     docker.remove(&helper).await?;
-    let verified = loaded?;
+    let checked = loaded?;
 
     phases.enter(Phase::Restore);
     let mut cmd = vec![
         "postgres".to_string(),
         "-c".into(),
-        format!("restore_command={restore_command}"),
-        "-c".into(),
         "archive_mode=off".into(),
     ];
+    if let Some(command) = &restore_command {
+        cmd.extend(["-c".into(), format!("restore_command={command}")]);
+    }
     let target = match pg.service.env.spec.restore {
         crate::spec::RestorePoint::At(when) => {
             // PostgreSQL's recovery_target_time refuses RFC 3339's `T…Z` form.
@@ -195,10 +215,6 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
             format!("time {when}")
         }
         _ => "the end of the archive".to_string(),
-    };
-    let binds = match archive_bind {
-        Some(archive) => vec![archive],
-        None => vec![(f.local.clone(), MOUNT.into(), true)],
     };
     let spec = pg.container_spec(name, volume, cmd, binds);
     pg.service.start(&spec).await?;
@@ -248,28 +264,38 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(s));
     Ok(Restored {
         recovery_target: Some(format!("{target}, from {}", f.object)),
-        reached: Some(match consistent_at {
-            Some(t) => format!(
-                "promoted after replaying {replayed_from}; last transaction {}",
-                humantime::format_rfc3339_millis(t)
-            ),
-            None => format!("promoted after replaying {replayed_from}; no transaction replayed"),
+        reached: Some({
+            let how = match restore_command {
+                Some(_) => "promoted",
+                None => "started",
+            };
+            match consistent_at {
+                Some(t) => format!(
+                    "{how} after replaying {replayed_from}; last transaction {}",
+                    humantime::format_rfc3339_millis(t)
+                ),
+                None => format!("{how} after replaying {replayed_from}; no transaction replayed"),
+            }
         }),
         consistent_at,
-        backup_verified: verified,
+        checked,
         ..Restored::default()
     })
 }
 
 /// Fills the data volume from the backup in the loader container `helper`, and opens it to the
-/// local socket; a pgBackRest repository is verified first when `backup-integrity` is asked.
+/// local socket. On the way it runs the checks that read the backup itself, when they are
+/// asked for: `pgbackrest verify` (`backup-integrity`) and `pg_verifybackup`
+/// (`pg-verifybackup`), on the files as the backup holds them.
 async fn load(
     pg: &Postgres,
     f: &Fetched,
     helper: &crate::docker::Container,
-) -> Result<Option<(bool, String)>> {
+) -> Result<Vec<CheckResult>> {
     let docker = &pg.service.env.docker;
     let pgdata = super::PGDATA;
+    let asked = |c: CheckKind| pg.service.env.spec.checks.contains(&c);
+    let mut checked = Vec::new();
     let mut verified = None;
     let unpack = match &f.pgbackrest {
         Some(set) => {
@@ -286,17 +312,20 @@ async fn load(
                 cmd.extend(extra.iter().cloned());
                 cmd
             };
-            if pg
-                .service
-                .env
-                .spec
-                .checks
-                .contains(&crate::spec::CheckKind::BackupIntegrity)
-            {
+            if asked(CheckKind::BackupIntegrity) {
+                let started = std::time::Instant::now();
                 let cmd = run(&["--log-level-console=info".into(), "verify".into()]);
                 let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
                 let out = docker.exec(helper, "postgres", &args).await?;
-                verified = Some(verify_outcome(&out.stdout, out.success(), &out.tail()));
+                let (held, said) = verify_outcome(&out.stdout, out.success(), &out.tail());
+                let mut result = if held {
+                    CheckResult::passed(CheckKind::BackupIntegrity, said.clone())
+                } else {
+                    CheckResult::failed(CheckKind::BackupIntegrity, said.clone())
+                };
+                result.duration_ms = started.elapsed().as_millis() as u64;
+                checked.push(result);
+                verified = Some((held, said));
             }
             let cmd = run(&[
                 format!("--pg1-path={pgdata}"),
@@ -327,7 +356,46 @@ async fn load(
                 .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
                 .to_string_lossy()
                 .into_owned();
-            format!("tar -xf {MOUNT}/{file_name} -C {pgdata} && touch {pgdata}/recovery.signal && ")
+            // pg_verifybackup reads the files as the backup holds them: a plain folder where
+            // it lies, a tar once unpacked, before anything in it changes.
+            let (unpack, verified_dir, manifest) = if f.format == Format::PgBasePlain {
+                let copy = format!("cp -a {MOUNT}/{file_name}/. {pgdata}/");
+                (
+                    copy,
+                    format!("{MOUNT}/{file_name}"),
+                    Some(format!("{MOUNT}/{file_name}/backup_manifest")),
+                )
+            } else {
+                let manifest = f
+                    .companion_path
+                    .as_ref()
+                    .and_then(|m| m.file_name())
+                    .map(|m| format!("{MOUNT}/{}", m.to_string_lossy()));
+                (
+                    format!("tar -xf {MOUNT}/{file_name} -C {pgdata}"),
+                    pgdata.to_string(),
+                    manifest,
+                )
+            };
+            let out = docker.exec(helper, "root", &["sh", "-c", &unpack]).await?;
+            if !out.success() {
+                bail!(
+                    "unpacking {} into a data volume failed: {}",
+                    f.object,
+                    out.tail()
+                );
+            }
+            if asked(CheckKind::PgVerifybackup) {
+                let started = std::time::Instant::now();
+                let mut result = verify_base_backup(pg, f, helper, &verified_dir, manifest).await;
+                result.duration_ms = started.elapsed().as_millis() as u64;
+                checked.push(result);
+            }
+            if f.wal.is_some() {
+                format!("touch {pgdata}/recovery.signal && ")
+            } else {
+                String::new()
+            }
         }
     };
     // Debian-packaged clusters keep postgresql.conf outside the data folder.
@@ -338,12 +406,70 @@ async fn load(
     let out = docker.exec(helper, "root", &["sh", "-c", &script]).await?;
     if !out.success() {
         bail!(
-            "unpacking {} into a data volume failed: {}",
+            "preparing {} in its data volume failed: {}",
             f.object,
             out.tail()
         );
     }
-    Ok(verified)
+    Ok(checked)
+}
+
+/// `pg_verifybackup` on a base backup's files in `dir`, against `manifest` (none: unknown),
+/// with its WAL from the fetched archive when there is one, else from the backup's own pg_wal.
+async fn verify_base_backup(
+    pg: &Postgres,
+    f: &Fetched,
+    helper: &crate::docker::Container,
+    dir: &str,
+    manifest: Option<String>,
+) -> CheckResult {
+    let check = CheckKind::PgVerifybackup;
+    let docker = &pg.service.env.docker;
+    let Some(manifest) = manifest else {
+        return CheckResult::unknown(
+            check,
+            format!(
+                "no backup_manifest beside {}: nothing to verify against",
+                f.object
+            ),
+        );
+    };
+    let exists = docker
+        .exec(helper, "root", &["test", "-f", &manifest])
+        .await;
+    if !exists.is_ok_and(|o| o.success()) {
+        return CheckResult::unknown(
+            check,
+            format!(
+                "{} holds no backup_manifest: nothing to verify against",
+                f.object
+            ),
+        );
+    }
+    let mut cmd = vec!["pg_verifybackup", "--manifest-path", &manifest];
+    if f.wal.is_some() {
+        cmd.extend(["--wal-directory", ARCHIVE]);
+    }
+    cmd.push(dir);
+    match docker.exec(helper, "root", &cmd).await {
+        Ok(out) if out.success() => CheckResult::passed(
+            check,
+            format!(
+                "pg_verifybackup: {} is valid (files and WAL against its manifest)",
+                f.object
+            ),
+        ),
+        Ok(out) => CheckResult::failed(
+            check,
+            format!(
+                "pg_verifybackup on {} exited with {}: {}",
+                f.object,
+                out.exit_code,
+                out.tail()
+            ),
+        ),
+        Err(e) => CheckResult::unknown(check, format!("{e:#}")),
+    }
 }
 
 /// What `pgbackrest verify` found, from its console log: it exits 0 even when files are

@@ -1,6 +1,7 @@
 //! Queue contents and definitions: the non-destructive read of a queue, `rabbitmq-export`
 //! backups (definitions, plus every message of every queue as JSON lines), the restore that
-//! imports the definitions and republishes the messages, and the definitions check.
+//! imports the definitions and republishes the messages (also for restore tests), and the
+//! definitions check.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -173,7 +174,7 @@ pub(super) async fn take(mq: &RabbitMq, dir: &Path) -> Result<FreshBackup> {
         let messages = browse(&channel, q).await?;
         for m in &messages {
             lines.push_str(
-                &json!({ "queue": q, "message_id": m.id, "body": hex::encode(&m.body) })
+                &json!({ "queue": q, "vhost": mq.topology.vhost, "message_id": m.id, "body": hex::encode(&m.body) })
                     .to_string(),
             );
             lines.push('\n');
@@ -224,24 +225,65 @@ pub(super) async fn restore(
     phases.enter(Phase::Restore);
     let lines = std::fs::read_to_string(backup.dir.join(MESSAGES))
         .with_context(|| format!("read the messages of backup {}", backup.id))?;
-    let (connection, channel) = mq.channel().await?;
+    let republished = republish(
+        mq,
+        &lines,
+        &mq.topology.vhost,
+        &format!("backup {} {MESSAGES}", backup.id),
+    )
+    .await?;
+    Ok(Restored {
+        prepared: None,
+        recovery_target: Some(format!(
+            "the definitions and messages of backup {}",
+            backup.id
+        )),
+        reached: Some(format!(
+            "{} queues present, {republished} messages republished",
+            mq.topology.queues.len()
+        )),
+        note: None,
+        consistent_at: None,
+        ..Restored::default()
+    })
+}
+
+/// Republishes every message of a message export (`messages.jsonl`: one JSON object per line,
+/// `queue`, `message_id`, `body` in hex, and `vhost`, else `default_vhost`) to its queue through
+/// the default exchange, in order, with confirms; `what` names the file in errors. How many.
+pub(super) async fn republish(
+    mq: &RabbitMq,
+    lines: &str,
+    default_vhost: &str,
+    what: &str,
+) -> Result<usize> {
+    let mut channels: std::collections::BTreeMap<String, (lapin::Connection, Channel)> =
+        Default::default();
     let mut confirms = Vec::new();
-    for (n, line) in lines.lines().enumerate() {
-        let m: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("backup {} {MESSAGES} line {}", backup.id, n + 1))?;
+    for (n, line) in lines
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let m: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{what} line {}", n + 1))?;
         let (Some(queue), Some(id), Some(body)) = (
             m["queue"].as_str(),
             m["message_id"].as_str(),
             m["body"].as_str(),
         ) else {
             bail!(
-                "backup {} {MESSAGES} line {}: not a message",
-                backup.id,
+                "{what} line {}: not a message (queue, message_id, body)",
                 n + 1
             );
         };
-        let body = hex::decode(body)
-            .with_context(|| format!("backup {} {MESSAGES} line {}", backup.id, n + 1))?;
+        let body = hex::decode(body).with_context(|| format!("{what} line {}", n + 1))?;
+        let vhost = m["vhost"].as_str().unwrap_or(default_vhost).to_string();
+        if !channels.contains_key(&vhost) {
+            let opened = mq.service.connect(mq.login(&vhost)).await?;
+            channels.insert(vhost.clone(), opened);
+        }
+        let (_, channel) = &channels[&vhost];
         // The default exchange routes by queue name: each message goes back to its own queue.
         confirms.push(
             channel
@@ -258,27 +300,13 @@ pub(super) async fn restore(
     let republished = confirms.len();
     for confirm in confirms {
         if !matches!(confirm.await?, Confirmation::Ack(_)) {
-            bail!(
-                "the broker did not confirm a republished message of backup {}",
-                backup.id
-            );
+            bail!("the broker did not confirm a republished message of {what}");
         }
     }
-    let _ = connection.close(200, "restored".into()).await;
-    Ok(Restored {
-        prepared: None,
-        recovery_target: Some(format!(
-            "the definitions and messages of backup {}",
-            backup.id
-        )),
-        reached: Some(format!(
-            "{} queues present, {republished} messages republished",
-            mq.topology.queues.len()
-        )),
-        note: None,
-        consistent_at: None,
-        ..Restored::default()
-    })
+    for (connection, _) in channels.into_values() {
+        let _ = connection.close(200, "restored".into()).await;
+    }
+    Ok(republished)
 }
 
 /// The parts of a definitions export that describe topology and access, each item as canonical

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::messages::canonical;
+use super::messages::{canonical, republish};
 use super::{RabbitMq, USER};
 use crate::checks::CheckResult;
 use crate::measure::{Phase, RecoveryPhases};
@@ -53,12 +53,24 @@ pub(super) async fn restore(
     if present < queues {
         bail!("{queues} queues declared, {present} present after the import");
     }
+    // drillrig's own message export beside the definitions: its messages go back too.
+    let republished = match (&f.companion, &f.companion_path) {
+        (Some(name), Some(path)) => {
+            let lines = std::fs::read_to_string(path).with_context(|| format!("read {name}"))?;
+            Some(republish(mq, &lines, "/", name).await?)
+        }
+        _ => None,
+    };
     Ok(Restored {
         recovery_target: Some(format!("the {} {}", f.format.describe(), f.object)),
-        reached: Some(format!(
-            "{} vhost(s), {present} queue(s) declared",
-            vhosts.len()
-        )),
+        reached: Some(match republished {
+            Some(n) => format!(
+                "{} vhost(s), {present} queue(s) declared, {n} message(s) republished from {}",
+                vhosts.len(),
+                f.companion.as_deref().unwrap_or_default()
+            ),
+            None => format!("{} vhost(s), {present} queue(s) declared", vhosts.len()),
+        }),
         ..Restored::default()
     })
 }
@@ -95,8 +107,9 @@ async fn all_queues(
     Ok(out)
 }
 
-/// A queue's depth (messages ready and unacknowledged); `vhost/queue` names the vhost, a bare
-/// name must be unique across the broker's vhosts.
+/// A queue's depth: the messages it holds ready, as the queue itself answers a passive declare
+/// (nothing consumes in a scratch broker). `vhost/queue` names the vhost, a bare name must be
+/// unique across the broker's vhosts.
 pub(super) async fn depth(mq: &RabbitMq, queue: &str) -> Result<String> {
     let listed = mq
         .rabbitmqctl(&["list_vhosts", "name", "--formatter", "json", "--quiet"])
@@ -113,7 +126,21 @@ pub(super) async fn depth(mq: &RabbitMq, queue: &str) -> Result<String> {
         .filter(|(v, q, _)| q == queue || format!("{v}/{q}") == queue)
         .collect();
     match matches.as_slice() {
-        [(_, _, n)] => Ok(n.to_string()),
+        // The count list_queues gives a quorum queue lags its queue by seconds: the queue
+        // itself answers a passive declare with what it holds.
+        [(vhost, name, _)] => {
+            let (connection, channel) = mq.service.connect(mq.login(vhost)).await?;
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let declared = channel
+                .queue_declare(name.as_str().into(), passive, Default::default())
+                .await
+                .map_err(|e| anyhow!("passive declare of {vhost}/{name}: {e}"));
+            let _ = connection.close(200, "counted".into()).await;
+            Ok(declared?.message_count().to_string())
+        }
         [] => bail!("no queue {queue:?} in the restored broker"),
         _ => bail!("queue {queue:?} exists in several vhosts: name it as VHOST/QUEUE"),
     }
