@@ -40,6 +40,10 @@ impl Executor<'_> {
         let span = self.events.begin("restore", Some(name));
         let mut phases = RecoveryPhases::new(clock, Phase::Fetch, start);
         let dest = self.dir.join("source").join(name);
+        let _copy = FetchedCopy {
+            target: name,
+            dir: &dest,
+        };
         let not_after = match spec.restore {
             crate::spec::RestorePoint::At(t) => Some(t),
             _ => None,
@@ -47,7 +51,6 @@ impl Executor<'_> {
         let fetched =
             match tokio::time::timeout(limit, source::fetch(source, &dest, not_after)).await {
                 Err(_) => {
-                    remove_fetched(name, &dest);
                     return Err(overran(
                         &format!("fetch for {name}"),
                         limit,
@@ -57,7 +60,6 @@ impl Executor<'_> {
                 Ok(Ok(f)) => Ok(f),
                 Ok(Err(e)) if e.downcast_ref::<Unrestorable>().is_some() => Err(format!("{e:#}")),
                 Ok(Err(e)) => {
-                    remove_fetched(name, &dest);
                     return Err(classify(&format!("fetch for {name}"), e));
                 }
             };
@@ -215,7 +217,6 @@ impl Executor<'_> {
         };
         self.events.end(span);
 
-        remove_fetched(name, &dest);
         let end = recovered.unwrap_or_else(|| clock.micros());
         let rto = recovered.map(|r| (r - start) / 1000);
         // A passing freshness query knows the newest data better than the backup's metadata.
@@ -255,16 +256,25 @@ impl Executor<'_> {
     }
 }
 
-/// Removes the fetched copy of a backup (possibly decrypted production data): it does not
-/// outlive the test, whatever ended it.
-fn remove_fetched(target: &str, dest: &std::path::Path) {
-    if let Err(e) = std::fs::remove_dir_all(dest)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(
-            "{target}: cannot remove the fetched copy {}: {e}",
-            dest.display()
-        );
+/// The fetched copy of a backup (possibly decrypted production data), removed when the test
+/// ends, however it ends: finished, failed, overran, or interrupted (the drill's future is then
+/// dropped).
+struct FetchedCopy<'a> {
+    target: &'a str,
+    dir: &'a std::path::Path,
+}
+
+impl Drop for FetchedCopy<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(
+                "{}: cannot remove the fetched copy {}: {e}",
+                self.target,
+                self.dir.display()
+            );
+        }
     }
 }
 

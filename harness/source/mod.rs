@@ -6,6 +6,7 @@
 //! `endpoint`), Google Cloud Storage and Azure, with credentials from each one's standard
 //! environment variables (docs/restore-tests.md §1).
 
+mod aws_profile;
 pub mod format;
 pub mod pgbackrest;
 
@@ -777,6 +778,22 @@ impl Bucket {
                     .with_client_options(client);
                 if let Some(e) = endpoint {
                     b = b.with_endpoint(e);
+                }
+                // The environment's keys, else the shared profile's (AWS_PROFILE or default).
+                if let Some(p) = aws_profile::load(|k| std::env::var(k).ok())? {
+                    tracing::info!("S3 credentials from AWS profile {:?}", p.name);
+                    b = b
+                        .with_access_key_id(p.access_key_id)
+                        .with_secret_access_key(p.secret_access_key);
+                    if let Some(t) = p.session_token {
+                        b = b.with_token(t);
+                    }
+                    let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                        .iter()
+                        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+                    if let (Some(r), false) = (p.region, env_region) {
+                        b = b.with_region(r);
+                    }
                 }
                 if let Some(r) = region {
                     b = b.with_region(r);

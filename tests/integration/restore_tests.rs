@@ -382,8 +382,23 @@ expect = "== {NEWER_INVOICES}"
             ),
         ),
     );
-    let env = s3_env(S3_SECRET);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The keys come from a named AWS profile this time, as on a workstation; the other S3
+    // tests give them in the environment.
+    let aws = out_dir("s3-aws-profile");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[backup-reader]\naws_access_key_id = drillrig-test-key\naws_secret_access_key = {S3_SECRET}\n"
+        ),
+    )
+    .unwrap();
+    let credentials = aws.join("credentials").display().to_string();
+    let env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.as_str()),
+        ("AWS_PROFILE", "backup-reader"),
+        ("AWS_REGION", "us-east-1"),
+    ];
     let started = SystemTime::now();
     let r = run(&path, "s3-run", &history("s3"), &env);
     assert_eq!(r.code(), Some(0), "{}", r.debug());
@@ -1265,6 +1280,41 @@ fn an_age_encrypted_dump_opens_with_its_identity_and_a_missing_key_is_named() {
         }
     }
     common::assert_no_leftovers(r.run_id());
+}
+
+#[test]
+fn an_interrupt_after_the_fetch_leaves_no_copy_and_no_container() {
+    let b = pg_backups();
+    let _engine = engine();
+    let path = scenario(
+        "interrupted-restore-test",
+        &pg_test(
+            "interrupted-restore-test",
+            &format!("{{ path = {:?} }}", b.dir.join("custom")),
+            "checks = [\"amcheck\"]\n",
+        ),
+    );
+    let dir = out_dir("interrupted-restore-test-run");
+    let mut child = common::spawn_drill(path.to_str().unwrap(), &dir);
+    let stderr = common::Stderr::follow(&mut child);
+    stderr
+        .wait_for("db: fetched", Duration::from_secs(60))
+        .unwrap();
+    // The copy exists now; the restore into a fresh container is under way.
+    assert!(
+        dir.join("source/db").exists(),
+        "the fetched copy is in the run folder"
+    );
+    common::signal(&child, "INT");
+    let status = child.wait().unwrap();
+    let said = stderr.all();
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(
+        !dir.join("source").join("db").exists(),
+        "the fetched copy outlived the interrupt: {said}"
+    );
+    let report = common::read_report(&dir);
+    common::assert_no_leftovers(report["run_id"].as_str().unwrap());
 }
 
 /// A test's output folder as the run left it (without emptying it, as [`out_dir`] does).
