@@ -324,6 +324,7 @@ mod tests {
                 kind: "postgres".into(),
                 image: None,
                 dataset_rows: None,
+                backup_bytes: None,
                 rto_achieved_ms: Some(4000),
                 rto_target_ms: 60000,
                 rto_met: true,

@@ -151,11 +151,15 @@ pub fn seed_gone(recorded: &Contents, now: &Result<Contents, String>) -> bool {
             .all(|name| now.get(name).is_none_or(|d| d.rows == 0))
 }
 
-/// What earlier runs of the same scenario measured, for `drift` and `backup-size`: per target
-/// and check title, the newest value recorded and the run that recorded it (from the history).
+/// What earlier runs of the same scenario measured, for `drift`, `backup-size` and the restore
+/// trend: per target and check title, the newest value recorded and the run that recorded it,
+/// and the restore tests' sizes and times (from the history).
 #[derive(Debug, Clone, Default)]
 pub struct Previous {
     pub values: std::collections::BTreeMap<(String, String), (String, String)>,
+    /// Per target, `(backup bytes, achieved RTO ms)` of the earlier restore tests that
+    /// recovered, oldest first.
+    pub restores: std::collections::BTreeMap<String, Vec<(u64, i64)>>,
 }
 
 impl Previous {

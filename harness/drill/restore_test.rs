@@ -81,6 +81,7 @@ impl Executor<'_> {
                         location: source.location.label(),
                         fetched: f.clone(),
                         mb_per_s: (mb_per_s * 100.0).round() / 100.0,
+                        trend: None,
                     })
                 });
                 if f.format.kind() != spec.kind {
@@ -235,7 +236,22 @@ impl Executor<'_> {
             tested_at,
         );
         self.events.recovered(name, rto.map(Duration::from_millis));
+        // This run's restore time against its backup's size, with the earlier ones.
+        let trend = match (&fetched, rto) {
+            (Ok(f), Some(ms)) => {
+                let mut points = previous.restores.get(name).cloned().unwrap_or_default();
+                points.push((f.bytes, ms as i64));
+                crate::measure::projection::restore_trend(
+                    &points,
+                    spec.objectives.rto.as_millis() as i64,
+                )
+            }
+            _ => None,
+        };
         self.events.target(name, |t| {
+            if let Some(source) = t.source.as_mut() {
+                source.trend = trend;
+            }
             t.rto.phases = report::PhaseDurations::from_durations(&phases.durations(end));
             t.rto.achieved_ms = rto;
             t.rto.met = rto.is_some_and(|a| a <= t.rto.target_ms);

@@ -71,6 +71,8 @@ const MIGRATIONS: &[&str] = &[
     // 3: what a check measured (a restore test's query value, a backup's size), which the next
     // run's `drift` and `backup-size` compare with.
     "ALTER TABLE checks ADD COLUMN value TEXT;",
+    // 4: a restore test's fetched backup size, which its restore time is fitted against.
+    "ALTER TABLE targets ADD COLUMN backup_bytes BIGINT;",
 ];
 
 /// The schema version this drillrig writes.
@@ -100,6 +102,8 @@ pub struct TargetRecord {
     pub kind: String,
     pub image: Option<String>,
     pub dataset_rows: Option<i64>,
+    /// A restore test's backup, bytes fetched.
+    pub backup_bytes: Option<i64>,
     pub rto_achieved_ms: Option<i64>,
     pub rto_target_ms: i64,
     pub rto_met: bool,
@@ -168,6 +172,7 @@ impl RunRecord {
                     kind: json_name(&t.kind),
                     image: t.image.as_ref().map(|i| i.image.clone()),
                     dataset_rows: Some(ms(t.dataset_rows)),
+                    backup_bytes: t.source.as_ref().map(|s| ms(s.fetched.bytes)),
                     rto_achieved_ms: t.rto.achieved_ms.map(ms),
                     rto_target_ms: ms(t.rto.target_ms),
                     rto_met: t.rto.met,
@@ -376,8 +381,8 @@ impl History {
                 .execute(
                     "INSERT INTO targets (run_id, target, kind, image, dataset_rows, \
                      rto_achieved_ms, rto_target_ms, rto_met, rpo_achieved_ms, rpo_target_ms, \
-                     rpo_met, acked_writes, lost_writes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     rpo_met, acked_writes, lost_writes, backup_bytes) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                     &[
                         run.run_id.as_str().into(),
                         t.target.as_str().into(),
@@ -392,6 +397,7 @@ impl History {
                         t.rpo_met.into(),
                         t.acked_writes.into(),
                         t.lost_writes.into(),
+                        t.backup_bytes.into(),
                     ],
                 )
                 .await?;
@@ -432,7 +438,8 @@ impl History {
     }
 
     /// What earlier runs of `scenario` measured: per target and check, the newest value
-    /// recorded, for the next run's `drift` and `backup-size` (empty when it never ran).
+    /// recorded, for the next run's `drift` and `backup-size`, and each restore test's backup
+    /// sizes and restore times (empty when it never ran).
     pub async fn previous(&self, scenario: &str) -> Result<crate::checks::Previous> {
         use Kind::Text;
         let rows = self
@@ -447,6 +454,26 @@ impl History {
             )
             .await?;
         let mut previous = crate::checks::Previous::default();
+        let restores = self
+            .backend
+            .query(
+                "SELECT t.target, t.backup_bytes, t.rto_achieved_ms FROM targets t \
+                 JOIN runs r ON r.run_id = t.run_id \
+                 WHERE r.scenario = $1 AND t.backup_bytes IS NOT NULL \
+                 AND t.rto_achieved_ms IS NOT NULL ORDER BY r.started_at, r.run_id",
+                &[scenario.into()],
+                &[Text, Kind::Int, Kind::Int],
+            )
+            .await?;
+        for r in restores {
+            if let (Some(target), Some(bytes), Some(rto)) = (r[0].text(), r[1].int(), r[2].int()) {
+                previous
+                    .restores
+                    .entry(target)
+                    .or_default()
+                    .push((bytes as u64, rto));
+            }
+        }
         for r in rows {
             previous.values.insert(
                 (
@@ -496,10 +523,10 @@ impl History {
             .query(
                 "SELECT run_id, target, kind, image, dataset_rows, rto_achieved_ms, \
                  rto_target_ms, rto_met, rpo_achieved_ms, rpo_target_ms, rpo_met, acked_writes, \
-                 lost_writes FROM targets ORDER BY run_id, target",
+                 lost_writes, backup_bytes FROM targets ORDER BY run_id, target",
                 &[],
                 &[
-                    Text, Text, Text, Text, Int, Int, Int, Bool, Int, Int, Bool, Int, Int,
+                    Text, Text, Text, Text, Int, Int, Int, Bool, Int, Int, Bool, Int, Int, Int,
                 ],
             )
             .await?
@@ -516,6 +543,7 @@ impl History {
                     kind: r[2].text().unwrap_or_default(),
                     image: r[3].text(),
                     dataset_rows: r[4].int(),
+                    backup_bytes: r[13].int(),
                     rto_achieved_ms: r[5].int(),
                     rto_target_ms: r[6].int().unwrap_or(0),
                     rto_met: r[7].boolean(),

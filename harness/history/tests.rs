@@ -17,6 +17,7 @@ pub(crate) fn sample_run(run_id: &str, scenario: &str, started_at: &str, rto_ms:
             kind: "postgres".into(),
             image: Some("drillrig/postgres:15-bookworm".into()),
             dataset_rows: Some(10_000),
+            backup_bytes: None,
             rto_achieved_ms: Some(rto_ms),
             rto_target_ms: 60_000,
             rto_met: rto_ms <= 60_000,

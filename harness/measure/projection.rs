@@ -27,16 +27,20 @@ pub struct Projection {
     pub unmeasured_sizes: Vec<u64>,
 }
 
-/// Fits `points` (rows, RTO ms); `None` with fewer than two distinct sizes.
-pub fn project(
-    scenario: &str,
-    target: &str,
-    points: &[(u64, i64)],
-    production_rows: u64,
-    objective_ms: i64,
-) -> Option<Projection> {
-    let mut points = points.to_vec();
-    points.sort_unstable();
+/// A least-squares line `rto = fixed + slope × size` through measured points, with its error on
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Line {
+    pub fixed_ms: f64,
+    pub ms_per_unit: f64,
+    /// Root mean square of the residuals on the measured points.
+    pub rms_error_ms: f64,
+    /// The largest residual relative to its measured RTO.
+    pub max_error_ratio: f64,
+}
+
+/// Fits `points` (size, RTO ms); `None` with fewer than two distinct sizes.
+pub fn fit(points: &[(u64, i64)]) -> Option<Line> {
     let n = points.len() as f64;
     let xs: Vec<f64> = points.iter().map(|p| p.0 as f64).collect();
     let ys: Vec<f64> = points.iter().map(|p| p.1 as f64).collect();
@@ -58,21 +62,38 @@ pub fn project(
         .zip(&ys)
         .map(|(x, y)| y - (fixed + slope * x))
         .collect();
-    let rms = (residuals.iter().map(|r| r * r).sum::<f64>() / n).sqrt();
-    let max_ratio = residuals
-        .iter()
-        .zip(&ys)
-        .map(|(r, y)| if *y > 0.0 { r.abs() / y } else { 0.0 })
-        .fold(0.0, f64::max);
-    let projected = (fixed + slope * production_rows as f64).round() as i64;
+    Some(Line {
+        fixed_ms: fixed,
+        ms_per_unit: slope,
+        rms_error_ms: (residuals.iter().map(|r| r * r).sum::<f64>() / n).sqrt(),
+        max_error_ratio: residuals
+            .iter()
+            .zip(&ys)
+            .map(|(r, y)| if *y > 0.0 { r.abs() / y } else { 0.0 })
+            .fold(0.0, f64::max),
+    })
+}
+
+/// Fits `points` (rows, RTO ms); `None` with fewer than two distinct sizes.
+pub fn project(
+    scenario: &str,
+    target: &str,
+    points: &[(u64, i64)],
+    production_rows: u64,
+    objective_ms: i64,
+) -> Option<Projection> {
+    let mut points = points.to_vec();
+    points.sort_unstable();
+    let line = fit(&points)?;
+    let projected = (line.fixed_ms + line.ms_per_unit * production_rows as f64).round() as i64;
     Some(Projection {
         scenario: scenario.into(),
         target: target.into(),
         points,
-        fixed_ms: fixed,
-        ms_per_million_rows: slope * 1e6,
-        rms_error_ms: rms,
-        max_error_ratio: max_ratio,
+        fixed_ms: line.fixed_ms,
+        ms_per_million_rows: line.ms_per_unit * 1e6,
+        rms_error_ms: line.rms_error_ms,
+        max_error_ratio: line.max_error_ratio,
         production_rows,
         projected_ms: projected,
         objective_ms,
@@ -81,9 +102,71 @@ pub fn project(
     })
 }
 
+/// A restore test's restore time against its backup's size, over the runs of its scenario
+/// that recovered: how fast the RTO grows with the backup, and at what size it would reach the
+/// objective.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RestoreTrend {
+    /// `(backup bytes, achieved RTO ms)` of the runs fitted, oldest first; this run last.
+    pub points: Vec<(u64, i64)>,
+    pub fixed_ms: f64,
+    pub ms_per_gb: f64,
+    pub rms_error_ms: f64,
+    pub max_error_ratio: f64,
+    /// The backup size (bytes) at which the fitted RTO reaches the objective; none when the
+    /// RTO does not grow with the size.
+    pub objective_reached_at_bytes: Option<u64>,
+}
+
+impl RestoreTrend {
+    /// One line for people: the growth per GB, over how many runs, and the size that reaches
+    /// the objective.
+    pub fn describe(&self) -> String {
+        let reached = match self.objective_reached_at_bytes {
+            Some(b) => format!("the RTO objective is reached at {:.2} GB", b as f64 / 1e9),
+            None => "the RTO does not grow with the backup".into(),
+        };
+        format!(
+            "{:+.1} s per GB over {} runs (fit error {:.1} s); {reached}",
+            self.ms_per_gb / 1000.0,
+            self.points.len(),
+            self.rms_error_ms / 1000.0
+        )
+    }
+}
+
+/// The trend through `points`; `None` with fewer than two distinct sizes.
+pub fn restore_trend(points: &[(u64, i64)], objective_ms: i64) -> Option<RestoreTrend> {
+    let line = fit(points)?;
+    let reached = (line.ms_per_unit > 0.0)
+        .then(|| ((objective_ms as f64 - line.fixed_ms) / line.ms_per_unit).max(0.0))
+        .filter(|b| b.is_finite())
+        .map(|b| b.round() as u64);
+    Some(RestoreTrend {
+        points: points.to_vec(),
+        fixed_ms: line.fixed_ms,
+        ms_per_gb: line.ms_per_unit * 1e9,
+        rms_error_ms: line.rms_error_ms,
+        max_error_ratio: line.max_error_ratio,
+        objective_reached_at_bytes: reached,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_trend_says_where_the_objective_is_reached() {
+        // 2 s fixed, 10 s per GB: a 60 s objective at 5.8 GB.
+        let t = restore_trend(&[(1_000_000_000, 12_000), (2_000_000_000, 22_000)], 60_000).unwrap();
+        assert!((t.ms_per_gb - 10_000.0).abs() < 1e-6);
+        assert_eq!(t.objective_reached_at_bytes, Some(5_800_000_000));
+        // A restore that does not grow with the backup never reaches it.
+        let flat = restore_trend(&[(1, 5_000), (2, 4_000)], 60_000).unwrap();
+        assert_eq!(flat.objective_reached_at_bytes, None);
+        assert!(restore_trend(&[(7, 5_000), (7, 6_000)], 60_000).is_none());
+    }
 
     #[test]
     fn an_exact_line_projects_exactly_with_no_error() {

@@ -140,6 +140,10 @@ pub struct SourceReport {
     pub fetched: crate::source::Fetched,
     /// Fetch throughput, MB/s (10^6 bytes per second).
     pub mb_per_s: f64,
+    /// Restore time against backup size over this scenario's recovered runs, this one included
+    /// (from the history; none before two sizes were measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trend: Option<crate::measure::projection::RestoreTrend>,
 }
 
 impl TargetReport {

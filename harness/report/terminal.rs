@@ -63,6 +63,15 @@ pub fn terminal(r: &Report) -> String {
                 ),
                 String::new(),
             ]);
+            if let Some(trend) = &src.trend {
+                objectives.push_record([
+                    t.name.clone(),
+                    "trend".into(),
+                    String::new(),
+                    trend.describe(),
+                    String::new(),
+                ]);
+            }
             continue;
         }
         objectives.push_record([

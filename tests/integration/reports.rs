@@ -29,6 +29,7 @@ fn past_run(i: usize, scenario: &str, rto_ms: i64) -> RunRecord {
             kind: "postgres".into(),
             image: Some("drillrig/postgres:15-bookworm".into()),
             dataset_rows: Some(10_000),
+            backup_bytes: None,
             rto_achieved_ms: Some(rto_ms),
             rto_target_ms: 60_000,
             rto_met: true,

@@ -639,6 +639,23 @@ fn a_query_that_drifts_beyond_its_bound_fails_while_its_floor_still_holds() {
     std::fs::copy(b.dir.join("custom/shop.dump"), folder.join("shop.dump")).unwrap();
     let second = run(&path, "drift-run-2", &h, &[]);
     assert_eq!(second.code(), Some(0), "{}", second.debug());
+    // Restore time against backup size: week 1's and week 2's, as each run's report gave them.
+    assert!(
+        first.target()["source"]["trend"].is_null(),
+        "one size is no trend"
+    );
+    let point = |r: &Run| {
+        serde_json::json!([
+            r.target()["source"]["bytes"],
+            r.target()["rto"]["achieved_ms"]
+        ])
+    };
+    assert_eq!(
+        second.target()["source"]["trend"]["points"],
+        serde_json::json!([point(&first), point(&second)]),
+        "{}",
+        second.target()["source"]
+    );
     // Week 3: a backup of a table missing half its rows: the floor (>= 1000) still holds.
     let c = Scratch::start(
         "drillrig-test-pg-drift",
