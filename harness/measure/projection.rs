@@ -135,8 +135,18 @@ impl RestoreTrend {
     }
 }
 
-/// The trend through `points`; `None` with fewer than two distinct sizes.
+/// Backup sizes closer together than this share fit no trend: their restore times differ by
+/// noise, not by size.
+pub const TREND_SPREAD: f64 = 0.10;
+
+/// The trend through `points`; `None` with fewer than three, or with sizes that span less than
+/// [`TREND_SPREAD`] (two points always fit exactly, and say nothing of their error).
 pub fn restore_trend(points: &[(u64, i64)], objective_ms: i64) -> Option<RestoreTrend> {
+    let smallest = points.iter().map(|p| p.0).min()? as f64;
+    let largest = points.iter().map(|p| p.0).max()? as f64;
+    if points.len() < 3 || largest < smallest * (1.0 + TREND_SPREAD) {
+        return None;
+    }
     let line = fit(points)?;
     let reached = (line.ms_per_unit > 0.0)
         .then(|| ((objective_ms as f64 - line.fixed_ms) / line.ms_per_unit).max(0.0))
@@ -159,13 +169,16 @@ mod tests {
     #[test]
     fn a_restore_trend_says_where_the_objective_is_reached() {
         // 2 s fixed, 10 s per GB: a 60 s objective at 5.8 GB.
-        let t = restore_trend(&[(1_000_000_000, 12_000), (2_000_000_000, 22_000)], 60_000).unwrap();
+        let gb = 1_000_000_000;
+        let t = restore_trend(&[(gb, 12_000), (2 * gb, 22_000), (3 * gb, 32_000)], 60_000).unwrap();
         assert!((t.ms_per_gb - 10_000.0).abs() < 1e-6);
         assert_eq!(t.objective_reached_at_bytes, Some(5_800_000_000));
         // A restore that does not grow with the backup never reaches it.
-        let flat = restore_trend(&[(1, 5_000), (2, 4_000)], 60_000).unwrap();
+        let flat = restore_trend(&[(10, 5_000), (20, 4_000), (30, 4_500)], 60_000).unwrap();
         assert_eq!(flat.objective_reached_at_bytes, None);
-        assert!(restore_trend(&[(7, 5_000), (7, 6_000)], 60_000).is_none());
+        // Two points, or sizes within 10 %: no trend.
+        assert!(restore_trend(&[(gb, 12_000), (2 * gb, 22_000)], 60_000).is_none());
+        assert!(restore_trend(&[(100, 5_000), (105, 6_000), (109, 5_500)], 60_000).is_none());
     }
 
     #[test]
