@@ -825,6 +825,15 @@ impl Bucket {
         })
     }
 
+    /// Every object under the prefix, at any depth.
+    async fn every_object(&self) -> Result<Vec<object_store::ObjectMeta>> {
+        self.store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
     fn store_error(&self, e: object_store::Error) -> anyhow::Error {
         let fix = match &e {
             object_store::Error::PermissionDenied { .. }
@@ -845,12 +854,7 @@ impl Bucket {
 #[async_trait::async_trait]
 impl Source for Bucket {
     async fn list(&self) -> Result<Vec<Entry>> {
-        let listed: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.store_error(e))?;
+        let listed = self.every_object().await?;
         // A URL naming one object: that object and its sidecars.
         let exact = listed.iter().any(|m| m.location == self.prefix);
         Ok(listed
@@ -879,12 +883,7 @@ impl Source for Bucket {
     }
 
     async fn tree(&self) -> Result<Vec<(String, Entry)>> {
-        let listed: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.store_error(e))?;
+        let listed = self.every_object().await?;
         Ok(listed
             .into_iter()
             .filter_map(|m| {

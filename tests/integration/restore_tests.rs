@@ -131,6 +131,22 @@ fn pg_backups() -> &'static PgBackups {
         save("custom", "shop.dump", "pg_dump -Fc shop");
         save("tar", "shop.tar", "pg_dump -Ft shop");
         save("plain-gzip", "shop.sql.gz", "pg_dump --create shop | gzip");
+        // zstd is not in the images: the host's zstd compresses the plain dump.
+        let plain = c.exec("postgres", "pg_dump --create shop");
+        let mut zstd = Command::new("zstd")
+            .args(["-q", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the host's zstd (fixtures/env/prepare.sh installs it)");
+        {
+            use std::io::Write;
+            zstd.stdin.take().unwrap().write_all(&plain).unwrap();
+        }
+        let compressed = zstd.wait_with_output().unwrap();
+        assert!(compressed.status.success());
+        std::fs::create_dir_all(dir.join("plain-zstd")).unwrap();
+        std::fs::write(dir.join("plain-zstd/shop.sql.zst"), compressed.stdout).unwrap();
         save("dumpall", "cluster.sql", "pg_dumpall");
         c.exec("postgres", "pg_dump -Fd -f /tmp/shop.dir shop");
         std::fs::create_dir_all(dir.join("directory")).unwrap();
@@ -241,6 +257,7 @@ fn every_pg_dump_format_in_a_folder_restores_into_its_own_database() {
         ("tar", "pg-tar", ""),
         ("directory", "pg-directory", ""),
         ("plain-gzip", "pg-plain", ""),
+        ("plain-zstd", "pg-plain", ""),
         // pg_dumpall holds every database; the queries name the one they ask.
         ("dumpall", "pg-dumpall", "database = \"shop\"\n"),
     ] {
@@ -268,6 +285,9 @@ expect = "== {INVOICES}"
         assert_eq!(r.check("foreign-keys"), "passed", "{folder}");
         if folder == "plain-gzip" {
             assert_eq!(t["source"]["compression"], "gzip");
+        }
+        if folder == "plain-zstd" {
+            assert_eq!(t["source"]["compression"], "zstd");
         }
         if folder != "dumpall" {
             assert!(
@@ -1010,7 +1030,7 @@ fn pitr_backups() -> &'static PitrBackups {
             "postgres",
             "psql -qc 'CREATE DATABASE shop' && psql -q -d shop -c 'CREATE TABLE invoice (id serial PRIMARY KEY, total int NOT NULL)'",
         );
-        c.exec("postgres", "pg_basebackup -D /tmp/base -Ft -z -X none");
+        c.exec("postgres", "pg_basebackup -D /tmp/base -Ft -z -X none -c fast");
         c.exec(
             "postgres",
             "psql -q -d shop -c 'INSERT INTO invoice (total) SELECT g FROM generate_series(1, 1000) g'",

@@ -509,7 +509,12 @@ impl Target for Postgres {
 
     async fn contents(&self) -> Result<Contents> {
         let client = self.connect().await?;
-        checks::contents(&client).await
+        // What the checks compare: counts alone need no hashing.
+        let depth = match checks::Depth::for_checks(&self.service.env.spec.checks) {
+            checks::Depth::None => checks::Depth::Counts,
+            d => d,
+        };
+        checks::contents(&client, depth).await
     }
 
     async fn seed_facts(&self) -> Result<Contents> {
