@@ -506,7 +506,7 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The file that tells a backup folder's format: a directory-format dump's `toc.dat`, a plain
-/// base backup's `backup_label`, or a Redis AOF folder's manifest (`NAME.manifest`). Other
+/// base backup's `backup_label`, or a Redis AOF folder's manifest (`NAME.aof.manifest`). Other
 /// folders are no backups.
 fn folder_marker(dir: &Path) -> Option<PathBuf> {
     for marker in ["toc.dat", "backup_label"] {
@@ -519,7 +519,11 @@ fn folder_marker(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.is_file() && p.extension().is_some_and(|x| x == "manifest"))
+        .find(|p| {
+            p.is_file()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(".aof.manifest"))
+        })
 }
 
 /// The modification time of the newest file directly in `dir`.
@@ -687,7 +691,8 @@ impl Source for Folder {
             }
             Ok(())
         }
-        if self.only.is_some() {
+        // Only a repository's tree is wanted: a folder of dumps is not walked.
+        if self.only.is_some() || !self.dir.join("backup").is_dir() {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
