@@ -2,11 +2,13 @@
 //! objectives, as every layer below the scenario parser reads them. `scenario` builds these from
 //! a file; nothing here parses.
 
+use std::any::Any;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// One drill, checked and ready to run.
 #[derive(Debug, Clone)]
@@ -82,12 +84,10 @@ pub struct TargetSpec {
     pub rate: u32,
     pub backup: Option<BackupSpec>,
     pub restore: RestorePoint,
-    /// Redis: `redis-check-aof --fix` before a `restart`; what it drops is measured as loss.
-    pub repair: bool,
     pub checks: Vec<CheckKind>,
     pub objectives: Objectives,
-    /// Redis persistence (defaults: Redis's own).
-    pub persistence: Option<Persistence>,
+    /// The kind's own options (`targets/<kind>/schema.rs`), as the kind checked them.
+    pub options: Arc<dyn KindOptions>,
     /// The data volume's fixed size in bytes (a tmpfs volume of that size), set when a
     /// `disk-full` fault aims at the target, so that filling it never touches the host's disk.
     pub volume_limit: Option<u64>,
@@ -246,22 +246,17 @@ impl fmt::Display for Expect {
 /// The size of a target's data volume when a `disk-full` fault aims at it.
 pub const DISK_FULL_VOLUME: u64 = 64 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Persistence {
-    pub appendonly: bool,
-    pub appendfsync: Fsync,
-    /// RDB `save` rules in Redis's syntax (`"3600 1 300 100"`); empty: none.
-    pub save: String,
-}
+/// A kind's own target options: any type the kind defines. Only that kind reads them back
+/// ([`TargetSpec::options_of`]).
+pub trait KindOptions: Any + fmt::Debug + Send + Sync {}
 
-impl Default for Persistence {
-    /// Redis 7.0's defaults.
-    fn default() -> Self {
-        Persistence {
-            appendonly: false,
-            appendfsync: Fsync::Everysec,
-            save: "3600 1 300 100 60 10000".into(),
-        }
+impl<T: Any + fmt::Debug + Send + Sync> KindOptions for T {}
+
+impl TargetSpec {
+    /// The kind's options, as the kind's own type `T`; `None` when they are another type.
+    pub fn options_of<T: Any>(&self) -> Option<&T> {
+        let options: &dyn Any = &*self.options;
+        options.downcast_ref()
     }
 }
 
@@ -326,6 +321,9 @@ pub struct Objectives {
     pub rto: Duration,
     pub rpo: Duration,
     pub max_lost_writes: Option<u64>,
+    /// The acknowledged-write p99 a `latency` fault may cost at most (writes never acknowledged
+    /// count as slower than every acknowledged one).
+    pub write_p99: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,23 +334,32 @@ pub struct FaultSpec {
     pub at: Duration,
     /// How long a temporary fault (pause, partition) lasts.
     pub hold: Option<Duration>,
-    /// The relation (table) a fault aims at, where the kind takes one.
-    pub relation: Option<String>,
-    /// The data file a Redis `corrupt-data-file` damages.
-    pub file: Option<DataFile>,
-    /// The queue a RabbitMQ `delete-queue` deletes.
-    pub queue: Option<String>,
+    /// What the fault aims at inside its target, in the kind's terms, as the kind checked it:
+    /// a PostgreSQL table (`relation`), a Redis data file (`file`), a RabbitMQ queue (`queue`).
+    pub aim: Option<String>,
     /// The backup artefact `corrupt-backup` / `truncate-backup` damages (default: the largest).
     pub artefact: Option<String>,
-    /// `latency`: the delay added to every chunk of data each way, and its jitter (±).
-    pub delay: Option<Duration>,
-    pub jitter: Option<Duration>,
+    /// `latency`: what drillrig's proxy does to the target's connections while it lasts.
+    pub toxics: Option<Toxics>,
+}
+
+/// What the `latency` fault's proxy does to every connection, like Toxiproxy's toxics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Toxics {
+    /// Every chunk of data waits this long each way, varying within ± `jitter`.
+    pub delay: Duration,
+    pub jitter: Duration,
+    /// At most this many bytes per second through each connection, each way.
+    pub bandwidth: Option<u64>,
+    /// Each connection is reset (a TCP RST to both ends) once it has been open this long
+    /// while the fault lasts.
+    pub reset: Option<Duration>,
 }
 
 macro_rules! kebab_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Deserialize, ::serde::Serialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
@@ -362,34 +369,19 @@ macro_rules! kebab_enum {
                 match self { $($name::$variant => $text),+ }
             }
         }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
+/// A closed set of names spelled in kebab case in scenario files, for kinds' own enums too.
+pub(crate) use kebab_enum;
 
 kebab_enum!(
     /// The service a target runs.
     TargetKind { Postgres = "postgres", Redis = "redis", Rabbitmq = "rabbitmq" }
-);
-
-kebab_enum!(
-    /// Redis `appendfsync`.
-    Fsync { Always = "always", Everysec = "everysec", No = "no" }
-);
-
-kebab_enum!(
-    /// Which Redis data file `corrupt-data-file` damages.
-    DataFile {
-        /// Bytes in the middle of `dump.rdb`.
-        Rdb = "rdb",
-        /// Bytes in the middle of the newest incremental AOF file.
-        Aof = "aof",
-        /// The last bytes of the newest incremental AOF file cut off: a torn write.
-        AofTail = "aof-tail",
-    }
 );
 
 kebab_enum!(

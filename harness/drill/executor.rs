@@ -20,7 +20,7 @@ use crate::clock::{Clock, Micros};
 use crate::faults;
 use crate::measure::{self, Detection, Phase, RecoveryPhases};
 use crate::report::{self, BackupReport, FaultRecord, Rpo, WorkloadReport};
-use crate::spec::{CheckKind, FaultSpec, RestorePoint, Scenario, TargetSpec};
+use crate::spec::{CheckKind, FaultKind, FaultSpec, RestorePoint, Scenario, TargetSpec};
 use crate::targets::{RecoveryPoint, RestoreRequest, Restored, Target};
 use crate::util;
 use crate::workload::{self, Comparison, Ledger, ledger::compare};
@@ -137,6 +137,15 @@ impl Executor<'_> {
             before: measure::write_latency(&ledger, workload_start, slowed),
             during: measure::write_latency(&ledger, slowed, healed),
             after: measure::write_latency(&ledger, healed, restore_start),
+            objective: spec.objectives.write_p99.map(|objective| {
+                let achieved_ms =
+                    measure::write_p99_counting_unacknowledged(&ledger, slowed, healed);
+                report::LatencyObjective {
+                    target_ms: objective.as_millis() as u64,
+                    achieved_ms,
+                    met: achieved_ms.is_some_and(|p| p <= objective.as_secs_f64() * 1e3),
+                }
+            }),
         });
         self.events.target(name, |t| {
             t.write_latency = write_latency;
@@ -184,14 +193,20 @@ impl Executor<'_> {
             workload_start,
         )
         .await?;
-        self.unasked_outages(spec, target).await
+        let injected: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
+        self.unasked_outages(spec, target, &injected).await
     }
 
     /// Asks the target's own logs for outages no injected fault explains (a crashed backend
     /// that restarted every session): the drill's figures absorbed them, so any fails it.
-    async fn unasked_outages(&self, spec: &TargetSpec, target: &dyn Target) -> Result<(), Stop> {
+    async fn unasked_outages(
+        &self,
+        spec: &TargetSpec,
+        target: &dyn Target,
+        injected: &[FaultKind],
+    ) -> Result<(), Stop> {
         let limit = self.scenario.timeouts.check;
-        let found = tokio::time::timeout(limit, target.unasked_outages())
+        let found = tokio::time::timeout(limit, target.unasked_outages(injected))
             .await
             .map_err(|_| {
                 overran(
@@ -483,9 +498,7 @@ impl Executor<'_> {
                     ..Restored::default()
                 };
                 let recovered = async {
-                    if spec.repair {
-                        restored.note = target.repair().await?;
-                    }
+                    restored.note = target.repair().await?;
                     target.restart(limit).await
                 };
                 let error = match tokio::time::timeout(limit, recovered).await {

@@ -383,7 +383,7 @@ impl Target for FakeTarget {
         CheckResult::unknown(check, "the fake target cannot run this check")
     }
 
-    async fn unasked_outages(&self) -> Vec<String> {
+    async fn unasked_outages(&self, _injected: &[FaultKind]) -> Vec<String> {
         if self.shared.behaviour.unasked_outage {
             vec![format!("{}: restarted on its own", self.name)]
         } else {

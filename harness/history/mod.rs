@@ -205,6 +205,27 @@ impl RunRecord {
                             detail: o.clone(),
                             value: None,
                         }))
+                        // So is the write_p99 objective, with its achieved p99 as the value.
+                        .chain(
+                            t.write_latency
+                                .as_ref()
+                                .and_then(|w| w.objective.as_ref())
+                                .map(|o| CheckRecord {
+                                    name: "objective write_p99".into(),
+                                    status: if o.met { "passed" } else { "failed" }.into(),
+                                    detail: match o.achieved_ms {
+                                        Some(p) => format!(
+                                            "p99 {p:.1} ms during the latency fault (objective {} ms)",
+                                            o.target_ms
+                                        ),
+                                        None => format!(
+                                            "more than 1 % of the writes during the latency fault were never acknowledged (objective {} ms)",
+                                            o.target_ms
+                                        ),
+                                    },
+                                    value: o.achieved_ms.map(|p| format!("{p:.1}")),
+                                }),
+                        )
                         .collect(),
                 })
                 .collect(),

@@ -87,6 +87,28 @@ pub fn markdown(r: &Report) -> String {
         for outage in &t.unasked_outages {
             let _ = writeln!(md, "Outage no fault caused: {outage}\n");
         }
+        if let Some(w) = &t.write_latency {
+            let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.1} ms"));
+            let _ = write!(
+                md,
+                "Acknowledged-write p99: {} before the latency fault, {} during it ({} of {} writes unacknowledged), {} after",
+                ms(w.before.p99_ms),
+                ms(w.during.p99_ms),
+                w.during.unacknowledged,
+                w.during.writes + w.during.unacknowledged,
+                ms(w.after.p99_ms)
+            );
+            if let Some(o) = &w.objective {
+                let _ = write!(
+                    md,
+                    "; objective write_p99 {} ms: {} counting the unacknowledged, **{}**",
+                    o.target_ms,
+                    ms(o.achieved_ms),
+                    if o.met { "met" } else { "missed" }
+                );
+            }
+            md.push_str(".\n\n");
+        }
         if let Some(note) = &t.rpo.note {
             let _ = writeln!(md, "RPO: {note}\n");
         }

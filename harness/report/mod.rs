@@ -155,6 +155,11 @@ impl TargetReport {
             && self.restore.error.is_none()
             && self.checks.iter().all(|c| c.status == CheckStatus::Passed)
             && self.unasked_outages.is_empty()
+            && self
+                .write_latency
+                .as_ref()
+                .and_then(|w| w.objective.as_ref())
+                .is_none_or(|o| o.met)
     }
 }
 
@@ -181,6 +186,19 @@ pub struct WriteLatency {
     pub before: crate::measure::LatencySummary,
     pub during: crate::measure::LatencySummary,
     pub after: crate::measure::LatencySummary,
+    /// `objectives.write_p99`, judged on the writes invoked while the fault lasted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objective: Option<LatencyObjective>,
+}
+
+/// The `write_p99` objective's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyObjective {
+    pub target_ms: u64,
+    /// The p99 of the writes invoked during the fault, those never acknowledged counted as
+    /// slower than the rest; `None` when the 99th percentile is one of them.
+    pub achieved_ms: Option<f64>,
+    pub met: bool,
 }
 
 /// A target's seed: when it began, and per dataset its rows and digest right after it.

@@ -48,6 +48,29 @@ pub fn terminal(r: &Report) -> String {
             t.rpo.achieved_ms.map_or("—".into(), seconds),
             yes_no(t.rpo.met).into(),
         ]);
+        if let Some(w) = &t.write_latency {
+            let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.1} ms"));
+            objectives.push_record([
+                t.name.clone(),
+                "write p99".into(),
+                w.objective
+                    .as_ref()
+                    .map_or("—".into(), |o| format!("{} ms", o.target_ms)),
+                format!(
+                    "{} during the fault ({} before, {} after); {} of {} unacknowledged",
+                    ms(w.objective
+                        .as_ref()
+                        .map_or(w.during.p99_ms, |o| o.achieved_ms)),
+                    ms(w.before.p99_ms),
+                    ms(w.after.p99_ms),
+                    w.during.unacknowledged,
+                    w.during.writes + w.during.unacknowledged
+                ),
+                w.objective
+                    .as_ref()
+                    .map_or(String::new(), |o| yes_no(o.met).into()),
+            ]);
+        }
         if let Some(src) = &t.source {
             objectives.push_record([
                 t.name.clone(),

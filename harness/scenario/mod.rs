@@ -4,18 +4,22 @@
 pub mod raw;
 mod source;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 #[allow(clippy::wildcard_imports)]
 use crate::spec::*;
 use raw::{HumanDuration, RawScenario, RawTarget};
 
-use crate::targets::{FaultOption, capabilities};
+use crate::targets::capabilities;
+use crate::targets::schema::{KeyError, KindKeys};
 
 /// The schema version this drillrig reads.
 pub const SCHEMA: i64 = 1;
@@ -66,10 +70,140 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 /// Checks scenario text; `path` only names the file in errors and the scenario.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let at = Locator { path, text };
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| at.toml_error(None, &e))?;
-    let raw: RawScenario = serde_path_to_error::deserialize(deserializer)
+    let mut doc = DeTable::parse(text).map_err(|e| at.toml_error(None, &e))?;
+    let whole = doc.clone();
+    let owned = KindOwned::take(&mut doc);
+    let raw: RawScenario = serde_path_to_error::deserialize(toml::Deserializer::from(doc))
         .map_err(|e| at.toml_error(key_path(e.path()), e.inner()))?;
-    Validator { at }.scenario(raw)
+    Validator {
+        at,
+        doc: whole,
+        owned,
+    }
+    .scenario(raw)
+}
+
+/// The keys kinds own (`targets/<kind>/schema.rs`), taken out of the document before the
+/// common schema reads it, to be handed to each target's kind.
+struct KindOwned<'i> {
+    /// Per target: its kind-owned keys, shaped as in its table.
+    targets: BTreeMap<String, Spanned<DeTable<'i>>>,
+    /// Per fault, in file order: the kind-owned keys it holds (`relation`, `file`, `queue`).
+    faults: Vec<Vec<(String, Spanned<DeValue<'i>>)>>,
+}
+
+impl<'i> KindOwned<'i> {
+    /// Takes out every key any kind declares, wherever it stands; validation then tells a key
+    /// the target's kind owns from one it does not take.
+    fn take(doc: &mut Spanned<DeTable<'i>>) -> KindOwned<'i> {
+        let kinds = || TargetKind::ALL.iter().map(|k| capabilities(*k));
+        let mut target_keys: Vec<&str> = kinds().flat_map(|c| c.target_keys).copied().collect();
+        let mut fault_keys: Vec<&str> = kinds()
+            .flat_map(|c| c.fault_keys)
+            .map(|(_, k)| *k)
+            .collect();
+        target_keys.sort_unstable();
+        target_keys.dedup();
+        fault_keys.sort_unstable();
+        fault_keys.dedup();
+
+        let mut owned = KindOwned {
+            targets: BTreeMap::new(),
+            faults: Vec::new(),
+        };
+        if let Some(DeValue::Table(targets)) =
+            doc.get_mut().get_mut("targets").map(Spanned::get_mut)
+        {
+            for (name, target) in targets.iter_mut() {
+                let span = target.span();
+                let DeValue::Table(table) = target.get_mut() else {
+                    continue;
+                };
+                let mut keys = DeTable::new();
+                for dotted in &target_keys {
+                    take_key(table, &mut keys, dotted);
+                }
+                owned
+                    .targets
+                    .insert(name.get_ref().to_string(), Spanned::new(span, keys));
+            }
+        }
+        if let Some(DeValue::Array(faults)) = doc.get_mut().get_mut("faults").map(Spanned::get_mut)
+        {
+            for fault in faults.iter_mut() {
+                let mut keys = Vec::new();
+                if let DeValue::Table(table) = fault.get_mut() {
+                    for key in &fault_keys {
+                        if let Some(value) = table.remove(*key) {
+                            keys.push((key.to_string(), value));
+                        }
+                    }
+                }
+                owned.faults.push(keys);
+            }
+        }
+        owned
+    }
+}
+
+/// Moves `dotted` (`persistence`, `restore.repair`) from `from` into `to`, keeping its place in
+/// the file and the shape of the tables around it.
+fn take_key<'i>(from: &mut DeTable<'i>, to: &mut DeTable<'i>, dotted: &str) {
+    match dotted.split_once('.') {
+        None => {
+            if let Some((key, value)) = from.remove_entry(dotted) {
+                to.insert(key, value);
+            }
+        }
+        Some((outer, rest)) => {
+            let Some((key, inner)) = from.get_key_value(outer) else {
+                return;
+            };
+            let (key, span) = (key.clone(), inner.span());
+            let Some(DeValue::Table(inner)) = from.get_mut(outer).map(Spanned::get_mut) else {
+                return;
+            };
+            let mut taken = DeTable::new();
+            take_key(inner, &mut taken, rest);
+            if taken.is_empty() {
+                return;
+            }
+            match to.get_mut(outer).map(Spanned::get_mut) {
+                Some(DeValue::Table(existing)) => existing.extend(taken),
+                _ => {
+                    to.insert(key, Spanned::new(span, DeValue::Table(taken)));
+                }
+            }
+        }
+    }
+}
+
+/// Where a dotted key (`targets.pg.backup.method`, `faults[2].kind`) stands in the document.
+fn span_of(doc: &Spanned<DeTable<'_>>, dotted: &str) -> Option<Range<usize>> {
+    let mut span = doc.span();
+    let mut value: Option<&DeValue<'_>> = None;
+    let mut table = doc.get_ref();
+    for segment in dotted.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        if let Some(DeValue::Table(t)) = value {
+            table = t;
+        } else if value.is_some() {
+            return None;
+        }
+        let mut found = table.get(name)?;
+        if let Some(i) = index {
+            let DeValue::Array(items) = found.get_ref() else {
+                return None;
+            };
+            found = items.get(i)?;
+        }
+        span = found.span();
+        value = Some(found.get_ref());
+    }
+    Some(span)
 }
 
 /// The dotted key path (`targets.pg.objectives.rto`, `faults[0].kind`) of a serde error, without
@@ -192,11 +326,58 @@ impl Locator<'_> {
 
 struct Validator<'a> {
     at: Locator<'a>,
+    /// The whole document, for the places of keys a kind names in its errors.
+    doc: Spanned<DeTable<'a>>,
+    owned: KindOwned<'a>,
 }
 
 type Checked<T> = Result<T, ScenarioError>;
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
+    /// A kind's error about a key under `table` (`targets.pg`, `faults[0]`), placed where the
+    /// kind says or, failing that, where the key stands in the file.
+    fn key_error(&self, table: &str, e: KeyError) -> ScenarioError {
+        let key = format!("{table}.{}", e.key);
+        let span = e
+            .span
+            .or_else(|| span_of(&self.doc, &key))
+            .or_else(|| span_of(&self.doc, table))
+            .unwrap_or(0..0);
+        self.at.error(span, key, e.message)
+    }
+
+    /// Target `name`'s keys that kinds own, after checking its kind owns each of them.
+    fn kind_keys(&self, name: &str, kind: TargetKind) -> Checked<KindKeys<'a>> {
+        let keys = KindKeys::new(
+            self.owned
+                .targets
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Spanned::new(0..0, DeTable::new())),
+        );
+        let caps = capabilities(kind);
+        for key in keys.names() {
+            if caps.target_keys.contains(&key.as_str()) {
+                continue;
+            }
+            let owners: Vec<&str> = TargetKind::ALL
+                .iter()
+                .filter(|k| capabilities(**k).target_keys.contains(&key.as_str()))
+                .map(|k| k.as_str())
+                .collect();
+            let full = format!("targets.{name}.{key}");
+            return Err(self.at.error(
+                span_of(&self.doc, &full).unwrap_or(0..0),
+                full,
+                format!(
+                    "`{key}` is a key of {} targets; {kind} targets do not take it",
+                    owners.join(" and ")
+                ),
+            ));
+        }
+        Ok(keys)
+    }
+
     fn scenario(self, raw: RawScenario) -> Checked<Scenario> {
         if *raw.schema.get_ref() != SCHEMA {
             return Err(self.at.error(
@@ -309,6 +490,14 @@ impl Validator<'_> {
             t.proxied = faults
                 .iter()
                 .any(|f| f.target == t.name && f.kind == FaultKind::Latency);
+            if t.objectives.write_p99.is_some() && !t.proxied {
+                let key = format!("targets.{}.objectives.write_p99", t.name);
+                return Err(self.at.error(
+                    span_of(&self.doc, &key).unwrap_or(0..0),
+                    key,
+                    "write_p99 judges the writes while a `latency` fault lasts: this target has none",
+                ));
+            }
         }
 
         Ok(Scenario {
@@ -416,6 +605,8 @@ impl Validator<'_> {
             ));
         }
 
+        let keys = self.kind_keys(name, kind)?;
+
         let dataset = match &raw.dataset {
             None => Dataset {
                 fixture: caps.fixtures[0].to_string(),
@@ -469,44 +660,11 @@ impl Validator<'_> {
             }
         };
 
-        let takes_persistence = capabilities(kind).persistence;
-        let persistence = match (&raw.persistence, takes_persistence) {
-            (Some(p), true) => {
-                let p = p.get_ref();
-                let defaults = Persistence::default();
-                Some(Persistence {
-                    appendonly: p.appendonly.unwrap_or(defaults.appendonly),
-                    appendfsync: p
-                        .appendfsync
-                        .as_ref()
-                        .map_or(defaults.appendfsync, |f| *f.get_ref()),
-                    save: p.save.clone().unwrap_or(defaults.save),
-                })
-            }
-            (None, true) => Some(Persistence::default()),
-            (Some(p), false) => {
-                return Err(self.at.error(
-                    p.span(),
-                    key("persistence"),
-                    format!("persistence settings apply to redis targets, not {kind}"),
-                ));
-            }
-            (None, _) => None,
-        };
-        let appendonly = persistence.as_ref().is_some_and(|p| p.appendonly);
-
         let backup = match &raw.backup {
             None => None,
             Some(b) => {
                 let b = b.get_ref();
                 let method = *b.method.get_ref();
-                if method == BackupMethod::RedisAof && !appendonly {
-                    return Err(self.at.error(
-                        b.method.span(),
-                        key("backup.method"),
-                        "backup method `redis-aof` copies the append-only file: set persistence.appendonly = true",
-                    ));
-                }
                 if !caps.backups.contains(&method) {
                     return Err(self.at.error(
                         b.method.span(),
@@ -557,21 +715,6 @@ impl Validator<'_> {
                 "restoring from a backup needs a `backup` for this target (or use `restart`)",
             ));
         }
-        let repair = match &restore_raw.repair {
-            Some(r)
-                if *r.get_ref()
-                    && !(takes_persistence && restore == RestorePoint::Restart && appendonly) =>
-            {
-                return Err(self.at.error(
-                    r.span(),
-                    key("restore.repair"),
-                    "repair runs `redis-check-aof --fix` before a restart: it needs a redis target, restore.from = \"restart\" and persistence.appendonly = true",
-                ));
-            }
-            Some(r) => *r.get_ref(),
-            None => false,
-        };
-
         let mut checks = Vec::new();
         for check in &raw.checks {
             let c = *check.get_ref();
@@ -646,6 +789,13 @@ impl Validator<'_> {
                 "an RTO of 0s can never be met: every recovery takes time",
             ));
         }
+        if let Some(p) = o.write_p99.as_ref().filter(|p| p.get_ref().0.is_zero()) {
+            return Err(self.at.error(
+                p.span(),
+                key("objectives.write_p99"),
+                "a write p99 of 0s can never be met: every write takes time",
+            ));
+        }
         let max_lost_writes = match &o.max_lost_writes {
             None => None,
             Some(m) => Some(u64::try_from(*m.get_ref()).map_err(|_| {
@@ -657,7 +807,7 @@ impl Validator<'_> {
             })?),
         };
 
-        Ok(TargetSpec {
+        let mut spec = TargetSpec {
             name: name.to_string(),
             kind,
             image: raw.image.as_ref().map(|i| i.get_ref().clone()),
@@ -665,46 +815,23 @@ impl Validator<'_> {
             rate,
             backup,
             restore,
-            repair,
             checks,
             objectives: Objectives {
                 rto,
                 rpo: o.rpo.get_ref().0,
                 max_lost_writes,
+                write_p99: o.write_p99.as_ref().map(|d| d.get_ref().0),
             },
-            persistence,
+            options: Arc::new(()),
             volume_limit: None,
             proxied: false,
             source: None,
             queries: Vec::new(),
             database: None,
-        })
-    }
-
-    /// A fault's `relation` or `queue` (`field`): one of the fixture's `known` (default: the first).
-    fn relation(
-        &self,
-        i: usize,
-        value: &Option<Spanned<String>>,
-        known: &[&str],
-        field: &str,
-        noun: &str,
-    ) -> Checked<String> {
-        let Some(value) = value else {
-            return Ok(known[0].to_string());
         };
-        let name = value.get_ref();
-        if known.contains(&name.as_str()) {
-            return Ok(name.clone());
-        }
-        Err(self.at.error(
-            value.span(),
-            format!("faults[{i}].{field}"),
-            format!(
-                "the fixture has no {noun} {name:?} ({noun}s: {})",
-                known.join(", ")
-            ),
-        ))
+        spec.options = (caps.options)(&keys, &spec)
+            .map_err(|e| self.key_error(&format!("targets.{name}"), e))?;
+        Ok(spec)
     }
 
     fn fault(&self, i: usize, raw: &raw::RawFault, targets: &[TargetSpec]) -> Checked<FaultSpec> {
@@ -736,21 +863,6 @@ impl Validator<'_> {
                     target.kind,
                     list(caps.faults)
                 ),
-            ));
-        }
-        // A full disk is only met by a service that keeps writing to it, and only survived in
-        // place where the service refuses writes rather than exiting (Redis exits on an AOF
-        // write error under `appendfsync always`).
-        if kind == FaultKind::DiskFull
-            && target
-                .persistence
-                .as_ref()
-                .is_some_and(|p| !p.appendonly || p.appendfsync == crate::spec::Fsync::Always)
-        {
-            return Err(self.at.error(
-                raw.kind.span(),
-                key("kind"),
-                format!("fault `{kind}` needs target {name:?} to write an AOF it can survive losing space under: persistence.appendonly = true with appendfsync `everysec` or `no`"),
             ));
         }
         if kind.is_latent() && target.backup.is_none() {
@@ -817,72 +929,27 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        // Which option a fault takes on which kind is the kind's to say (its capabilities).
-        let takes_relation = caps.takes(kind, FaultOption::Relation);
-        if let (false, Some(r)) = (takes_relation, &raw.relation) {
-            return Err(self.at.error(
-                r.span(),
-                key("relation"),
-                format!(
-                    "fault `{kind}` on a {} target does not take `relation`",
-                    target.kind
-                ),
-            ));
-        }
-        let relation = if takes_relation {
-            Some(self.relation(i, &raw.relation, caps.datasets, "relation", "table")?)
-        } else {
-            None
-        };
-        let takes_file = caps.takes(kind, FaultOption::File);
-        if let (false, Some(f)) = (takes_file, &raw.file) {
-            return Err(self.at.error(
-                f.span(),
-                key("file"),
-                format!(
-                    "fault `{kind}` on a {} target does not take `file`",
-                    target.kind
-                ),
-            ));
-        }
-        let appendonly = target.persistence.as_ref().is_some_and(|p| p.appendonly);
-        let file = match (takes_file, &raw.file) {
-            (false, _) => None,
-            (true, None) => Some(if appendonly {
-                DataFile::Aof
-            } else {
-                DataFile::Rdb
-            }),
-            (true, Some(f)) => {
-                let file = *f.get_ref();
-                let wanted = file != DataFile::Rdb;
-                if wanted != appendonly {
-                    let why = if appendonly {
-                        "with appendonly the server loads the AOF and ignores dump.rdb: damage `aof` or `aof-tail`"
-                    } else {
-                        "without appendonly there is no AOF to damage: use `rdb` or set persistence.appendonly = true"
-                    };
-                    return Err(self.at.error(f.span(), key("file"), why));
-                }
-                Some(file)
+        // Which key a fault takes on which kind, and what it may say, is the kind's to say.
+        let takes = caps.fault_key(kind);
+        let mut value = None;
+        for (k, v) in &self.owned.faults[i] {
+            if Some(k.as_str()) != takes {
+                return Err(self.at.error(
+                    v.span(),
+                    key(k),
+                    format!(
+                        "fault `{kind}` on a {} target does not take `{k}`",
+                        target.kind
+                    ),
+                ));
             }
-        };
-        let takes_queue = caps.takes(kind, FaultOption::Queue);
-        if let (false, Some(q)) = (takes_queue, &raw.queue) {
-            return Err(self.at.error(
-                q.span(),
-                key("queue"),
-                format!(
-                    "fault `{kind}` on a {} target does not take `queue`",
-                    target.kind
-                ),
-            ));
+            let DeValue::String(text) = v.get_ref() else {
+                return Err(self.at.error(v.span(), key(k), "expected a string"));
+            };
+            value = Some(Spanned::new(v.span(), text.to_string()));
         }
-        let queue = if takes_queue {
-            Some(self.relation(i, &raw.queue, caps.datasets, "queue", "queue")?)
-        } else {
-            None
-        };
+        let aim = (caps.aim)(kind, takes, value.as_ref(), target)
+            .map_err(|e| self.key_error(&format!("faults[{i}]"), e))?;
         if let (false, Some(a)) = (
             matches!(kind, FaultKind::CorruptBackup | FaultKind::TruncateBackup),
             &raw.artefact,
@@ -894,46 +961,84 @@ impl Validator<'_> {
             ));
         }
         let artefact = raw.artefact.as_ref().map(|a| a.get_ref().clone());
-        let latency = kind == FaultKind::Latency;
-        for (k, v) in [("delay", &raw.delay), ("jitter", &raw.jitter)] {
-            if let (false, Some(v)) = (latency, v) {
+        let toxics = self.toxics(i, kind, raw)?;
+        Ok(FaultSpec {
+            target: name.clone(),
+            kind,
+            at: raw.at.get_ref().0,
+            hold: hold.map(|(_, d)| d),
+            aim,
+            artefact,
+            toxics,
+        })
+    }
+
+    /// A `latency` fault's toxics (`delay`, `jitter`, `bandwidth`, `reset`): at least one that
+    /// acts; no other fault takes them.
+    fn toxics(&self, i: usize, kind: FaultKind, raw: &raw::RawFault) -> Checked<Option<Toxics>> {
+        let key = |k: &str| format!("faults[{i}].{k}");
+        let given = [
+            ("delay", raw.delay.as_ref().map(|d| d.span())),
+            ("jitter", raw.jitter.as_ref().map(|d| d.span())),
+            ("bandwidth", raw.bandwidth.as_ref().map(|d| d.span())),
+            ("reset", raw.reset.as_ref().map(|d| d.span())),
+        ];
+        if kind != FaultKind::Latency {
+            if let Some((k, Some(span))) = given.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.at.error(
-                    v.span(),
+                    span,
                     key(k),
                     format!("fault `{kind}` does not take `{k}`"),
                 ));
             }
+            return Ok(None);
         }
-        let delay = raw.delay.as_ref().map(|d| d.get_ref().0);
-        let jitter = raw.jitter.as_ref().map(|d| d.get_ref().0);
-        if latency && delay.is_none_or(|d| d.is_zero()) {
-            return Err(self.at.error(
-                raw.kind.span(),
-                key("delay"),
-                "fault `latency` needs `delay`, above zero: the time added each way",
-            ));
-        }
-        if let (Some(d), Some(j)) = (delay, jitter)
-            && j > d
-        {
+        let duration = |d: &Option<Spanned<HumanDuration>>| d.as_ref().map(|d| d.get_ref().0);
+        let delay = duration(&raw.delay).unwrap_or_default();
+        let jitter = duration(&raw.jitter).unwrap_or_default();
+        if jitter > delay {
             return Err(self.at.error(
                 raw.jitter.as_ref().expect("jitter is set").span(),
                 key("jitter"),
                 "the jitter may not exceed the delay (a chunk cannot arrive before it was sent)",
             ));
         }
-        Ok(FaultSpec {
-            target: name.clone(),
-            kind,
-            at: raw.at.get_ref().0,
-            hold: hold.map(|(_, d)| d),
-            relation,
-            file,
-            queue,
-            artefact,
+        let bandwidth = match &raw.bandwidth {
+            None => None,
+            Some(b) => Some(parse_bandwidth(b.get_ref()).ok_or_else(|| {
+                self.at.error(
+                    b.span(),
+                    key("bandwidth"),
+                    format!(
+                        "invalid bandwidth {:?}: bytes per second above zero, such as \"64KiB/s\" or \"1MB/s\"",
+                        b.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let reset = duration(&raw.reset);
+        if let Some(r) = &raw.reset
+            && r.get_ref().0.is_zero()
+        {
+            return Err(self.at.error(
+                r.span(),
+                key("reset"),
+                "a reset after 0s leaves no connection up: give it a time above zero",
+            ));
+        }
+        if delay.is_zero() && bandwidth.is_none() && reset.is_none() {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("delay"),
+                "fault `latency` needs `delay` above zero (the time added each way), `bandwidth` or `reset`",
+            ));
+        }
+        Ok(Some(Toxics {
             delay,
             jitter,
-        })
+            bandwidth,
+            reset,
+        }))
     }
 
     /// A restore from backup needs a backup taken before the target's first fault.
@@ -963,6 +1068,28 @@ impl Validator<'_> {
         }
         Ok(())
     }
+}
+
+/// Bytes per second from `"64KiB/s"`, `"1MB/s"`, `"500B/s"` (decimal `kB`/`MB`/`GB`, binary
+/// `KiB`/`MiB`/`GiB`); `None` unless above zero.
+fn parse_bandwidth(text: &str) -> Option<u64> {
+    let per_second = text.trim().strip_suffix("/s")?.trim();
+    let split = per_second
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(per_second.len());
+    let (number, unit) = per_second.split_at(split);
+    let scale: f64 = match unit.trim() {
+        "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = (number.parse::<f64>().ok()? * scale).round();
+    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes as u64)
 }
 
 fn list<T: fmt::Display>(items: &[T]) -> String {

@@ -1,4 +1,5 @@
-//! The scenario file as written: serde types that mirror schema 1 key for key.
+//! The scenario file as written: serde types that mirror schema 1 key for key, except the keys
+//! a kind owns (`targets/<kind>/schema.rs`), which are taken out before these read the rest.
 //!
 //! Every table denies unknown keys, and values that later validation must point at keep their
 //! byte span (`Spanned`), so each error can name file, line, column and key.
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use crate::spec::{BackupMethod, CheckKind, DataFile, FaultKind, Fsync, RestorePoint, TargetKind};
+use crate::spec::{BackupMethod, CheckKind, FaultKind, RestorePoint, TargetKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +62,6 @@ pub struct RawTarget {
     #[serde(default)]
     pub checks: Vec<Spanned<CheckKind>>,
     pub objectives: Spanned<RawObjectives>,
-    pub persistence: Option<Spanned<RawPersistence>>,
     pub source: Option<Spanned<RawSource>>,
     #[serde(default)]
     pub queries: Vec<Spanned<RawQuery>>,
@@ -101,15 +101,6 @@ pub struct RawQuery {
     pub freshness: Option<Spanned<bool>>,
 }
 
-/// Redis persistence settings, passed to `redis-server`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPersistence {
-    pub appendonly: Option<bool>,
-    pub appendfsync: Option<Spanned<Fsync>>,
-    pub save: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDataset {
@@ -144,8 +135,6 @@ pub struct RawBackup {
 #[serde(deny_unknown_fields)]
 pub struct RawRestore {
     pub from: Spanned<RestorePoint>,
-    /// Redis: repair a damaged AOF with `redis-check-aof --fix` before restarting.
-    pub repair: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +143,7 @@ pub struct RawObjectives {
     pub rto: Spanned<HumanDuration>,
     pub rpo: Spanned<HumanDuration>,
     pub max_lost_writes: Option<Spanned<i64>>,
+    pub write_p99: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,12 +154,13 @@ pub struct RawFault {
     pub at: Spanned<HumanDuration>,
     #[serde(rename = "for")]
     pub for_: Option<Spanned<HumanDuration>>,
-    pub relation: Option<Spanned<String>>,
-    pub file: Option<Spanned<DataFile>>,
-    pub queue: Option<Spanned<String>>,
     pub artefact: Option<Spanned<String>>,
     pub delay: Option<Spanned<HumanDuration>>,
     pub jitter: Option<Spanned<HumanDuration>>,
+    /// `latency`: bytes per second each way, per connection (`"64KiB/s"`).
+    pub bandwidth: Option<Spanned<String>>,
+    /// `latency`: each connection is reset once it has been open this long during the fault.
+    pub reset: Option<Spanned<HumanDuration>>,
 }
 
 /// A humantime duration string ("500ms", "5s", "2m").

@@ -29,12 +29,23 @@ impl Validator<'_> {
             ("dataset", raw.dataset.as_ref().map(|d| d.span())),
             ("workload", raw.workload.as_ref().map(|w| w.rate.span())),
             ("backup", raw.backup.as_ref().map(|b| b.span())),
-            ("persistence", raw.persistence.as_ref().map(|p| p.span())),
         ];
         if let Some((k, Some(span))) = drill_only.into_iter().find(|(_, s)| s.is_some()) {
             return Err(self.at.error(
                 span,
                 key(k),
+                format!(
+                    "a restore test (`source`) restores your own backup: `{k}` belongs to drills"
+                ),
+            ));
+        }
+
+        let keys = self.kind_keys(name, kind)?;
+        if let Some(k) = keys.names().first() {
+            let full = key(k);
+            return Err(self.at.error(
+                super::span_of(&self.doc, &full).unwrap_or(source.span()),
+                full,
                 format!(
                     "a restore test (`source`) restores your own backup: `{k}` belongs to drills"
                 ),
@@ -127,13 +138,6 @@ impl Validator<'_> {
                 ));
             }
         }
-        if let Some(r) = &restore_raw.repair {
-            return Err(self.at.error(
-                r.span(),
-                key("restore.repair"),
-                "repair applies to a drill's restart, not to a restore test",
-            ));
-        }
 
         let mut checks = Vec::new();
         for check in &raw.checks {
@@ -197,6 +201,13 @@ impl Validator<'_> {
                 "an RTO of 0s can never be met: every recovery takes time",
             ));
         }
+        if let Some(p) = &o.write_p99 {
+            return Err(self.at.error(
+                p.span(),
+                key("objectives.write_p99"),
+                "a restore test has no workload, so no write latency to judge",
+            ));
+        }
         if let Some(m) = &o.max_lost_writes {
             return Err(self.at.error(
                 m.span(),
@@ -205,7 +216,7 @@ impl Validator<'_> {
             ));
         }
 
-        Ok(TargetSpec {
+        let mut spec = TargetSpec {
             name: name.to_string(),
             kind,
             image: raw.image.as_ref().map(|i| i.get_ref().clone()),
@@ -217,14 +228,14 @@ impl Validator<'_> {
             rate: 0,
             backup: None,
             restore,
-            repair: false,
             checks,
             objectives: Objectives {
                 rto,
                 rpo: o.rpo.get_ref().0,
                 max_lost_writes: None,
+                write_p99: None,
             },
-            persistence: None,
+            options: std::sync::Arc::new(()),
             volume_limit: None,
             proxied: false,
             source: Some(SourceSpec {
@@ -241,7 +252,11 @@ impl Validator<'_> {
             }),
             queries,
             database,
-        })
+        };
+        // A restore test gives its kind no keys: the kind's defaults.
+        spec.options = (caps.options)(&keys, &spec)
+            .map_err(|e| self.key_error(&format!("targets.{name}"), e))?;
+        Ok(spec)
     }
 
     /// A path; a relative one is read from the scenario file's folder.

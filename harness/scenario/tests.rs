@@ -71,7 +71,8 @@ fn a_good_file_becomes_domain_types() {
         Objectives {
             rto: Duration::from_secs(60),
             rpo: Duration::from_secs(10),
-            max_lost_writes: Some(3)
+            max_lost_writes: Some(3),
+            write_p99: None,
         }
     );
     assert_eq!(
@@ -81,12 +82,9 @@ fn a_good_file_becomes_domain_types() {
             kind: FaultKind::DropTable,
             at: Duration::from_secs(12),
             hold: None,
-            relation: Some("orders".into()),
-            file: None,
-            queue: None,
+            aim: Some("orders".into()),
             artefact: None,
-            delay: None,
-            jitter: None,
+            toxics: None,
         }]
     );
     assert_eq!(s.timeouts, Timeouts::default());
@@ -282,7 +280,7 @@ fn kind_specific_rules() {
         .replace("at = \"12s\"", "at = \"12s\"\nfor = \"3s\"");
     assert_eq!(
         parse_text(&slowed).expect_err("no delay").to_string(),
-        "s.toml:16:8: faults[0].delay: fault `latency` needs `delay`, above zero: the time added each way"
+        "s.toml:16:8: faults[0].delay: fault `latency` needs `delay` above zero (the time added each way), `bandwidth` or `reset`"
     );
     let jittery = slowed.replace(
         "for = \"3s\"",
@@ -296,7 +294,53 @@ fn kind_specific_rules() {
     );
     let s = parse_text(&jittery.replace("\"20ms\"", "\"5ms\"")).expect("a valid latency");
     assert!(s.targets[0].proxied);
-    assert_eq!(s.faults[0].delay, Some(Duration::from_millis(10)));
+    assert_eq!(
+        s.faults[0].toxics.map(|t| t.delay),
+        Some(Duration::from_millis(10))
+    );
+    let judged = jittery
+        .replace("\"20ms\"", "\"5ms\"")
+        .replace("rpo = ", "write_p99 = \"150ms\", rpo = ");
+    assert_eq!(
+        parse_text(&judged).unwrap().targets[0].objectives.write_p99,
+        Some(Duration::from_millis(150))
+    );
+    let unslowed = in_place
+        .replace("kind = \"drop-table\"", "kind = \"pause\"")
+        .replace("at = \"12s\"", "at = \"12s\"\nfor = \"3s\"")
+        .replace("rpo = ", "write_p99 = \"150ms\", rpo = ");
+    assert!(
+        parse_text(&unslowed)
+            .unwrap_err()
+            .to_string()
+            .contains("objectives.write_p99: write_p99 judges the writes while a `latency` fault lasts: this target has none"),
+    );
+    let choked = slowed.replace(
+        "for = \"3s\"",
+        "for = \"3s\"\nbandwidth = \"64KiB/s\"\nreset = \"2s\"",
+    );
+    let s = parse_text(&choked).expect("bandwidth and resets alone");
+    let toxics = s.faults[0].toxics.unwrap();
+    assert_eq!(toxics.bandwidth, Some(65_536));
+    assert_eq!(toxics.reset, Some(Duration::from_secs(2)));
+    assert!(toxics.delay.is_zero());
+    for (bad, want) in [
+        (
+            "\"64KiB\"",
+            "s.toml:19:13: faults[0].bandwidth: invalid bandwidth \"64KiB\": bytes per second above zero, such as \"64KiB/s\" or \"1MB/s\"",
+        ),
+        (
+            "\"0B/s\"",
+            "s.toml:19:13: faults[0].bandwidth: invalid bandwidth \"0B/s\": bytes per second above zero, such as \"64KiB/s\" or \"1MB/s\"",
+        ),
+    ] {
+        let text = choked.replace("\"64KiB/s\"", bad);
+        assert_eq!(parse_text(&text).unwrap_err().to_string(), want);
+    }
+    assert_eq!(
+        error_after("at = \"12s\"", "at = \"12s\"\nreset = \"1s\""),
+        "s.toml:18:9: faults[0].reset: fault `drop-table` does not take `reset`"
+    );
     assert_eq!(
         error_after("from = \"latest\"", "from = \"restart\""),
         "s.toml:11:21: targets.pg.checks: check `row-counts` compares with the restored backup, but restore.from is `restart`"
@@ -603,14 +647,14 @@ queue = "orders.classic"
 at = "8s"
 "#;
     let s = parse_text(text).unwrap();
-    assert_eq!(s.faults[0].queue.as_deref(), Some("orders.classic"));
+    assert_eq!(s.faults[0].aim.as_deref(), Some("orders.classic"));
     let e = parse_text(&text.replace("\"orders.classic\"", "\"orders.lost\"")).unwrap_err();
     assert_eq!(
         e.to_string(),
         "s.toml:14:9: faults[0].queue: the fixture has no queue \"orders.lost\" (queues: orders.quorum, orders.classic)"
     );
     let default = parse_text(&text.replace("queue = \"orders.classic\"\n", "")).unwrap();
-    assert_eq!(default.faults[0].queue.as_deref(), Some("orders.quorum"));
+    assert_eq!(default.faults[0].aim.as_deref(), Some("orders.quorum"));
 }
 
 #[test]
@@ -756,4 +800,68 @@ drift = "1%"
         e.to_string().contains("`workload` belongs to drills"),
         "{e}"
     );
+}
+
+#[test]
+fn a_kinds_own_keys_are_checked_by_the_kind_and_refused_elsewhere() {
+    let redis = r#"schema = 1
+name = "kinds"
+
+[targets.cache]
+kind = "redis"
+persistence = { appendonly = true, appendfsync = "everysec", save = "" }
+backup = { method = "redis-aof", every = "5s" }
+restore = { from = "restart", repair = true }
+checks = ["ledger"]
+objectives = { rto = "60s", rpo = "0s" }
+
+[[faults]]
+target = "cache"
+kind = "corrupt-data-file"
+at = "8s"
+file = "aof-tail"
+"#;
+    let s = parse_text(redis).unwrap();
+    let options = s.targets[0]
+        .options_of::<crate::targets::redis::schema::RedisOptions>()
+        .expect("redis options");
+    assert!(options.repair && options.persistence.appendonly);
+    assert_eq!(s.faults[0].aim.as_deref(), Some("aof-tail"));
+
+    let errors = [
+        (
+            redis.replace("kind = \"redis\"", "kind = \"postgres\""),
+            "s.toml:6:15: targets.cache.persistence: `persistence` is a key of redis targets; postgres targets do not take it",
+        ),
+        (
+            redis.replace("appendonly = true", "appendonli = true"),
+            "s.toml:6:17: targets.cache.persistence.appendonli: unknown field `appendonli`, expected one of `appendonly`, `appendfsync`, `save`",
+        ),
+        (
+            redis.replace("appendonly = true, ", ""),
+            "s.toml:7:21: targets.cache.backup.method: backup method `redis-aof` copies the append-only file: set persistence.appendonly = true",
+        ),
+        (
+            redis.replace("\"restart\"", "\"latest\""),
+            "s.toml:8:39: targets.cache.restore.repair: repair runs `redis-check-aof --fix` before a restart: it needs restore.from = \"restart\" and persistence.appendonly = true",
+        ),
+        (
+            redis.replace("\"aof-tail\"", "\"rdb\""),
+            "s.toml:16:8: faults[0].file: with appendonly the server loads the AOF and ignores dump.rdb: damage `aof` or `aof-tail`",
+        ),
+        (
+            redis.replace("\"aof-tail\"", "\"wal\""),
+            "s.toml:16:8: faults[0].file: unknown data file \"wal\" (files: rdb, aof, aof-tail)",
+        ),
+        (
+            redis.replace("file = \"aof-tail\"", "relation = \"orders\""),
+            "s.toml:16:12: faults[0].relation: fault `corrupt-data-file` on a redis target does not take `relation`",
+        ),
+    ];
+    let got: Vec<String> = errors
+        .iter()
+        .map(|(text, _)| parse_text(text).unwrap_err().to_string())
+        .collect();
+    let want: Vec<&str> = errors.iter().map(|(_, want)| *want).collect();
+    assert_eq!(got, want);
 }

@@ -73,6 +73,24 @@ pub struct Fetched {
     pub made_at_time: SystemTime,
 }
 
+impl Fetched {
+    /// The folder the fetched copy lies in: what a container mounts to reach it.
+    pub fn folder(&self) -> &Path {
+        self.local
+            .parent()
+            .expect("a fetched copy lies in the run folder")
+    }
+
+    /// The fetched copy's name in [`Fetched::folder`].
+    pub fn file_name(&self) -> String {
+        self.local
+            .file_name()
+            .expect("a fetched copy has a name")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 /// A fetched WAL archive.
 #[derive(Debug, Clone, Serialize)]
 pub struct WalArchive {

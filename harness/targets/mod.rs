@@ -1,10 +1,12 @@
 //! Targets: one module per service kind, each implementing [`Target`]. A kind declares what it
-//! supports in its [`Capabilities`], which `validate` reads without starting anything. A
-//! [`Site`] is where a run's targets live: [`site::DockerSite`] on a Docker engine.
+//! supports, and the scenario keys it owns, in its [`Capabilities`], which validation reads
+//! without starting anything. A [`Site`] is where a run's targets live: [`site::DockerSite`] on
+//! a Docker engine.
 
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
+pub mod schema;
 pub mod service;
 pub mod site;
 
@@ -79,31 +81,29 @@ pub struct Capabilities {
     pub backups: &'static [BackupMethod],
     pub faults: &'static [FaultKind],
     pub checks: &'static [CheckKind],
-    /// The options a fault takes on this kind, beyond `target`, `kind`, `at` and `for`.
-    pub fault_options: &'static [(FaultKind, FaultOption)],
-    /// Whether targets take Redis-style `persistence` (and `restore.repair` of the AOF).
-    pub persistence: bool,
+    /// The keys a target of this kind takes beyond the common ones, dotted from the target's
+    /// table (Redis: `persistence`, `restore.repair`).
+    pub target_keys: &'static [&'static str],
+    /// Checks those keys and returns the kind's options ([`TargetSpec::options`]).
+    pub options: schema::TargetOptionsFn,
+    /// The key a fault takes on this kind beyond the common ones (`relation`, `file`,
+    /// `queue`), by fault.
+    pub fault_keys: &'static [(FaultKind, &'static str)],
+    /// Checks a fault against a target of this kind; returns what it aims at.
+    pub aim: schema::FaultAimFn,
     /// The checks a restore test of the user's own backup (`source`) may run.
     pub source_checks: &'static [CheckKind],
     /// The key a user query of this kind asks with (`sql`, `command` or `queue`).
     pub query_key: &'static str,
 }
 
-/// An option of a fault that only some kinds take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultOption {
-    /// `relation`: the table it aims at (one of `datasets`).
-    Relation,
-    /// `file`: the data file it damages.
-    File,
-    /// `queue`: the queue it aims at (one of `datasets`).
-    Queue,
-}
-
 impl Capabilities {
-    /// Whether `fault` takes `option` on this kind.
-    pub fn takes(&self, fault: FaultKind, option: FaultOption) -> bool {
-        self.fault_options.contains(&(fault, option))
+    /// The kind's key `fault` takes on this kind, if any.
+    pub fn fault_key(&self, fault: FaultKind) -> Option<&'static str> {
+        self.fault_keys
+            .iter()
+            .find(|(f, _)| *f == fault)
+            .map(|(_, k)| *k)
     }
 }
 
@@ -228,8 +228,8 @@ pub trait Target: Send + Sync {
     /// Waits, without touching the service, until it answers again (after a fault healed).
     async fn serve_again(&mut self, timeout: Duration) -> Result<()>;
 
-    /// Repairs the stopped service's own files before a `restart` (`restore.repair`); returns
-    /// what the repair tool says it did.
+    /// Before a `restart`: repairs the stopped service's own files when the target's options
+    /// ask for it (Redis `restore.repair`); returns what the repair tool says it did.
     async fn repair(&mut self) -> Result<Option<String>> {
         Ok(None)
     }
@@ -272,9 +272,9 @@ pub trait Target: Send + Sync {
     /// A fresh write and its read-back: the last condition of recovery.
     async fn round_trip(&self) -> Result<()>;
 
-    /// Outages the service's own logs show that no injected fault explains: each a line naming
-    /// the container and what it logged. None where the kind cannot tell.
-    async fn unasked_outages(&self) -> Vec<String> {
+    /// Outages the service's own logs show that none of the `injected` faults explains: each a
+    /// line naming the container and what it logged. None where the kind cannot tell.
+    async fn unasked_outages(&self, _injected: &[FaultKind]) -> Vec<String> {
         Vec::new()
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::TargetEnv;
 use crate::docker::{Container, ContainerSpec, Docker};
+use crate::spec::{FaultKind, FaultSpec, Toxics};
 
 /// How long a connection may take to open, unless the kind says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -186,6 +187,32 @@ impl Service {
             .await
     }
 
+    /// A fault every kind suffers alike, at the container or its network rather than its data:
+    /// `kill`, `stop`, `pause`, `network-partition`, `latency` and `volume-loss`. `None` for a
+    /// fault that is the kind's own.
+    pub async fn inject_outage(&mut self, fault: &FaultSpec) -> Option<Result<serde_json::Value>> {
+        Some(match fault.kind {
+            FaultKind::Kill => self.kill().await,
+            FaultKind::Stop => self.stop().await,
+            FaultKind::Pause => self.pause().await,
+            FaultKind::NetworkPartition => self.partition().await,
+            FaultKind::Latency => self.slow_down(fault.toxics.expect("validation sets the toxics")),
+            FaultKind::VolumeLoss => self.lose_volume().await,
+            _ => return None,
+        })
+    }
+
+    /// Heals an outage of [`Service::inject_outage`] that lasts `for` (`pause`,
+    /// `network-partition`, `latency`); any other fault does not heal.
+    pub async fn heal(&self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        match fault.kind {
+            FaultKind::Pause => self.unpause().await,
+            FaultKind::NetworkPartition => self.reconnect().await,
+            FaultKind::Latency => self.speed_up(),
+            other => bail!("fault {other} does not heal"),
+        }
+    }
+
     /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
     pub async fn kill(&self) -> Result<serde_json::Value> {
         let c = self.containers.serving()?;
@@ -353,34 +380,37 @@ impl Service {
         self.containers.start(&self.env.docker, spec).await
     }
 
-    /// The `latency` fault: from now on every chunk of data between the target and its
-    /// clients waits `delay ± jitter` in drillrig's proxy, each way.
-    pub fn slow_down(&self, delay: Duration, jitter: Duration) -> Result<serde_json::Value> {
-        let Some((proxy, _)) = &self.proxy else {
-            bail!(
-                "target {} is not behind the latency proxy",
-                self.env.spec.name
-            );
-        };
-        proxy.set(Some(crate::proxy::Latency { delay, jitter }));
+    /// The `latency` fault: from now on drillrig's proxy applies `toxics` to every connection
+    /// between the target and its clients.
+    pub fn slow_down(&self, toxics: Toxics) -> Result<serde_json::Value> {
+        let proxy = self.proxy()?;
+        proxy.set(Some(toxics));
         Ok(serde_json::json!({
             "proxy_port": proxy.port(),
-            "delay_ms": delay.as_millis() as u64,
-            "jitter_ms": jitter.as_millis() as u64,
+            "delay_ms": toxics.delay.as_millis() as u64,
+            "jitter_ms": toxics.jitter.as_millis() as u64,
+            "bandwidth_bytes_per_s": toxics.bandwidth,
+            "reset_after_ms": toxics.reset.map(|r| r.as_millis() as u64),
             "each_way": true,
+            "resets_before": proxy.resets(),
         }))
     }
 
-    /// Heals `latency`: the proxy copies without delay again.
+    /// Heals `latency`: the proxy only copies again. Says how many connections it has reset.
     pub fn speed_up(&self) -> Result<serde_json::Value> {
-        let Some((proxy, _)) = &self.proxy else {
-            bail!(
+        let proxy = self.proxy()?;
+        proxy.set(None);
+        Ok(serde_json::json!({ "delay_ms": 0, "resets_so_far": proxy.resets() }))
+    }
+
+    fn proxy(&self) -> Result<&crate::proxy::Proxy> {
+        match &self.proxy {
+            Some((proxy, _)) => Ok(proxy),
+            None => bail!(
                 "target {} is not behind the latency proxy",
                 self.env.spec.name
-            );
-        };
-        proxy.set(None);
-        Ok(serde_json::json!({ "delay_ms": 0 }))
+            ),
+        }
     }
 
     /// Publishes the serving container's host port, then polls `ready` on it (a real query,

@@ -227,6 +227,31 @@ impl Stderr {
         }
     }
 
+    /// Calls `seen(i)` as the first line containing `markers[i]` comes, for each marker in
+    /// whatever order they come; `Err` when one has not come within `limit`.
+    pub fn on_each(
+        &self,
+        markers: &[&str],
+        limit: Duration,
+        mut seen: impl FnMut(usize),
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut left: Vec<usize> = (0..markers.len()).collect();
+        while !left.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(wait).map_err(|e| {
+                format!(
+                    "no {:?} ({e:?})",
+                    left.iter().map(|&i| markers[i]).collect::<Vec<_>>()
+                )
+            })?;
+            if let Some(at) = left.iter().position(|&i| line.contains(markers[i])) {
+                seen(left.remove(at));
+            }
+        }
+        Ok(())
+    }
+
     /// Everything the drill wrote to stderr, once it has ended.
     pub fn all(self) -> String {
         self.reader.join().expect("the reader does not panic")

@@ -209,67 +209,115 @@ fn validate_reports_each_bad_file_and_exits_2() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: "));
 }
 
-/// A backend killed behind the drill's back: PostgreSQL restarts every session, an outage no
-/// fault of the scenario caused. The drill finds it in the server's own log and misses,
-/// although every objective and check would have passed.
+/// Each kind hit behind the drill's back while its workload runs, beside the faults the scenario
+/// asks for: a PostgreSQL backend SIGKILLed (the postmaster restarts every session), Redis's data
+/// folder made read-only under a one-second save rule (the save fails and Redis refuses writes
+/// until one succeeds), a RabbitMQ disk alarm raised (every publisher blocked). Each service logs
+/// it (read here from the engine directly), no probe or objective notices, and the drill finds
+/// each line in the service's own log and misses.
 #[test]
-fn a_backend_crash_no_fault_caused_is_found_in_the_log_and_fails_the_drill() {
+fn outages_no_fault_caused_are_found_in_each_services_log_and_fail_the_drill() {
     let _engine = engine();
-    let dir = out_dir("pg-unasked-crash");
-    let mut child = spawn_drill("scenarios/pg-kill.toml", &dir);
+    let dir = out_dir("unasked-every-kind");
+    let mut child = spawn_drill("tests/scenarios/unasked-every-kind.toml", &dir);
     wait_until(
         &mut child,
         Duration::from_secs(120),
-        "the pg-kill drill's container",
-        || running_run_id("pg-kill").is_some(),
+        "the drill's containers",
+        || running_run_id("unasked-every-kind").is_some(),
     );
-    let run_id = running_run_id("pg-kill").unwrap();
-    let container = format!("drillrig-{run_id}-pg-1");
-    // The drill logs each phase as it begins: kill the workload's backend a second into it
-    // (the fault is at 8 s).
+    let run_id = running_run_id("unasked-every-kind").unwrap();
+    let container = |target: &str| format!("drillrig-{run_id}-{target}-1");
+    let logged = |target: &str, line: &str| -> bool {
+        let out = Command::new("docker")
+            .args(["logs", &container(target)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(line)
+            || String::from_utf8_lossy(&out.stderr).contains(line)
+    };
+    // Each target is hit a second into its own workload (its fault is at 8 s), so the damage is
+    // done and undone before the fault and long before its log is read.
     let stderr = Stderr::follow(&mut child);
+    let mut hits = Vec::new();
     stderr
-        .wait_for("pg: phase workload", Duration::from_secs(120))
-        .expect("the workload began");
-    std::thread::sleep(Duration::from_secs(1));
-    let backend = Command::new("docker")
-        .args([
-            "exec",
-            &container,
-            "pgrep",
-            "-o",
-            "-f",
-            "postgres: postgres drill",
-        ])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&backend.stdout).trim().to_string();
-    assert!(!pid.is_empty(), "no backend of the drill's database");
-    let killed = Command::new("docker")
-        .args(["exec", &container, "kill", "-9", &pid])
-        .output()
-        .unwrap();
-    assert!(
-        killed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&killed.stderr)
-    );
+        .on_each(
+            &[
+                "pg: phase workload",
+                "cache: phase workload",
+                "mq: phase workload",
+            ],
+            Duration::from_secs(180),
+            |i| {
+                let (pg, cache, mq) = (container("pg"), container("cache"), container("mq"));
+                hits.push(std::thread::spawn(move || {
+                    let run = |args: &[&str]| {
+                        let out = Command::new("docker").args(args).output().unwrap();
+                        assert!(out.status.success(), "docker {args:?}: {out:?}");
+                        String::from_utf8_lossy(&out.stdout).trim().to_string()
+                    };
+                    std::thread::sleep(Duration::from_secs(1));
+                    match i {
+                        0 => {
+                            let pid = run(&[
+                                "exec",
+                                &pg,
+                                "pgrep",
+                                "-o",
+                                "-f",
+                                "postgres: postgres drill",
+                            ]);
+                            assert!(!pid.is_empty(), "no backend of the drill's database");
+                            run(&["exec", &pg, "kill", "-9", &pid]);
+                        }
+                        1 => {
+                            run(&["exec", "-u", "root", &cache, "chmod", "0555", "/data"]);
+                            std::thread::sleep(Duration::from_secs(4));
+                            run(&["exec", "-u", "root", &cache, "chmod", "0755", "/data"]);
+                        }
+                        _ => {
+                            let ctl = ["exec", "-u", "rabbitmq", &mq, "rabbitmqctl"];
+                            run(&[&ctl[..], &["set_disk_free_limit", "1000GB"]].concat());
+                            std::thread::sleep(Duration::from_secs(3));
+                            run(&[&ctl[..], &["set_disk_free_limit", "50MB"]].concat());
+                        }
+                    }
+                }));
+            },
+        )
+        .expect("every target's workload began");
+    for hit in hits {
+        hit.join().expect("the hit behind the drill's back worked");
+    }
+    // Each service says so itself, before the drill reads anything.
+    let said = [
+        ("pg", "terminating any other active server processes"),
+        ("cache", "Background saving error"),
+        ("mq", "resource limit alarm set"),
+    ];
+    for (target, line) in said {
+        assert!(logged(target, line), "{target} never logged {line:?}");
+    }
     let status = child.wait().unwrap();
     let log = stderr.all();
     let report = read_report(&dir);
-    let t = &report["targets"][0];
-    let outages = t["unasked_outages"].as_array().cloned().unwrap_or_default();
-    assert!(
-        outages.iter().any(|o| o
-            .as_str()
+    for (target, line) in said {
+        let t = report["targets"]
+            .as_array()
             .unwrap()
-            .contains("terminating any other active server processes")),
-        "{report:#}\n{log}"
-    );
+            .iter()
+            .find(|t| t["name"] == target)
+            .unwrap();
+        let outages = t["unasked_outages"].as_array().cloned().unwrap_or_default();
+        assert!(
+            outages.iter().any(|o| o.as_str().unwrap().contains(line)),
+            "{target}: {outages:?}\n{log}"
+        );
+        // Nothing else missed: every acknowledged write is there.
+        assert_eq!(t["rpo"]["lost_writes"], 0, "{target}: {report:#}");
+    }
     assert_eq!(report["outcome"], "missed", "{report:#}");
     assert_eq!(status.code(), Some(1));
-    // Nothing else missed: the crash kept every acknowledged write.
-    assert_eq!(t["rpo"]["lost_writes"], 0);
     assert_no_leftovers(&run_id);
 }
 

@@ -20,9 +20,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
-use super::{
-    Capabilities, FaultOption, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv,
-};
+use super::{Capabilities, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv, schema};
 use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
@@ -68,11 +66,16 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::WalContinuity,
     ],
-    fault_options: &[
-        (FaultKind::CorruptDataFile, FaultOption::Relation),
-        (FaultKind::DropTable, FaultOption::Relation),
+    target_keys: &[],
+    options: schema::no_options,
+    fault_keys: &[
+        (FaultKind::CorruptDataFile, "relation"),
+        (FaultKind::DropTable, "relation"),
     ],
-    persistence: false,
+    aim: |_, key, value, _| match key {
+        Some(key) => schema::dataset_aim(value, CAPABILITIES.datasets, key, "table"),
+        None => Ok(None),
+    },
     source_checks: &[
         CheckKind::Amcheck,
         CheckKind::ForeignKeys,
@@ -394,23 +397,14 @@ impl Target for Postgres {
     }
 
     async fn inject(&mut self, fault: &FaultSpec, backups: &[Backup]) -> Result<serde_json::Value> {
-        let relation = fault
-            .relation
-            .as_deref()
-            .unwrap_or(CAPABILITIES.datasets[0]);
+        if let Some(done) = self.service.inject_outage(fault).await {
+            return done;
+        }
+        let relation = fault.aim.as_deref().unwrap_or(CAPABILITIES.datasets[0]);
         match fault.kind {
-            FaultKind::Kill => self.service.kill().await,
-            FaultKind::Stop => self.service.stop().await,
-            FaultKind::Pause => self.service.pause().await,
-            FaultKind::NetworkPartition => self.service.partition().await,
-            FaultKind::Latency => self.service.slow_down(
-                fault.delay.expect("validation requires a delay"),
-                fault.jitter.unwrap_or_default(),
-            ),
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
             FaultKind::DropTable => faults::drop_table(self, relation).await,
             FaultKind::BadUpdate => faults::bad_update(self).await,
-            FaultKind::VolumeLoss => self.service.lose_volume().await,
             FaultKind::DeleteWalSegment => physical::delete_segment(self, backups),
             other => bail!("fault {other} is not a postgres fault"),
         }
@@ -437,12 +431,7 @@ impl Target for Postgres {
     }
 
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
-        match fault.kind {
-            FaultKind::Pause => self.service.unpause().await,
-            FaultKind::NetworkPartition => self.service.reconnect().await,
-            FaultKind::Latency => self.service.speed_up(),
-            other => bail!("fault {other} does not heal"),
-        }
+        self.service.heal(fault).await
     }
 
     async fn serve_again(&mut self, limit: Duration) -> Result<()> {
@@ -558,7 +547,7 @@ impl Target for Postgres {
         Ok(())
     }
 
-    async fn unasked_outages(&self) -> Vec<String> {
+    async fn unasked_outages(&self, _injected: &[FaultKind]) -> Vec<String> {
         self.service.log_lines(&[CRASH_RESTART]).await
     }
 }

@@ -28,17 +28,8 @@ pub(super) async fn restore(
         return replay(pg, f, phases).await;
     }
     phases.enter(Phase::Provision);
-    let dir = f
-        .local
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no folder", f.local.display()))?
-        .to_path_buf();
-    let file_name = f
-        .local
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
-        .to_string_lossy()
-        .into_owned();
+    let dir = f.folder().to_path_buf();
+    let file_name = f.file_name();
     let (name, volume) = pg.service.next_container().await?;
     let spec = pg.container_spec(name, volume, Vec::new(), vec![(dir, MOUNT.into(), true)]);
     pg.start_container(spec, Ready::Serving, pg.service.env.timeouts.restore)
@@ -147,18 +138,12 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
             format!("pgbackrest's WAL archive of stanza {}", set.stanza),
         ),
         (None, Some(wal)) => (
-            f.local
-                .parent()
-                .expect("fetched into a folder")
-                .to_path_buf(),
+            f.folder().to_path_buf(),
             Some(format!("cp {ARCHIVE}/%f %p")),
             format!("{} WAL file(s)", wal.files),
         ),
         (None, None) if f.format == Format::PgBasePlain => (
-            f.local
-                .parent()
-                .expect("fetched into a folder")
-                .to_path_buf(),
+            f.folder().to_path_buf(),
             None,
             "the WAL the backup holds (no archive given)".to_string(),
         ),
@@ -350,12 +335,7 @@ async fn load(
             String::new()
         }
         None => {
-            let file_name = f
-                .local
-                .file_name()
-                .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
-                .to_string_lossy()
-                .into_owned();
+            let file_name = f.file_name();
             // pg_verifybackup reads the files as the backup holds them: a plain folder where
             // it lies, a tar once unpacked, before anything in it changes.
             let (unpack, verified_dir, manifest) = if f.format == Format::PgBasePlain {

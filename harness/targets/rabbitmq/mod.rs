@@ -26,7 +26,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::service::{Connector, Service, Session, connect_to};
-use super::{Capabilities, FaultOption, RestoreRequest, Restored, Target, TargetEnv};
+use super::{Capabilities, RestoreRequest, Restored, Target, TargetEnv, schema};
 use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
@@ -66,8 +66,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupSize,
         CheckKind::BackupAge,
     ],
-    fault_options: &[(FaultKind::DeleteQueue, FaultOption::Queue)],
-    persistence: false,
+    target_keys: &[],
+    options: schema::no_options,
+    fault_keys: &[(FaultKind::DeleteQueue, "queue")],
+    aim: |_, key, value, _| match key {
+        Some(key) => schema::dataset_aim(value, CAPABILITIES.datasets, key, "queue"),
+        None => Ok(None),
+    },
     source_checks: &[
         CheckKind::Definitions,
         CheckKind::BackupIntegrity,
@@ -84,6 +89,8 @@ const USER: &str = "drill";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The workload's routing key; the `orders` topology binds `order.#` to every queue.
 const ROUTING_KEY: &str = "order.created";
+/// What the broker logs when a memory or disk alarm blocks every publisher.
+const ALARM_SET: &str = "resource limit alarm set";
 
 /// The topology of the `orders` fixture, read from its definitions file.
 #[derive(Debug, Clone)]
@@ -478,18 +485,13 @@ impl Target for RabbitMq {
         _backups: &[Backup],
     ) -> Result<serde_json::Value> {
         *self.browsed.get_mut() = None;
+        if let Some(done) = self.service.inject_outage(fault).await {
+            return done;
+        }
         match fault.kind {
-            FaultKind::Kill => self.service.kill().await,
-            FaultKind::Stop => self.service.stop().await,
-            FaultKind::Pause => self.service.pause().await,
-            FaultKind::NetworkPartition => self.service.partition().await,
-            FaultKind::Latency => self.service.slow_down(
-                fault.delay.expect("validation requires a delay"),
-                fault.jitter.unwrap_or_default(),
-            ),
             FaultKind::DeleteQueue => {
                 let queue = fault
-                    .queue
+                    .aim
                     .clone()
                     .unwrap_or_else(|| CAPABILITIES.datasets[0].into());
                 let (connection, channel) = self.channel().await?;
@@ -514,7 +516,6 @@ impl Target for RabbitMq {
                 }
                 Ok(serde_json::json!({ "commands": script }))
             }
-            FaultKind::VolumeLoss => self.service.lose_volume().await,
             other => bail!("fault {other} is not a rabbitmq fault"),
         }
     }
@@ -527,12 +528,7 @@ impl Target for RabbitMq {
     }
 
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
-        match fault.kind {
-            FaultKind::Pause => self.service.unpause().await,
-            FaultKind::NetworkPartition => self.service.reconnect().await,
-            FaultKind::Latency => self.service.speed_up(),
-            other => bail!("fault {other} does not heal"),
-        }
+        self.service.heal(fault).await
     }
 
     async fn serve_again(&mut self, limit: Duration) -> Result<()> {
@@ -647,6 +643,12 @@ impl Target for RabbitMq {
             }
             other => CheckResult::unknown(other, "not a rabbitmq check"),
         }
+    }
+
+    async fn unasked_outages(&self, _injected: &[FaultKind]) -> Vec<String> {
+        // An alarm blocks publishers while the broker answers everything else: no fault
+        // drillrig injects raises one.
+        self.service.log_lines(&[ALARM_SET]).await
     }
 
     async fn round_trip(&self) -> Result<()> {

@@ -15,12 +15,13 @@ use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::schema::DataFile;
 use super::{DATA, PORT, Redis};
 use crate::backup::{Artefact, Backup, FreshBackup};
 use crate::checks::CheckResult;
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phase, RecoveryPhases};
-use crate::spec::{BackupMethod, CheckKind, DataFile};
+use crate::spec::{BackupMethod, CheckKind};
 use crate::targets::{RestoreRequest, Restored};
 
 const RDB_FILE: &str = "dump.rdb";
@@ -343,7 +344,7 @@ pub(super) async fn restore(
         .query_async(&mut con)
         .await
         .map_err(|e| anyhow!("DBSIZE: {e}"))?;
-    if !appendonly && r.persistence.appendonly {
+    if !appendonly && r.options.persistence.appendonly {
         // Back to the scenario's persistence: the AOF is rewritten from the loaded data.
         redis::cmd("CONFIG")
             .arg("SET")
@@ -373,17 +374,8 @@ pub(super) async fn restore_source(
 ) -> Result<Restored> {
     phases.enter(Phase::Provision);
     let (name, volume) = r.service.next_container().await?;
-    let dir = f
-        .local
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no folder", f.local.display()))?
-        .to_path_buf();
-    let file = f
-        .local
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no name", f.local.display()))?
-        .to_string_lossy()
-        .into_owned();
+    let dir = f.folder().to_path_buf();
+    let file = f.file_name();
     let tools = r
         .service
         .env

@@ -6,6 +6,7 @@
 //! `redis-server`, `redis-cli` and `redis-check-*` run inside containers, never on the host.
 
 mod files;
+pub mod schema;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,14 +17,15 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
 use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
-use super::{Capabilities, FaultOption, RestoreRequest, Restored, Target, TargetEnv};
+use super::{Capabilities, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, DatasetDigest, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
 use crate::docker::image::DefaultImage;
 use crate::measure::{Prober, RecoveryPhases};
-use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec, Persistence};
+use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec};
 use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
+use schema::RedisOptions;
 
 pub const CAPABILITIES: Capabilities = Capabilities {
     image: DefaultImage {
@@ -58,8 +60,10 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::RedisCheck,
     ],
-    fault_options: &[(FaultKind::CorruptDataFile, FaultOption::File)],
-    persistence: true,
+    target_keys: schema::TARGET_KEYS,
+    options: schema::options,
+    fault_keys: &[(FaultKind::CorruptDataFile, "file")],
+    aim: schema::aim,
     source_checks: &[
         CheckKind::RedisCheck,
         CheckKind::BackupIntegrity,
@@ -85,6 +89,11 @@ const KEYSPACE: &str = "keyspace";
 const SPACE_PROBE: &str = "drillrig:disk-full-probe";
 /// How long Redis may take to refuse writes on a full volume, or to accept them again.
 const SPACE_WAIT: Duration = Duration::from_secs(10);
+/// What Redis logs when it crashes (its bug report).
+const CRASHED: &str = "crashed by signal";
+/// What Redis logs when a save or an AOF write failed, after which it refuses writes
+/// (`stop-writes-on-bgsave-error`, or the AOF's own error) until one succeeds again.
+const WRITES_REFUSED: [&str; 2] = ["Background saving error", "Error writing to the AOF file"];
 /// `bad-update`: every tenth seeded item (`n % 10 = ARGV[2]`) that exists is overwritten
 /// through the normal client, one script: a logical disaster the server cannot notice.
 const BAD_UPDATE: &str = r"
@@ -147,17 +156,21 @@ fn value_digest(value: &str) -> u64 {
 
 pub struct Redis {
     service: Service,
-    persistence: Persistence,
+    options: RedisOptions,
     /// `redis-check-rdb` / `redis-check-aof` on the restored backup, run before the restore.
     artefact_check: Mutex<Option<CheckResult>>,
 }
 
 impl Redis {
     pub fn new(env: TargetEnv) -> Self {
-        let persistence = env.spec.persistence.clone().unwrap_or_default();
+        let options = env
+            .spec
+            .options_of::<RedisOptions>()
+            .cloned()
+            .unwrap_or_default();
         Redis {
             service: Service::new(env, "Redis"),
-            persistence,
+            options,
             artefact_check: Mutex::new(None),
         }
     }
@@ -183,7 +196,7 @@ impl Redis {
     /// `redis-server` with the scenario's persistence; `appendonly` overrides it (an RDB restore
     /// must load with the AOF off).
     fn server_command(&self, appendonly: bool) -> Vec<String> {
-        let p = &self.persistence;
+        let p = &self.options.persistence;
         [
             "redis-server",
             // The password is in this file, never on the command line.
@@ -335,7 +348,7 @@ impl Target for Redis {
         let spec = self.container_spec(
             name,
             volume,
-            self.server_command(self.persistence.appendonly),
+            self.server_command(self.options.persistence.appendonly),
             Vec::new(),
         );
         self.start_container(spec, self.service.env.timeouts.provision)
@@ -361,7 +374,7 @@ impl Target for Redis {
                 .await
                 .map_err(|e| anyhow!("load fixture {fixture} (items {first}..{last}): {e}"))?;
         }
-        if self.persistence.appendonly {
+        if self.options.persistence.appendonly {
             // As on a long-running server, the old data sits in the AOF's base file and the
             // incremental file holds what came since: the workload.
             files::rewrite_aof(&mut con).await?;
@@ -395,15 +408,10 @@ impl Target for Redis {
         fault: &FaultSpec,
         _backups: &[Backup],
     ) -> Result<serde_json::Value> {
+        if let Some(done) = self.service.inject_outage(fault).await {
+            return done;
+        }
         match fault.kind {
-            FaultKind::Kill => self.service.kill().await,
-            FaultKind::Stop => self.service.stop().await,
-            FaultKind::Pause => self.service.pause().await,
-            FaultKind::NetworkPartition => self.service.partition().await,
-            FaultKind::Latency => self.service.slow_down(
-                fault.delay.expect("validation requires a delay"),
-                fault.jitter.unwrap_or_default(),
-            ),
             FaultKind::DiskFull => {
                 let mut details = self.service.fill_volume(DATA).await?;
                 details["refused_with"] = serde_json::json!(self.refusal_for_space().await?);
@@ -434,9 +442,8 @@ impl Target for Redis {
                 }))
             }
             FaultKind::CorruptDataFile => {
-                files::damage(self, fault.file.expect("validation sets the file")).await
+                files::damage(self, schema::data_file(fault.aim.as_deref())).await
             }
-            FaultKind::VolumeLoss => self.service.lose_volume().await,
             other => bail!("fault {other} is not a redis fault"),
         }
     }
@@ -448,15 +455,12 @@ impl Target for Redis {
 
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
         match fault.kind {
-            FaultKind::Pause => self.service.unpause().await,
-            FaultKind::NetworkPartition => self.service.reconnect().await,
-            FaultKind::Latency => self.service.speed_up(),
             FaultKind::DiskFull => {
                 let mut details = self.service.empty_volume(DATA).await?;
                 details["writes_again_after_ms"] = serde_json::json!(self.writable_again().await?);
                 Ok(details)
             }
-            other => bail!("fault {other} does not heal"),
+            _ => self.service.heal(fault).await,
         }
     }
 
@@ -488,6 +492,9 @@ impl Target for Redis {
     }
 
     async fn repair(&mut self) -> Result<Option<String>> {
+        if !self.options.repair {
+            return Ok(None);
+        }
         files::repair_aof(self).await.map(Some)
     }
 
@@ -581,6 +588,17 @@ impl Target for Redis {
             bail!("the canary reads back as {back:?}");
         }
         Ok(())
+    }
+
+    async fn unasked_outages(&self, injected: &[FaultKind]) -> Vec<String> {
+        // A crash ends the container (the server runs under the engine's init), but it is told
+        // in the log; a failed save or AOF write makes Redis refuse every write while reads
+        // and probes go on, unless a `disk-full` the scenario injected explains it.
+        let mut patterns = vec![CRASHED];
+        if !injected.contains(&FaultKind::DiskFull) {
+            patterns.extend(WRITES_REFUSED);
+        }
+        self.service.log_lines(&patterns).await
     }
 }
 
