@@ -89,8 +89,6 @@ impl CheckResult {
 
 /// What the checks compare against.
 pub struct Evidence<'a> {
-    /// The ledger against the read-back; `Err` says why the read-back failed.
-    pub comparison: &'a Result<Comparison, String>,
     /// The backup that was restored, if the restore used one.
     pub backup: Option<&'a Backup>,
     /// Every completed backup of the target, oldest first.

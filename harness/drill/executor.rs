@@ -594,20 +594,7 @@ impl Executor<'_> {
         let limit = s.timeouts.check;
         let step_overran =
             |step: &str| overran(&format!("{step} of {name}"), limit, "timeouts.check");
-        let comparison = match tokio::time::timeout(limit, target.read_back()).await {
-            Ok(Ok(read)) => Ok(compare(ledger, &read)),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(_) => return Err(step_overran("reading the workload back")),
-        };
-        let seed_read = tokio::time::Instant::now();
-        let seed_now = match tokio::time::timeout(limit, target.seed_facts()).await {
-            Ok(r) => r.map_err(|e| format!("{e:#}")),
-            Err(_) => return Err(step_overran("reading the seed back")),
-        };
-        let mut seed_check = checks::seed(&seeded.facts, seed_now.clone());
-        seed_check.duration_ms = seed_read.elapsed().as_millis() as u64;
         let evidence = Evidence {
-            comparison: &comparison,
             backup: restored,
             catalog,
             fault_began: t_fault,
@@ -617,14 +604,45 @@ impl Executor<'_> {
         let target_ref: &dyn Target = target;
         // `row-counts` and `checksums` compare the same reading: it is taken once.
         let restored_contents = tokio::sync::OnceCell::new();
-        let results = try_join_all(
-            spec.checks
-                .iter()
-                .map(|&c| run_check(c, target_ref, &evidence, &restored_contents, limit)),
-        )
-        .await
-        .map_err(|o| step_overran(&format!("check {}", o.check)))?;
-        let mut results = results;
+        // Everything after the restore reads side by side: the workload's writes, the seed, and
+        // every check but `ledger`, which compares the writes read back with the ledger.
+        let seed_read = tokio::time::Instant::now();
+        let (read, seed_now, checked) = tokio::join!(
+            tokio::time::timeout(limit, target_ref.read_back()),
+            async {
+                let facts = tokio::time::timeout(limit, target_ref.seed_facts()).await;
+                (facts, seed_read.elapsed())
+            },
+            try_join_all(
+                spec.checks
+                    .iter()
+                    .filter(|&&c| c != CheckKind::Ledger)
+                    .map(|&c| run_check(c, target_ref, &evidence, &restored_contents, limit)),
+            )
+        );
+        let comparison = match read {
+            Ok(Ok(read)) => Ok(compare(ledger, &read)),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => return Err(step_overran("reading the workload back")),
+        };
+        let (seed_now, seed_took) = seed_now;
+        let seed_now = match seed_now {
+            Ok(r) => r.map_err(|e| format!("{e:#}")),
+            Err(_) => return Err(step_overran("reading the seed back")),
+        };
+        let mut seed_check = checks::seed(&seeded.facts, seed_now.clone());
+        seed_check.duration_ms = seed_took.as_millis() as u64;
+        let mut checked = checked
+            .map_err(|o| step_overran(&format!("check {}", o.check)))?
+            .into_iter();
+        let mut results: Vec<CheckResult> = spec
+            .checks
+            .iter()
+            .map(|&c| match c {
+                CheckKind::Ledger => checks::ledger(&comparison),
+                _ => checked.next().expect("one result per check"),
+            })
+            .collect();
         results.push(seed_check);
         let all_passed =
             restore_error.is_none() && results.iter().all(|c| c.status == CheckStatus::Passed);
@@ -757,7 +775,7 @@ async fn run_check(
     let started = tokio::time::Instant::now();
     let work = async {
         match check {
-            CheckKind::Ledger => checks::ledger(evidence.comparison),
+            CheckKind::Ledger => unreachable!("the ledger check compares the read-back, after it"),
             CheckKind::RowCounts | CheckKind::Checksums => {
                 let Some(backup) = evidence.backup else {
                     return CheckResult::unknown(check, "no backup was restored to compare with");

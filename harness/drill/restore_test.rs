@@ -140,7 +140,6 @@ impl Executor<'_> {
                     CheckKind::BackupSize => size(f, previous, name, source.size_tolerance),
                     kind_check if restore_error.is_none() => {
                         let evidence = Evidence {
-                            comparison: &Err("a restore test has no workload".into()),
                             backup: None,
                             catalog: &[],
                             fault_began: start,

@@ -122,8 +122,9 @@ impl<C: Connector> Session<C> {
 /// The files `disk-full` fills a data volume with.
 const FILLER: &str = "drillrig-filler";
 
-/// Polls this often until a container is ready.
-const READY_POLL: Duration = Duration::from_millis(100);
+/// Polls this often until a container is ready: the wait is part of every RTO, so a coarse
+/// poll would add up to its period to each recovery.
+const READY_POLL: Duration = Duration::from_millis(25);
 /// One readiness check that takes longer fails, and the next one starts: a client library
 /// waiting on a half-open connection must not hold up provisioning until its deadline.
 const READY_ATTEMPT: Duration = Duration::from_secs(10);

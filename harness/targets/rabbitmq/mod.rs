@@ -89,6 +89,22 @@ const USER: &str = "drill";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The workload's routing key; the `orders` topology binds `order.#` to every queue.
 const ROUTING_KEY: &str = "order.created";
+/// Whether `definitions` (an export's JSON) give `user` every right on `vhost`.
+fn grants_all(definitions: &[u8], user: &str, vhost: &str) -> bool {
+    let Ok(defs) = serde_json::from_slice::<serde_json::Value>(definitions) else {
+        return false;
+    };
+    defs["permissions"].as_array().is_some_and(|ps| {
+        ps.iter().any(|p| {
+            p["user"] == user
+                && p["vhost"] == vhost
+                && ["configure", "write", "read"]
+                    .iter()
+                    .all(|right| p[*right] == ".*")
+        })
+    })
+}
+
 /// What the broker logs when a memory or disk alarm blocks every publisher.
 const ALARM_SET: &str = "resource limit alarm set";
 
@@ -388,16 +404,20 @@ impl RabbitMq {
         self.rabbitmqctl(&["import_definitions", "/tmp/drillrig-definitions.json"])
             .await
             .context("import the definitions")?;
-        self.rabbitmqctl(&[
-            "set_permissions",
-            "-p",
-            &self.topology.vhost,
-            USER,
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .await?;
+        // A drill's own export already grants its user the vhost; a user's export may not (each
+        // rabbitmqctl call boots an Erlang VM: most of a second of the RTO).
+        if !grants_all(definitions, USER, &self.topology.vhost) {
+            self.rabbitmqctl(&[
+                "set_permissions",
+                "-p",
+                &self.topology.vhost,
+                USER,
+                ".*",
+                ".*",
+                ".*",
+            ])
+            .await?;
+        }
         self.wait_ready(limit, true).await
     }
 
@@ -782,5 +802,23 @@ impl Prober for MqProber {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grants_all;
+
+    #[test]
+    fn only_every_right_on_the_vhost_counts_as_a_grant() {
+        let defs = |p: &str| format!(r#"{{"permissions":[{p}]}}"#).into_bytes();
+        let all = r#"{"user":"drill","vhost":"drill","configure":".*","write":".*","read":".*"}"#;
+        assert!(grants_all(&defs(all), "drill", "drill"));
+        assert!(!grants_all(&defs(all), "drill", "other"));
+        assert!(!grants_all(&defs(all), "guest", "drill"));
+        let read_only = all.replace(r#""write":".*""#, r#""write":"""#);
+        assert!(!grants_all(&defs(&read_only), "drill", "drill"));
+        assert!(!grants_all(b"not json", "drill", "drill"));
+        assert!(!grants_all(b"{}", "drill", "drill"));
     }
 }

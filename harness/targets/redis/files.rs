@@ -22,7 +22,7 @@ use crate::checks::CheckResult;
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phase, RecoveryPhases};
 use crate::spec::{BackupMethod, CheckKind};
-use crate::targets::{RestoreRequest, Restored};
+use crate::targets::{RestoreRequest, Restored, TargetEnv};
 
 const RDB_FILE: &str = "dump.rdb";
 const AOF_DIR: &str = "appendonlydir";
@@ -257,30 +257,38 @@ pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::
 
 /// A short-lived container of the target's image, to run a tool on files: `mounts` are
 /// `(volume, path)`; the repository is mounted read-only at `/repository`.
-async fn helper(r: &Redis, name: &str, volume: Option<(String, String)>) -> Result<Container> {
+async fn helper(
+    env: &TargetEnv,
+    name: &str,
+    volume: Option<(String, String)>,
+) -> Result<Container> {
     // A drill without backups has no repository folder yet.
-    std::fs::create_dir_all(&r.service.env.repository)
-        .with_context(|| format!("create {}", r.service.env.repository.display()))?;
+    std::fs::create_dir_all(&env.repository)
+        .with_context(|| format!("create {}", env.repository.display()))?;
     let spec = ContainerSpec {
         name: name.to_string(),
-        image: r.service.env.image.clone(),
+        image: env.image.clone(),
         env: Vec::new(),
         cmd: vec!["infinity".into()],
         port: PORT,
         volume,
-        binds: vec![(r.service.env.repository.clone(), REPOSITORY.into(), true)],
+        binds: vec![(env.repository.clone(), REPOSITORY.into(), true)],
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
         files: Vec::new(),
         hostname: None,
-        startup_timeout: r.service.env.timeouts.provision,
+        startup_timeout: env.timeouts.provision,
     };
-    r.service.env.docker.start(&spec).await
+    env.docker.start(&spec).await
 }
 
-/// `redis-check-rdb` or `redis-check-aof` on a backup's artefacts, read from the repository.
-async fn check_artefacts(r: &Redis, backup: &Backup, tools: &Container) -> CheckResult {
+/// `redis-check-rdb` or `redis-check-aof` on the restored backup's own files in the repository
+/// (the `redis-check` check): in the restored server's container, which mounts the repository
+/// read-only, while the server runs; in a helper container when it does not (it could not load
+/// them).
+pub(super) async fn check_backup(r: &Redis, backup: &Backup) -> CheckResult {
     let check = CheckKind::RedisCheck;
+    let env = &r.service.env;
     let Some(folder) = backup.dir.file_name().and_then(|n| n.to_str()) else {
         return CheckResult::unknown(check, format!("backup {} has no folder", backup.id));
     };
@@ -293,19 +301,37 @@ async fn check_artefacts(r: &Redis, backup: &Backup, tools: &Container) -> Check
         _ => (
             "redis-check-aof",
             format!(
-                "cp -r {REPOSITORY}/{folder}/{AOF_DIR} /tmp/check && redis-check-aof /tmp/check/{AOF_MANIFEST}"
+                "rm -rf /tmp/check && cp -r {REPOSITORY}/{folder}/{AOF_DIR} /tmp/check && redis-check-aof /tmp/check/{AOF_MANIFEST}"
             ),
         ),
     };
-    let ran = r
-        .service
-        .env
-        .docker
-        .exec(tools, "root", &["sh", "-c", &script])
-        .await;
-    crate::checks::from_tool(check, tool, backup.id, ran, |out| {
-        format!("{tool} on backup {}: {}", backup.id, out.tail())
-    })
+    let sh = ["sh", "-c", script.as_str()];
+    let verdict = |ran| {
+        crate::checks::from_tool(check, tool, backup.id, ran, |out| {
+            format!("{tool} on backup {}: {}", backup.id, out.tail())
+        })
+    };
+    if let Ok(server) = r.service.containers.serving()
+        && let Ok(out) = env.docker.exec(server, "root", &sh).await
+    {
+        return verdict(Ok(out));
+    }
+    let name = format!(
+        "{}-check",
+        r.service
+            .containers
+            .serving()
+            .map_or(env.spec.name.as_str(), |c| c.name.as_str())
+    );
+    let tools = match helper(env, &name, None).await {
+        Ok(tools) => tools,
+        Err(e) => return CheckResult::unknown(check, format!("no helper container: {e:#}")),
+    };
+    let ran = env.docker.exec(&tools, "root", &sh).await;
+    if let Err(e) = env.docker.remove(&tools).await {
+        tracing::warn!("remove {}: {e:#}", tools.name);
+    }
+    verdict(ran)
 }
 
 pub(super) async fn restore(
@@ -316,12 +342,6 @@ pub(super) async fn restore(
     let backup = request.backup;
     phases.enter(Phase::Provision);
     let (name, volume) = r.service.next_container().await?;
-    let tools = helper(r, &format!("{name}-check"), None).await?;
-
-    phases.enter(Phase::Fetch);
-    let checked = check_artefacts(r, backup, &tools).await;
-    r.service.env.docker.remove(&tools).await?;
-    *r.artefact_check.lock().expect("not poisoned") = Some(checked);
 
     phases.enter(Phase::Restore);
     // An RDB loads only with the AOF off: a server with appendonly yes would start empty.
@@ -336,7 +356,10 @@ pub(super) async fn restore(
         ),
         other => bail!("{other} is not a redis backup method"),
     };
-    let spec = r.container_spec(name, volume, r.server_command(appendonly), copy_in);
+    let mut spec = r.container_spec(name, volume, r.server_command(appendonly), copy_in);
+    // The repository, read-only, for the `redis-check` check of the backup's own files.
+    spec.binds
+        .push((r.service.env.repository.clone(), REPOSITORY.into(), true));
     r.start_container(spec, r.service.env.timeouts.restore)
         .await?;
     let mut con = r.connect().await?;
@@ -544,7 +567,7 @@ pub(super) async fn repair_aof(r: &mut Redis) -> Result<String> {
         c.name.rsplit_once('-').map_or(c.name.as_str(), |(n, _)| n)
     );
     let tools = helper(
-        r,
+        &r.service.env,
         &format!("{name}-{}", r.service.containers.generation()),
         Some((volume, DATA.into())),
     )
