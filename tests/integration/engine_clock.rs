@@ -318,5 +318,7 @@ pub fn assert_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
                 && ["kill", "die", "stop", "destroy"].contains(&e.action.as_str())
         })
         .expect("the teardown stopped something");
-    assert_near("teardown start", from, first);
+    // Removing a running container is a stop the engine logs once it has taken the request
+    // (62 ms after the teardown began under CI's load, seen once): it falls inside the step.
+    assert_inside("teardown start", from, to, first);
 }

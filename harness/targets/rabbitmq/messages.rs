@@ -1,7 +1,7 @@
 //! Queue contents and definitions: the non-destructive read of a queue, `rabbitmq-export`
 //! backups (definitions, plus every message of every queue as JSON lines), the restore that
-//! boots a node on the definitions and republishes the messages (restore tests import theirs
-//! with rabbitmqctl), and the definitions check.
+//! imports the definitions and republishes the messages (also for restore tests), and the
+//! definitions check.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -213,13 +213,14 @@ pub(super) async fn restore(
 ) -> Result<Restored> {
     let backup = request.backup;
     phases.enter(Phase::Provision);
+    mq.start_container().await?;
+
+    phases.enter(Phase::Fetch);
     let definitions = std::fs::read(backup.dir.join(DEFINITIONS))
         .with_context(|| format!("read the definitions of backup {}", backup.id))?;
-    // The fresh node imports the backup's definitions as it boots: a drill's export holds its
-    // user, with the run's password, and grants it the vhost.
-    mq.start_container(Some(&definitions))
+    mq.import(&definitions, mq.service.env.timeouts.restore)
         .await
-        .with_context(|| format!("import the definitions of backup {} at boot", backup.id))?;
+        .with_context(|| format!("restore the definitions of backup {}", backup.id))?;
 
     phases.enter(Phase::Restore);
     let lines = std::fs::read_to_string(backup.dir.join(MESSAGES))

@@ -105,10 +105,6 @@ fn grants_all(definitions: &[u8], user: &str, vhost: &str) -> bool {
     })
 }
 
-/// A restore's definitions, imported by the node as it boots, and the setting that says so.
-const BOOT_DEFINITIONS: &str = "/etc/rabbitmq/drillrig-definitions.json";
-const BOOT_DEFINITIONS_CONF: &str = "/etc/rabbitmq/conf.d/20-drillrig-definitions.conf";
-
 /// What the broker logs when a memory or disk alarm blocks every publisher.
 const ALARM_SET: &str = "resource limit alarm set";
 
@@ -331,22 +327,8 @@ impl RabbitMq {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts a fresh node and waits until it answers. With `definitions` (an export's JSON),
-    /// the node imports them as it boots (`load_definitions`, RabbitMQ's recommended way to
-    /// pre-configure a node: no rabbitmqctl call, which boots an Erlang VM of its own, after
-    /// it), and it is ready once every queue of the topology exists.
-    async fn start_container(&mut self, definitions: Option<&[u8]>) -> Result<()> {
+    async fn start_container(&mut self) -> Result<()> {
         let (name, volume) = self.service.next_container().await?;
-        let files = match definitions {
-            None => Vec::new(),
-            Some(d) => vec![
-                (
-                    BOOT_DEFINITIONS_CONF.into(),
-                    format!("load_definitions = {BOOT_DEFINITIONS}\n").into_bytes(),
-                ),
-                (BOOT_DEFINITIONS.into(), d.to_vec()),
-            ],
-        };
         let spec = ContainerSpec {
             name,
             image: self.service.env.image.clone(),
@@ -363,14 +345,14 @@ impl RabbitMq {
             binds: Vec::new(),
             entrypoint: None,
             copy_in: Vec::new(),
-            files,
+            files: Vec::new(),
             // The node name (rabbit@<hostname>) stays the same across restarts.
             hostname: Some(format!("drillrig-{}", self.service.env.spec.name)),
             startup_timeout: self.service.env.timeouts.provision
                 + self.service.env.timeouts.restore,
         };
         self.service.start(&spec).await?;
-        self.wait_ready(self.service.env.timeouts.provision, definitions.is_some())
+        self.wait_ready(self.service.env.timeouts.provision, false)
             .await
     }
 
@@ -457,7 +439,7 @@ impl RabbitMq {
 #[async_trait]
 impl Target for RabbitMq {
     async fn provision(&mut self) -> Result<()> {
-        self.start_container(None).await
+        self.start_container().await
     }
 
     async fn seed(&mut self) -> Result<()> {

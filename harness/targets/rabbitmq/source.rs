@@ -22,7 +22,7 @@ pub(super) async fn restore(
     phases: &mut RecoveryPhases,
 ) -> Result<Restored> {
     phases.enter(Phase::Provision);
-    mq.start_container(None).await?;
+    mq.start_container().await?;
 
     phases.enter(Phase::Restore);
     let text = std::fs::read(&f.local).with_context(|| format!("read {}", f.object))?;
