@@ -87,7 +87,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 /// common schema reads it, to be handed to each target's kind.
 struct KindOwned<'i> {
     /// Per target: its kind-owned keys, shaped as in its table.
-    targets: BTreeMap<String, Spanned<DeTable<'i>>>,
+    targets: BTreeMap<String, KindKeys<'i>>,
     /// Per fault, in file order: the kind-owned keys it holds (`relation`, `file`, `queue`).
     faults: Vec<Vec<(String, Spanned<DeValue<'i>>)>>,
 }
@@ -120,12 +120,15 @@ impl<'i> KindOwned<'i> {
                     continue;
                 };
                 let mut keys = DeTable::new();
-                for dotted in &target_keys {
-                    take_key(table, &mut keys, dotted);
-                }
-                owned
-                    .targets
-                    .insert(name.get_ref().to_string(), Spanned::new(span, keys));
+                let names = target_keys
+                    .iter()
+                    .filter(|dotted| take_key(table, &mut keys, dotted))
+                    .map(|dotted| dotted.to_string())
+                    .collect();
+                owned.targets.insert(
+                    name.get_ref().to_string(),
+                    KindKeys::new(Spanned::new(span, keys), names),
+                );
             }
         }
         if let Some(DeValue::Array(faults)) = doc.get_mut().get_mut("faults").map(Spanned::get_mut)
@@ -147,26 +150,27 @@ impl<'i> KindOwned<'i> {
 }
 
 /// Moves `dotted` (`persistence`, `restore.repair`) from `from` into `to`, keeping its place in
-/// the file and the shape of the tables around it.
-fn take_key<'i>(from: &mut DeTable<'i>, to: &mut DeTable<'i>, dotted: &str) {
+/// the file and the shape of the tables around it; whether the file had it.
+fn take_key<'i>(from: &mut DeTable<'i>, to: &mut DeTable<'i>, dotted: &str) -> bool {
     match dotted.split_once('.') {
-        None => {
-            if let Some((key, value)) = from.remove_entry(dotted) {
+        None => match from.remove_entry(dotted) {
+            Some((key, value)) => {
                 to.insert(key, value);
+                true
             }
-        }
+            None => false,
+        },
         Some((outer, rest)) => {
             let Some((key, inner)) = from.get_key_value(outer) else {
-                return;
+                return false;
             };
             let (key, span) = (key.clone(), inner.span());
             let Some(DeValue::Table(inner)) = from.get_mut(outer).map(Spanned::get_mut) else {
-                return;
+                return false;
             };
             let mut taken = DeTable::new();
-            take_key(inner, &mut taken, rest);
-            if taken.is_empty() {
-                return;
+            if !take_key(inner, &mut taken, rest) {
+                return false;
             }
             match to.get_mut(outer).map(Spanned::get_mut) {
                 Some(DeValue::Table(existing)) => existing.extend(taken),
@@ -174,6 +178,7 @@ fn take_key<'i>(from: &mut DeTable<'i>, to: &mut DeTable<'i>, dotted: &str) {
                     to.insert(key, Spanned::new(span, DeValue::Table(taken)));
                 }
             }
+            true
         }
     }
 }
@@ -348,13 +353,12 @@ impl<'a> Validator<'a> {
 
     /// Target `name`'s keys that kinds own, after checking its kind owns each of them.
     fn kind_keys(&self, name: &str, kind: TargetKind) -> Checked<KindKeys<'a>> {
-        let keys = KindKeys::new(
-            self.owned
-                .targets
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| Spanned::new(0..0, DeTable::new())),
-        );
+        let keys = self
+            .owned
+            .targets
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| KindKeys::new(Spanned::new(0..0, DeTable::new()), Vec::new()));
         let caps = capabilities(kind);
         for key in keys.names() {
             if caps.target_keys.contains(&key.as_str()) {

@@ -37,35 +37,21 @@ impl KeyError {
 
 /// A target's keys that its kind owns, shaped as in the target's table (`persistence`,
 /// `restore.repair`) and holding only them.
+#[derive(Clone)]
 pub struct KindKeys<'i> {
     table: Spanned<DeTable<'i>>,
+    names: Vec<String>,
 }
 
 impl<'i> KindKeys<'i> {
-    pub fn new(table: Spanned<DeTable<'i>>) -> KindKeys<'i> {
-        KindKeys { table }
+    /// `table` holds the keys named (dotted) in `names`.
+    pub fn new(table: Spanned<DeTable<'i>>, names: Vec<String>) -> KindKeys<'i> {
+        KindKeys { table, names }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.table.get_ref().is_empty()
-    }
-
-    /// The keys' names, dotted (`restore.repair`).
-    pub fn names(&self) -> Vec<String> {
-        fn walk(prefix: &str, table: &DeTable<'_>, out: &mut Vec<String>) {
-            for (k, v) in table.iter() {
-                let name = format!("{prefix}{}", k.get_ref());
-                match v.get_ref() {
-                    DeValue::Table(t) if prefix.is_empty() && k.get_ref() == "restore" => {
-                        walk(&format!("{name}."), t, out);
-                    }
-                    _ => out.push(name),
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk("", self.table.get_ref(), &mut out);
-        out
+    /// The keys' names, dotted (`restore.repair`), as the file gives them.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The keys as the kind's own serde type (which denies keys it does not know).

@@ -155,21 +155,17 @@ pub fn aim(
         span: Some(value.span()),
         message,
     };
-    let file = DataFile::ALL
-        .iter()
-        .copied()
-        .find(|f| f.as_str() == value.get_ref())
-        .ok_or_else(|| {
-            error(format!(
-                "unknown data file {:?} (files: {})",
-                value.get_ref(),
-                DataFile::ALL
-                    .iter()
-                    .map(|f| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+    let file = DataFile::parse(value.get_ref()).ok_or_else(|| {
+        error(format!(
+            "unknown data file {:?} (files: {})",
+            value.get_ref(),
+            DataFile::ALL
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     if (file != DataFile::Rdb) != p.appendonly {
         return Err(error(if p.appendonly {
             "with appendonly the server loads the AOF and ignores dump.rdb: damage `aof` or `aof-tail`".into()
@@ -182,9 +178,6 @@ pub fn aim(
 
 /// The data file a validated fault aims at.
 pub fn data_file(aim: Option<&str>) -> DataFile {
-    DataFile::ALL
-        .iter()
-        .copied()
-        .find(|f| Some(f.as_str()) == aim)
+    aim.and_then(DataFile::parse)
         .expect("validation sets the file")
 }
