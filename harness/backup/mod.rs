@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Micros;
@@ -22,14 +23,36 @@ pub struct DatasetDigest {
 /// Datasets by name, in name order.
 pub type Contents = BTreeMap<String, DatasetDigest>;
 
+/// The snapshot a backup was taken from, still open on the service, so that its contents are
+/// read only for the one backup the drill's restore will use: reading every table at every
+/// scheduled backup would load the service with work the drill throws away. Dropping it
+/// releases the snapshot.
+#[async_trait]
+pub trait HeldSnapshot: Send + Sync {
+    /// Row counts and digests of what the snapshot holds.
+    async fn contents(self: Box<Self>) -> Result<Contents>;
+}
+
+impl std::fmt::Debug for dyn HeldSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldSnapshot")
+    }
+}
+
+/// Why a manifest's `contents` are empty while its snapshot is held.
+pub const CONTENTS_HELD: &str = "read only for the backup a restore uses";
+
 /// What a target reports about a backup it took.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FreshBackup {
     /// When the backup's consistency point was fixed (run µs): every write acknowledged before
     /// it is in the backup.
     pub consistent_at: Micros,
     pub artefacts: Vec<Artefact>,
+    /// What the backup holds, when the target read it with the backup; else `held`.
     pub contents: Contents,
+    /// The snapshot to read `contents` from later.
+    pub held: Option<Box<dyn HeldSnapshot>>,
     /// The newest workload seq the backup holds.
     pub max_seq: Option<u64>,
     /// What only this method knows (start and end LSN of a base backup, …).
@@ -49,6 +72,10 @@ pub struct Backup {
     pub finished_ms: u64,
     pub artefacts: Vec<Artefact>,
     pub contents: Contents,
+    /// Why `contents` is empty: not read (the backup was not the one restored) or the read
+    /// failed. A check comparing contents is then `unknown`, never a silent pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents_unread: Option<String>,
     pub max_seq: Option<u64>,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
@@ -161,6 +188,7 @@ mod tests {
                 sha256,
             }],
             contents: Contents::new(),
+            contents_unread: None,
             max_seq: None,
             details: serde_json::Value::Null,
         };

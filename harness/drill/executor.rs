@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::events::Events;
 use super::stop::{Stop, bounded, classify, host_storage_full, overran};
-use crate::backup::{Backup, Contents, Repository};
+use crate::backup::{Backup, CONTENTS_HELD, Contents, HeldSnapshot, Repository};
 use crate::checks::{self, CheckResult, CheckStatus, Evidence, Overran};
 use crate::clock::{Clock, Micros};
 use crate::faults;
@@ -166,8 +166,8 @@ impl Executor<'_> {
             }
         });
 
-        let span = self.events.begin("restore", Some(name));
         let mut phases = RecoveryPhases::new(clock, Phase::Detect, t_fault);
+        let span = self.events.begin("restore", Some(name));
         let restored = self
             .restore(
                 spec,
@@ -242,6 +242,9 @@ impl Executor<'_> {
         let every = plan.every.as_micros() as Micros;
         let mut next = start;
         let mut id = 0;
+        // The one snapshot the restore could still use: a backup it would not choose now, it
+        // never will, as newer backups only supersede it.
+        let mut held: Option<(u32, Box<dyn HeldSnapshot>)> = None;
         while next < until {
             tokio::time::sleep_until(self.clock.instant_at(next)).await;
             id += 1;
@@ -263,7 +266,8 @@ impl Executor<'_> {
                 error: None,
             };
             match result {
-                Ok(Ok((dir, taken))) => {
+                Ok(Ok((dir, mut taken))) => {
+                    let snapshot = taken.held.take();
                     let backup = Backup {
                         target: spec.name.clone(),
                         id,
@@ -274,6 +278,7 @@ impl Executor<'_> {
                         finished_ms,
                         artefacts: taken.artefacts,
                         contents: taken.contents,
+                        contents_unread: snapshot.as_ref().map(|_| CONTENTS_HELD.to_string()),
                         max_seq: taken.max_seq,
                         details: taken.details,
                     };
@@ -291,6 +296,13 @@ impl Executor<'_> {
                             entry.size_bytes
                         );
                         catalog.push(backup);
+                        if let Some(snapshot) = snapshot {
+                            held = Some((id, snapshot));
+                        }
+                        let chosen =
+                            choose_backup(&catalog, spec.restore, self.clock.micros(), &self.clock)
+                                .map(|b| b.id);
+                        held = held.filter(|(id, _)| Some(*id) == chosen);
                     }
                 }
                 Ok(Err(e)) if host_storage_full(&e) => {
@@ -322,7 +334,58 @@ impl Executor<'_> {
                 next += every;
             }
         }
+        if let Some((id, snapshot)) = held {
+            self.describe(spec, &mut catalog, id, snapshot).await?;
+        }
         Ok(catalog)
+    }
+
+    /// Reads the contents of backup `id`, the one the restore will use, from its held
+    /// snapshot, before any fault can take the snapshot away; bounded by `timeouts.backup`. A
+    /// failed read leaves the contents unknown, and the checks comparing them say so.
+    async fn describe(
+        &self,
+        spec: &TargetSpec,
+        catalog: &mut [Backup],
+        id: u32,
+        snapshot: Box<dyn HeldSnapshot>,
+    ) -> Result<(), Stop> {
+        let span = self.events.begin("describe-backup", Some(&spec.name));
+        let limit = self.scenario.timeouts.backup;
+        let read = tokio::time::timeout(limit, snapshot.contents())
+            .await
+            .map_err(|_| {
+                overran(
+                    &format!("reading the contents of backup {id} of {}", spec.name),
+                    limit,
+                    "timeouts.backup",
+                )
+            })?;
+        self.events.end(span);
+        let backup = catalog
+            .iter_mut()
+            .find(|b| b.id == id)
+            .expect("a held snapshot belongs to a backup in the catalog");
+        match read {
+            Ok(contents) => {
+                backup.contents = contents;
+                backup.contents_unread = None;
+            }
+            Err(e) => {
+                warn!(
+                    "{}: reading backup {id}'s contents failed: {e:#}",
+                    spec.name
+                );
+                backup.contents_unread = Some(format!("reading its snapshot failed: {e:#}"));
+            }
+        }
+        if let Err(e) = self.repo.record(backup) {
+            warn!(
+                "{}: cannot rewrite backup {id}'s manifest: {e:#}",
+                spec.name
+            );
+        }
+        Ok(())
     }
 
     /// Fires `faults` on schedule; probing starts with the first fault that hits the service
@@ -780,6 +843,12 @@ async fn run_check(
                 let Some(backup) = evidence.backup else {
                     return CheckResult::unknown(check, "no backup was restored to compare with");
                 };
+                if let Some(why) = &backup.contents_unread {
+                    return CheckResult::unknown(
+                        check,
+                        format!("backup {}'s contents are unknown: {why}", backup.id),
+                    );
+                }
                 let now = contents
                     .get_or_init(|| async { target.contents().await.map_err(|e| format!("{e:#}")) })
                     .await;

@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow, bail};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{Backup, Contents, DatasetDigest, FreshBackup, sha256_file};
+use crate::backup::{Backup, Contents, DatasetDigest, FreshBackup, HeldSnapshot, sha256_file};
 use crate::checks::{CheckResult, Evidence};
 use crate::clock::Clock;
 use crate::docker::EnvironmentError;
@@ -27,8 +27,8 @@ use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 pub struct Behaviour {
     /// On `kill`, this many of the newest writes are lost (an unsynced tail).
     pub lose_on_kill: usize,
-    /// A step that never finishes: `open`, `provision`, `seed`, `backup`, `fault`, `restore`,
-    /// `read-back`, `round-trip`.
+    /// A step that never finishes: `open`, `provision`, `seed`, `backup`, `describe` (a
+    /// backup's contents read), `fault`, `restore`, `read-back`, `round-trip`.
     pub hang: Option<&'static str>,
     /// A step that fails at once (same names).
     pub fail: Option<&'static str>,
@@ -48,12 +48,24 @@ pub struct Behaviour {
 /// What the fake did, as it saw it.
 #[derive(Debug, Default, Clone)]
 pub struct Record {
-    /// Steps in the order they began: `provision`, `seed`, `backup`, `kill`, `restore`, ….
+    /// Steps in the order they began: `provision`, `seed`, `backup`, `kill`, `restore`, …,
+    /// and `release` when a backup's held snapshot is let go.
     pub steps: Vec<String>,
     /// Seqs the fake dropped when killed.
     pub lost: Vec<u64>,
     pub torn_down: bool,
     pub kept: bool,
+}
+
+impl Record {
+    /// The last step begun, leaving out snapshot releases (they follow whatever dropped them).
+    pub fn last_step(&self) -> Option<&str> {
+        self.steps
+            .iter()
+            .rev()
+            .map(String::as_str)
+            .find(|s| *s != "release")
+    }
 }
 
 /// The fake site: hands out fake targets and records its teardown.
@@ -173,6 +185,29 @@ impl Store {
     }
 }
 
+/// A backup's contents as the store held them, read on demand like a held database snapshot;
+/// `describe` when read, `release` when dropped.
+struct FakeSnapshot {
+    contents: Contents,
+    shared: Arc<FakeState>,
+}
+
+#[async_trait]
+impl HeldSnapshot for FakeSnapshot {
+    async fn contents(self: Box<Self>) -> Result<Contents> {
+        self.shared.step("describe").await?;
+        Ok(self.contents.clone())
+    }
+}
+
+impl Drop for FakeSnapshot {
+    fn drop(&mut self) {
+        if let Ok(mut record) = self.shared.record.lock() {
+            record.steps.push("release".into());
+        }
+    }
+}
+
 struct FakeTarget {
     name: String,
     shared: Arc<FakeState>,
@@ -273,7 +308,11 @@ impl Target for FakeTarget {
                 size,
                 sha256,
             }],
-            contents,
+            contents: Contents::new(),
+            held: Some(Box::new(FakeSnapshot {
+                contents,
+                shared: self.shared.clone(),
+            })),
             max_seq: rows.keys().next_back().copied(),
             details: serde_json::Value::Null,
         })

@@ -303,6 +303,61 @@ async fn backups_run_on_schedule_until_the_fault_and_the_latest_is_restored() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn only_the_restored_backup_has_its_contents_read_and_every_snapshot_is_let_go_first() {
+    let ran = drill_plain(&volume_loss_and_restore(), Behaviour::default()).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    let steps = &ran.record.steps;
+    let count = |step: &str| steps.iter().filter(|s| *s == step).count();
+    // Four backups, one read (the one restored), and each snapshot released before the fault.
+    assert_eq!(
+        (count("backup"), count("describe"), count("release")),
+        (4, 1, 4)
+    );
+    let fault = steps.iter().position(|s| s == "volume-loss").unwrap();
+    assert!(steps[fault..].iter().all(|s| s != "release"), "{steps:?}");
+    let described = steps.iter().position(|s| s == "describe").unwrap();
+    assert_eq!(
+        steps[..described].iter().filter(|s| *s == "backup").count(),
+        4,
+        "read after the last backup: {steps:?}"
+    );
+    let check = |name: &str| {
+        ran.target()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(check("row-counts")["status"], "passed");
+    assert!(ran.phases().contains(&"describe-backup".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backup_whose_contents_cannot_be_read_leaves_its_comparisons_unknown() {
+    let behaviour = Behaviour {
+        fail: Some("describe"),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&volume_loss_and_restore(), behaviour).await;
+    let check = ran.target()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "row-counts")
+        .cloned()
+        .unwrap();
+    assert_eq!(check["status"], "unknown", "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("backup 4's contents are unknown") && detail.contains("the fake fails"),
+        "{detail}"
+    );
+    assert_ne!(ran.result.exit, Exit::Met);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_restore_that_fails_to_load_is_a_finding_not_a_stop() {
     let behaviour = Behaviour {
         fail: Some("restore"),
@@ -354,6 +409,11 @@ const HANGS: &[(&str, &str, &str)] = &[
     ("provision", "timeouts.provision", "provision db"),
     ("seed", "timeouts.seed", "seed db"),
     ("backup", "timeouts.backup", "backup 1 of db"),
+    (
+        "describe",
+        "timeouts.backup",
+        "reading the contents of backup 4 of db",
+    ),
     ("fault", "timeouts.fault", "inject volume-loss into db"),
     ("restore", "timeouts.restore", "restore db"),
     (
@@ -388,7 +448,7 @@ async fn every_step_that_overruns_its_timeout_ends_the_drill_as_error_naming_it(
         );
         assert!(started.elapsed() >= Duration::from_secs(5), "{step}");
         assert!(ran.record.torn_down, "{step}");
-        assert_eq!(ran.record.steps.last().map(String::as_str), Some(step));
+        assert_eq!(ran.record.last_step(), Some(step), "{step}");
     }
 }
 
@@ -397,6 +457,7 @@ const INTERRUPTS: &[(&str, &str)] = &[
     ("provision", "provision"),
     ("seed", "seed"),
     ("backup", "workload"),
+    ("describe", "describe-backup"),
     ("fault", "fault volume-loss"),
     ("restore", "restore"),
     ("read-back", "verify"),
@@ -418,7 +479,8 @@ async fn an_interrupt_at_every_phase_tears_down_and_reports_how_far_it_got() {
         assert_eq!(ran.open_phase().as_deref(), Some(phase), "{step}");
         assert!(ran.record.torn_down, "{step}");
         // The partial report keeps what happened before the interrupt, and nothing after it.
-        let after_backups = ["fault", "restore", "read-back", "round-trip"].contains(&step);
+        let after_backups =
+            ["describe", "fault", "restore", "read-back", "round-trip"].contains(&step);
         let backups = ran.target()["backups"].as_array().unwrap().len();
         assert_eq!(backups, if after_backups { 4 } else { 0 }, "{step}");
         let after_fault = ["restore", "read-back", "round-trip"].contains(&step);
@@ -426,7 +488,7 @@ async fn an_interrupt_at_every_phase_tears_down_and_reports_how_far_it_got() {
         assert_eq!(faults.len(), usize::from(after_fault), "{step}");
         assert!(ran.target()["rto"]["achieved_ms"].is_null(), "{step}");
         assert_eq!(ran.phases().last().map(String::as_str), Some("teardown"));
-        assert_eq!(ran.record.steps.last().map(String::as_str), Some(step));
+        assert_eq!(ran.record.last_step(), Some(step), "{step}");
     }
 }
 
@@ -486,6 +548,7 @@ fn backup(id: u32, finished_ms: u64) -> Backup {
         finished_ms,
         artefacts: Vec::new(),
         contents: Default::default(),
+        contents_unread: None,
         max_seq: None,
         details: Value::Null,
     }

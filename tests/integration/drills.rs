@@ -121,7 +121,50 @@ fn a_corrupted_page_is_detected_and_the_latest_dump_restored() {
         t["rto"]["phases"]["provision"].as_u64().is_some()
             && t["rto"]["phases"]["restore"].as_u64().is_some()
     );
+    assert_only_the_restored_dump_was_read(&run, 50_000);
     assert_no_leftovers(run.run_id());
+}
+
+/// Only the restored dump's snapshot was read for its contents: the other manifests say why
+/// they have none, and the restored one counts in `orders` the seed's rows plus the workload's
+/// writes its snapshot holds (every one acknowledged before its consistency point, none above
+/// its newest seq), read from the ledger.
+fn assert_only_the_restored_dump_was_read(run: &Run, seeded: u64) {
+    let backup = run.restored_backup();
+    let restored = backup["id"].as_u64().unwrap();
+    let consistent_at = backup["consistent_at_ms"].as_f64().unwrap();
+    let max_seq = backup["max_seq"].as_u64().unwrap();
+    let folders = std::fs::read_dir(run.dir.join("backups/pg")).unwrap();
+    let mut read = 0;
+    for folder in folders {
+        let text = std::fs::read(folder.unwrap().path().join("manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        if manifest["id"] != restored {
+            assert_eq!(manifest["contents"], serde_json::json!({}), "{manifest}");
+            assert_eq!(
+                manifest["contents_unread"], "read only for the backup a restore uses",
+                "{manifest}"
+            );
+            continue;
+        }
+        read += 1;
+        assert!(manifest["contents_unread"].is_null(), "{manifest}");
+        let orders = manifest["contents"]["orders"]["rows"].as_u64().unwrap();
+        let ledger = run.ledger();
+        let surely_in = ledger
+            .iter()
+            .filter(|w| w.2 == "ok" && w.1 < consistent_at)
+            .count() as u64;
+        let at_most = ledger.iter().filter(|w| w.0 <= max_seq).count() as u64;
+        assert!(
+            (seeded + surely_in..=seeded + at_most).contains(&orders),
+            "backup {restored} counts {orders} orders; the seed and ledger say {} to {}",
+            seeded + surely_in,
+            seeded + at_most
+        );
+        assert!(manifest["contents"]["customers"]["rows"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(read, 1, "exactly the restored backup was read");
 }
 
 #[test]

@@ -1,17 +1,20 @@
 //! `pg-dump` backups and their restore.
 //!
 //! A backup opens a REPEATABLE READ transaction, exports its snapshot, and runs `pg_dump
-//! --snapshot` inside the container while the same snapshot yields the row counts and digests
-//! recorded in the manifest: the manifest describes exactly what the dump holds. The dump streams
-//! from the container's stdout into the repository (custom format, so `pg_restore -j` can use
-//! several jobs).
+//! --snapshot` inside the container. The transaction stays open afterwards as the backup's
+//! [`HeldSnapshot`]: if a check compares contents and this is the backup the restore will use,
+//! the same snapshot yields the row counts and digests, so they describe exactly what the dump
+//! holds, and no other backup rereads a table for them. The dump streams from the container's
+//! stdout into the repository (custom format, so `pg_restore -j` can use several jobs).
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
+use async_trait::async_trait;
+use tokio_postgres::Client;
 
 use super::{DATABASE, Postgres, Ready, checks, error_line};
-use crate::backup::{Artefact, Backup, FreshBackup};
+use crate::backup::{Artefact, Backup, Contents, FreshBackup, HeldSnapshot};
 use crate::measure::{Phase, RecoveryPhases};
 use crate::targets::Restored;
 
@@ -44,29 +47,27 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
         "--snapshot",
         &snapshot,
     ];
-    let (dumped, described) = tokio::join!(
+    let (dumped, max_seq) = tokio::join!(
         pg.service
             .env
             .docker
             .exec_to_file(c, "postgres", &cmd, &dest),
-        async {
-            // Each scheduled backup reads every table only when a check will compare it.
-            let depth = checks::Depth::for_checks(&pg.service.env.spec.checks);
-            let contents = checks::contents(&client, depth).await?;
-            let max_seq: Option<i64> = client
-                .query_one("SELECT max(seq) FROM orders", &[])
-                .await
-                .map_err(|e| anyhow!("read the newest seq in the snapshot: {}", error_line(&e)))?
-                .get(0);
-            anyhow::Ok((contents, max_seq))
-        }
+        client.query_one("SELECT max(seq) FROM orders", &[])
     );
     let (output, sha256, size) = dumped?;
-    let (contents, max_seq) = described?;
-    client
-        .batch_execute("COMMIT")
-        .await
-        .map_err(|e| anyhow!("close the backup transaction: {}", error_line(&e)))?;
+    let max_seq: Option<i64> = max_seq
+        .map_err(|e| anyhow!("read the newest seq in the snapshot: {}", error_line(&e)))?
+        .get(0);
+    let depth = checks::Depth::for_checks(&pg.service.env.spec.checks);
+    let held = if depth == checks::Depth::None {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| anyhow!("close the backup transaction: {}", error_line(&e)))?;
+        None
+    } else {
+        Some(Box::new(Snapshot { client, depth }) as Box<dyn HeldSnapshot>)
+    };
     if !output.success() {
         bail!(
             "pg_dump exited with {}: {}",
@@ -81,10 +82,24 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
             size,
             sha256,
         }],
-        contents,
+        contents: Contents::new(),
+        held,
         max_seq: max_seq.map(|s| s as u64),
         details: serde_json::json!({ "snapshot": snapshot }),
     })
+}
+
+/// A dump's snapshot, held by its open transaction.
+struct Snapshot {
+    client: Client,
+    depth: checks::Depth,
+}
+
+#[async_trait]
+impl HeldSnapshot for Snapshot {
+    async fn contents(self: Box<Self>) -> Result<Contents> {
+        checks::contents(&self.client, self.depth).await
+    }
 }
 
 pub(super) async fn restore(

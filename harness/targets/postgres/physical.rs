@@ -311,6 +311,7 @@ pub(super) async fn take(pg: &Postgres, dir: &Path) -> Result<FreshBackup> {
         parse_lsn(start).ok_or_else(|| anyhow!("backup_manifest start LSN {start:?}"))?;
     Ok(FreshBackup {
         consistent_at,
+        held: None,
         artefacts,
         contents: Contents::new(),
         max_seq: None,

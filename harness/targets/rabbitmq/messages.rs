@@ -194,6 +194,7 @@ pub(super) async fn take(mq: &RabbitMq, dir: &Path) -> Result<FreshBackup> {
     let _ = connection.close(200, "backed up".into()).await;
     Ok(FreshBackup {
         consistent_at,
+        held: None,
         artefacts: vec![
             artefact(dir, DEFINITIONS, &definitions)?,
             artefact(dir, MESSAGES, lines.as_bytes())?,

@@ -136,6 +136,7 @@ pub(super) async fn take_rdb(r: &Redis, dir: &Path) -> Result<FreshBackup> {
         std::fs::write(&path, &file.bytes).with_context(|| format!("write {}", path.display()))?;
         return Ok(FreshBackup {
             consistent_at,
+            held: None,
             artefacts: vec![Artefact {
                 file: RDB_FILE.into(),
                 size: file.bytes.len() as u64,
@@ -187,6 +188,7 @@ pub(super) async fn take_aof(r: &Redis, dir: &Path) -> Result<FreshBackup> {
     unpaused?;
     Ok(FreshBackup {
         consistent_at,
+        held: None,
         artefacts,
         contents,
         max_seq,
