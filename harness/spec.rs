@@ -25,7 +25,21 @@ pub struct Scenario {
     pub targets: Vec<TargetSpec>,
     /// Faults in `at` order (file order among equal offsets).
     pub faults: Vec<FaultSpec>,
+    /// `[platform]`: objectives for every target together.
+    pub platform: Option<PlatformObjectives>,
 }
+
+/// What the platform as a whole promises: its RTO runs from the first fault to the last
+/// target's recovery, and its RPO is the worst target's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlatformObjectives {
+    pub rto: Duration,
+    pub rpo: Duration,
+}
+
+/// The platform's row in the report and the history, beside the targets' (no target may take
+/// the name while `[platform]` is there).
+pub const PLATFORM: &str = "platform";
 
 impl Scenario {
     pub fn target(&self, name: &str) -> Option<&TargetSpec> {
@@ -84,6 +98,9 @@ pub struct TargetSpec {
     pub rate: u32,
     pub backup: Option<BackupSpec>,
     pub restore: RestorePoint,
+    /// `restore.after`: the targets whose recovery this target's restore waits for, in the
+    /// runbook's order.
+    pub restore_after: Vec<String>,
     pub checks: Vec<CheckKind>,
     pub objectives: Objectives,
     /// The kind's own options (`targets/<kind>/schema.rs`), as the kind checked them.

@@ -3,11 +3,12 @@
 //! [`faults`](Executor::faults) with detection, [`restore`](Executor::restore) and
 //! [`verify`](Executor::verify). Every step is bounded; what it learns goes to [`Events`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
@@ -33,6 +34,9 @@ pub struct Executor<'a> {
     pub repo: Repository,
     /// The run folder (the ledger CSV goes there).
     pub dir: PathBuf,
+    /// Per target, whether its drill has ended, for the restores that wait on it
+    /// (`restore.after`).
+    pub finished: BTreeMap<String, watch::Sender<bool>>,
 }
 
 /// A target's seed as it was right after seeding: the reference the `seed` check and a total
@@ -167,6 +171,7 @@ impl Executor<'_> {
         });
 
         let mut phases = RecoveryPhases::new(clock, Phase::Detect, t_fault);
+        self.wait_for_prerequisites(spec, &mut phases).await;
         let span = self.events.begin("restore", Some(name));
         let restored = self
             .restore(
@@ -195,6 +200,34 @@ impl Executor<'_> {
         .await?;
         let injected: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
         self.unasked_outages(spec, target, &injected).await
+    }
+
+    /// Marks `target`'s drill ended (recovered, or given up on): the restores waiting on it
+    /// go ahead.
+    pub fn finish(&self, target: &str) {
+        if let Some(done) = self.finished.get(target) {
+            done.send_replace(true);
+        }
+    }
+
+    /// Waits, as phase `wait`, until every target `spec` restores after has ended its drill:
+    /// the runbook's order is the order of the restores.
+    async fn wait_for_prerequisites(&self, spec: &TargetSpec, phases: &mut RecoveryPhases) {
+        if spec.restore_after.is_empty() {
+            return;
+        }
+        phases.enter(Phase::Wait);
+        let span = self.events.begin(
+            &format!("wait {}", spec.restore_after.join(", ")),
+            Some(&spec.name),
+        );
+        for other in &spec.restore_after {
+            if let Some(done) = self.finished.get(other) {
+                // The sender lives as long as the executor: the wait ends only with `true`.
+                let _ = done.subscribe().wait_for(|done| *done).await;
+            }
+        }
+        self.events.end(span);
     }
 
     /// Asks the target's own logs for outages no injected fault explains (a crashed backend

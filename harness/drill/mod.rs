@@ -320,10 +320,17 @@ fn build_report(
 ) -> Report {
     let p = events.progress();
     let targets: Vec<TargetReport> = p.targets.into_values().collect();
+    let platform = scenario
+        .platform
+        .map(|objectives| report::PlatformReport::judge(objectives, &targets));
     let (outcome, error) = match stop {
         Some(Stop::Interrupted) => (RunOutcome::Interrupted, Some(Stop::Interrupted.message())),
         Some(stop) => (RunOutcome::Error, Some(stop.message())),
-        None if targets.iter().all(TargetReport::met) => (RunOutcome::Met, None),
+        None if targets.iter().all(TargetReport::met)
+            && platform.as_ref().is_none_or(|p| p.met) =>
+        {
+            (RunOutcome::Met, None)
+        }
         None => (RunOutcome::Missed, None),
     };
     Report {
@@ -340,6 +347,7 @@ fn build_report(
         drillrig_version: env!("CARGO_PKG_VERSION").into(),
         timeline: p.timeline,
         targets,
+        platform,
         faults: p.faults,
     }
 }
@@ -446,12 +454,17 @@ impl Drill<'_> {
             events: self.events.clone(),
             repo: Repository::new(self.run.repository.clone()),
             dir: self.dir.clone(),
+            finished: s
+                .targets
+                .iter()
+                .map(|t| (t.name.clone(), tokio::sync::watch::Sender::new(false)))
+                .collect(),
         };
         let workload_start = clock.micros();
         try_join_all(targets.iter_mut().zip(&seeds).map(|((spec, t), seeded)| {
             let executor = &executor;
             async move {
-                match (&spec.source, seeded) {
+                let ended = match (&spec.source, seeded) {
                     (Some(source), _) => {
                         executor
                             .restore_test(spec, source, t.as_mut(), self.previous)
@@ -463,7 +476,9 @@ impl Drill<'_> {
                             .await
                     }
                     (None, None) => unreachable!("every drilled target is seeded"),
-                }
+                };
+                executor.finish(&spec.name);
+                ended
             }
         }))
         .await?;

@@ -357,6 +357,132 @@ async fn a_backup_whose_contents_cannot_be_read_leaves_its_comparisons_unknown()
     assert_ne!(ran.result.exit, Exit::Met);
 }
 
+/// `db` and `cache` lose their volumes at 3.5 s; `cache` restores after `db`; the platform's
+/// objectives are `platform_rto` and 10 s.
+fn two_targets_in_order(platform_rto: &str) -> Scenario {
+    scenario(
+        r#"backup = { method = "pg-dump", every = "1s" }
+restore = { from = "latest" }
+checks = ["ledger", "row-counts"]"#,
+        &format!(
+            r#"[targets.cache]
+kind = "postgres"
+dataset = {{ fixture = "orders", rows = 10 }}
+workload = {{ rate = 100 }}
+backup = {{ method = "pg-dump", every = "1s" }}
+restore = {{ from = "latest", after = ["db"] }}
+checks = ["ledger"]
+objectives = {{ rto = "60s", rpo = "10s" }}
+
+[platform]
+rto = "{platform_rto}"
+rpo = "10s"
+
+[[faults]]
+target = "db"
+kind = "volume-loss"
+at = "3500ms"
+
+[[faults]]
+target = "cache"
+kind = "volume-loss"
+at = "3500ms""#
+        ),
+    )
+}
+
+fn span<'r>(report: &'r Value, phase: &str, target: &str) -> &'r Value {
+    report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == phase && p["target"] == target)
+        .unwrap_or_else(|| panic!("no {phase} of {target}: {:#}", report["timeline"]))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_after_another_waits_for_its_recovery_and_the_platform_spans_both() {
+    let behaviour = Behaviour {
+        step_time: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&two_targets_in_order("60s"), behaviour).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    let r = &ran.report;
+    let target = |name: &str| {
+        r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+    };
+    // The cache's restore begins only once the database's drill has ended (its verify).
+    let db_verified = span(r, "verify", "db")["ended_ms"].as_u64().unwrap();
+    let waited = span(r, "wait db", "cache");
+    let cache_restore = span(r, "restore", "cache")["started_ms"].as_u64().unwrap();
+    assert!(cache_restore >= db_verified, "{:#}", r["timeline"]);
+    assert!(waited["ended_ms"].as_u64().unwrap() >= db_verified);
+    let wait_ms = target("cache")["rto"]["phases"]["wait"].as_u64().unwrap();
+    assert!(
+        wait_ms >= 300,
+        "the wait is part of the cache's RTO: {wait_ms}"
+    );
+    assert!(target("db")["rto"]["phases"].get("wait").is_none());
+
+    // The platform: from the first fault to the last recovery, and the worst RPO.
+    let p = &r["platform"];
+    let first = ["db", "cache"]
+        .iter()
+        .map(|t| target(t)["rto"]["fault_at_ms"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    let last = target("cache")["rto"]["recovered_at_ms"].as_u64().unwrap();
+    assert!(last > target("db")["rto"]["recovered_at_ms"].as_u64().unwrap());
+    assert_eq!(p["rto"]["achieved_ms"].as_u64().unwrap(), last - first);
+    assert_eq!(p["rto"]["last_target"], "cache");
+    let worst = ["db", "cache"]
+        .iter()
+        .map(|t| target(t)["rpo"]["achieved_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(p["rpo"]["achieved_ms"].as_u64().unwrap(), worst);
+    assert_eq!(p["met"], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_platform_slower_than_its_objective_misses_though_every_target_meets_its_own() {
+    let behaviour = Behaviour {
+        step_time: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&two_targets_in_order("500ms"), behaviour).await;
+    let r = &ran.report;
+    assert!(
+        r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["rto"]["met"] == true),
+        "{:#}",
+        r["targets"]
+    );
+    assert_eq!(r["platform"]["rto"]["met"], false, "{:#}", r["platform"]);
+    assert_eq!(r["outcome"], "missed");
+    assert_eq!(ran.result.exit, Exit::Missed);
+    let record = crate::history::RunRecord::from_report(&ran.result.report, None, None);
+    let row = record
+        .targets
+        .iter()
+        .find(|t| t.target == "platform")
+        .expect("the history has the platform's row");
+    assert_eq!(
+        row.rto_achieved_ms,
+        r["platform"]["rto"]["achieved_ms"].as_i64()
+    );
+    assert!(!row.rto_met);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_restore_that_fails_to_load_is_a_finding_not_a_stop() {
     let behaviour = Behaviour {

@@ -228,6 +228,23 @@ impl RunRecord {
                         )
                         .collect(),
                 })
+                .chain(report.platform.as_ref().map(|p| TargetRecord {
+                    target: crate::spec::PLATFORM.into(),
+                    kind: crate::spec::PLATFORM.into(),
+                    image: None,
+                    dataset_rows: None,
+                    backup_bytes: None,
+                    rto_achieved_ms: p.rto.achieved_ms.map(ms),
+                    rto_target_ms: ms(p.rto.target_ms),
+                    rto_met: p.rto.met,
+                    rpo_achieved_ms: p.rpo.achieved_ms.map(ms),
+                    rpo_target_ms: ms(p.rpo.target_ms),
+                    rpo_met: p.rpo.met,
+                    acked_writes: report.targets.iter().map(|t| ms(t.rpo.acked_writes)).sum(),
+                    lost_writes: ms(p.rpo.lost_writes),
+                    phases: Vec::new(),
+                    checks: Vec::new(),
+                }))
                 .collect(),
         }
     }

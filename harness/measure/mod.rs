@@ -79,6 +79,8 @@ pub async fn detect(prober: &mut dyn Prober, clock: &Clock, limit: Duration) -> 
 pub enum Phase {
     /// From the fault until the restore begins (outage detection).
     Detect,
+    /// The restore waits for the targets it restores after (`restore.after`) to recover.
+    Wait,
     /// What the restore needs made durable first: a forced WAL segment switch and the wait for
     /// its archive (point-in-time restores while the primary still answers).
     Archive,

@@ -59,6 +59,38 @@ pub fn markdown(r: &Report) -> String {
             if t.met() { "met" } else { "**missed**" }
         );
     }
+    if let Some(p) = &r.platform {
+        let _ = writeln!(
+            md,
+            "| **{}** | {} | {} | {} | {} | {} | | | {} |",
+            crate::spec::PLATFORM,
+            seconds(p.rto.target_ms),
+            p.rto.achieved_ms.map_or("—".into(), seconds),
+            seconds(p.rpo.target_ms),
+            p.rpo.achieved_ms.map_or("—".into(), seconds),
+            p.rpo.lost_writes,
+            if p.met { "met" } else { "**missed**" }
+        );
+        let _ = writeln!(
+            md,
+            "\nThe platform's RTO runs from the first fault{} to the last recovery{}; its RPO is the worst target's{}.",
+            p.rto
+                .first_fault_at_ms
+                .map_or(String::new(), |ms| format!(" (at {})", seconds(ms))),
+            match (&p.rto.last_target, p.rto.recovered_at_ms) {
+                (Some(t), Some(ms)) => format!(" ({t}, at {})", seconds(ms)),
+                _ => p
+                    .rto
+                    .note
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" ({n})")),
+            },
+            p.rpo
+                .worst_target
+                .as_ref()
+                .map_or(String::new(), |t| format!(" ({t})")),
+        );
+    }
 
     for t in &r.targets {
         let _ = writeln!(md, "\n## {} ({})\n", t.name, t.kind);

@@ -15,7 +15,7 @@ pub use terminal::terminal;
 use crate::checks::{CheckResult, CheckStatus};
 use crate::docker::image::ImageChoice;
 use crate::measure::{Detection, Phase};
-use crate::spec::{FaultKind, TargetKind};
+use crate::spec::{FaultKind, PlatformObjectives, TargetKind};
 use crate::util::write_atomically;
 
 /// Version of the `report.json` schema. Bumped only when a field changes meaning or goes away.
@@ -66,7 +66,114 @@ pub struct Report {
     /// The run's phases as far as it got, in order.
     pub timeline: Vec<PhaseSpan>,
     pub targets: Vec<TargetReport>,
+    /// `[platform]`: every target judged together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformReport>,
     pub faults: Vec<FaultRecord>,
+}
+
+/// The platform's verdict: its RTO from the first fault to the last target's recovery, its RPO
+/// the worst target's.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformReport {
+    pub rto: PlatformRto,
+    pub rpo: PlatformRpo,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformRto {
+    /// `recovered_at_ms − first_fault_at_ms`; `None` when a target never recovered.
+    pub achieved_ms: Option<u64>,
+    pub target_ms: u64,
+    pub met: bool,
+    /// The earliest target's `t_fault`.
+    pub first_fault_at_ms: Option<u64>,
+    /// The last target's recovery.
+    pub recovered_at_ms: Option<u64>,
+    /// The target recovered last (or the first that never did).
+    pub last_target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformRpo {
+    /// The worst target's achieved RPO; `None` when a target's is unknown.
+    pub achieved_ms: Option<u64>,
+    pub target_ms: u64,
+    pub met: bool,
+    /// The target whose RPO is the platform's.
+    pub worst_target: Option<String>,
+    /// Every target's acknowledged writes lost, summed.
+    pub lost_writes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl PlatformReport {
+    /// Judges `targets` together against `objectives`.
+    pub fn judge(objectives: PlatformObjectives, targets: &[TargetReport]) -> PlatformReport {
+        let target_rto = objectives.rto.as_millis() as u64;
+        let target_rpo = objectives.rpo.as_millis() as u64;
+        let first_fault_at_ms = targets.iter().filter_map(|t| t.rto.fault_at_ms).min();
+        let never = targets.iter().find(|t| t.rto.recovered_at_ms.is_none());
+        let last = targets
+            .iter()
+            .filter_map(|t| t.rto.recovered_at_ms.map(|at| (at, t)))
+            .max_by_key(|(at, _)| *at);
+        let (achieved_ms, recovered_at_ms, last_target, note) = match (never, last) {
+            (Some(t), _) => (
+                None,
+                None,
+                Some(t.name.clone()),
+                Some(format!("{} never recovered", t.name)),
+            ),
+            (None, Some((at, t))) => (
+                first_fault_at_ms.map(|first| at.saturating_sub(first)),
+                Some(at),
+                Some(t.name.clone()),
+                None,
+            ),
+            (None, None) => (None, None, None, Some("no target recovered".into())),
+        };
+        let rto = PlatformRto {
+            achieved_ms,
+            target_ms: target_rto,
+            met: achieved_ms.is_some_and(|a| a <= target_rto),
+            first_fault_at_ms,
+            recovered_at_ms,
+            last_target,
+            note,
+        };
+        let unknown = targets.iter().find(|t| t.rpo.achieved_ms.is_none());
+        let worst = targets
+            .iter()
+            .filter_map(|t| t.rpo.achieved_ms.map(|a| (a, t)))
+            .max_by_key(|(a, _)| *a);
+        let (achieved_ms, worst_target, note) = match (unknown, worst) {
+            (Some(t), _) => (
+                None,
+                Some(t.name.clone()),
+                Some(format!("{}'s RPO is unknown", t.name)),
+            ),
+            (None, Some((a, t))) => (Some(a), Some(t.name.clone()), None),
+            (None, None) => (None, None, Some("no target measured an RPO".into())),
+        };
+        let rpo = PlatformRpo {
+            achieved_ms,
+            target_ms: target_rpo,
+            met: achieved_ms.is_some_and(|a| a <= target_rpo),
+            worst_target,
+            lost_writes: targets.iter().map(|t| t.rpo.lost_writes).sum(),
+            note,
+        };
+        PlatformReport {
+            met: rto.met && rpo.met,
+            rto,
+            rpo,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +321,8 @@ pub struct PhaseDurations {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision: Option<u64>,
@@ -231,6 +340,7 @@ impl PhaseDurations {
         for &(phase, ms) in durations {
             let slot = match phase {
                 Phase::Detect => &mut p.detect,
+                Phase::Wait => &mut p.wait,
                 Phase::Archive => &mut p.archive,
                 Phase::Provision => &mut p.provision,
                 Phase::Fetch => &mut p.fetch,
@@ -246,6 +356,7 @@ impl PhaseDurations {
     pub fn entries(&self) -> Vec<(&'static str, u64)> {
         [
             ("detect", self.detect),
+            ("wait", self.wait),
             ("archive", self.archive),
             ("provision", self.provision),
             ("fetch", self.fetch),

@@ -108,6 +108,26 @@ pub fn terminal(r: &Report) -> String {
             String::new(),
         ]);
     }
+    if let Some(p) = &r.platform {
+        let by = |what: &Option<String>, how: &str| {
+            what.as_ref()
+                .map_or(String::new(), |t| format!(" ({how} {t})"))
+        };
+        objectives.push_record([
+            crate::spec::PLATFORM.into(),
+            "RTO".into(),
+            seconds(p.rto.target_ms),
+            p.rto.achieved_ms.map_or("—".into(), seconds) + &by(&p.rto.last_target, "last:"),
+            yes_no(p.rto.met).into(),
+        ]);
+        objectives.push_record([
+            crate::spec::PLATFORM.into(),
+            "RPO".into(),
+            seconds(p.rpo.target_ms),
+            p.rpo.achieved_ms.map_or("—".into(), seconds) + &by(&p.rpo.worst_target, "worst:"),
+            yes_no(p.rpo.met).into(),
+        ]);
+    }
     out.push_str(&Table::from(objectives).with(Style::sharp()).to_string());
     out.push('\n');
 

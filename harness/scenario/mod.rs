@@ -484,6 +484,24 @@ impl<'a> Validator<'a> {
         for target in &targets {
             self.restore_needs(target, &faults, &raw)?;
         }
+        self.restore_order(&raw, &mut targets)?;
+        let platform = match &raw.platform {
+            None => None,
+            Some(p) => {
+                if let Some((name, t)) = raw.targets.get_ref().get_key_value(PLATFORM) {
+                    return Err(self.at.error(
+                        t.span(),
+                        format!("targets.{name}"),
+                        "with [platform], the report's platform row is named `platform`: give this target another name",
+                    ));
+                }
+                let p = p.get_ref();
+                Some(PlatformObjectives {
+                    rto: p.rto.get_ref().0,
+                    rpo: p.rpo.get_ref().0,
+                })
+            }
+        };
         for t in &mut targets {
             if faults
                 .iter()
@@ -513,7 +531,70 @@ impl<'a> Validator<'a> {
             timeouts: self.timeouts(&raw.timeouts)?,
             targets,
             faults,
+            platform,
         })
+    }
+
+    /// `restore.after`: each name another target of the scenario, and no target waiting,
+    /// through others, on itself.
+    fn restore_order(&self, raw: &RawScenario, targets: &mut [TargetSpec]) -> Checked<()> {
+        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        for t in targets.iter_mut() {
+            let raw_target = &raw.targets.get_ref()[&t.name];
+            let Some(after) = &raw_target.get_ref().restore.get_ref().after else {
+                continue;
+            };
+            let key = format!("targets.{}.restore.after", t.name);
+            if t.source.is_some() {
+                return Err(self.at.error(
+                    after.span(),
+                    key,
+                    "a restore test (`source`) restores at once: `after` orders a drill's restores",
+                ));
+            }
+            for other in after.get_ref() {
+                if *other == t.name {
+                    return Err(self.at.error(
+                        after.span(),
+                        key,
+                        "a target cannot restore after itself",
+                    ));
+                }
+                if !names.contains(other) {
+                    return Err(self.at.error(
+                        after.span(),
+                        key,
+                        format!("no target named {other:?} (targets: {})", names.join(", ")),
+                    ));
+                }
+            }
+            t.restore_after = after.get_ref().clone();
+        }
+        // A cycle: following `after` from some target leads back to it.
+        for t in targets.iter() {
+            let mut frontier: Vec<&str> = t.restore_after.iter().map(String::as_str).collect();
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(next) = frontier.pop() {
+                if next == t.name {
+                    let key = format!("targets.{}.restore.after", t.name);
+                    let span = span_of(&self.doc, &key).unwrap_or(0..0);
+                    return Err(self.at.error(
+                        span,
+                        key,
+                        format!(
+                            "the restore order has a cycle through {}: no target could start",
+                            t.name
+                        ),
+                    ));
+                }
+                if seen.insert(next)
+                    && let Some(n) = targets.iter().find(|x| x.name == next)
+                {
+                    frontier.extend(n.restore_after.iter().map(String::as_str));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn timeouts(&self, raw: &raw::RawTimeouts) -> Checked<Timeouts> {
@@ -829,6 +910,7 @@ impl<'a> Validator<'a> {
             options: Arc::new(()),
             volume_limit: None,
             proxied: false,
+            restore_after: Vec::new(),
             source: None,
             queries: Vec::new(),
             database: None,

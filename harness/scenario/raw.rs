@@ -28,6 +28,7 @@ pub struct RawScenario {
     pub targets: Spanned<BTreeMap<String, Spanned<RawTarget>>>,
     #[serde(default)]
     pub faults: Vec<Spanned<RawFault>>,
+    pub platform: Option<Spanned<RawPlatform>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +136,15 @@ pub struct RawBackup {
 #[serde(deny_unknown_fields)]
 pub struct RawRestore {
     pub from: Spanned<RestorePoint>,
+    pub after: Option<Spanned<Vec<String>>>,
+}
+
+/// `[platform]`: objectives for every target together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    pub rto: Spanned<HumanDuration>,
+    pub rpo: Spanned<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -238,6 +238,7 @@ impl Validator<'_> {
             options: std::sync::Arc::new(()),
             volume_limit: None,
             proxied: false,
+            restore_after: Vec::new(),
             source: Some(SourceSpec {
                 location,
                 wal,

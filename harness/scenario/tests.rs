@@ -133,7 +133,7 @@ fn unknown_key() {
 fn unknown_top_level_table() {
     assert_eq!(
         error_after("[[faults]]", "[chaos]\nx = 1\n\n[[faults]]"),
-        "s.toml:14:2: chaos: unknown field `chaos`, expected one of `schema`, `name`, `description`, `drill`, `timeouts`, `targets`, `faults`"
+        "s.toml:14:2: chaos: unknown field `chaos`, expected one of `schema`, `name`, `description`, `drill`, `timeouts`, `targets`, `faults`, `platform`"
     );
 }
 
@@ -864,4 +864,83 @@ file = "aof-tail"
         .collect();
     let want: Vec<&str> = errors.iter().map(|(_, want)| *want).collect();
     assert_eq!(got, want);
+}
+
+/// `GOOD` with a second target `cache` whose restore waits for `pg`, and `extra` appended.
+fn platform_text(pg_after: &str, extra: &str) -> String {
+    GOOD.replace(
+        r#"restore = { from = "latest" }"#,
+        &format!(r#"restore = {{ from = "latest"{pg_after} }}"#),
+    )
+    .replace(
+        "[[faults]]",
+        &format!(
+            r#"[targets.cache]
+kind = "redis"
+dataset = {{ fixture = "items", rows = 100 }}
+backup = {{ method = "redis-rdb", every = "5s" }}
+restore = {{ from = "latest", after = ["pg"] }}
+checks = ["ledger"]
+objectives = {{ rto = "60s", rpo = "10s" }}
+{extra}
+[[faults]]"#
+        ),
+    )
+}
+
+#[test]
+fn the_platform_and_the_restore_order_are_read_and_checked() {
+    let s = parse_text(&platform_text(
+        "",
+        "\n[platform]\nrto = \"2m\"\nrpo = \"15s\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        s.platform,
+        Some(PlatformObjectives {
+            rto: Duration::from_secs(120),
+            rpo: Duration::from_secs(15),
+        })
+    );
+    assert_eq!(s.target("cache").unwrap().restore_after, ["pg"]);
+    assert!(s.target("pg").unwrap().restore_after.is_empty());
+
+    let cycle = parse_text(&platform_text(r#", after = ["cache"]"#, ""))
+        .expect_err("a cycle")
+        .to_string();
+    assert!(
+        cycle.contains("restore.after") && cycle.contains("cycle"),
+        "{cycle}"
+    );
+    let unknown = error_after(
+        r#"restore = { from = "latest" }"#,
+        r#"restore = { from = "latest", after = ["db"] }"#,
+    );
+    assert!(
+        unknown.contains("s.toml:10:38:")
+            && unknown.contains("targets.pg.restore.after")
+            && unknown.contains(r#"no target named "db" (targets: pg)"#),
+        "{unknown}"
+    );
+    let itself = error_after(
+        r#"restore = { from = "latest" }"#,
+        r#"restore = { from = "latest", after = ["pg"] }"#,
+    );
+    assert!(itself.contains("cannot restore after itself"), "{itself}");
+    let named = parse_text(
+        &(GOOD
+            .replace("[targets.pg]", "[targets.platform]")
+            .replace(r#"target = "pg""#, r#"target = "platform""#)
+            + "\n[platform]\nrto = \"2m\"\nrpo = \"15s\"\n"),
+    )
+    .expect_err("the name is the platform row's")
+    .to_string();
+    assert!(
+        named.contains("targets.platform") && named.contains("another name"),
+        "{named}"
+    );
+    let missing = parse_text(&(GOOD.to_string() + "\n[platform]\nrto = \"2m\"\n"))
+        .expect_err("rpo is required")
+        .to_string();
+    assert!(missing.contains("rpo"), "{missing}");
 }
