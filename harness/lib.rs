@@ -26,6 +26,7 @@ pub mod history;
 pub mod live;
 pub mod measure;
 pub mod notify;
+pub mod offsite;
 pub mod proxy;
 pub mod publish;
 pub mod report;

@@ -27,6 +27,22 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
     /// `[platform]`: objectives for every target together.
     pub platform: Option<PlatformObjectives>,
+    /// `[offsite]`: where backups are shipped, encrypted, as they are taken.
+    pub offsite: Option<OffsiteSpec>,
+}
+
+/// `[offsite]`: the repository off the site. Every completed backup is encrypted on this host
+/// to `recipient` and shipped there on a schedule; after a `site-loss` it is all that is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsiteSpec {
+    pub location: SourceLocation,
+    /// How often the backups completed since the last shipment are shipped.
+    pub every: Duration,
+    /// The age recipient (`age1…`) backups are encrypted to before they leave.
+    pub recipient: String,
+    /// The identity file the DR site decrypts with; without it, `DRILLRIG_OFFSITE_IDENTITY`.
+    /// Read only when the DR site needs it, so a DR site without the key is a finding.
+    pub identity: Option<PathBuf>,
 }
 
 /// What the platform as a whole promises: its RTO runs from the first fault to the last
@@ -456,6 +472,7 @@ kebab_enum!(
         DiskFull = "disk-full",
         Latency = "latency",
         VolumeLoss = "volume-loss",
+        SiteLoss = "site-loss",
     }
 );
 

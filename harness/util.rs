@@ -57,3 +57,23 @@ pub mod millis {
         s.serialize_u64(d.as_millis() as u64)
     }
 }
+
+/// Files and bytes under `dir`, at any depth (nothing when it is missing).
+pub fn tree_size(dir: &Path) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (f, b) = tree_size(&entry.path());
+            files += f;
+            bytes += b;
+        } else {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    (files, bytes)
+}

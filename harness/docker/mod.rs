@@ -162,7 +162,8 @@ pub struct Docker {
     labels: HashMap<String, String>,
     /// testcontainers handles, held until teardown so nothing is dropped (and removed) early.
     started: Mutex<Vec<ContainerAsync<GenericImage>>>,
-    network: String,
+    /// The network containers join: the run's, or after a site loss the DR site's.
+    network: Mutex<String>,
     /// Creations of containers, volumes and networks run as tasks here, so an interrupt that
     /// drops the drill cannot drop one half-way; teardown waits for them before it sweeps.
     creations: TaskTracker,
@@ -195,7 +196,7 @@ impl Docker {
             run_id: run_id.to_string(),
             labels,
             started: Mutex::new(Vec::new()),
-            network: format!("drillrig-{run_id}"),
+            network: Mutex::new(format!("drillrig-{run_id}")),
             creations: TaskTracker::new(),
             logs_dir,
         }
@@ -224,19 +225,41 @@ impl Docker {
             .map_err(|e| anyhow!("a creation task failed: {e}"))
     }
 
+    fn network(&self) -> String {
+        self.network.lock().expect("not poisoned").clone()
+    }
+
     /// Creates the run's bridge network; targets join it.
     pub async fn create_network(&self) -> Result<()> {
+        let network = self.network();
         let api = self.api.clone();
         let request = NetworkCreateRequest {
-            name: self.network.clone(),
+            name: network.clone(),
             driver: Some("bridge".into()),
             labels: Some(self.labels.clone()),
             ..Default::default()
         };
         self.create(async move { api.create_network(request).await })
             .await?
-            .with_context(|| format!("create network {}", self.network))?;
+            .with_context(|| format!("create network {network}"))?;
         Ok(())
+    }
+
+    /// The site is lost: every container, volume and network of the run is removed in one
+    /// sweep, then a new network (`drillrig-<run>-dr`) is created for the DR site, where
+    /// containers start from now on. Returns what went and the new network's name.
+    pub async fn lose_site(&self) -> Result<(Removed, String)> {
+        let (removed, error) = remove_run(&self.api, &self.run_id).await;
+        if let Some(e) = error {
+            return Err(e.context("remove the lost site"));
+        }
+        for handle in self.started.lock().expect("not poisoned").drain(..) {
+            std::mem::forget(handle);
+        }
+        let dr = format!("drillrig-{}-dr", self.run_id);
+        *self.network.lock().expect("not poisoned") = dr.clone();
+        self.create_network().await?;
+        Ok((removed, dr))
     }
 
     /// Creates a labelled volume of this run; returns its name.
@@ -275,7 +298,7 @@ impl Docker {
         }
         let mut request = image
             .with_container_name(self.resource_name(&spec.name))
-            .with_network(self.network.clone())
+            .with_network(self.network())
             .with_startup_timeout(spec.startup_timeout)
             .with_host_config_modifier(move |hc| {
                 // An init process (the engine's `docker-init`) is PID 1 and reaps orphans: a
@@ -391,9 +414,9 @@ impl Docker {
             force: Some(true),
         };
         self.api
-            .disconnect_network(&self.network, request)
+            .disconnect_network(&self.network(), request)
             .await
-            .with_context(|| format!("disconnect {} from {}", c.name, self.network))
+            .with_context(|| format!("disconnect {} from {}", c.name, self.network()))
     }
 
     /// Puts `c` back on the run's network; the engine publishes its port again, on a new host
@@ -404,9 +427,9 @@ impl Docker {
             endpoint_config: None,
         };
         self.api
-            .connect_network(&self.network, request)
+            .connect_network(&self.network(), request)
             .await
-            .with_context(|| format!("connect {} to {}", c.name, self.network))
+            .with_context(|| format!("connect {} to {}", c.name, self.network()))
     }
 
     /// The networks `c` is attached to now.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
@@ -20,11 +20,15 @@ use crate::checks::{self, CheckResult, CheckStatus, Evidence, Overran};
 use crate::clock::{Clock, Micros};
 use crate::faults;
 use crate::measure::{self, Detection, Phase, RecoveryPhases};
+use crate::offsite::Offsite;
 use crate::report::{self, BackupReport, FaultRecord, Rpo, WorkloadReport};
 use crate::spec::{CheckKind, FaultKind, FaultSpec, RestorePoint, Scenario, TargetSpec};
-use crate::targets::{RecoveryPoint, RestoreRequest, Restored, Target};
+use crate::targets::{RecoveryPoint, RestoreRequest, Restored, Site, Target};
 use crate::util;
 use crate::workload::{self, Comparison, Ledger, ledger::compare};
+
+/// Where the DR site keeps what it fetched from offsite, in the run folder.
+pub const DR_REPOSITORY: &str = "dr-site/backups";
 
 /// The steps of one target's drill, sharing the run's clock, events and repository.
 pub struct Executor<'a> {
@@ -37,6 +41,14 @@ pub struct Executor<'a> {
     /// Per target, whether its drill has ended, for the restores that wait on it
     /// (`restore.after`).
     pub finished: BTreeMap<String, watch::Sender<bool>>,
+    /// Where the targets live: a `site-loss` takes it all.
+    pub site: &'a dyn Site,
+    /// `[offsite]`, opened.
+    pub offsite: Option<Offsite>,
+    /// Cancelled when the site is lost: nothing leaves it after that.
+    pub site_alive: CancellationToken,
+    /// The site loss, once one target's fault has caused it: what went, or why it failed.
+    pub site_lost: tokio::sync::OnceCell<Result<serde_json::Value, String>>,
 }
 
 /// A target's seed as it was right after seeding: the reference the `seed` check and a total
@@ -117,20 +129,44 @@ impl Executor<'_> {
         let faults: Vec<&FaultSpec> = s.faults_for(name).collect();
         let backups_until =
             workload_start + faults.first().map_or(s.duration, |f| f.at).as_micros() as Micros;
-        let catalog = self
-            .backups(spec, target, workload_start, backups_until)
-            .await?;
-        let outage = self
-            .faults(spec, target, &faults, &catalog, workload_start)
-            .await?;
-        if outage.t_fault.is_none() {
-            // No fault hit the service: a restore test, measured from the restore's start.
-            tokio::time::sleep_until(
-                clock.instant_at(workload_start + s.duration.as_micros() as Micros),
-            )
-            .await;
-            self.events.outage(name, clock.micros());
-        }
+        // Backups leave for the offsite repository on its own schedule until the restore
+        // begins (or the site is lost).
+        let (ship, shipped) = mpsc::unbounded_channel();
+        let shipping = self.site_alive.child_token();
+        let section = async {
+            let catalog = self
+                .backups(spec, target, workload_start, backups_until, &ship)
+                .await?;
+            let outage = self
+                .faults(spec, target, &faults, &catalog, workload_start)
+                .await?;
+            if outage.t_fault.is_none() {
+                // No fault hit the service: a restore test, measured from the restore's start.
+                tokio::time::sleep_until(
+                    clock.instant_at(workload_start + s.duration.as_micros() as Micros),
+                )
+                .await;
+                self.events.outage(name, clock.micros());
+            }
+            Ok::<_, Stop>((catalog, outage))
+        };
+        let (section, ()) = tokio::join!(
+            async {
+                let ended = section.await;
+                shipping.cancel();
+                ended
+            },
+            self.ship(spec, shipped, shipping.clone(), workload_start)
+        );
+        let (catalog, outage) = section?;
+        // After a site loss, the DR site knows only what landed offsite.
+        let catalog = match (self.site_lost.get(), &self.offsite) {
+            (Some(_), Some(offsite)) => offsite
+                .catalog(name, &self.dir.join(DR_REPOSITORY))
+                .await
+                .map_err(|e| classify(&format!("list the offsite backups of {name}"), e))?,
+            _ => catalog,
+        };
 
         // The restore begins: the workload stops, its last writes are recorded.
         let restore_start = clock.micros();
@@ -267,6 +303,7 @@ impl Executor<'_> {
         target: &dyn Target,
         start: Micros,
         until: Micros,
+        ship: &mpsc::UnboundedSender<Backup>,
     ) -> Result<Vec<Backup>, Stop> {
         let mut catalog = Vec::new();
         let Some(plan) = spec.backup else {
@@ -332,6 +369,14 @@ impl Executor<'_> {
                         if let Some(snapshot) = snapshot {
                             held = Some((id, snapshot));
                         }
+                        if self.offsite.is_some() {
+                            // Any backup may be the last to land before a site loss: each
+                            // leaves the site described.
+                            if let Some((id, snapshot)) = held.take() {
+                                self.describe(spec, &mut catalog, id, snapshot).await?;
+                            }
+                            let _ = ship.send(catalog.last().expect("just pushed").clone());
+                        }
                         let chosen =
                             choose_backup(&catalog, spec.restore, self.clock.micros(), &self.clock)
                                 .map(|b| b.id);
@@ -371,6 +416,105 @@ impl Executor<'_> {
             self.describe(spec, &mut catalog, id, snapshot).await?;
         }
         Ok(catalog)
+    }
+
+    /// Ships each backup `backups` hands over to the offsite repository, every
+    /// `offsite.every` from the workload's start, until `stop`: what landed, and when, goes
+    /// into the report; a backup in flight when `stop` comes never lands.
+    async fn ship(
+        &self,
+        spec: &TargetSpec,
+        mut backups: mpsc::UnboundedReceiver<Backup>,
+        stop: CancellationToken,
+        workload_start: Micros,
+    ) {
+        let (Some(offsite), Some(plan)) = (&self.offsite, &self.scenario.offsite) else {
+            return;
+        };
+        let name = spec.name.as_str();
+        self.events.target(name, |t| {
+            t.offsite = Some(report::OffsiteReport {
+                location: offsite.location.clone(),
+                ..report::OffsiteReport::default()
+            })
+        });
+        let every = plan.every.as_micros() as Micros;
+        let mut next = workload_start + every;
+        let mut queue = Vec::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(self.clock.instant_at(next)) => {}
+            }
+            while let Ok(backup) = backups.try_recv() {
+                queue.push(backup);
+            }
+            for backup in std::mem::take(&mut queue) {
+                let limit = self.scenario.timeouts.backup;
+                let shipped = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = tokio::time::timeout(limit, offsite.ship(&backup, &self.clock)) => r,
+                };
+                match shipped {
+                    Ok(Ok(landed)) => {
+                        info!(
+                            "{name}: backup {} landed offsite, {} after it was taken",
+                            backup.id,
+                            util::seconds(landed.iter().map(|s| s.lag_ms).max().unwrap_or(0))
+                        );
+                        self.events.target(name, |t| {
+                            if let Some(o) = t.offsite.as_mut() {
+                                o.shipped.extend(landed);
+                            }
+                        });
+                    }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => format!("{e:#}"),
+                            _ => {
+                                format!("did not land within {}", humantime::format_duration(limit))
+                            }
+                        };
+                        warn!("{name}: shipping backup {} failed: {why}", backup.id);
+                        self.events.target(name, |t| {
+                            if let Some(o) = t.offsite.as_mut() {
+                                o.errors.push(format!("backup {}: {why}", backup.id));
+                            }
+                        });
+                    }
+                }
+            }
+            let now = self.clock.micros();
+            while next <= now {
+                next += every;
+            }
+        }
+    }
+
+    /// The `site-loss` every target suffers: the first to get there loses the site for all
+    /// (shipping stops, every container, volume and network goes, then the local repository
+    /// with each WAL archive in it), and the others share the outcome.
+    async fn lose_site(&self) -> anyhow::Result<serde_json::Value> {
+        let lost = self
+            .site_lost
+            .get_or_init(|| async {
+                self.site_alive.cancel();
+                let mut details = self.site.lose().await.map_err(|e| format!("{e:#}"))?;
+                let root = self.repo.root();
+                let (files, bytes) = util::tree_size(root);
+                if root.exists() {
+                    std::fs::remove_dir_all(root)
+                        .map_err(|e| format!("delete {}: {e}", root.display()))?;
+                }
+                details["deleted"] = serde_json::json!({
+                    "repository": root.display().to_string(),
+                    "files": files,
+                    "bytes": bytes,
+                });
+                Ok(details)
+            })
+            .await;
+        lost.clone().map_err(|e| anyhow::anyhow!(e))
     }
 
     /// Reads the contents of backup `id`, the one the restore will use, from its held
@@ -461,7 +605,7 @@ impl Executor<'_> {
                 tokio::time::sleep_until(clock.instant_at(scheduled)).await;
                 let hits_service =
                     !f.kind.is_latent() && !f.kind.degrades() && outage.t_fault.is_none();
-                if hits_service && spec.restore.from_backup() {
+                if hits_service && spec.restore.from_backup() && f.kind != FaultKind::SiteLoss {
                     // The point `before-fault` restores to: the last moment the target was whole.
                     outage.recovery_point = bounded(
                         &format!("capture the recovery point of {name}"),
@@ -480,7 +624,13 @@ impl Executor<'_> {
                     &format!("inject {} into {name}", f.kind),
                     s.timeouts.fault,
                     "timeouts.fault",
-                    faults::inject(f, target, catalog),
+                    async {
+                        if f.kind == FaultKind::SiteLoss {
+                            self.lose_site().await
+                        } else {
+                            faults::inject(f, target, catalog).await
+                        }
+                    },
                 )
                 .await;
                 let injected = clock.micros();
@@ -636,6 +786,36 @@ impl Executor<'_> {
                 error: Some(error),
             });
         };
+        if self.site_lost.get().is_some()
+            && let Some(offsite) = &self.offsite
+        {
+            // The DR site has only the offsite copy: fetch and decrypt it first.
+            phases.enter(Phase::Fetch);
+            match tokio::time::timeout(limit, offsite.fetch(backup, &self.clock)).await {
+                Ok(Ok(fetched)) => {
+                    info!(
+                        "{}: fetched backup {} from offsite ({} bytes in {})",
+                        spec.name,
+                        backup.id,
+                        fetched.bytes,
+                        util::seconds(fetched.fetch_ms)
+                    );
+                    self.events.target(&spec.name, |t| {
+                        if let Some(o) = t.offsite.as_mut() {
+                            o.fetched = Some(fetched);
+                        }
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Ok(RestoreOutcome {
+                        backup: Some(backup),
+                        restored: Restored::default(),
+                        error: Some(format!("fetch backup {} from offsite: {e:#}", backup.id)),
+                    });
+                }
+                Err(_) => return Err(overran(&step, limit, "timeouts.restore")),
+            }
+        }
         let request = RestoreRequest {
             backup,
             point: spec.restore,

@@ -72,6 +72,8 @@ impl Record {
 pub struct FakeSite {
     behaviour: Behaviour,
     record: Arc<Mutex<Record>>,
+    /// Every target's store, for a site loss.
+    stores: Mutex<Vec<Arc<Mutex<Store>>>>,
 }
 
 impl FakeSite {
@@ -80,6 +82,7 @@ impl FakeSite {
         let site = Arc::new(FakeSite {
             behaviour,
             record: record.clone(),
+            stores: Mutex::new(Vec::new()),
         });
         (site, record)
     }
@@ -146,10 +149,30 @@ impl Site for FakeSite {
             seed: run.seed,
             clock: run.clock,
         };
+        self.stores
+            .lock()
+            .expect("not poisoned")
+            .push(target.store.clone());
         Ok((Box::new(target), None))
     }
 
     async fn save_logs(&self) {}
+
+    async fn lose(&self) -> Result<serde_json::Value> {
+        self.record
+            .lock()
+            .expect("not poisoned")
+            .steps
+            .push("site-loss".into());
+        let stores = self.stores.lock().expect("not poisoned").clone();
+        for store in &stores {
+            let mut store = store.lock().expect("not poisoned");
+            store.rows.clear();
+            store.seeded = false;
+            store.up = false;
+        }
+        Ok(serde_json::json!({ "stores": stores.len() }))
+    }
 
     fn keep(&self) {
         self.record.lock().expect("not poisoned").kept = true;

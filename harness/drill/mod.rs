@@ -187,6 +187,7 @@ where
                 events: events.clone(),
                 dir: dir.clone(),
                 previous: &opts.previous,
+                run_id: &run_id,
             };
             let stop = tokio::select! {
                 r = drill.execute() => r.err(),
@@ -285,6 +286,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         dataset_rows: t.dataset.rows,
         seed: None,
         source: None,
+        offsite: None,
         write_latency: None,
         rto: Rto {
             target_ms: t.objectives.rto.as_millis() as u64,
@@ -360,6 +362,7 @@ struct Drill<'a> {
     events: Events,
     dir: PathBuf,
     previous: &'a Previous,
+    run_id: &'a str,
 }
 
 impl Drill<'_> {
@@ -459,6 +462,16 @@ impl Drill<'_> {
                 .iter()
                 .map(|t| (t.name.clone(), tokio::sync::watch::Sender::new(false)))
                 .collect(),
+            site: self.site,
+            offsite: match &s.offsite {
+                Some(spec) => Some(
+                    crate::offsite::Offsite::open(spec, &format!("{}/{}", s.name, self.run_id))
+                        .map_err(|e| classify("open the offsite repository", e))?,
+                ),
+                None => None,
+            },
+            site_alive: CancellationToken::new(),
+            site_lost: tokio::sync::OnceCell::new(),
         };
         let workload_start = clock.micros();
         try_join_all(targets.iter_mut().zip(&seeds).map(|((spec, t), seeded)| {

@@ -483,6 +483,128 @@ async fn a_platform_slower_than_its_objective_misses_though_every_target_meets_i
     assert!(!row.rto_met);
 }
 
+/// `db` and `cache` ship their dumps (every second) offsite to `dir`, encrypted to a fresh age
+/// key, and lose the site at 3.5 s; the DR site's identity file is written when `key` is true.
+fn site_loss(dir: &Path, key: bool) -> Scenario {
+    let identity = age::x25519::Identity::generate();
+    let key_file = dir.join("dr-site.key");
+    if key {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(&key_file, identity.to_string().expose_secret()).unwrap();
+    }
+    scenario(
+        r#"backup = { method = "pg-dump", every = "1s" }
+restore = { from = "latest" }
+checks = ["ledger", "row-counts", "backup-integrity"]"#,
+        &format!(
+            r#"[targets.cache]
+kind = "postgres"
+dataset = {{ fixture = "orders", rows = 10 }}
+workload = {{ rate = 100 }}
+backup = {{ method = "pg-dump", every = "1s" }}
+restore = {{ from = "latest", after = ["db"] }}
+checks = ["ledger"]
+objectives = {{ rto = "60s", rpo = "10s" }}
+
+[offsite]
+path = "{offsite}"
+every = "700ms"
+recipient = "{recipient}"
+identity = "{key_file}"
+
+[[faults]]
+kind = "site-loss"
+at = "3500ms""#,
+            offsite = dir.join("offsite").display(),
+            recipient = identity.to_public(),
+            key_file = key_file.display(),
+        ),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_site_loss_leaves_only_what_landed_offsite_and_the_dr_site_restores_from_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let ran = drill_plain(&site_loss(keys.path(), true), Behaviour::default()).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    let steps = &ran.record.steps;
+    assert_eq!(
+        steps.iter().filter(|s| *s == "site-loss").count(),
+        1,
+        "{steps:?}"
+    );
+    // The site's own repository is gone; the DR site's holds only what it fetched.
+    let run = &ran.result.dir;
+    assert!(
+        !run.join("backups").exists(),
+        "the local repository survived: {:?}",
+        crate::util::tree_size(&run.join("backups"))
+    );
+    for t in ran.report["targets"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let fault = ran.report["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["target"] == name)
+            .unwrap();
+        assert_eq!(fault["kind"], "site-loss");
+        assert!(fault["details"]["deleted"]["files"].as_u64().unwrap() > 0);
+        let lost_at = fault["started_ms"].as_u64().unwrap();
+        let shipped = t["offsite"]["shipped"].as_array().unwrap();
+        assert!(!shipped.is_empty(), "{name}: nothing shipped");
+        for s in shipped {
+            assert_eq!(
+                s["lag_ms"].as_u64().unwrap(),
+                s["landed_ms"].as_u64().unwrap() - s["taken_ms"].as_u64().unwrap()
+            );
+            assert!(s["landed_ms"].as_u64().unwrap() <= lost_at);
+        }
+        // The newest backup that landed before the loss is the one restored, fetched from
+        // offsite into the DR site's folder; newer ones taken on the site were lost with it.
+        let newest_landed = shipped
+            .iter()
+            .map(|s| s["backup_id"].as_u64().unwrap())
+            .max();
+        assert_eq!(t["restore"]["backup_id"].as_u64(), newest_landed, "{name}");
+        assert_eq!(t["offsite"]["fetched"]["backup_id"].as_u64(), newest_landed);
+        let taken = t["backups"].as_array().unwrap().len() as u64;
+        assert!(newest_landed.unwrap() <= taken);
+        let dr = run.join("dr-site/backups").join(name);
+        let folders: Vec<_> = std::fs::read_dir(&dr).unwrap().collect();
+        assert_eq!(
+            folders.len(),
+            1,
+            "{name}: only the restored backup is fetched"
+        );
+    }
+    let cache_restore = span(&ran.report, "restore", "cache")["started_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cache_restore
+            >= span(&ran.report, "verify", "db")["ended_ms"]
+                .as_u64()
+                .unwrap()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dr_site_without_the_key_cannot_restore_and_the_drill_names_the_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let s = site_loss(keys.path(), false);
+    let recipient = s.offsite.as_ref().unwrap().recipient.clone();
+    let ran = drill_plain(&s, Behaviour::default()).await;
+    assert_eq!(ran.result.exit, Exit::Missed, "{:#}", ran.report);
+    for t in ran.report["targets"].as_array().unwrap() {
+        let error = t["restore"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&recipient) && error.contains("dr-site.key"),
+            "the error names the key and the missing identity: {error}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_restore_that_fails_to_load_is_a_finding_not_a_stop() {
     let behaviour = Behaviour {

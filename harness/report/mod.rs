@@ -225,6 +225,9 @@ pub struct TargetReport {
     /// it was fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceReport>,
+    /// With `[offsite]`: what was shipped, and what the DR site fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteReport>,
     pub rto: Rto,
     pub rpo: Rpo,
     pub checks: Vec<CheckResult>,
@@ -251,6 +254,18 @@ pub struct SourceReport {
     /// (from the history; none before two sizes were measured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trend: Option<crate::measure::projection::RestoreTrend>,
+}
+
+/// A target's backups off the site: each artefact as it landed (its shipping lag), the
+/// shipments that failed, and the backup the DR site fetched after a site loss.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OffsiteReport {
+    pub location: String,
+    pub shipped: Vec<crate::offsite::Shipment>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<crate::offsite::OffsiteFetch>,
 }
 
 impl TargetReport {

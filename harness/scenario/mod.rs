@@ -440,9 +440,17 @@ impl<'a> Validator<'a> {
             ));
         }
 
+        let offsite = match &raw.offsite {
+            Some(o) => Some(self.offsite(o)?),
+            None => None,
+        };
         let mut faults = Vec::new();
         for (i, fault) in raw.faults.iter().enumerate() {
-            faults.push(self.fault(i, fault.get_ref(), &targets)?);
+            if *fault.get_ref().kind.get_ref() == FaultKind::SiteLoss {
+                faults.extend(self.site_loss(i, fault.get_ref(), &targets, offsite.is_some())?);
+            } else {
+                faults.push(self.fault(i, fault.get_ref(), &targets)?);
+            }
         }
         faults.sort_by_key(|f| f.at);
 
@@ -532,7 +540,144 @@ impl<'a> Validator<'a> {
             targets,
             faults,
             platform,
+            offsite,
         })
+    }
+
+    /// `[offsite]`: one of `path` and `url`, a schedule, and the age recipient backups are
+    /// encrypted to. The identity is only a path here: the DR site reads it when it needs it.
+    fn offsite(&self, spanned: &Spanned<raw::RawOffsite>) -> Checked<OffsiteSpec> {
+        let o = spanned.get_ref();
+        let location = match (&o.path, &o.url) {
+            (Some(p), None) => {
+                if let Some(e) = &o.endpoint {
+                    return Err(self.at.error(
+                        e.span(),
+                        "offsite.endpoint",
+                        "`endpoint` is for an object store's `url`, not a `path`",
+                    ));
+                }
+                self.path(p.get_ref())
+            }
+            (None, Some(u)) => self.url(u, "offsite.url", &o.endpoint, &o.region)?,
+            _ => {
+                return Err(self.at.error(
+                    spanned.span(),
+                    "offsite",
+                    "offsite takes exactly one of `path` (a folder) and `url` (s3://…)",
+                ));
+            }
+        };
+        let every = o.every.get_ref().0;
+        if every.is_zero() {
+            return Err(self.at.error(
+                o.every.span(),
+                "offsite.every",
+                "shipping every 0s would never stop: give a time above zero",
+            ));
+        }
+        let recipient = o.recipient.get_ref().trim();
+        if recipient.parse::<age::x25519::Recipient>().is_err() {
+            return Err(self.at.error(
+                o.recipient.span(),
+                "offsite.recipient",
+                "not an age recipient: give the public key (age1…) that `age-keygen -y` prints for the DR site's identity",
+            ));
+        }
+        Ok(OffsiteSpec {
+            location,
+            every,
+            recipient: recipient.to_string(),
+            identity: o.identity.as_ref().map(|i| match self.path(i.get_ref()) {
+                SourceLocation::Path(p) => p,
+                SourceLocation::Url { .. } => unreachable!("a path"),
+            }),
+        })
+    }
+
+    /// `site-loss`: one fault for the whole site, which every target suffers at `at`. Each
+    /// target must be a drill that restores a backup that could have been shipped.
+    fn site_loss(
+        &self,
+        i: usize,
+        raw: &raw::RawFault,
+        targets: &[TargetSpec],
+        offsite: bool,
+    ) -> Checked<Vec<FaultSpec>> {
+        let key = |k: &str| format!("faults[{i}].{k}");
+        let kind_span = raw.kind.span();
+        if let Some(t) = &raw.target {
+            return Err(self.at.error(
+                t.span(),
+                key("target"),
+                "site-loss takes the whole site at once: it names no target",
+            ));
+        }
+        let extra = [
+            ("for", raw.for_.as_ref().map(|v| v.span())),
+            ("artefact", raw.artefact.as_ref().map(|v| v.span())),
+            ("delay", raw.delay.as_ref().map(|v| v.span())),
+            ("jitter", raw.jitter.as_ref().map(|v| v.span())),
+            ("bandwidth", raw.bandwidth.as_ref().map(|v| v.span())),
+            ("reset", raw.reset.as_ref().map(|v| v.span())),
+        ];
+        if let Some((k, Some(span))) = extra.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(self.at.error(
+                span,
+                key(k),
+                format!("site-loss takes only `at`, not `{k}`"),
+            ));
+        }
+        if let Some((k, _)) = self.owned.faults[i].first() {
+            return Err(self.at.error(
+                kind_span,
+                key(k),
+                format!("site-loss takes only `at`, not `{k}`"),
+            ));
+        }
+        if !offsite {
+            return Err(self.at.error(
+                kind_span,
+                key("kind"),
+                "after a site loss only what was shipped offsite is left: add an [offsite] table",
+            ));
+        }
+        let at = raw.at.get_ref().0;
+        let mut faults = Vec::new();
+        for t in targets {
+            let problem = if t.source.is_some() {
+                Some(
+                    "is a restore test; a site loss drills every target of the scenario"
+                        .to_string(),
+                )
+            } else if !t.restore.from_backup() {
+                Some(format!(
+                    "restores from `{}`, but nothing of the site is left to recover on: restore from a backup",
+                    t.restore.label()
+                ))
+            } else if t.backup.is_some_and(|b| b.method.archives_wal()) {
+                Some("archives WAL, which is not shipped offsite yet: use `pg-dump`".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(self.at.error(
+                    kind_span,
+                    key("kind"),
+                    format!("target {:?} {problem}", t.name),
+                ));
+            }
+            faults.push(FaultSpec {
+                target: t.name.clone(),
+                kind: FaultKind::SiteLoss,
+                at,
+                hold: None,
+                aim: None,
+                artefact: None,
+                toxics: None,
+            });
+        }
+        Ok(faults)
     }
 
     /// `restore.after`: each name another target of the scenario, and no target waiting,
@@ -922,11 +1067,18 @@ impl<'a> Validator<'a> {
 
     fn fault(&self, i: usize, raw: &raw::RawFault, targets: &[TargetSpec]) -> Checked<FaultSpec> {
         let key = |k: &str| format!("faults[{i}].{k}");
-        let name = raw.target.get_ref();
+        let Some(raw_target) = &raw.target else {
+            return Err(self.at.error(
+                raw.kind.span(),
+                key("target"),
+                format!("fault `{}` needs a `target`", raw.kind.get_ref()),
+            ));
+        };
+        let name = raw_target.get_ref();
         let Some(target) = targets.iter().find(|t| &t.name == name) else {
             let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
             return Err(self.at.error(
-                raw.target.span(),
+                raw_target.span(),
                 key("target"),
                 format!("no target named {name:?} (targets: {})", known.join(", ")),
             ));
@@ -934,7 +1086,7 @@ impl<'a> Validator<'a> {
         let kind = *raw.kind.get_ref();
         if target.source.is_some() {
             return Err(self.at.error(
-                raw.target.span(),
+                raw_target.span(),
                 key("target"),
                 format!("target {name:?} restores your own backup (`source`): a restore test takes no faults"),
             ));
@@ -1143,7 +1295,13 @@ impl<'a> Validator<'a> {
                 .faults
                 .iter()
                 .enumerate()
-                .filter(|(_, f)| f.get_ref().target.get_ref() == &target.name)
+                .filter(|(_, f)| {
+                    let f = f.get_ref();
+                    f.kind.get_ref() == &FaultKind::SiteLoss
+                        || f.target
+                            .as_ref()
+                            .is_some_and(|t| t.get_ref() == &target.name)
+                })
                 .min_by_key(|(_, f)| f.get_ref().at.get_ref().0)
                 .expect("the fault came from this file");
             return Err(self.at.error(

@@ -29,6 +29,20 @@ pub struct RawScenario {
     #[serde(default)]
     pub faults: Vec<Spanned<RawFault>>,
     pub platform: Option<Spanned<RawPlatform>>,
+    pub offsite: Option<Spanned<RawOffsite>>,
+}
+
+/// `[offsite]`: where backups are shipped, encrypted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffsite {
+    pub path: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<String>,
+    pub every: Spanned<HumanDuration>,
+    pub recipient: Spanned<String>,
+    pub identity: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,7 +173,8 @@ pub struct RawObjectives {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFault {
-    pub target: Spanned<String>,
+    /// Every kind but `site-loss` (which takes the whole site) names its target.
+    pub target: Option<Spanned<String>>,
     pub kind: Spanned<FaultKind>,
     pub at: Spanned<HumanDuration>,
     #[serde(rename = "for")]

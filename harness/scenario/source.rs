@@ -64,7 +64,7 @@ impl Validator<'_> {
                 }
                 self.path(p.get_ref())
             }
-            (None, Some(u)) => self.url(u, &key("source.url"), s)?,
+            (None, Some(u)) => self.url(u, &key("source.url"), &s.endpoint, &s.region)?,
             _ => {
                 return Err(self.at.error(
                     source.span(),
@@ -75,7 +75,9 @@ impl Validator<'_> {
         };
         let wal = match &s.wal {
             None => None,
-            Some(w) if w.get_ref().contains("://") => Some(self.url(w, &key("source.wal"), s)?),
+            Some(w) if w.get_ref().contains("://") => {
+                Some(self.url(w, &key("source.wal"), &s.endpoint, &s.region)?)
+            }
             Some(w) => Some(self.path(w.get_ref())),
         };
         let pattern = match &s.pattern {
@@ -261,7 +263,7 @@ impl Validator<'_> {
     }
 
     /// A path; a relative one is read from the scenario file's folder.
-    fn path(&self, p: &str) -> SourceLocation {
+    pub(super) fn path(&self, p: &str) -> SourceLocation {
         let path = std::path::PathBuf::from(p);
         SourceLocation::Path(if path.is_relative() {
             self.at
@@ -275,7 +277,13 @@ impl Validator<'_> {
     }
 
     /// An object-store URL, with the source's endpoint and region.
-    fn url(&self, u: &Spanned<String>, key: &str, s: &RawSource) -> Checked<SourceLocation> {
+    pub(super) fn url(
+        &self,
+        u: &Spanned<String>,
+        key: &str,
+        endpoint: &Option<Spanned<String>>,
+        region: &Option<String>,
+    ) -> Checked<SourceLocation> {
         let url = u.get_ref();
         let scheme = url.split_once("://").map(|(s, _)| s);
         if !matches!(scheme, Some("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")) {
@@ -292,14 +300,15 @@ impl Validator<'_> {
                 "put no credentials or options in the URL: keys come from the standard environment (AWS_ACCESS_KEY_ID, …), the endpoint from `endpoint`",
             ));
         }
-        let endpoint = match &s.endpoint {
+        let endpoint = match endpoint {
             Some(e)
                 if !e.get_ref().starts_with("http://") && !e.get_ref().starts_with("https://") =>
             {
                 return Err(self.at.error(
                     e.span(),
                     key.replace(".url", ".endpoint")
-                        .replace(".wal", ".endpoint"),
+                        .replace(".wal", ".endpoint")
+                        .replace(".path", ".endpoint"),
                     format!("{:?}: expected an http:// or https:// URL", e.get_ref()),
                 ));
             }
@@ -308,7 +317,7 @@ impl Validator<'_> {
         Ok(SourceLocation::Url {
             url: url.clone(),
             endpoint,
-            region: s.region.clone(),
+            region: region.clone(),
         })
     }
 

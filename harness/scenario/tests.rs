@@ -133,7 +133,7 @@ fn unknown_key() {
 fn unknown_top_level_table() {
     assert_eq!(
         error_after("[[faults]]", "[chaos]\nx = 1\n\n[[faults]]"),
-        "s.toml:14:2: chaos: unknown field `chaos`, expected one of `schema`, `name`, `description`, `drill`, `timeouts`, `targets`, `faults`, `platform`"
+        "s.toml:14:2: chaos: unknown field `chaos`, expected one of `schema`, `name`, `description`, `drill`, `timeouts`, `targets`, `faults`, `platform`, `offsite`"
     );
 }
 
@@ -943,4 +943,93 @@ fn the_platform_and_the_restore_order_are_read_and_checked() {
         .expect_err("rpo is required")
         .to_string();
     assert!(missing.contains("rpo"), "{missing}");
+}
+
+const SITE_LOSS: &str = r#"schema = 1
+name = "site"
+
+[offsite]
+path = "/srv/offsite"
+every = "2s"
+recipient = "age1wu75qf49jkqa5td6ccuyty507pe5rukszspucjdfhr9gpwh08u9sc2h6c6"
+identity = "keys/dr.key"
+
+[targets.db]
+kind = "postgres"
+backup = { method = "pg-dump", every = "3s" }
+restore = { from = "latest" }
+objectives = { rto = "60s", rpo = "10s" }
+
+[targets.cache]
+kind = "redis"
+backup = { method = "redis-rdb", every = "3s" }
+restore = { from = "latest" }
+objectives = { rto = "60s", rpo = "10s" }
+
+[[faults]]
+kind = "site-loss"
+at = "10s"
+"#;
+
+#[test]
+fn a_site_loss_hits_every_target_and_needs_an_offsite_to_restore_from() {
+    let s = parse_text(SITE_LOSS).unwrap();
+    let hit: Vec<(&str, FaultKind)> = s
+        .faults
+        .iter()
+        .map(|f| (f.target.as_str(), f.kind))
+        .collect();
+    assert_eq!(
+        hit,
+        [("cache", FaultKind::SiteLoss), ("db", FaultKind::SiteLoss)]
+    );
+    let o = s.offsite.as_ref().unwrap();
+    assert_eq!(o.every, Duration::from_secs(2));
+    assert_eq!(o.identity.as_deref(), Some(Path::new("keys/dr.key")));
+
+    let err = |from: &str, to: &str| {
+        assert_eq!(SITE_LOSS.matches(from).count(), 1, "{from}");
+        parse_text(&SITE_LOSS.replacen(from, to, 1))
+            .expect_err("must be rejected")
+            .to_string()
+    };
+    let no_offsite = parse_text(&SITE_LOSS.replace(
+        "[offsite]\npath = \"/srv/offsite\"\nevery = \"2s\"\nrecipient = \"age1wu75qf49jkqa5td6ccuyty507pe5rukszspucjdfhr9gpwh08u9sc2h6c6\"\nidentity = \"keys/dr.key\"\n",
+        "",
+    ))
+    .expect_err("no offsite")
+    .to_string();
+    assert!(
+        no_offsite.contains("add an [offsite] table"),
+        "{no_offsite}"
+    );
+    let named = err(
+        "kind = \"site-loss\"",
+        "target = \"db\"\nkind = \"site-loss\"",
+    );
+    assert!(
+        named.contains("faults[0].target") && named.contains("names no target"),
+        "{named}"
+    );
+    let restart = err(
+        "restore = { from = \"latest\" }\nobjectives = { rto = \"60s\", rpo = \"10s\" }\n\n[targets.cache]",
+        "restore = { from = \"restart\" }\nobjectives = { rto = \"60s\", rpo = \"10s\" }\n\n[targets.cache]",
+    );
+    assert!(
+        restart.contains("target \"db\" restores from `restart`"),
+        "{restart}"
+    );
+    let recipient = err(
+        "recipient = \"age1wu75qf49jkqa5td6ccuyty507pe5rukszspucjdfhr9gpwh08u9sc2h6c6\"",
+        "recipient = \"AGE-SECRET-KEY-1QQQ\"",
+    );
+    assert!(
+        recipient.contains("s.toml:7:13: offsite.recipient: not an age recipient"),
+        "{recipient}"
+    );
+    let untargeted = err("kind = \"site-loss\"", "kind = \"kill\"");
+    assert!(
+        untargeted.contains("faults[0].target") && untargeted.contains("needs a `target`"),
+        "{untargeted}"
+    );
 }

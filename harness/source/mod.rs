@@ -783,71 +783,84 @@ struct Bucket {
 
 impl Bucket {
     fn open(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Bucket> {
-        let parsed = url::Url::parse(url).map_err(|e| anyhow!("source.url {url:?}: {e}"))?;
-        let retry = object_store::RetryConfig {
-            max_retries: 2,
-            retry_timeout: Duration::from_secs(10),
-            ..Default::default()
-        };
-        let client = object_store::ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(300))
-            .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")));
-        let built: object_store::Result<Arc<dyn ObjectStore>> = match parsed.scheme() {
-            "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_retry(retry)
-                    .with_client_options(client);
-                if let Some(e) = endpoint {
-                    b = b.with_endpoint(e);
-                }
-                // The environment's keys, else the shared profile's (AWS_PROFILE or default).
-                if let Some(p) = aws_profile::load(|k| std::env::var(k).ok())? {
-                    tracing::info!("S3 credentials from AWS profile {:?}", p.name);
-                    b = b
-                        .with_access_key_id(p.access_key_id)
-                        .with_secret_access_key(p.secret_access_key);
-                    if let Some(t) = p.session_token {
-                        b = b.with_token(t);
-                    }
-                    let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-                        .iter()
-                        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
-                    if let (Some(r), false) = (p.region, env_region) {
-                        b = b.with_region(r);
-                    }
-                }
-                if let Some(r) = region {
-                    b = b.with_region(r);
-                }
-                b.build().map(|s| Arc::new(s) as _)
-            }
-            "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client)
-                .build()
-                .map(|s| Arc::new(s) as _),
-            _ => object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client)
-                .build()
-                .map(|s| Arc::new(s) as _),
-        };
-        let store = built.map_err(|e| EnvironmentError {
-            cause: format!("cannot open {url}: {e}"),
-            fix: "check the URL, `endpoint`, `region` and the store's credentials in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3)".into(),
-        })?;
-        let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
+        let (store, prefix) = open_store(url, endpoint, region)?;
         Ok(Bucket {
             store,
             prefix,
             url: url.to_string(),
         })
     }
+}
 
+/// The object store a URL names (`s3://`, `gs://`, `az://`), with credentials from the
+/// environment (and AWS profiles), an endpoint override for S3-compatible servers, and a region;
+/// and the prefix under it.
+pub fn open_store(
+    url: &str,
+    endpoint: Option<&str>,
+    region: Option<&str>,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    let parsed = url::Url::parse(url).map_err(|e| anyhow!("{url:?}: {e}"))?;
+    let retry = object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let client = object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(300))
+        .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")));
+    let built: object_store::Result<Arc<dyn ObjectStore>> = match parsed.scheme() {
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_retry(retry)
+                .with_client_options(client);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            // The environment's keys, else the shared profile's (AWS_PROFILE or default).
+            if let Some(p) = aws_profile::load(|k| std::env::var(k).ok())? {
+                tracing::info!("S3 credentials from AWS profile {:?}", p.name);
+                b = b
+                    .with_access_key_id(p.access_key_id)
+                    .with_secret_access_key(p.secret_access_key);
+                if let Some(t) = p.session_token {
+                    b = b.with_token(t);
+                }
+                let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                    .iter()
+                    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+                if let (Some(r), false) = (p.region, env_region) {
+                    b = b.with_region(r);
+                }
+            }
+            if let Some(r) = region {
+                b = b.with_region(r);
+            }
+            b.build().map(|s| Arc::new(s) as _)
+        }
+        "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+            .with_url(url)
+            .with_retry(retry)
+            .with_client_options(client)
+            .build()
+            .map(|s| Arc::new(s) as _),
+        _ => object_store::azure::MicrosoftAzureBuilder::from_env()
+            .with_url(url)
+            .with_retry(retry)
+            .with_client_options(client)
+            .build()
+            .map(|s| Arc::new(s) as _),
+    };
+    let store = built.map_err(|e| EnvironmentError {
+            cause: format!("cannot open {url}: {e}"),
+            fix: "check the URL, `endpoint`, `region` and the store's credentials in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3)".into(),
+        })?;
+    Ok((store, ObjectPath::from(parsed.path().trim_matches('/'))))
+}
+
+impl Bucket {
     /// Every object under the prefix, at any depth.
     async fn every_object(&self) -> Result<Vec<object_store::ObjectMeta>> {
         self.store

@@ -48,6 +48,11 @@ pub trait Site: Send + Sync {
     /// Keeps what the services logged in the run folder.
     async fn save_logs(&self);
 
+    /// `site-loss`: every container, volume and network of the run goes at once (their logs
+    /// kept first), and a new network, the DR site, takes the old one's place for whatever
+    /// starts next. Returns what went, for the report.
+    async fn lose(&self) -> Result<serde_json::Value>;
+
     /// Leaves everything in place for inspection (`DRILLRIG_KEEP`).
     fn keep(&self);
 

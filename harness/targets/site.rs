@@ -103,6 +103,19 @@ impl Site for DockerSite {
         self.docker.save_logs().await;
     }
 
+    async fn lose(&self) -> Result<serde_json::Value> {
+        self.docker.save_logs().await;
+        let (removed, dr_network) = self.docker.lose_site().await?;
+        Ok(serde_json::json!({
+            "removed": {
+                "containers": removed.containers,
+                "volumes": removed.volumes,
+                "networks": removed.networks,
+            },
+            "dr_network": dr_network,
+        }))
+    }
+
     fn keep(&self) {
         self.docker.keep();
     }

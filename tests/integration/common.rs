@@ -393,3 +393,89 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A container the test started itself, removed when dropped.
+pub struct Scratch(pub String);
+
+impl Scratch {
+    pub fn start(name: &str, args: &[&str]) -> Scratch {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", name])
+            .output();
+        let mut all = vec!["run", "-d", "--name", name];
+        all.extend_from_slice(args);
+        docker(&all);
+        Scratch(name.to_string())
+    }
+
+    pub fn exec(&self, user: &str, script: &str) -> Vec<u8> {
+        let out = Command::new("docker")
+            .args(["exec", "-u", user, &self.0, "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn port(&self, port: u16) -> u16 {
+        let out = docker(&["port", &self.0, &format!("{port}/tcp")]);
+        out.lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .expect("a published port")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
+    }
+}
+
+pub fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !ok() {
+        assert!(std::time::Instant::now() < until, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The S3-compatible server, with SigV4 on; returns it and its endpoint.
+pub fn s3_server(name: &str) -> (Scratch, String) {
+    let s = Scratch::start(
+        name,
+        &[
+            "-p",
+            "127.0.0.1:0:9000",
+            "drillrig/s3:0.14.1-bookworm",
+            "--access-key",
+            "drillrig-test-key",
+            "--secret-key",
+            S3_SECRET,
+            "/data",
+        ],
+    );
+    s.exec("root", "mkdir -p /data/backups");
+    let endpoint = format!("http://127.0.0.1:{}", s.port(9000));
+    wait_for("the S3 server", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(endpoint.trim_start_matches("http://")).is_ok()
+    });
+    (s, endpoint)
+}
+
+pub const S3_SECRET: &str = "s3cr3t-never-in-any-output";
+
+pub fn s3_env(secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "drillrig-test-key".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
+}

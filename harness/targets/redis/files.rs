@@ -257,16 +257,17 @@ pub(super) async fn damage(r: &mut Redis, file: DataFile) -> Result<serde_json::
     Ok(details)
 }
 
-/// A short-lived container of the target's image, to run a tool on files: `mounts` are
-/// `(volume, path)`; the repository is mounted read-only at `/repository`.
+/// A short-lived container of the target's image, to run a tool on files: `volume` is
+/// `(volume, path)`; `repository` is mounted read-only at `/repository`.
 async fn helper(
     env: &TargetEnv,
     name: &str,
     volume: Option<(String, String)>,
+    repository: &Path,
 ) -> Result<Container> {
     // A drill without backups has no repository folder yet.
-    std::fs::create_dir_all(&env.repository)
-        .with_context(|| format!("create {}", env.repository.display()))?;
+    std::fs::create_dir_all(repository)
+        .with_context(|| format!("create {}", repository.display()))?;
     let spec = ContainerSpec {
         name: name.to_string(),
         image: env.image.clone(),
@@ -274,7 +275,7 @@ async fn helper(
         cmd: vec!["infinity".into()],
         port: PORT,
         volume,
-        binds: vec![(env.repository.clone(), REPOSITORY.into(), true)],
+        binds: vec![(repository.to_path_buf(), REPOSITORY.into(), true)],
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
         files: Vec::new(),
@@ -325,7 +326,8 @@ pub(super) async fn check_backup(r: &Redis, backup: &Backup) -> CheckResult {
             .serving()
             .map_or(env.spec.name.as_str(), |c| c.name.as_str())
     );
-    let tools = match helper(env, &name, None).await {
+    let repository = backup.dir.parent().unwrap_or(&backup.dir);
+    let tools = match helper(env, &name, None, repository).await {
         Ok(tools) => tools,
         Err(e) => return CheckResult::unknown(check, format!("no helper container: {e:#}")),
     };
@@ -359,9 +361,10 @@ pub(super) async fn restore(
         other => bail!("{other} is not a redis backup method"),
     };
     let mut spec = r.container_spec(name, volume, r.server_command(appendonly), copy_in);
-    // The repository, read-only, for the `redis-check` check of the backup's own files.
-    spec.binds
-        .push((r.service.env.repository.clone(), REPOSITORY.into(), true));
+    // The backup's repository (the DR site's after a site loss), read-only, for the
+    // `redis-check` check of the backup's own files.
+    let repository = backup.dir.parent().unwrap_or(&backup.dir).to_path_buf();
+    spec.binds.push((repository, REPOSITORY.into(), true));
     r.start_container(spec, r.service.env.timeouts.restore)
         .await?;
     let mut con = r.connect().await?;
@@ -572,6 +575,7 @@ pub(super) async fn repair_aof(r: &mut Redis) -> Result<String> {
         &r.service.env,
         &format!("{name}-{}", r.service.containers.generation()),
         Some((volume, DATA.into())),
+        &r.service.env.repository,
     )
     .await?;
     let fix = format!("echo y | redis-check-aof --fix {DATA}/{AOF_DIR}/{AOF_MANIFEST}");
