@@ -12,6 +12,7 @@ mod layers;
 mod notify;
 mod outages;
 mod pitr;
+mod platform;
 mod rabbitmq;
 mod redis;
 mod reports;

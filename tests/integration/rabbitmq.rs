@@ -87,24 +87,6 @@ fn a_deleted_queue_comes_back_with_its_messages() {
 }
 
 #[test]
-fn a_lost_site_is_restored_from_the_export_alone() {
-    let _engine = engine();
-    let run = drill(
-        "tests/scenarios/rabbitmq-volume-loss.toml",
-        "rabbitmq-volume-loss",
-        &[],
-    );
-    assert_eq!(run.code(), Some(0), "{}", run.debug());
-    assert!(
-        run.report["faults"][0]["details"]["volume"]
-            .as_str()
-            .is_some()
-    );
-    assert_lost_only_after_the_backup(&run);
-    assert_no_leftovers(run.run_id());
-}
-
-#[test]
 fn a_damaged_definitions_backup_fails_the_drill() {
     let _engine = engine();
     let run = drill(
