@@ -47,10 +47,22 @@ pub struct OffsiteSpec {
 
 /// What the platform as a whole promises: its RTO runs from the first fault to the last
 /// target's recovery, and its RPO is the worst target's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformObjectives {
     pub rto: Duration,
     pub rpo: Duration,
+    /// `workload`: one application writing across the stores instead of a workload per target.
+    pub workload: Option<PlatformWorkload>,
+}
+
+/// The platform workload: per seq, the order into PostgreSQL (`order`), then its cache entry
+/// into Redis (`cache`), then its event into RabbitMQ (`event`), each only once the one before
+/// was acknowledged; the write is acknowledged when all three are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformWorkload {
+    pub rate: u32,
+    /// The targets in write order: the order's, the cache's and the event's.
+    pub chain: [String; 3],
 }
 
 /// The platform's row in the report and the history, beside the targets' (no target may take

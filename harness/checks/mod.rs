@@ -1,6 +1,8 @@
 //! Checks after a restore. A check is `passed` only when it ran and found nothing wrong;
 //! one that could not run is `unknown`, never `passed`.
 
+pub mod cross_store;
+
 use std::time::Duration;
 
 use serde::Serialize;

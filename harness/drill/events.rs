@@ -18,6 +18,8 @@ pub struct Progress {
     pub timeline: Vec<PhaseSpan>,
     pub faults: Vec<FaultRecord>,
     pub targets: BTreeMap<String, TargetReport>,
+    /// The platform workload's cross-store check, once every target recovered.
+    pub cross_store: Option<crate::checks::cross_store::CrossStore>,
 }
 
 /// A phase begun with [`Events::begin`], to hand to [`Events::end`].
@@ -95,6 +97,11 @@ impl Events {
     }
 
     /// What the run has learned so far.
+    /// The platform workload's cross-store check ran.
+    pub fn cross_store(&self, checked: crate::checks::cross_store::CrossStore) {
+        self.lock().cross_store = Some(checked);
+    }
+
     pub fn progress(&self) -> Progress {
         self.lock().clone()
     }

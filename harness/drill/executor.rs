@@ -3,7 +3,7 @@
 //! [`faults`](Executor::faults) with detection, [`restore`](Executor::restore) and
 //! [`verify`](Executor::verify). Every step is bounded; what it learns goes to [`Events`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,6 +49,79 @@ pub struct Executor<'a> {
     pub site_alive: CancellationToken,
     /// The site loss, once one target's fault has caused it: what went, or why it failed.
     pub site_lost: tokio::sync::OnceCell<Result<serde_json::Value, String>>,
+    /// The platform workload, when `[platform] workload` writes across the stores.
+    pub chain: Option<Chain>,
+    /// Per target of the platform workload, what its verify read back: the seqs present and
+    /// its recovered prefix, for the cross-store check.
+    pub recovered: std::sync::Mutex<BTreeMap<String, RecoveredStore>>,
+}
+
+/// What a platform workload target held after its recovery: the seqs read back, and `r*`.
+pub type RecoveredStore = (BTreeSet<u64>, Option<u64>);
+
+/// The platform workload: one task writing each seq through its targets in turn, stopped by
+/// the first of them whose restore begins; each then takes its own ledger.
+pub struct Chain {
+    targets: Vec<String>,
+    stop: CancellationToken,
+    task: std::sync::Mutex<Option<AbortOnDropHandle<Vec<Ledger>>>>,
+    ledgers: tokio::sync::OnceCell<Vec<Ledger>>,
+}
+
+impl Chain {
+    /// Starts writing through `writers`, one per target of `targets`, in order.
+    pub fn start(
+        targets: Vec<String>,
+        writers: Vec<Box<dyn workload::Writer>>,
+        rate: u32,
+        clock: Clock,
+    ) -> Chain {
+        let stop = CancellationToken::new();
+        let task = AbortOnDropHandle::new(tokio::spawn(workload::run_chain(
+            writers,
+            rate,
+            clock,
+            stop.clone(),
+        )));
+        Chain {
+            targets,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
+            ledgers: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub fn writes_to(&self, target: &str) -> bool {
+        self.targets.iter().any(|t| t == target)
+    }
+
+    /// Stops the workload (if it still writes) and returns `target`'s ledger.
+    async fn ledger(&self, target: &str) -> Result<Ledger, Stop> {
+        self.stop.cancel();
+        let ledgers = self
+            .ledgers
+            .get_or_try_init(|| async {
+                let task = self.task.lock().expect("not poisoned").take();
+                match task {
+                    Some(task) => task
+                        .await
+                        .map_err(|e| Stop::Step(format!("the platform workload: {e}"))),
+                    None => Err(Stop::Step("the platform workload ended twice".into())),
+                }
+            })
+            .await?;
+        let i = self
+            .targets
+            .iter()
+            .position(|t| t == target)
+            .expect("a target of the platform workload");
+        Ok(ledgers[i].clone())
+    }
+
+    /// Every target's ledger, once the workload has stopped.
+    fn ledgers(&self) -> Option<&Vec<Ledger>> {
+        self.ledgers.get()
+    }
 }
 
 /// A target's seed as it was right after seeding: the reference the `seed` check and a total
@@ -121,7 +194,11 @@ impl Executor<'_> {
         let name = spec.name.as_str();
         let clock = self.clock;
 
-        let workload = Workload::start(target, spec.rate, clock);
+        // A target of the platform workload is written by it, not by a workload of its own.
+        let chain = self.chain.as_ref().filter(|c| c.writes_to(name));
+        let workload = chain
+            .is_none()
+            .then(|| Workload::start(target, spec.rate, clock));
         let workload_span = self.events.begin("workload", Some(name));
         self.events.target(name, |t| {
             t.workload.started_ms = Some(workload_start / 1000)
@@ -170,7 +247,11 @@ impl Executor<'_> {
 
         // The restore begins: the workload stops, its last writes are recorded.
         let restore_start = clock.micros();
-        let ledger = workload.stop(name).await?;
+        let ledger = match (workload, chain) {
+            (Some(workload), _) => workload.stop(name).await?,
+            (None, Some(chain)) => chain.ledger(name).await?,
+            (None, None) => unreachable!("a target is written by its workload or the platform's"),
+        };
         self.events.end(workload_span);
         let t_fault = outage.t_fault.unwrap_or(restore_start);
         let write_latency = outage.slowed.map(|(slowed, healed)| report::WriteLatency {
@@ -236,6 +317,32 @@ impl Executor<'_> {
         .await?;
         let injected: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
         self.unasked_outages(spec, target, &injected).await
+    }
+
+    /// The platform workload's cross-store check, once every target has recovered (`None`
+    /// without a platform workload). A store that could not be read back leaves it `None`
+    /// too, and the platform then has no verdict on it.
+    pub fn cross_store(&self) -> Option<checks::cross_store::CrossStore> {
+        let chain = self.chain.as_ref()?;
+        let ledgers = chain.ledgers()?;
+        let recovered = self.recovered.lock().expect("not poisoned");
+        let store = |i: usize| {
+            let target = chain.targets[i].as_str();
+            let (present, r_star) = recovered.get(target)?;
+            Some(checks::cross_store::Store {
+                target,
+                ledger: &ledgers[i],
+                present,
+                r_star: *r_star,
+            })
+        };
+        let (order, cache, event) = (store(0)?, store(1)?, store(2)?);
+        Some(checks::cross_store::cross_store(
+            &order,
+            &cache,
+            &event,
+            self.clock.millis(),
+        ))
     }
 
     /// Marks `target`'s drill ended (recovered, or given up on): the restores waiting on it
@@ -897,7 +1004,17 @@ impl Executor<'_> {
             )
         );
         let comparison = match read {
-            Ok(Ok(read)) => Ok(compare(ledger, &read)),
+            Ok(Ok(read)) => {
+                let comparison = compare(ledger, &read);
+                if self.chain.as_ref().is_some_and(|c| c.writes_to(name)) {
+                    let present = read.iter().map(|&(seq, _)| seq).collect();
+                    self.recovered
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(name.to_string(), (present, comparison.r_star));
+                }
+                Ok(comparison)
+            }
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => return Err(step_overran("reading the workload back")),
         };

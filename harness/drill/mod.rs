@@ -322,9 +322,9 @@ fn build_report(
 ) -> Report {
     let p = events.progress();
     let targets: Vec<TargetReport> = p.targets.into_values().collect();
-    let platform = scenario
-        .platform
-        .map(|objectives| report::PlatformReport::judge(objectives, &targets));
+    let platform = scenario.platform.as_ref().map(|objectives| {
+        report::PlatformReport::judge(objectives, &targets, p.cross_store.clone())
+    });
     let (outcome, error) = match stop {
         Some(Stop::Interrupted) => (RunOutcome::Interrupted, Some(Stop::Interrupted.message())),
         Some(stop) => (RunOutcome::Error, Some(stop.message())),
@@ -472,6 +472,25 @@ impl Drill<'_> {
             },
             site_alive: CancellationToken::new(),
             site_lost: tokio::sync::OnceCell::new(),
+            chain: s
+                .platform
+                .as_ref()
+                .and_then(|p| p.workload.as_ref())
+                .map(|w| {
+                    let writers = w
+                        .chain
+                        .iter()
+                        .map(|name| {
+                            let (_, t) = targets
+                                .iter()
+                                .find(|(spec, _)| &spec.name == name)
+                                .expect("validation checked the platform workload's targets");
+                            t.writer()
+                        })
+                        .collect();
+                    executor::Chain::start(w.chain.to_vec(), writers, w.rate, clock)
+                }),
+            recovered: std::sync::Mutex::new(BTreeMap::new()),
         };
         let workload_start = clock.micros();
         try_join_all(targets.iter_mut().zip(&seeds).map(|((spec, t), seeded)| {
@@ -495,6 +514,10 @@ impl Drill<'_> {
             }
         }))
         .await?;
+        if let Some(checked) = executor.cross_store() {
+            info!("platform: {}", checked.summary());
+            self.events.cross_store(checked);
+        }
         Ok(())
     }
 }

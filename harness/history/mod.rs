@@ -243,7 +243,16 @@ impl RunRecord {
                     acked_writes: report.targets.iter().map(|t| ms(t.rpo.acked_writes)).sum(),
                     lost_writes: ms(p.rpo.lost_writes),
                     phases: Vec::new(),
-                    checks: Vec::new(),
+                    checks: p
+                        .cross_store
+                        .iter()
+                        .map(|c| CheckRecord {
+                            name: "cross-store".into(),
+                            status: if c.passed { "passed" } else { "failed" }.into(),
+                            detail: c.summary(),
+                            value: None,
+                        })
+                        .collect(),
                 }))
                 .collect(),
         }

@@ -90,6 +90,17 @@ pub fn markdown(r: &Report) -> String {
                 .as_ref()
                 .map_or(String::new(), |t| format!(" ({t})")),
         );
+        if let Some(c) = &p.cross_store {
+            let _ = writeln!(
+                md,
+                "\nCross-store check: **{}**. {}.",
+                if c.passed { "passed" } else { "failed" },
+                c.summary()
+            );
+            for u in &c.unexplained {
+                let _ = writeln!(md, "- {u}");
+            }
+        }
     }
 
     for t in &r.targets {

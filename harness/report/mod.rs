@@ -78,6 +78,9 @@ pub struct Report {
 pub struct PlatformReport {
     pub rto: PlatformRto,
     pub rpo: PlatformRpo,
+    /// With the platform workload: what the stores hold of each other's writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_store: Option<crate::checks::cross_store::CrossStore>,
     pub met: bool,
 }
 
@@ -112,8 +115,14 @@ pub struct PlatformRpo {
 }
 
 impl PlatformReport {
-    /// Judges `targets` together against `objectives`.
-    pub fn judge(objectives: PlatformObjectives, targets: &[TargetReport]) -> PlatformReport {
+    /// Judges `targets` together against `objectives`. With a platform workload the platform
+    /// is recovered only once `cross_store` passed too; without its verdict (a store could not
+    /// be read back) it is not recovered.
+    pub fn judge(
+        objectives: &PlatformObjectives,
+        targets: &[TargetReport],
+        cross_store: Option<crate::checks::cross_store::CrossStore>,
+    ) -> PlatformReport {
         let target_rto = objectives.rto.as_millis() as u64;
         let target_rpo = objectives.rpo.as_millis() as u64;
         let first_fault_at_ms = targets.iter().filter_map(|t| t.rto.fault_at_ms).min();
@@ -122,19 +131,38 @@ impl PlatformReport {
             .iter()
             .filter_map(|t| t.rto.recovered_at_ms.map(|at| (at, t)))
             .max_by_key(|(at, _)| *at);
+        let chained = objectives.workload.is_some();
+        let stores_disagree = match &cross_store {
+            _ if !chained => None,
+            None => {
+                Some("the stores could not all be read back for the cross-store check".to_string())
+            }
+            Some(c) if !c.passed => Some(format!(
+                "the stores disagree beyond their recovery points ({} unexplained)",
+                c.unexplained_count
+            )),
+            Some(_) => None,
+        };
         let (achieved_ms, recovered_at_ms, last_target, note) = match (never, last) {
+            _ if never.is_none() && stores_disagree.is_some() => {
+                (None, None, None, stores_disagree.clone())
+            }
             (Some(t), _) => (
                 None,
                 None,
                 Some(t.name.clone()),
                 Some(format!("{} never recovered", t.name)),
             ),
-            (None, Some((at, t))) => (
-                first_fault_at_ms.map(|first| at.saturating_sub(first)),
-                Some(at),
-                Some(t.name.clone()),
-                None,
-            ),
+            (None, Some((at, t))) => {
+                // The platform is back once its last target is and the stores agree.
+                let at = cross_store.as_ref().map_or(at, |c| at.max(c.checked_at_ms));
+                (
+                    first_fault_at_ms.map(|first| at.saturating_sub(first)),
+                    Some(at),
+                    Some(t.name.clone()),
+                    None,
+                )
+            }
             (None, None) => (None, None, None, Some("no target recovered".into())),
         };
         let rto = PlatformRto {
@@ -169,9 +197,10 @@ impl PlatformReport {
             note,
         };
         PlatformReport {
-            met: rto.met && rpo.met,
+            met: rto.met && rpo.met && stores_disagree.is_none(),
             rto,
             rpo,
+            cross_store,
         }
     }
 }

@@ -171,6 +171,14 @@ pub fn terminal(r: &Report) -> String {
             checks.push_record([t.name.clone(), c.title(), status.into(), shorten(&c.detail)]);
         }
     }
+    if let Some(c) = r.platform.as_ref().and_then(|p| p.cross_store.as_ref()) {
+        checks.push_record([
+            crate::spec::PLATFORM.into(),
+            "cross-store".into(),
+            if c.passed { "passed" } else { "FAILED" }.into(),
+            shorten(&c.summary()),
+        ]);
+    }
     if checks.count_records() > 1 {
         out.push_str(&Table::from(checks).with(Style::sharp()).to_string());
         out.push('\n');

@@ -504,9 +504,14 @@ impl<'a> Validator<'a> {
                     ));
                 }
                 let p = p.get_ref();
+                let workload = match &p.workload {
+                    Some(w) => Some(self.platform_workload(w, &raw, &mut targets)?),
+                    None => None,
+                };
                 Some(PlatformObjectives {
                     rto: p.rto.get_ref().0,
                     rpo: p.rpo.get_ref().0,
+                    workload,
                 })
             }
         };
@@ -678,6 +683,75 @@ impl<'a> Validator<'a> {
             });
         }
         Ok(faults)
+    }
+
+    /// `[platform] workload`: `order`, `cache` and `event` name a PostgreSQL, a Redis and a
+    /// RabbitMQ drill, none with a workload of its own; they then write at the platform's rate.
+    fn platform_workload(
+        &self,
+        w: &Spanned<raw::RawPlatformWorkload>,
+        raw: &RawScenario,
+        targets: &mut [TargetSpec],
+    ) -> Checked<PlatformWorkload> {
+        let r = w.get_ref();
+        let rate = *r.rate.get_ref();
+        if rate == 0 {
+            return Err(self.at.error(
+                r.rate.span(),
+                "platform.workload.rate",
+                "the platform workload needs a rate above zero (writes per second across the stores)",
+            ));
+        }
+        let roles = [
+            ("order", &r.order, TargetKind::Postgres),
+            ("cache", &r.cache, TargetKind::Redis),
+            ("event", &r.event, TargetKind::Rabbitmq),
+        ];
+        let mut chain: [String; 3] = Default::default();
+        for (i, (role, name, kind)) in roles.into_iter().enumerate() {
+            let key = format!("platform.workload.{role}");
+            let Some(t) = targets.iter_mut().find(|t| &t.name == name.get_ref()) else {
+                let known: Vec<&str> = raw.targets.get_ref().keys().map(String::as_str).collect();
+                return Err(self.at.error(
+                    name.span(),
+                    key,
+                    format!(
+                        "no target named {:?} (targets: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
+            };
+            if t.kind != kind || t.source.is_some() {
+                return Err(self.at.error(
+                    name.span(),
+                    key,
+                    format!(
+                        "the {role}s go to a {kind} drill; {:?} is a {}{}",
+                        t.name,
+                        t.kind,
+                        if t.source.is_some() {
+                            " restore test"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if let Some(own) = &raw.targets.get_ref()[&t.name].get_ref().workload {
+                return Err(self.at.error(
+                    own.rate.span(),
+                    format!("targets.{}.workload", t.name),
+                    "the platform workload writes to this target: it takes no workload of its own",
+                ));
+            }
+            if chain.contains(&t.name) {
+                return Err(self.at.error(name.span(), key, "one target per role"));
+            }
+            t.rate = rate;
+            chain[i] = t.name.clone();
+        }
+        Ok(PlatformWorkload { rate, chain })
     }
 
     /// `restore.after`: each name another target of the scenario, and no target waiting,

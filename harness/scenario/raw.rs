@@ -159,6 +159,17 @@ pub struct RawRestore {
 pub struct RawPlatform {
     pub rto: Spanned<HumanDuration>,
     pub rpo: Spanned<HumanDuration>,
+    pub workload: Option<Spanned<RawPlatformWorkload>>,
+}
+
+/// `[platform] workload`: which target holds the orders, the cache and the events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatformWorkload {
+    pub rate: Spanned<u32>,
+    pub order: Spanned<String>,
+    pub cache: Spanned<String>,
+    pub event: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

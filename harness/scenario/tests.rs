@@ -900,6 +900,7 @@ fn the_platform_and_the_restore_order_are_read_and_checked() {
         Some(PlatformObjectives {
             rto: Duration::from_secs(120),
             rpo: Duration::from_secs(15),
+            workload: None,
         })
     );
     assert_eq!(s.target("cache").unwrap().restore_after, ["pg"]);
@@ -1032,4 +1033,32 @@ fn a_site_loss_hits_every_target_and_needs_an_offsite_to_restore_from() {
         untargeted.contains("faults[0].target") && untargeted.contains("needs a `target`"),
         "{untargeted}"
     );
+}
+
+#[test]
+fn the_platform_workload_names_a_store_of_each_kind_that_writes_nothing_of_its_own() {
+    let with = |workload: &str| {
+        parse_text(&format!(
+            "{SITE_LOSS}\n[platform]\nrto = \"2m\"\nrpo = \"30s\"\nworkload = {workload}\n"
+        ))
+    };
+    let wrong_kind = with(r#"{ rate = 50, order = "cache", cache = "db", event = "db" }"#)
+        .expect_err("roles need their kinds")
+        .to_string();
+    assert!(
+        wrong_kind.contains("platform.workload.order")
+            && wrong_kind.contains("the orders go to a postgres drill"),
+        "{wrong_kind}"
+    );
+    let unknown = with(r#"{ rate = 50, order = "db", cache = "cache", event = "mq" }"#)
+        .expect_err("no mq")
+        .to_string();
+    assert!(
+        unknown.contains("platform.workload.event") && unknown.contains(r#"no target named "mq""#),
+        "{unknown}"
+    );
+    let zero = with(r#"{ rate = 0, order = "db", cache = "cache", event = "mq" }"#)
+        .expect_err("rate 0")
+        .to_string();
+    assert!(zero.contains("rate above zero"), "{zero}");
 }

@@ -1,5 +1,6 @@
 //! The workload: one writer per target, writing at the scenario's rate and recording every
-//! attempt in the [`Ledger`], outages included.
+//! attempt in the [`Ledger`], outages included; or the platform's, one application writing
+//! each seq through several targets in turn ([`run_chain`]).
 
 pub mod ledger;
 
@@ -74,6 +75,54 @@ pub async fn run(
         }
     }
     ledger
+}
+
+/// Runs the platform workload until `stop`: per seq, each writer in turn, the next only once the
+/// one before acknowledged (an application writing its order, then the cache entry, then the
+/// event). A write not attempted because an earlier one was not acknowledged certainly did not
+/// apply: it is recorded as `fail`, so every ledger holds every seq. One ledger per writer, in
+/// order; a seq is acknowledged by the platform when it is `ok` in all of them.
+pub async fn run_chain(
+    mut writers: Vec<Box<dyn Writer>>,
+    rate: u32,
+    clock: Clock,
+    stop: CancellationToken,
+) -> Vec<Ledger> {
+    let mut ledgers: Vec<Ledger> = writers.iter().map(|_| Ledger::new()).collect();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    'writes: loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let seq = ledgers[0].next_seq();
+        let mut acknowledged = true;
+        for (writer, ledger) in writers.iter_mut().zip(ledgers.iter_mut()) {
+            let digest = writer.digest(seq);
+            let invoked = clock.micros();
+            let outcome = if !acknowledged {
+                WriteOutcome::Fail
+            } else {
+                tokio::select! {
+                    r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(WriteOutcome::Info),
+                    _ = stop.cancelled() => WriteOutcome::Info,
+                }
+            };
+            acknowledged &= outcome == WriteOutcome::Ok;
+            ledger.record(Write {
+                seq,
+                invoked,
+                completed: clock.micros(),
+                outcome,
+                digest,
+            });
+        }
+        if stop.is_cancelled() {
+            break 'writes;
+        }
+    }
+    ledgers
 }
 
 /// A deterministic 64-bit mix (splitmix64): values and digests derived from `(seed, seq)`.
