@@ -559,6 +559,8 @@ impl Executor<'_> {
             for backup in std::mem::take(&mut queue) {
                 let limit = self.scenario.timeouts.backup;
                 let shipped = tokio::select! {
+                    // Once the site is lost, nothing more is recorded as landed.
+                    biased;
                     _ = stop.cancelled() => return,
                     r = tokio::time::timeout(limit, offsite.ship(&backup, &self.clock)) => r,
                 };

@@ -357,6 +357,17 @@ async fn a_backup_whose_contents_cannot_be_read_leaves_its_comparisons_unknown()
     assert_ne!(ran.result.exit, Exit::Met);
 }
 
+/// A second fake target, `cache`, restoring after `db`.
+const CACHE_AFTER_DB: &str = r#"[targets.cache]
+kind = "postgres"
+dataset = { fixture = "orders", rows = 10 }
+workload = { rate = 100 }
+backup = { method = "pg-dump", every = "1s" }
+restore = { from = "latest", after = ["db"] }
+checks = ["ledger"]
+objectives = { rto = "60s", rpo = "10s" }
+"#;
+
 /// `db` and `cache` lose their volumes at 3.5 s; `cache` restores after `db`; the platform's
 /// objectives are `platform_rto` and 10 s.
 fn two_targets_in_order(platform_rto: &str) -> Scenario {
@@ -365,15 +376,7 @@ fn two_targets_in_order(platform_rto: &str) -> Scenario {
 restore = { from = "latest" }
 checks = ["ledger", "row-counts"]"#,
         &format!(
-            r#"[targets.cache]
-kind = "postgres"
-dataset = {{ fixture = "orders", rows = 10 }}
-workload = {{ rate = 100 }}
-backup = {{ method = "pg-dump", every = "1s" }}
-restore = {{ from = "latest", after = ["db"] }}
-checks = ["ledger"]
-objectives = {{ rto = "60s", rpo = "10s" }}
-
+            r#"{CACHE_AFTER_DB}
 [platform]
 rto = "{platform_rto}"
 rpo = "10s"
@@ -497,15 +500,7 @@ fn site_loss(dir: &Path, key: bool) -> Scenario {
 restore = { from = "latest" }
 checks = ["ledger", "row-counts", "backup-integrity"]"#,
         &format!(
-            r#"[targets.cache]
-kind = "postgres"
-dataset = {{ fixture = "orders", rows = 10 }}
-workload = {{ rate = 100 }}
-backup = {{ method = "pg-dump", every = "1s" }}
-restore = {{ from = "latest", after = ["db"] }}
-checks = ["ledger"]
-objectives = {{ rto = "60s", rpo = "10s" }}
-
+            r#"{CACHE_AFTER_DB}
 [offsite]
 path = "{offsite}"
 every = "700ms"
@@ -550,7 +545,7 @@ async fn a_site_loss_leaves_only_what_landed_offsite_and_the_dr_site_restores_fr
             .unwrap();
         assert_eq!(fault["kind"], "site-loss");
         assert!(fault["details"]["deleted"]["files"].as_u64().unwrap() > 0);
-        let lost_at = fault["started_ms"].as_u64().unwrap();
+        let lost_by = fault["injected_at_ms"].as_u64().unwrap();
         let shipped = t["offsite"]["shipped"].as_array().unwrap();
         assert!(!shipped.is_empty(), "{name}: nothing shipped");
         for s in shipped {
@@ -558,7 +553,7 @@ async fn a_site_loss_leaves_only_what_landed_offsite_and_the_dr_site_restores_fr
                 s["lag_ms"].as_u64().unwrap(),
                 s["landed_ms"].as_u64().unwrap() - s["taken_ms"].as_u64().unwrap()
             );
-            assert!(s["landed_ms"].as_u64().unwrap() <= lost_at);
+            assert!(s["landed_ms"].as_u64().unwrap() <= lost_by);
         }
         // The newest backup that landed before the loss is the one restored, fetched from
         // offsite into the DR site's folder; newer ones taken on the site were lost with it.

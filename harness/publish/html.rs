@@ -238,9 +238,13 @@ fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> M
             " of " (secs(t.rpo_target_ms)) "; " (t.lost_writes) " of " (t.acked_writes)
             " acknowledged writes lost."
         }
-        h4 { "Phase timeline of the latest run" }
-        (PreEscaped(timeline_svg(t)))
-        (timeline_legend(t))
+        @if t.kind == crate::spec::PLATFORM {
+            p { "The platform: from the first fault of any target to the last recovery; its phases are its targets'." }
+        } @else {
+            h4 { "Phase timeline of the latest run" }
+            (PreEscaped(timeline_svg(t)))
+            (timeline_legend(t))
+        }
         h4 { "Over " (series.len()) " run(s)" }
         div.charts {
             (PreEscaped(trend_svg("achieved RTO", &rto, t.rto_target_ms)))

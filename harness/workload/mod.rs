@@ -53,20 +53,9 @@ pub async fn run(
         } else if stop.is_cancelled() {
             break;
         }
-        let seq = ledger.next_seq();
-        let digest = writer.digest(seq);
-        let invoked = clock.micros();
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(WriteOutcome::Info),
-            _ = stop.cancelled() => WriteOutcome::Info,
-        };
-        ledger.record(Write {
-            seq,
-            invoked,
-            completed: clock.micros(),
-            outcome,
-            digest,
-        });
+        let write = attempt(writer.as_mut(), ledger.next_seq(), true, &clock, &stop).await;
+        let outcome = write.outcome;
+        ledger.record(write);
         if stop.is_cancelled() {
             break;
         }
@@ -99,30 +88,43 @@ pub async fn run_chain(
         let seq = ledgers[0].next_seq();
         let mut acknowledged = true;
         for (writer, ledger) in writers.iter_mut().zip(ledgers.iter_mut()) {
-            let digest = writer.digest(seq);
-            let invoked = clock.micros();
-            let outcome = if !acknowledged {
-                WriteOutcome::Fail
-            } else {
-                tokio::select! {
-                    r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(WriteOutcome::Info),
-                    _ = stop.cancelled() => WriteOutcome::Info,
-                }
-            };
-            acknowledged &= outcome == WriteOutcome::Ok;
-            ledger.record(Write {
-                seq,
-                invoked,
-                completed: clock.micros(),
-                outcome,
-                digest,
-            });
+            let write = attempt(writer.as_mut(), seq, acknowledged, &clock, &stop).await;
+            acknowledged &= write.outcome == WriteOutcome::Ok;
+            ledger.record(write);
         }
         if stop.is_cancelled() {
             break 'writes;
         }
     }
     ledgers
+}
+
+/// One write of `seq`, bounded by [`WRITE_TIMEOUT`] and cut short (as `info`) by `stop`; not
+/// attempted, and so `fail`, unless `go`.
+async fn attempt(
+    writer: &mut dyn Writer,
+    seq: u64,
+    go: bool,
+    clock: &Clock,
+    stop: &CancellationToken,
+) -> Write {
+    let digest = writer.digest(seq);
+    let invoked = clock.micros();
+    let outcome = if go {
+        tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, writer.write(seq)) => r.unwrap_or(WriteOutcome::Info),
+            _ = stop.cancelled() => WriteOutcome::Info,
+        }
+    } else {
+        WriteOutcome::Fail
+    };
+    Write {
+        seq,
+        invoked,
+        completed: clock.micros(),
+        outcome,
+        digest,
+    }
 }
 
 /// A deterministic 64-bit mix (splitmix64): values and digests derived from `(seed, seq)`.

@@ -479,3 +479,16 @@ pub fn s3_env(secret: &str) -> Vec<(&'static str, String)> {
         ("AWS_REGION", "us-east-1".to_string()),
     ]
 }
+
+/// A client of the test S3 server's `backups` bucket, with the test's keys.
+pub fn test_bucket(endpoint: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name("backups")
+        .with_access_key_id("drillrig-test-key")
+        .with_secret_access_key(S3_SECRET)
+        .build()
+        .unwrap()
+}

@@ -263,15 +263,7 @@ expect = "== {INVOICES}"
 /// Uploads `file` as `key` with the object_store client, as a backup job would.
 fn upload(endpoint: &str, key: &str, bytes: Vec<u8>) {
     use object_store::ObjectStoreExt;
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_bucket_name("backups")
-        .with_access_key_id("drillrig-test-key")
-        .with_secret_access_key(S3_SECRET)
-        .build()
-        .unwrap();
+    let store = crate::common::test_bucket(endpoint);
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(store.put(&object_store::path::Path::from(key), bytes.into()))
@@ -1558,15 +1550,7 @@ freshness = true
 /// Uploads `(key, bytes)` pairs with one object_store client, as a backup job would.
 fn upload_all(endpoint: &str, files: Vec<(String, Vec<u8>)>) {
     use object_store::ObjectStoreExt;
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_bucket_name("backups")
-        .with_access_key_id("drillrig-test-key")
-        .with_secret_access_key(S3_SECRET)
-        .build()
-        .unwrap();
+    let store = crate::common::test_bucket(endpoint);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         for (key, bytes) in files {
             store
