@@ -230,7 +230,9 @@ impl Offsite {
             .with_context(|| format!("open {}", from.display()))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf).await?;
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
+                .await
+                .with_context(|| format!("read {}", from.display()))?;
             if n == 0 {
                 break;
             }
@@ -318,7 +320,8 @@ impl Offsite {
             .bytes()
             .await
             .map_err(|e| self.store_error("read the manifest of the backup to restore", e))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{folder}/{MANIFEST} is no drillrig manifest"))?;
         let (identity, from_where) = self.identity(&manifest.recipient, backup.id)?;
         std::fs::create_dir_all(&backup.dir)
             .with_context(|| format!("create {}", backup.dir.display()))?;
@@ -339,7 +342,8 @@ impl Offsite {
             }
             let plain = backup.dir.join(&object.file);
             if let Some(parent) = plain.parent() {
-                std::fs::create_dir_all(parent)?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
             }
             let (from, to, identity, what) = (
                 sealed.clone(),
@@ -432,7 +436,11 @@ impl Offsite {
             .await
             .map_err(|e| self.store_error(&format!("download {from}"), e))?;
         let mut stream = got.into_stream();
-        let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(to).await?);
+        let mut file = tokio::io::BufWriter::new(
+            tokio::fs::File::create(to)
+                .await
+                .with_context(|| format!("create {}", to.display()))?,
+        );
         let mut size = 0u64;
         while let Some(chunk) = stream
             .try_next()
@@ -487,7 +495,8 @@ fn decrypt(
     what: &str,
     keys: &str,
 ) -> Result<()> {
-    let decryptor = age::Decryptor::new(std::io::BufReader::new(std::fs::File::open(from)?))
+    let file = std::fs::File::open(from).with_context(|| format!("open {}", from.display()))?;
+    let decryptor = age::Decryptor::new(std::io::BufReader::new(file))
         .map_err(|e| anyhow!("{what} is not an age file: {e}"))?;
     let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
@@ -496,7 +505,9 @@ fn decrypt(
                 "{what} is encrypted to {keys} does not open it ({e}): the key it needs is missing"
             )
         })?;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(to)?);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(to).with_context(|| format!("create {}", to.display()))?,
+    );
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = reader

@@ -10,13 +10,11 @@ use serde::Serialize;
 
 use crate::workload::{Ledger, WriteOutcome};
 
-/// One store of the platform workload as recovered: its ledger, the seqs read back from it and
-/// its recovered prefix (`r*`).
+/// One store of the platform workload as recovered: its ledger and the seqs read back from it.
 pub struct Store<'a> {
     pub target: &'a str,
     pub ledger: &'a Ledger,
     pub present: &'a BTreeSet<u64>,
-    pub r_star: Option<u64>,
 }
 
 /// The verdict of the cross-store check.
@@ -37,8 +35,6 @@ pub struct CrossStore {
     pub consistent_at_seq: Option<u64>,
     /// No disagreement is unexplained.
     pub passed: bool,
-    /// When the check ran (run ms).
-    pub checked_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,9 +44,9 @@ pub struct Explained {
     pub count: u64,
 }
 
-/// Why `seq`'s write to `store` is not there: its recovery point (it acknowledged the write,
-/// and its restore stopped before it), or the write was never acknowledged; `None` when the
-/// store acknowledged it and should hold it.
+/// Why `seq`'s write to `store` is not there: the write was never acknowledged, or the store's
+/// recovery point (its restore stopped before `seq`: it holds nothing newer); `None` when the
+/// store acknowledged the write and holds newer ones, so it should hold this one too (a hole).
 fn why_missing(store: &Store<'_>, seq: u64) -> Option<String> {
     let acked = store
         .ledger
@@ -59,10 +55,10 @@ fn why_missing(store: &Store<'_>, seq: u64) -> Option<String> {
     if !acked {
         return Some(format!("never acknowledged by {}", store.target));
     }
-    match store.r_star {
-        Some(r) if seq <= r => None,
-        Some(r) => Some(format!(
-            "{}'s recovery point (it holds writes up to seq {r})",
+    match store.present.last() {
+        Some(&newest) if seq < newest => None,
+        Some(&newest) => Some(format!(
+            "{}'s recovery point (it holds writes up to seq {newest})",
             store.target
         )),
         None => Some(format!(
@@ -73,12 +69,7 @@ fn why_missing(store: &Store<'_>, seq: u64) -> Option<String> {
 }
 
 /// Compares the three stores of the platform workload.
-pub fn cross_store(
-    order: &Store<'_>,
-    cache: &Store<'_>,
-    event: &Store<'_>,
-    checked_at_ms: u64,
-) -> CrossStore {
+pub fn cross_store(order: &Store<'_>, cache: &Store<'_>, event: &Store<'_>) -> CrossStore {
     let mut explained: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut unexplained = Vec::new();
     let mut count = |finding: &str, missing_from: &Store<'_>, seqs: Vec<u64>| {
@@ -86,9 +77,8 @@ pub fn cross_store(
             match why_missing(missing_from, seq) {
                 Some(cause) => *explained.entry((finding.to_string(), cause)).or_default() += 1,
                 None => unexplained.push(format!(
-                    "seq {seq}: {finding}, though {} acknowledged it and recovered up to seq {}",
-                    missing_from.target,
-                    missing_from.r_star.unwrap_or(0)
+                    "seq {seq}: {finding}, though {} acknowledged it and holds newer writes",
+                    missing_from.target
                 )),
             }
         }
@@ -138,7 +128,6 @@ pub fn cross_store(
         unexplained_count,
         consistent_at_seq,
         passed: unexplained_count == 0,
-        checked_at_ms,
     }
 }
 
@@ -192,26 +181,17 @@ mod tests {
         events[9] = Fail;
         let (lo, lc, le) = (ledger(&all), ledger(&all), ledger(&events));
         let up_to = |n: u64| (1..=n).collect::<BTreeSet<u64>>();
-        let (po, pc, pe) = (up_to(10), up_to(8), up_to(9));
-        let order = Store {
-            target: "db",
-            ledger: &lo,
-            present: &up_to(6),
-            r_star: Some(6),
+        let (po6, po, pc, pe) = (up_to(6), up_to(10), up_to(8), up_to(9));
+        let store = |target, ledger, present| Store {
+            target,
+            ledger,
+            present,
         };
-        let cache = Store {
-            target: "cache",
-            ledger: &lc,
-            present: &pc,
-            r_star: Some(8),
-        };
-        let event = Store {
-            target: "mq",
-            ledger: &le,
-            present: &pe,
-            r_star: Some(9),
-        };
-        let c = cross_store(&order, &cache, &event, 5);
+        let c = cross_store(
+            &store("db", &lo, &po6),
+            &store("cache", &lc, &pc),
+            &store("mq", &le, &pe),
+        );
         assert_eq!(
             (
                 c.phantom_events,
@@ -227,19 +207,14 @@ mod tests {
         );
 
         // The database holds all ten: seq 10's event was never acknowledged (explained); seq 3's
-        // event is gone below the broker's prefix (unexplained).
+        // event is a hole in the broker, which holds newer events (unexplained).
         let mut gapped = pe.clone();
         gapped.remove(&3);
-        let order = Store {
-            present: &po,
-            r_star: Some(10),
-            ..order
-        };
-        let event = Store {
-            present: &gapped,
-            ..event
-        };
-        let c = cross_store(&order, &cache, &event, 5);
+        let c = cross_store(
+            &store("db", &lo, &po),
+            &store("cache", &lc, &pc),
+            &store("mq", &le, &gapped),
+        );
         assert_eq!(c.orders_without_event, 2);
         assert_eq!(c.unexplained_count, 1, "{c:?}");
         assert!(
@@ -258,13 +233,11 @@ mod tests {
 
         // All agree: the consistency point is the newest seq all three hold.
         let same = up_to(7);
-        let s = |target, l| Store {
-            target,
-            ledger: l,
-            present: &same,
-            r_star: Some(7),
-        };
-        let c = cross_store(&s("db", &lo), &s("cache", &lc), &s("mq", &le), 5);
+        let c = cross_store(
+            &store("db", &lo, &same),
+            &store("cache", &lc, &same),
+            &store("mq", &le, &same),
+        );
         assert_eq!(c.consistent_at_seq, Some(7));
         assert!(c.passed);
     }

@@ -49,15 +49,14 @@ pub struct Executor<'a> {
     pub site_alive: CancellationToken,
     /// The site loss, once one target's fault has caused it: what went, or why it failed.
     pub site_lost: tokio::sync::OnceCell<Result<serde_json::Value, String>>,
+    /// Every target meets here before the site is lost, so no backup is still being written.
+    pub site_loss_barrier: tokio::sync::Barrier,
     /// The platform workload, when `[platform] workload` writes across the stores.
     pub chain: Option<Chain>,
-    /// Per target of the platform workload, what its verify read back: the seqs present and
-    /// its recovered prefix, for the cross-store check.
-    pub recovered: std::sync::Mutex<BTreeMap<String, RecoveredStore>>,
+    /// Per target of the platform workload, the seqs its verify read back, for the cross-store
+    /// check.
+    pub recovered: std::sync::Mutex<BTreeMap<String, BTreeSet<u64>>>,
 }
-
-/// What a platform workload target held after its recovery: the seqs read back, and `r*`.
-pub type RecoveredStore = (BTreeSet<u64>, Option<u64>);
 
 /// The platform workload: one task writing each seq through its targets in turn, stopped by
 /// the first of them whose restore begins; each then takes its own ledger.
@@ -319,7 +318,7 @@ impl Executor<'_> {
         self.unasked_outages(spec, target, &injected).await
     }
 
-    /// The platform workload's cross-store check, once every target has recovered (`None`
+    /// The platform workload's cross-store check, on what each target's verify read back (`None`
     /// without a platform workload). A store that could not be read back leaves it `None`
     /// too, and the platform then has no verdict on it.
     pub fn cross_store(&self) -> Option<checks::cross_store::CrossStore> {
@@ -328,21 +327,14 @@ impl Executor<'_> {
         let recovered = self.recovered.lock().expect("not poisoned");
         let store = |i: usize| {
             let target = chain.targets[i].as_str();
-            let (present, r_star) = recovered.get(target)?;
             Some(checks::cross_store::Store {
                 target,
                 ledger: &ledgers[i],
-                present,
-                r_star: *r_star,
+                present: recovered.get(target)?,
             })
         };
         let (order, cache, event) = (store(0)?, store(1)?, store(2)?);
-        Some(checks::cross_store::cross_store(
-            &order,
-            &cache,
-            &event,
-            self.clock.millis(),
-        ))
+        Some(checks::cross_store::cross_store(&order, &cache, &event))
     }
 
     /// Marks `target`'s drill ended (recovered, or given up on): the restores waiting on it
@@ -473,21 +465,26 @@ impl Executor<'_> {
                             entry.size_bytes
                         );
                         catalog.push(backup);
-                        if let Some(snapshot) = snapshot {
-                            held = Some((id, snapshot));
-                        }
                         if self.offsite.is_some() {
                             // Any backup may be the last to land before a site loss: each
                             // leaves the site described.
-                            if let Some((id, snapshot)) = held.take() {
+                            if let Some(snapshot) = snapshot {
                                 self.describe(spec, &mut catalog, id, snapshot).await?;
                             }
                             let _ = ship.send(catalog.last().expect("just pushed").clone());
+                        } else {
+                            let chosen = choose_backup(
+                                &catalog,
+                                spec.restore,
+                                self.clock.micros(),
+                                &self.clock,
+                            )
+                            .map(|b| b.id);
+                            if chosen == Some(id) {
+                                held = snapshot.map(|s| (id, s));
+                            }
+                            held = held.filter(|(id, _)| Some(*id) == chosen);
                         }
-                        let chosen =
-                            choose_backup(&catalog, spec.restore, self.clock.micros(), &self.clock)
-                                .map(|b| b.id);
-                        held = held.filter(|(id, _)| Some(*id) == chosen);
                     }
                 }
                 Ok(Err(e)) if host_storage_full(&e) => {
@@ -712,6 +709,11 @@ impl Executor<'_> {
             for f in faults {
                 let scheduled = workload_start + f.at.as_micros() as Micros;
                 tokio::time::sleep_until(clock.instant_at(scheduled)).await;
+                if f.kind == FaultKind::SiteLoss {
+                    // A backup of another target still running finishes first, as this
+                    // target's own did; the fault's `started_ms` shows the delay.
+                    self.site_loss_barrier.wait().await;
+                }
                 let hits_service =
                     !f.kind.is_latent() && !f.kind.degrades() && outage.t_fault.is_none();
                 if hits_service && spec.restore.from_backup() && f.kind != FaultKind::SiteLoss {
@@ -1013,7 +1015,7 @@ impl Executor<'_> {
                     self.recovered
                         .lock()
                         .expect("not poisoned")
-                        .insert(name.to_string(), (present, comparison.r_star));
+                        .insert(name.to_string(), present);
                 }
                 Ok(comparison)
             }

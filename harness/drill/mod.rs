@@ -472,6 +472,12 @@ impl Drill<'_> {
             },
             site_alive: CancellationToken::new(),
             site_lost: tokio::sync::OnceCell::new(),
+            site_loss_barrier: tokio::sync::Barrier::new(
+                s.faults
+                    .iter()
+                    .filter(|f| f.kind == crate::spec::FaultKind::SiteLoss)
+                    .count(),
+            ),
             chain: s
                 .platform
                 .as_ref()

@@ -335,6 +335,40 @@ async fn only_the_restored_backup_has_its_contents_read_and_every_snapshot_is_le
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restore_to_a_time_keeps_the_snapshot_of_the_backup_it_will_use_not_the_newest() {
+    // Backups at 0, 1, 2 and 3 s; the restore point lies between the third and the fourth.
+    let when = std::time::SystemTime::now() + Duration::from_millis(2500);
+    let s = scenario(
+        &format!(
+            r#"backup = {{ method = "pg-dump", every = "1s" }}
+restore = {{ from = "{}" }}
+checks = ["ledger", "row-counts"]"#,
+            humantime::format_rfc3339_millis(when)
+        ),
+        r#"[[faults]]
+target = "db"
+kind = "volume-loss"
+at = "3500ms""#,
+    );
+    let ran = drill_plain(&s, Behaviour::default()).await;
+    assert_eq!(ran.target()["restore"]["backup_id"], 3, "{:#}", ran.report);
+    let row_counts = ran.target()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "row-counts")
+        .cloned()
+        .unwrap();
+    assert_eq!(row_counts["status"], "passed", "{row_counts}");
+    let steps = &ran.record.steps;
+    assert_eq!(
+        steps.iter().filter(|s| *s == "describe").count(),
+        1,
+        "{steps:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_backup_whose_contents_cannot_be_read_leaves_its_comparisons_unknown() {
     let behaviour = Behaviour {
         fail: Some("describe"),

@@ -116,8 +116,8 @@ pub struct PlatformRpo {
 
 impl PlatformReport {
     /// Judges `targets` together against `objectives`. With a platform workload the platform
-    /// is recovered only once `cross_store` passed too; without its verdict (a store could not
-    /// be read back) it is not recovered.
+    /// is recovered (at its last target's recovery, whose read-back the check compares) only
+    /// if `cross_store` passed; without its verdict (a store could not be read back) it is not.
     pub fn judge(
         objectives: &PlatformObjectives,
         targets: &[TargetReport],
@@ -153,16 +153,12 @@ impl PlatformReport {
                 Some(t.name.clone()),
                 Some(format!("{} never recovered", t.name)),
             ),
-            (None, Some((at, t))) => {
-                // The platform is back once its last target is and the stores agree.
-                let at = cross_store.as_ref().map_or(at, |c| at.max(c.checked_at_ms));
-                (
-                    first_fault_at_ms.map(|first| at.saturating_sub(first)),
-                    Some(at),
-                    Some(t.name.clone()),
-                    None,
-                )
-            }
+            (None, Some((at, t))) => (
+                first_fault_at_ms.map(|first| at.saturating_sub(first)),
+                Some(at),
+                Some(t.name.clone()),
+                None,
+            ),
             (None, None) => (None, None, None, Some("no target recovered".into())),
         };
         let rto = PlatformRto {

@@ -445,6 +445,32 @@ impl<'a> Validator<'a> {
             None => None,
         };
         let mut faults = Vec::new();
+        let site_losses: Vec<(usize, &Spanned<raw::RawFault>)> = raw
+            .faults
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| *f.get_ref().kind.get_ref() == FaultKind::SiteLoss)
+            .collect();
+        if let Some((i, f)) = site_losses.get(1) {
+            return Err(self.at.error(
+                f.get_ref().kind.span(),
+                format!("faults[{i}].kind"),
+                "a scenario loses its site at most once",
+            ));
+        }
+        if let Some((_, lost)) = site_losses.first() {
+            let lost_at = lost.get_ref().at.get_ref().0;
+            if let Some((i, f)) = raw.faults.iter().enumerate().find(|(_, f)| {
+                *f.get_ref().kind.get_ref() != FaultKind::SiteLoss
+                    && f.get_ref().at.get_ref().0 >= lost_at
+            }) {
+                return Err(self.at.error(
+                    f.get_ref().at.span(),
+                    format!("faults[{i}].at"),
+                    "after the site loss there is nothing left to fault: give it an `at` before the site-loss's",
+                ));
+            }
+        }
         for (i, fault) in raw.faults.iter().enumerate() {
             if *fault.get_ref().kind.get_ref() == FaultKind::SiteLoss {
                 faults.extend(self.site_loss(i, fault.get_ref(), &targets, offsite.is_some())?);

@@ -1033,6 +1033,23 @@ fn a_site_loss_hits_every_target_and_needs_an_offsite_to_restore_from() {
         untargeted.contains("faults[0].target") && untargeted.contains("needs a `target`"),
         "{untargeted}"
     );
+    let twice =
+        parse_text(&(SITE_LOSS.to_string() + "\n[[faults]]\nkind = \"site-loss\"\nat = \"12s\"\n"))
+            .expect_err("two site losses")
+            .to_string();
+    assert!(
+        twice.contains("faults[1].kind") && twice.contains("at most once"),
+        "{twice}"
+    );
+    let after = parse_text(
+        &(SITE_LOSS.to_string() + "\n[[faults]]\ntarget = \"db\"\nkind = \"kill\"\nat = \"11s\"\n"),
+    )
+    .expect_err("a fault after the loss")
+    .to_string();
+    assert!(
+        after.contains("faults[1].at") && after.contains("nothing left"),
+        "{after}"
+    );
 }
 
 #[test]
