@@ -16,7 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backup::{Backup, sha256_file};
+use crate::backup::Backup;
 use crate::clock::Clock;
 use crate::docker::EnvironmentError;
 use crate::spec::{OffsiteSpec, SourceLocation};
@@ -304,14 +304,7 @@ impl Offsite {
     /// was encrypted to.
     pub async fn fetch(&self, backup: &Backup, clock: &Clock) -> Result<OffsiteFetch> {
         let started = clock.millis();
-        let folder = format!(
-            "{}/{}",
-            backup.target,
-            backup
-                .dir
-                .file_name()
-                .map_or(String::new(), |n| n.to_string_lossy().into())
-        );
+        let folder = Self::folder(backup);
         let bytes = self
             .store
             .get(&self.key(&format!("{folder}/{MANIFEST}")))
@@ -330,8 +323,8 @@ impl Offsite {
             let sealed = backup
                 .dir
                 .join(format!("{}.age", object.file.replace('/', "_")));
-            downloaded += self.download(&self.key(&object.key), &sealed).await?;
-            let (sum, _) = sha256_file(&sealed)?;
+            let (size, sum) = self.download(&self.key(&object.key), &sealed).await?;
+            downloaded += size;
             if sum != object.stored_sha256 {
                 bail!(
                     "{} of backup {} changed offsite: sha256 {sum}, the manifest says {}",
@@ -355,15 +348,21 @@ impl Offsite {
                 "{}, and the DR site's identity ({from_where})",
                 manifest.recipient
             );
-            tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &key))
-                .await??;
+            let (size, sum) =
+                tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &key))
+                    .await??;
             let _ = std::fs::remove_file(&sealed);
             let artefact = backup
                 .artefacts
                 .iter()
                 .find(|a| a.file == object.file)
-                .ok_or_else(|| anyhow!("the manifest lists {} twice over", object.file))?;
-            let (sum, size) = sha256_file(&plain)?;
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the manifest of backup {} lists {}, which the backup does not have",
+                        backup.id,
+                        object.file
+                    )
+                })?;
             if sum != artefact.sha256 || size != artefact.size {
                 bail!(
                     "{} of backup {} decrypted to {size} bytes with sha256 {sum}; the backup had {} bytes with sha256 {}",
@@ -428,8 +427,8 @@ impl Offsite {
         Ok((Arc::new(identities), from_where))
     }
 
-    /// Streams the object `from` into the file `to`; its size.
-    async fn download(&self, from: &ObjectPath, to: &Path) -> Result<u64> {
+    /// Streams the object `from` into the file `to`; its size and sha256, taken on the way.
+    async fn download(&self, from: &ObjectPath, to: &Path) -> Result<(u64, String)> {
         let got = self
             .store
             .get(from)
@@ -442,16 +441,18 @@ impl Offsite {
                 .with_context(|| format!("create {}", to.display()))?,
         );
         let mut size = 0u64;
+        let mut hash = Sha256::new();
         while let Some(chunk) = stream
             .try_next()
             .await
             .map_err(|e| self.store_error(&format!("download {from}"), e))?
         {
             size += chunk.len() as u64;
+            hash.update(&chunk);
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await?;
-        Ok(size)
+        Ok((size, hex::encode(hash.finalize())))
     }
 }
 
@@ -487,14 +488,15 @@ impl Write for Sealed {
     }
 }
 
-/// Decrypts `from` into `to`; `what` and `keys` name the file and the keys in errors.
+/// Decrypts `from` into `to`; `what` and `keys` name the file and the keys in errors. Returns
+/// the size and sha256 of what it wrote.
 fn decrypt(
     from: &Path,
     to: &Path,
     identities: &[age::x25519::Identity],
     what: &str,
     keys: &str,
-) -> Result<()> {
+) -> Result<(u64, String)> {
     let file = std::fs::File::open(from).with_context(|| format!("open {}", from.display()))?;
     let decryptor = age::Decryptor::new(std::io::BufReader::new(file))
         .map_err(|e| anyhow!("{what} is not an age file: {e}"))?;
@@ -509,6 +511,7 @@ fn decrypt(
         std::fs::File::create(to).with_context(|| format!("create {}", to.display()))?,
     );
     let mut buf = vec![0u8; 1 << 16];
+    let (mut size, mut hash) = (0u64, Sha256::new());
     loop {
         let n = reader
             .read(&mut buf)
@@ -516,8 +519,10 @@ fn decrypt(
         if n == 0 {
             break;
         }
+        hash.update(&buf[..n]);
+        size += n as u64;
         out.write_all(&buf[..n])?;
     }
     out.flush()?;
-    Ok(())
+    Ok((size, hex::encode(hash.finalize())))
 }

@@ -77,6 +77,26 @@ impl Ran {
         &self.report["targets"][0]
     }
 
+    /// The target called `name`.
+    fn target_named(&self, name: &str) -> &Value {
+        self.report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no target {name}"))
+    }
+
+    /// The first target's check `name`.
+    fn check(&self, name: &str) -> &Value {
+        self.target()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {:#}", self.target()["checks"]))
+    }
+
     /// The phases of the timeline, in order.
     fn phases(&self) -> Vec<String> {
         self.report["timeline"]
@@ -227,13 +247,7 @@ at = "2s""#,
     // Writes every 10 ms from the workload's start, the kill 2 s in.
     assert!(rpo["achieved_ms"].as_u64().unwrap() >= workload - seeded + 1980);
     assert!(rpo["note"].as_str().unwrap().starts_with("total loss"));
-    let seed = t["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "seed")
-        .expect("the seed check ran");
-    assert_eq!(seed["status"], "failed");
+    assert_eq!(ran.check("seed")["status"], "failed");
     assert_eq!(t["seed"]["datasets"]["customers"]["rows"], 10);
 }
 
@@ -321,16 +335,7 @@ async fn only_the_restored_backup_has_its_contents_read_and_every_snapshot_is_le
         4,
         "read after the last backup: {steps:?}"
     );
-    let check = |name: &str| {
-        ran.target()["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap()
-    };
-    assert_eq!(check("row-counts")["status"], "passed");
+    assert_eq!(ran.check("row-counts")["status"], "passed");
     assert!(ran.phases().contains(&"describe-backup".to_string()));
 }
 
@@ -352,13 +357,7 @@ at = "3500ms""#,
     );
     let ran = drill_plain(&s, Behaviour::default()).await;
     assert_eq!(ran.target()["restore"]["backup_id"], 3, "{:#}", ran.report);
-    let row_counts = ran.target()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "row-counts")
-        .cloned()
-        .unwrap();
+    let row_counts = ran.check("row-counts");
     assert_eq!(row_counts["status"], "passed", "{row_counts}");
     let steps = &ran.record.steps;
     assert_eq!(
@@ -375,13 +374,7 @@ async fn a_backup_whose_contents_cannot_be_read_leaves_its_comparisons_unknown()
         ..Behaviour::default()
     };
     let ran = drill_plain(&volume_loss_and_restore(), behaviour).await;
-    let check = ran.target()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "row-counts")
-        .cloned()
-        .unwrap();
+    let check = ran.check("row-counts");
     assert_eq!(check["status"], "unknown", "{check}");
     let detail = check["detail"].as_str().unwrap();
     assert!(
@@ -446,14 +439,7 @@ async fn a_restore_after_another_waits_for_its_recovery_and_the_platform_spans_b
     let ran = drill_plain(&two_targets_in_order("60s"), behaviour).await;
     assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
     let r = &ran.report;
-    let target = |name: &str| {
-        r["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()
-    };
+    let target = |name: &str| ran.target_named(name);
     // The cache's restore begins only once the database's drill has ended (its verify).
     let db_verified = span(r, "verify", "db")["ended_ms"].as_u64().unwrap();
     let waited = span(r, "wait db", "cache");
@@ -675,15 +661,7 @@ workload = {{ rate = 100, order = "db", cache = "cache", event = "mq" }}
 async fn the_platform_workload_writes_each_seq_through_every_store_and_the_stores_are_compared() {
     let ran = drill_plain(&three_stores(), Behaviour::default()).await;
     let r = &ran.report;
-    let t = |name: &str| {
-        r["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let t = |name: &str| ran.target_named(name);
     // One application: every store's ledger holds the same seqs, written in order.
     let attempted = t("db")["workload"]["attempted"].as_u64().unwrap();
     assert!(attempted > 300, "{attempted}");
