@@ -1,16 +1,17 @@
 //! The offsite repository (`[offsite]`): each completed backup leaves the site encrypted with
 //! age to the scenario's recipient, one object per artefact and its manifest last (a backup
-//! without a manifest never landed). After a `site-loss` the DR site lists what landed, and
-//! fetches and decrypts only the backup it restores, checking every artefact's sha256. A `path`
-//! goes through object_store's local file system, a URL through the same stores as a restore
-//! test's source.
+//! without a manifest never landed). Each file of a continuous archive (PostgreSQL's WAL)
+//! leaves as it is archived, under `<target>/wal/`, its record last. After a `site-loss` the
+//! DR site lists what landed, and fetches and decrypts the backup it restores and the archive
+//! beside it, checking every file's sha256. A `path` goes through object_store's local file
+//! system, a URL through the same stores as a restore test's source.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -53,17 +54,38 @@ pub struct Shipment {
     pub lag_ms: u64,
 }
 
+/// One file of a continuous archive, landed offsite.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchiveShipment {
+    pub file: String,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    /// When the file was archived on the site (its modification time).
+    pub archived_ms: u64,
+    /// When its record landed, after the file itself.
+    pub landed_ms: u64,
+    /// `landed_ms − archived_ms`.
+    pub lag_ms: u64,
+}
+
 /// What a backup fetched from offsite cost.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OffsiteFetch {
     pub location: String,
     pub backup_id: u32,
-    /// Bytes downloaded (encrypted), and the time from the first request to the last artefact
-    /// decrypted and checked.
+    /// Bytes downloaded (encrypted, the archive's included), and the time from the first
+    /// request to the last file decrypted and checked.
     pub bytes: u64,
     pub fetch_ms: u64,
+    /// Files of the continuous archive fetched beside the backup.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub archive_files: u64,
     /// The recipient the backup was encrypted to (public; the identity is never shown).
     pub recipient: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `manifest.json` of a shipped backup.
@@ -74,6 +96,25 @@ struct Manifest {
     recipient: String,
     /// Per artefact, its object and the object's size and sha256.
     objects: Vec<StoredObject>,
+    /// Every folder of the backup, relative to it: a fetch recreates the empty ones too (a
+    /// base backup's data directory needs them).
+    #[serde(default)]
+    folders: Vec<String>,
+}
+
+/// `<target>/wal/<file>.json`: one landed file of a continuous archive.
+#[derive(Debug, Serialize, Deserialize)]
+struct ArchiveRecord {
+    file: String,
+    bytes: u64,
+    /// The sha256 recorded when the file was archived.
+    sha256: String,
+    /// When it was archived on the site (RFC 3339): the fetched file gets it back as its
+    /// modification time, as the site's archive had it.
+    archived_at: String,
+    recipient: String,
+    stored_bytes: u64,
+    stored_sha256: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +126,9 @@ struct StoredObject {
 }
 
 const MANIFEST: &str = "manifest.json";
+
+/// How many files are shipped, or fetched, at once: a base backup has a thousand.
+const PARALLEL: usize = 16;
 
 impl Offsite {
     /// Opens the repository `spec` names, under `run` (`<scenario>/<run id>`: runs never see
@@ -173,34 +217,41 @@ impl Offsite {
     /// of an upload no listing shows, and no manifest.
     pub async fn ship(&self, backup: &Backup, clock: &Clock) -> Result<Vec<Shipment>> {
         let folder = Self::folder(backup);
-        let mut shipments = Vec::new();
-        let mut objects = Vec::new();
-        for artefact in &backup.artefacts {
-            let key = format!("{folder}/{}.age", artefact.file);
-            let (stored_bytes, stored_sha256) = self
-                .upload_sealed(&backup.dir.join(&artefact.file), &self.key(&key))
-                .await?;
-            let landed_ms = clock.millis();
-            shipments.push(Shipment {
-                backup_id: backup.id,
-                file: artefact.file.clone(),
-                bytes: artefact.size,
-                stored_bytes,
-                taken_ms: backup.finished_ms,
-                landed_ms,
-                lag_ms: landed_ms.saturating_sub(backup.finished_ms),
-            });
-            objects.push(StoredObject {
-                file: artefact.file.clone(),
-                key,
-                stored_bytes,
-                stored_sha256,
-            });
-        }
+        let landed: Vec<(Shipment, StoredObject)> = futures::stream::iter(&backup.artefacts)
+            .map(|artefact| {
+                let key = format!("{folder}/{}.age", artefact.file);
+                async move {
+                    let (stored_bytes, stored_sha256) = self
+                        .upload_sealed(&backup.dir.join(&artefact.file), &self.key(&key))
+                        .await?;
+                    let landed_ms = clock.millis();
+                    let shipment = Shipment {
+                        backup_id: backup.id,
+                        file: artefact.file.clone(),
+                        bytes: artefact.size,
+                        stored_bytes,
+                        taken_ms: backup.finished_ms,
+                        landed_ms,
+                        lag_ms: landed_ms.saturating_sub(backup.finished_ms),
+                    };
+                    let object = StoredObject {
+                        file: artefact.file.clone(),
+                        key,
+                        stored_bytes,
+                        stored_sha256,
+                    };
+                    anyhow::Ok((shipment, object))
+                }
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await?;
+        let (shipments, objects): (Vec<Shipment>, Vec<StoredObject>) = landed.into_iter().unzip();
         let manifest = Manifest {
             backup: backup.clone(),
             recipient: self.recipient.to_string(),
             objects,
+            folders: folders_under(&backup.dir),
         };
         let manifest_key = self.key(&format!("{folder}/{MANIFEST}"));
         self.store
@@ -210,9 +261,87 @@ impl Offsite {
         Ok(shipments)
     }
 
-    /// Encrypts the file `from` to the recipient while uploading it to `to`, in parts; the
-    /// size and sha256 of what was stored.
+    /// The file `file` of `target`'s continuous archive `archive`, whole and with its sha256
+    /// recorded (see [`crate::backup::ARCHIVE`]): encrypted up, then its record, which says
+    /// it landed.
+    pub async fn ship_archived(
+        &self,
+        target: &str,
+        archive: &Path,
+        file: &str,
+        clock: &Clock,
+    ) -> Result<ArchiveShipment> {
+        let path = archive.join(file);
+        let sha256 = std::fs::read_to_string(archive.join(format!("{file}.sha256")))
+            .with_context(|| format!("read the recorded sha256 of {}", path.display()))?
+            .trim()
+            .to_string();
+        let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+        let archived_at = meta.modified()?;
+        let archived_ms = clock.offset_of_wall(archived_at) / 1000;
+        let key = format!("{target}/{}/{file}", crate::backup::ARCHIVE);
+        let (stored_bytes, stored_sha256) = self
+            .upload_sealed(&path, &self.key(&format!("{key}.age")))
+            .await?;
+        let record = ArchiveRecord {
+            file: file.to_string(),
+            bytes: meta.len(),
+            sha256,
+            archived_at: humantime::format_rfc3339_nanos(archived_at).to_string(),
+            recipient: self.recipient.to_string(),
+            stored_bytes,
+            stored_sha256,
+        };
+        self.store
+            .put(
+                &self.key(&format!("{key}.json")),
+                serde_json::to_vec_pretty(&record)?.into(),
+            )
+            .await
+            .map_err(|e| self.store_error(&format!("write the record of {key}"), e))?;
+        let landed_ms = clock.millis();
+        Ok(ArchiveShipment {
+            file: file.to_string(),
+            bytes: meta.len(),
+            stored_bytes,
+            archived_ms,
+            landed_ms,
+            lag_ms: landed_ms.saturating_sub(archived_ms),
+        })
+    }
+
+    /// Encrypts the file `from` to the recipient while uploading it to `to` (in parts when
+    /// larger than one); the size and sha256 of what was stored.
     async fn upload_sealed(&self, from: &Path, to: &ObjectPath) -> Result<(u64, String)> {
+        let size = tokio::fs::metadata(from)
+            .await
+            .with_context(|| format!("stat {}", from.display()))?
+            .len();
+        if size < PART as u64 {
+            // One request: most files of a base backup are small.
+            let (from, recipient) = (from.to_path_buf(), self.recipient.clone());
+            let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                let plain =
+                    std::fs::read(&from).with_context(|| format!("read {}", from.display()))?;
+                let encryptor = age::Encryptor::with_recipients(std::iter::once(
+                    &recipient as &dyn age::Recipient,
+                ))
+                .map_err(|e| anyhow!("age: {e}"))?;
+                let mut sealed = Vec::with_capacity(plain.len() + 256);
+                let mut writer = encryptor.wrap_output(&mut sealed)?;
+                writer.write_all(&plain)?;
+                writer.finish()?;
+                Ok(sealed)
+            })
+            .await??;
+            let digest = hex::encode(Sha256::digest(&sealed));
+            let stored = sealed.len() as u64;
+            self.store
+                .put(to, sealed.into())
+                .await
+                .map_err(|e| self.store_error(&format!("upload {to}"), e))?;
+            return Ok((stored, digest));
+        }
         let upload = self
             .store
             .put_multipart(to)
@@ -315,71 +444,201 @@ impl Offsite {
             .map_err(|e| self.store_error("read the manifest of the backup to restore", e))?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{folder}/{MANIFEST} is no drillrig manifest"))?;
-        let (identity, from_where) = self.identity(&manifest.recipient, backup.id)?;
+        let (identity, from_where) =
+            self.identity(&manifest.recipient, &format!("backup {}", backup.id))?;
         std::fs::create_dir_all(&backup.dir)
             .with_context(|| format!("create {}", backup.dir.display()))?;
-        let mut downloaded = 0;
-        for object in &manifest.objects {
-            let sealed = backup
-                .dir
-                .join(format!("{}.age", object.file.replace('/', "_")));
-            let (size, sum) = self.download(&self.key(&object.key), &sealed).await?;
-            downloaded += size;
-            if sum != object.stored_sha256 {
+        for folder in &manifest.folders {
+            if Path::new(folder)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
                 bail!(
-                    "{} of backup {} changed offsite: sha256 {sum}, the manifest says {}",
-                    object.key,
-                    backup.id,
-                    object.stored_sha256
+                    "the manifest of backup {} lists the folder {folder:?}, outside the backup",
+                    backup.id
                 );
             }
-            let plain = backup.dir.join(&object.file);
-            if let Some(parent) = plain.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("create {}", parent.display()))?;
-            }
-            let (from, to, identity, what) = (
-                sealed.clone(),
-                plain.clone(),
-                identity.clone(),
-                format!("{} of backup {}", object.file, backup.id),
-            );
-            let key = format!(
-                "{}, and the DR site's identity ({from_where})",
-                manifest.recipient
-            );
-            let (size, sum) =
-                tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &key))
-                    .await??;
-            let _ = std::fs::remove_file(&sealed);
-            let artefact = backup
-                .artefacts
-                .iter()
-                .find(|a| a.file == object.file)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the manifest of backup {} lists {}, which the backup does not have",
-                        backup.id,
-                        object.file
-                    )
-                })?;
-            if sum != artefact.sha256 || size != artefact.size {
-                bail!(
-                    "{} of backup {} decrypted to {size} bytes with sha256 {sum}; the backup had {} bytes with sha256 {}",
-                    object.file,
-                    backup.id,
-                    artefact.size,
-                    artefact.sha256
-                );
-            }
+            let dir = backup.dir.join(folder);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         }
+        let keys = format!(
+            "{}, and the DR site's identity ({from_where})",
+            manifest.recipient
+        );
+        let downloaded: Vec<u64> = futures::stream::iter(manifest.objects.iter().enumerate())
+            .map(|(i, object)| self.fetch_object(backup, i, object, &identity, &keys))
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        let downloaded: u64 = downloaded.iter().sum();
+        let (archive_files, archive_bytes) = self.fetch_archive(backup).await?;
         Ok(OffsiteFetch {
             location: self.location.clone(),
             backup_id: backup.id,
-            bytes: downloaded,
+            bytes: downloaded + archive_bytes,
             fetch_ms: clock.millis().saturating_sub(started),
+            archive_files,
             recipient: manifest.recipient,
         })
+    }
+
+    /// Object `i` of `backup`'s manifest, downloaded, checked, decrypted with `identity` (named
+    /// by `keys` in errors) and checked again; the bytes downloaded.
+    async fn fetch_object(
+        &self,
+        backup: &Backup,
+        i: usize,
+        object: &StoredObject,
+        identity: &Arc<Vec<age::x25519::Identity>>,
+        keys: &str,
+    ) -> Result<u64> {
+        if Path::new(&object.file)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "the manifest of backup {} lists the file {:?}, outside the backup",
+                backup.id,
+                object.file
+            );
+        }
+        let sealed = backup.dir.join(format!(".fetching-{i}.age"));
+        let (downloaded, sum) = self.download(&self.key(&object.key), &sealed).await?;
+        if sum != object.stored_sha256 {
+            bail!(
+                "{} of backup {} changed offsite: sha256 {sum}, the manifest says {}",
+                object.key,
+                backup.id,
+                object.stored_sha256
+            );
+        }
+        let plain = backup.dir.join(&object.file);
+        if let Some(parent) = plain.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        let (from, to, identity, what, keys) = (
+            sealed.clone(),
+            plain.clone(),
+            identity.clone(),
+            format!("{} of backup {}", object.file, backup.id),
+            keys.to_string(),
+        );
+        let (size, sum) =
+            tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &keys))
+                .await??;
+        let _ = std::fs::remove_file(&sealed);
+        let artefact = backup
+            .artefacts
+            .iter()
+            .find(|a| a.file == object.file)
+            .ok_or_else(|| {
+                anyhow!(
+                    "the manifest of backup {} lists {}, which the backup does not have",
+                    backup.id,
+                    object.file
+                )
+            })?;
+        if sum != artefact.sha256 || size != artefact.size {
+            bail!(
+                "{} of backup {} decrypted to {size} bytes with sha256 {sum}; the backup had {} bytes with sha256 {}",
+                object.file,
+                backup.id,
+                artefact.size,
+                artefact.sha256
+            );
+        }
+        Ok(downloaded)
+    }
+
+    /// Fetches every file of the continuous archive of `backup`'s target that landed (its
+    /// record is there) into [`Backup::archive`], each with its recorded sha256 beside it, as
+    /// the site had it; checks each against its record. The files and bytes downloaded.
+    async fn fetch_archive(&self, backup: &Backup) -> Result<(u64, u64)> {
+        let prefix = self.key(&format!("{}/{}", backup.target, crate::backup::ARCHIVE));
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error("list the shipped archive", e))?;
+        let records: Vec<&ObjectPath> = listed
+            .iter()
+            .map(|m| &m.location)
+            .filter(|l| l.extension() == Some("json"))
+            .collect();
+        if records.is_empty() {
+            return Ok((0, 0));
+        }
+        let into = backup.archive();
+        std::fs::create_dir_all(&into).with_context(|| format!("create {}", into.display()))?;
+        let fetched: Vec<u64> = futures::stream::iter(records)
+            .map(|record| self.fetch_archived(record, &into))
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        Ok((fetched.len() as u64, fetched.iter().sum()))
+    }
+
+    /// One archived file, from its record's key into `into`; the bytes downloaded.
+    async fn fetch_archived(&self, location: &ObjectPath, into: &Path) -> Result<u64> {
+        let bytes = self
+            .store
+            .get(location)
+            .await
+            .map_err(|e| self.store_error(&format!("read {location}"), e))?
+            .bytes()
+            .await
+            .map_err(|e| self.store_error(&format!("read {location}"), e))?;
+        let record: ArchiveRecord = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{location} is no drillrig archive record"))?;
+        let file = &record.file;
+        if location.filename() != Some(&format!("{file}.json")) {
+            bail!("{location} is the record of {file:?}, another file");
+        }
+        let what = format!("archived file {file}");
+        let (identity, from_where) = self.identity(&record.recipient, &what)?;
+        let object = ObjectPath::from(format!(
+            "{}.age",
+            location.as_ref().trim_end_matches(".json")
+        ));
+        let sealed = into.join(format!("{file}.age"));
+        let (size, sum) = self.download(&object, &sealed).await?;
+        if sum != record.stored_sha256 {
+            bail!(
+                "{object} changed offsite: sha256 {sum}, its record says {}",
+                record.stored_sha256
+            );
+        }
+        let plain = into.join(file);
+        let keys = format!(
+            "{}, and the DR site's identity ({from_where})",
+            record.recipient
+        );
+        let (from, to) = (sealed.clone(), plain.clone());
+        let (bytes, plain_sum) =
+            tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &keys))
+                .await??;
+        let _ = std::fs::remove_file(&sealed);
+        if plain_sum != record.sha256 || bytes != record.bytes {
+            bail!(
+                "archived file {file} decrypted to {bytes} bytes with sha256 {plain_sum}; it was archived with {} bytes and sha256 {}",
+                record.bytes,
+                record.sha256
+            );
+        }
+        std::fs::write(
+            into.join(format!("{file}.sha256")),
+            format!("{}\n", record.sha256),
+        )?;
+        let archived_at = humantime::parse_rfc3339(&record.archived_at)
+            .with_context(|| format!("{location}: archived_at {:?}", record.archived_at))?;
+        std::fs::File::options()
+            .write(true)
+            .open(&plain)
+            .and_then(|f| f.set_modified(archived_at))
+            .with_context(|| format!("set the archive time of {}", plain.display()))?;
+        Ok(size)
     }
 
     /// The DR site's identity: `offsite.identity`, else [`IDENTITY_ENV`]; with where it came
@@ -387,12 +646,10 @@ impl Offsite {
     fn identity(
         &self,
         recipient: &str,
-        id: u32,
+        what: &str,
     ) -> Result<(Arc<Vec<age::x25519::Identity>>, String)> {
         let missing = |why: String| {
-            anyhow!(
-                "backup {id} is encrypted to {recipient}, and the DR site cannot decrypt it: {why}"
-            )
+            anyhow!("{what} is encrypted to {recipient}, and the DR site cannot decrypt it: {why}")
         };
         let (text, from_where) = match &self.identity {
             Some(path) => (
@@ -454,6 +711,30 @@ impl Offsite {
         tokio::io::AsyncWriteExt::flush(&mut file).await?;
         Ok((size, hex::encode(hash.finalize())))
     }
+}
+
+/// Every folder under `dir`, relative to it, parents first.
+fn folders_under(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            if let Ok(rel) = d.strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+            walk(root, &d, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
 }
 
 /// Where the age stream writes: bytes wait here until the upload takes them, and are counted
@@ -525,4 +806,134 @@ fn decrypt(
     }
     out.flush()?;
     Ok((size, hex::encode(hash.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+
+    /// A repository in a temporary folder, with a fresh key; the identity file beside it.
+    fn repository(dir: &Path) -> Offsite {
+        let identity = age::x25519::Identity::generate();
+        let key = dir.join("dr.key");
+        std::fs::write(&key, identity.to_string().expose_secret()).unwrap();
+        let spec = OffsiteSpec {
+            location: SourceLocation::Path(dir.join("offsite")),
+            every: std::time::Duration::from_secs(1),
+            recipient: identity.to_public().to_string(),
+            identity: Some(key),
+        };
+        Offsite::open(&spec, "s/run").unwrap()
+    }
+
+    /// Archives `name` into `archive` as PostgreSQL's archive command does: its sha256 first.
+    fn archive(archive: &Path, name: &str, bytes: &[u8]) {
+        std::fs::create_dir_all(archive).unwrap();
+        std::fs::write(archive.join(name), bytes).unwrap();
+        let sum = hex::encode(Sha256::digest(bytes));
+        std::fs::write(archive.join(format!("{name}.sha256")), format!("{sum}\n")).unwrap();
+    }
+
+    fn backup_in(dir: PathBuf) -> Backup {
+        Backup {
+            target: "pg".into(),
+            id: 1,
+            method: crate::spec::BackupMethod::PgBasebackupWal,
+            dir,
+            began_ms: 0,
+            consistent_at_us: 0,
+            finished_ms: 1,
+            artefacts: Vec::new(),
+            contents: crate::backup::Contents::new(),
+            contents_unread: None,
+            max_seq: None,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    #[tokio::test]
+    async fn archived_files_come_back_beside_the_backup_as_the_site_had_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsite = repository(dir.path());
+        let clock = Clock::start();
+        let site = dir.path().join("site/pg/wal");
+        let segment = "000000010000000000000003";
+        archive(&site, segment, &vec![7u8; 3 << 20]);
+        archive(
+            &site,
+            "00000002.history",
+            b"1\t0/3000000\tno recovery target\n",
+        );
+        // A copy still being written, and a file without its sha256: neither is whole.
+        std::fs::write(site.join("000000010000000000000004.part"), b"half").unwrap();
+        std::fs::write(site.join("000000010000000000000005"), b"unrecorded").unwrap();
+        let whole = crate::backup::archived_files(&site);
+        assert_eq!(whole, vec![segment.to_string(), "00000002.history".into()]);
+        for file in &whole {
+            let landed = offsite
+                .ship_archived("pg", &site, file, &clock)
+                .await
+                .unwrap();
+            assert_eq!(
+                landed.bytes,
+                std::fs::metadata(site.join(file)).unwrap().len()
+            );
+            assert!(landed.stored_bytes > landed.bytes, "sealed: {landed:?}");
+        }
+        let sealed = std::fs::read(
+            dir.path()
+                .join(format!("offsite/s/run/pg/wal/{segment}.age")),
+        )
+        .unwrap();
+        assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+
+        let dr = backup_in(dir.path().join("dr/pg/001-pg-basebackup-wal"));
+        let (files, bytes) = offsite.fetch_archive(&dr).await.unwrap();
+        assert_eq!(files, 2);
+        assert!(bytes > 3 << 20);
+        for file in &whole {
+            let (from, to) = (site.join(file), dr.archive().join(file));
+            assert_eq!(std::fs::read(&to).unwrap(), std::fs::read(&from).unwrap());
+            let recorded = |dir: &Path| std::fs::read_to_string(dir.join(format!("{file}.sha256")));
+            assert_eq!(
+                recorded(&dr.archive()).unwrap(),
+                recorded(&site).unwrap(),
+                "{file}"
+            );
+            assert_eq!(
+                std::fs::metadata(&to).unwrap().modified().unwrap(),
+                std::fs::metadata(&from).unwrap().modified().unwrap(),
+                "{file} keeps its archive time"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_archived_file_without_its_record_never_landed_and_a_changed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsite = repository(dir.path());
+        let clock = Clock::start();
+        let site = dir.path().join("site/pg/wal");
+        for name in ["000000010000000000000001", "000000010000000000000002"] {
+            archive(&site, name, name.as_bytes());
+            offsite
+                .ship_archived("pg", &site, name, &clock)
+                .await
+                .unwrap();
+        }
+        let shipped = dir.path().join("offsite/s/run/pg/wal");
+        std::fs::remove_file(shipped.join("000000010000000000000002.json")).unwrap();
+        let dr = backup_in(dir.path().join("dr/pg/001-pg-basebackup-wal"));
+        assert_eq!(offsite.fetch_archive(&dr).await.unwrap().0, 1);
+        assert!(!dr.archive().join("000000010000000000000002").exists());
+
+        let object = shipped.join("000000010000000000000001.age");
+        let mut sealed = std::fs::read(&object).unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        std::fs::write(&object, sealed).unwrap();
+        let e = offsite.fetch_archive(&dr).await.unwrap_err().to_string();
+        assert!(e.contains("changed offsite"), "{e}");
+    }
 }

@@ -82,6 +82,17 @@ pub struct Backup {
 }
 
 impl Backup {
+    /// The folder of the target's repository this backup sits in (the site's, or the DR
+    /// site's after a site loss): its continuous archive, if any, is beside it.
+    pub fn repository(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    /// The continuous archive beside this backup ([`ARCHIVE`]).
+    pub fn archive(&self) -> PathBuf {
+        self.repository().join(ARCHIVE)
+    }
+
     pub fn size(&self) -> u64 {
         self.artefacts.iter().map(|a| a.size).sum()
     }
@@ -136,6 +147,29 @@ impl Backup {
     }
 }
 
+/// A target's continuous archive inside its folder of the repository: files the service
+/// archives as it runs (PostgreSQL's WAL), each written whole under its name with its sha256
+/// recorded beside it in `<name>.sha256` first. Offsite shipping sends each as it appears.
+pub const ARCHIVE: &str = "wal";
+
+/// The files of the continuous archive `dir` that are whole (their sha256 is recorded),
+/// sorted by name; none when there is no archive.
+pub fn archived_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let names: std::collections::BTreeSet<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names
+        .iter()
+        .filter(|n| !n.ends_with(".sha256") && !n.ends_with(".part"))
+        .filter(|n| names.contains(&format!("{n}.sha256")))
+        .cloned()
+        .collect()
+}
+
 /// The run's backup folders.
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -156,6 +190,11 @@ impl Repository {
         let dir = self.root.join(target).join(format!("{id:03}-{method}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         Ok(dir)
+    }
+
+    /// The continuous archive of `target` ([`ARCHIVE`]).
+    pub fn archive(&self, target: &str) -> PathBuf {
+        self.root.join(target).join(ARCHIVE)
     }
 
     /// Writes the manifest of a completed backup.

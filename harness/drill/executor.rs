@@ -11,7 +11,7 @@ use futures::future::try_join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::events::Events;
 use super::stop::{Stop, bounded, classify, host_storage_full, overran};
@@ -29,6 +29,9 @@ use crate::workload::{self, Comparison, Ledger, ledger::compare};
 
 /// Where the DR site keeps what it fetched from offsite, in the run folder.
 pub const DR_REPOSITORY: &str = "dr-site/backups";
+
+/// How often offsite shipping looks for newly archived files.
+const ARCHIVE_POLL: Duration = Duration::from_millis(200);
 
 /// The steps of one target's drill, sharing the run's clock, events and repository.
 pub struct Executor<'a> {
@@ -523,12 +526,13 @@ impl Executor<'_> {
     }
 
     /// Ships each backup `backups` hands over to the offsite repository, every
-    /// `offsite.every` from the workload's start, until `stop`: what landed, and when, goes
-    /// into the report; a backup in flight when `stop` comes never lands.
+    /// `offsite.every` from the workload's start, and each file of a WAL archive as it is
+    /// archived, until `stop`: what landed, and when, goes into the report; whatever is in
+    /// flight when `stop` comes never lands.
     async fn ship(
         &self,
         spec: &TargetSpec,
-        mut backups: mpsc::UnboundedReceiver<Backup>,
+        backups: mpsc::UnboundedReceiver<Backup>,
         stop: CancellationToken,
         workload_start: Micros,
     ) {
@@ -542,7 +546,29 @@ impl Executor<'_> {
                 ..report::OffsiteReport::default()
             })
         });
-        let every = plan.every.as_micros() as Micros;
+        let archives = spec.backup.is_some_and(|b| b.method.archives_wal());
+        tokio::join!(
+            self.ship_backups(name, offsite, plan.every, backups, &stop, workload_start),
+            async {
+                if archives {
+                    self.ship_archive(name, offsite, &stop).await;
+                }
+            }
+        );
+    }
+
+    /// [`Executor::ship`]'s backups: each `every` from the workload's start, whatever
+    /// `backups` handed over since.
+    async fn ship_backups(
+        &self,
+        name: &str,
+        offsite: &Offsite,
+        every: Duration,
+        mut backups: mpsc::UnboundedReceiver<Backup>,
+        stop: &CancellationToken,
+        workload_start: Micros,
+    ) {
+        let every = every.as_micros() as Micros;
         let mut next = workload_start + every;
         let mut queue = Vec::new();
         loop {
@@ -593,6 +619,62 @@ impl Executor<'_> {
             let now = self.clock.micros();
             while next <= now {
                 next += every;
+            }
+        }
+    }
+
+    /// [`Executor::ship`]'s continuous archive: each file as soon as it is whole in the
+    /// target's archive (looked for every [`ARCHIVE_POLL`]), oldest name first. A file that
+    /// fails to ship is reported and not tried again: the DR site will miss it, and its
+    /// restore and `wal-continuity` say so.
+    async fn ship_archive(&self, name: &str, offsite: &Offsite, stop: &CancellationToken) {
+        let archive = self.repo.archive(name);
+        let mut tried = std::collections::BTreeSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(ARCHIVE_POLL) => {}
+            }
+            for file in crate::backup::archived_files(&archive) {
+                if !tried.insert(file.clone()) {
+                    continue;
+                }
+                let limit = self.scenario.timeouts.backup;
+                let shipped = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    r = tokio::time::timeout(
+                        limit,
+                        offsite.ship_archived(name, &archive, &file, &self.clock),
+                    ) => r,
+                };
+                match shipped {
+                    Ok(Ok(landed)) => {
+                        debug!(
+                            "{name}: archived {file} landed offsite, {} after it was archived",
+                            util::seconds(landed.lag_ms)
+                        );
+                        self.events.target(name, |t| {
+                            if let Some(o) = t.offsite.as_mut() {
+                                o.archive.push(landed);
+                            }
+                        });
+                    }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => format!("{e:#}"),
+                            _ => {
+                                format!("did not land within {}", humantime::format_duration(limit))
+                            }
+                        };
+                        warn!("{name}: shipping archived {file} failed: {why}");
+                        self.events.target(name, |t| {
+                            if let Some(o) = t.offsite.as_mut() {
+                                o.errors.push(format!("archived {file}: {why}"));
+                            }
+                        });
+                    }
+                }
             }
         }
     }

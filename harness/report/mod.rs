@@ -287,6 +287,9 @@ pub struct SourceReport {
 pub struct OffsiteReport {
     pub location: String,
     pub shipped: Vec<crate::offsite::Shipment>,
+    /// Files of the continuous archive (PostgreSQL's WAL), shipped as they were archived.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archive: Vec<crate::offsite::ArchiveShipment>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

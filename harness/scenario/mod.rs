@@ -686,8 +686,6 @@ impl<'a> Validator<'a> {
                     "restores from `{}`, but nothing of the site is left to recover on: restore from a backup",
                     t.restore.label()
                 ))
-            } else if t.backup.is_some_and(|b| b.method.archives_wal()) {
-                Some("archives WAL, which is not shipped offsite yet: use `pg-dump`".to_string())
             } else {
                 None
             };

@@ -261,11 +261,15 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
     }
 }
 
-/// `backup-age`: the newest recovery point at the fault is the newest archived WAL segment, or
-/// the newest dump's snapshot.
+/// `backup-age`: the newest recovery point at the fault is the newest archived WAL segment (in
+/// the archive beside the restored backup: after a site loss, what reached the DR site), or the
+/// newest dump's snapshot.
 pub(super) fn backup_age(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
     let newest = if pg.archives_wal() {
-        match physical::newest_archived(pg, evidence.fault_began) {
+        let archive = evidence
+            .backup
+            .map_or_else(|| pg.archive_dir(), crate::backup::Backup::archive);
+        match physical::newest_archived(pg, &archive, evidence.fault_began) {
             Ok(n) => n.map(|(name, at)| (format!("WAL segment {name}, archived"), at)),
             Err(e) => {
                 return CheckResult::unknown(

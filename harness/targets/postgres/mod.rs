@@ -240,7 +240,7 @@ impl Postgres {
 
     /// The WAL archive in the repository, outside every container.
     fn archive_dir(&self) -> std::path::PathBuf {
-        self.service.env.repository.join("wal")
+        self.service.env.repository.join(crate::backup::ARCHIVE)
     }
 
     /// The container spec every PostgreSQL container of this target shares.
@@ -516,7 +516,7 @@ impl Target for Postgres {
             CheckKind::ForeignKeys => checks::foreign_keys(self).await,
             CheckKind::Amcheck => checks::amcheck(self).await,
             CheckKind::PgVerifybackup => physical::verify_backup(self, evidence).await,
-            CheckKind::WalContinuity => physical::wal_continuity(self, evidence),
+            CheckKind::WalContinuity => physical::wal_continuity(evidence),
             CheckKind::BackupAge => checks::backup_age(self, evidence),
             other => CheckResult::unknown(other, "not a postgres-specific check"),
         }

@@ -134,9 +134,12 @@ impl Position {
 /// The archive's whole segments of one timeline, by number.
 fn archived_segments(archive: &Path, p: &Position) -> Result<BTreeMap<u64, String>> {
     let mut segments = BTreeMap::new();
-    for entry in
-        std::fs::read_dir(archive).with_context(|| format!("list {}", archive.display()))?
-    {
+    let listed = match std::fs::read_dir(archive) {
+        // No archive (nothing of it reached the DR site) holds no segment.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segments),
+        listed => listed.with_context(|| format!("list {}", archive.display()))?,
+    };
+    for entry in listed {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if let Some((timeline, number)) = parse_segment(&name, p.segment_size)
             && timeline == p.timeline
@@ -195,8 +198,11 @@ impl Chain {
 /// so every WAL record written so far can be replayed. With the primary gone, or the archive
 /// not there in time (`timeouts.archive`), the archive is what there is: a point beyond it is
 /// given up for its end, and the ledger measures what that cost.
-async fn settle_archive(pg: &Postgres, position: &Position) -> Result<(Chain, String)> {
-    let archive = pg.archive_dir();
+async fn settle_archive(
+    pg: &Postgres,
+    archive: &Path,
+    position: &Position,
+) -> Result<(Chain, String)> {
     let clock = &pg.service.env.clock;
     let switched = async {
         let client = pg.connect().await?;
@@ -210,7 +216,7 @@ async fn settle_archive(pg: &Postgres, position: &Position) -> Result<(Chain, St
     let switched = match tokio::time::timeout(Duration::from_secs(10), switched).await {
         Ok(Ok(lsn)) => lsn,
         Ok(Err(e)) => {
-            let chain = Chain::read(&archive, position)?;
+            let chain = Chain::read(archive, position)?;
             return Ok((
                 chain,
                 format!(
@@ -219,7 +225,7 @@ async fn settle_archive(pg: &Postgres, position: &Position) -> Result<(Chain, St
             ));
         }
         Err(_) => {
-            let chain = Chain::read(&archive, position)?;
+            let chain = Chain::read(archive, position)?;
             return Ok((chain, "the primary did not switch WAL segments within 10s: the archive is as the fault left it".into()));
         }
     };
@@ -230,7 +236,7 @@ async fn settle_archive(pg: &Postgres, position: &Position) -> Result<(Chain, St
     let began = clock.micros();
     let limit = pg.service.env.timeouts.archive;
     loop {
-        let chain = Chain::read(&archive, position)?;
+        let chain = Chain::read(archive, position)?;
         let waited = Duration::from_micros(clock.micros().saturating_sub(began));
         if chain.present.contains(&needed) {
             let account = format!(
@@ -333,7 +339,9 @@ pub(super) async fn restore(
     let backup = request.backup;
     let position = Position::of(backup)?;
     phases.enter(Phase::Archive);
-    let (chain, prepared) = settle_archive(pg, &position).await?;
+    // The archive beside the backup: the site's, or what the DR site fetched after a loss.
+    let archive = backup.archive();
+    let (chain, prepared) = settle_archive(pg, &archive, &position).await?;
     let reachable = chain.reachable_end(&position);
     let mut note = chain.missing.first().map(|&gap| {
         format!(
@@ -405,7 +413,7 @@ pub(super) async fn restore(
         cmd: vec!["infinity".into()],
         port: PORT,
         volume: Some((volume.clone(), PGDATA.into())),
-        binds: vec![(pg.service.env.repository.clone(), REPOSITORY.into(), true)],
+        binds: vec![(backup.repository().to_path_buf(), REPOSITORY.into(), true)],
         entrypoint: Some("sleep".into()),
         copy_in: Vec::new(),
         files: Vec::new(),
@@ -442,8 +450,8 @@ pub(super) async fn restore(
         cmd.push(s);
     }
     let binds = vec![
-        (pg.archive_dir(), ARCHIVE.into(), true),
-        (pg.service.env.repository.clone(), REPOSITORY.into(), true),
+        (archive, ARCHIVE.into(), true),
+        (backup.repository().to_path_buf(), REPOSITORY.into(), true),
     ];
     let spec = pg.container_spec(name, volume, cmd, binds);
     pg.start_container(spec, Ready::Promoted, pg.service.env.timeouts.restore)
@@ -512,14 +520,14 @@ pub(super) fn delete_segment(pg: &Postgres, backups: &[Backup]) -> Result<serde_
 
 /// `wal-continuity`: every segment from the restored base backup's start to the newest archived
 /// one is there, and matches the sha256 recorded when it was archived.
-pub(super) fn wal_continuity(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult {
+pub(super) fn wal_continuity(evidence: &Evidence<'_>) -> CheckResult {
     let check = CheckKind::WalContinuity;
     let Some(backup) = evidence.backup else {
         return CheckResult::unknown(check, "no base backup was restored");
     };
     let run = || -> Result<CheckResult> {
         let position = Position::of(backup)?;
-        let archive = pg.archive_dir();
+        let archive = backup.archive();
         let chain = Chain::read(&archive, &position)?;
         let mut problems: Vec<String> = chain
             .missing
@@ -597,14 +605,17 @@ pub(super) async fn verify_backup(pg: &Postgres, evidence: &Evidence<'_>) -> Che
     })
 }
 
-/// The newest archived segment at `t_fault`, with its archive time (run µs).
+/// The newest segment in `archive` archived before `before` (the fault), with its archive time
+/// (run µs). After a site loss, `archive` is what the DR site fetched, each file dated as the
+/// site archived it.
 pub(super) fn newest_archived(
     pg: &Postgres,
+    archive: &Path,
     before: crate::clock::Micros,
 ) -> Result<Option<(String, crate::clock::Micros)>> {
     let limit = pg.service.env.clock.wall_at(before);
     let mut newest: Option<(String, crate::clock::Micros)> = None;
-    for entry in std::fs::read_dir(pg.archive_dir())? {
+    for entry in std::fs::read_dir(archive)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
