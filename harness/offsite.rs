@@ -17,6 +17,8 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::backup::Backup;
 use crate::clock::Clock;
 use crate::docker::EnvironmentError;
@@ -36,6 +38,9 @@ pub struct Offsite {
     pub location: String,
     recipient: age::x25519::Recipient,
     identity: Option<PathBuf>,
+    /// Closed when the site is lost; each landing (the write that says a shipment landed)
+    /// holds it open while it writes, so none happens after [`Offsite::close`].
+    closed: tokio::sync::RwLock<bool>,
 }
 
 /// One artefact of a backup, landed offsite.
@@ -174,6 +179,7 @@ impl Offsite {
             location: format!("{}/{run}", location.trim_end_matches('/')),
             recipient,
             identity: spec.identity.clone(),
+            closed: tokio::sync::RwLock::new(false),
         })
     }
 
@@ -212,12 +218,38 @@ impl Offsite {
         .into()
     }
 
+    /// After this returns, nothing lands: a landing under way has finished, and later ones
+    /// are refused. The site is lost.
+    pub async fn close(&self) {
+        *self.closed.write().await = true;
+    }
+
+    /// Writes the record of a shipment (`to`): whether it landed, which it does not once the
+    /// repository is closed. Never dropped half-way by a stop, so what lands is known.
+    async fn land(&self, to: &ObjectPath, record: Vec<u8>) -> Result<bool> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Ok(false);
+        }
+        self.store
+            .put(to, record.into())
+            .await
+            .map_err(|e| self.store_error(&format!("write {to}"), e))?;
+        Ok(true)
+    }
+
     /// Encrypts every artefact of `backup` as it streams it up, then uploads its manifest;
-    /// returns when each artefact landed. Dropped half-way, nothing of it is left but parts
-    /// of an upload no listing shows, and no manifest.
-    pub async fn ship(&self, backup: &Backup, clock: &Clock) -> Result<Vec<Shipment>> {
+    /// returns when each artefact landed, or `None` when `stop` came first (nothing of it is
+    /// left then but objects no manifest lists). The uploads must end within `limit`.
+    pub async fn ship(
+        &self,
+        backup: &Backup,
+        clock: &Clock,
+        stop: &CancellationToken,
+        limit: std::time::Duration,
+    ) -> Result<Option<Vec<Shipment>>> {
         let folder = Self::folder(backup);
-        let landed: Vec<(Shipment, StoredObject)> = futures::stream::iter(&backup.artefacts)
+        let uploads = futures::stream::iter(&backup.artefacts)
             .map(|artefact| {
                 let key = format!("{folder}/{}.age", artefact.file);
                 async move {
@@ -244,33 +276,53 @@ impl Offsite {
                 }
             })
             .buffered(PARALLEL)
-            .try_collect()
-            .await?;
-        let (shipments, objects): (Vec<Shipment>, Vec<StoredObject>) = landed.into_iter().unzip();
+            .try_collect::<Vec<(Shipment, StoredObject)>>();
+        let Some(uploaded) = self.upload_until(uploads, stop, limit).await? else {
+            return Ok(None);
+        };
+        let (shipments, objects): (Vec<Shipment>, Vec<StoredObject>) = uploaded.into_iter().unzip();
         let manifest = Manifest {
             backup: backup.clone(),
             recipient: self.recipient.to_string(),
             objects,
-            folders: folders_under(&backup.dir),
+            folders: folders_under(&backup.dir)?,
         };
         let manifest_key = self.key(&format!("{folder}/{MANIFEST}"));
-        self.store
-            .put(&manifest_key, serde_json::to_vec_pretty(&manifest)?.into())
-            .await
-            .map_err(|e| self.store_error("write the manifest of a shipped backup", e))?;
-        Ok(shipments)
+        let landed = self
+            .land(&manifest_key, serde_json::to_vec_pretty(&manifest)?)
+            .await?;
+        Ok(landed.then_some(shipments))
+    }
+
+    /// Runs `uploads` until they end, `stop` comes (`None`) or `limit` passes (an error).
+    async fn upload_until<T>(
+        &self,
+        uploads: impl std::future::Future<Output = Result<T>>,
+        stop: &CancellationToken,
+        limit: std::time::Duration,
+    ) -> Result<Option<T>> {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ok(None),
+            r = tokio::time::timeout(limit, uploads) => match r {
+                Ok(r) => r.map(Some),
+                Err(_) => Err(anyhow!("did not land within {}", humantime::format_duration(limit))),
+            },
+        }
     }
 
     /// The file `file` of `target`'s continuous archive `archive`, whole and with its sha256
     /// recorded (see [`crate::backup::ARCHIVE`]): encrypted up, then its record, which says
-    /// it landed.
+    /// it landed; `None` when `stop` came first. The upload must end within `limit`.
     pub async fn ship_archived(
         &self,
         target: &str,
         archive: &Path,
         file: &str,
         clock: &Clock,
-    ) -> Result<ArchiveShipment> {
+        stop: &CancellationToken,
+        limit: std::time::Duration,
+    ) -> Result<Option<ArchiveShipment>> {
         let path = archive.join(file);
         let sha256 = std::fs::read_to_string(archive.join(format!("{file}.sha256")))
             .with_context(|| format!("read the recorded sha256 of {}", path.display()))?
@@ -280,9 +332,12 @@ impl Offsite {
         let archived_at = meta.modified()?;
         let archived_ms = clock.offset_of_wall(archived_at) / 1000;
         let key = format!("{target}/{}/{file}", crate::backup::ARCHIVE);
-        let (stored_bytes, stored_sha256) = self
-            .upload_sealed(&path, &self.key(&format!("{key}.age")))
-            .await?;
+        let object = self.key(&format!("{key}.age"));
+        let upload = self.upload_sealed(&path, &object);
+        let Some((stored_bytes, stored_sha256)) = self.upload_until(upload, stop, limit).await?
+        else {
+            return Ok(None);
+        };
         let record = ArchiveRecord {
             file: file.to_string(),
             bytes: meta.len(),
@@ -292,22 +347,24 @@ impl Offsite {
             stored_bytes,
             stored_sha256,
         };
-        self.store
-            .put(
+        let landed = self
+            .land(
                 &self.key(&format!("{key}.json")),
-                serde_json::to_vec_pretty(&record)?.into(),
+                serde_json::to_vec_pretty(&record)?,
             )
-            .await
-            .map_err(|e| self.store_error(&format!("write the record of {key}"), e))?;
+            .await?;
+        if !landed {
+            return Ok(None);
+        }
         let landed_ms = clock.millis();
-        Ok(ArchiveShipment {
+        Ok(Some(ArchiveShipment {
             file: file.to_string(),
             bytes: meta.len(),
             stored_bytes,
             archived_ms,
             landed_ms,
             lag_ms: landed_ms.saturating_sub(archived_ms),
-        })
+        }))
     }
 
     /// Encrypts the file `from` to the recipient while uploading it to `to` (in parts when
@@ -593,8 +650,12 @@ impl Offsite {
         let record: ArchiveRecord = serde_json::from_slice(&bytes)
             .with_context(|| format!("{location} is no drillrig archive record"))?;
         let file = &record.file;
-        if location.filename() != Some(&format!("{file}.json")) {
-            bail!("{location} is the record of {file:?}, another file");
+        let one_name = matches!(
+            Path::new(file).components().collect::<Vec<_>>()[..],
+            [std::path::Component::Normal(_)]
+        );
+        if !one_name || location.filename() != Some(&format!("{file}.json")) {
+            bail!("{location} is the record of {file:?}, not of a file beside it");
         }
         let what = format!("archived file {file}");
         let (identity, from_where) = self.identity(&record.recipient, &what)?;
@@ -714,27 +775,26 @@ impl Offsite {
 }
 
 /// Every folder under `dir`, relative to it, parents first.
-fn folders_under(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut dirs: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
+fn folders_under(dir: &Path) -> Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("list {}", dir.display()))?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
         dirs.sort();
         for d in dirs {
-            if let Ok(rel) = d.strip_prefix(root) {
-                out.push(rel.to_string_lossy().into_owned());
-            }
-            walk(root, &d, out);
+            let rel = d.strip_prefix(root).expect("under the root");
+            out.push(rel.to_string_lossy().into_owned());
+            walk(root, &d, out)?;
         }
+        Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out
+    walk(dir, dir, &mut out)?;
+    Ok(out)
 }
 
 /// Where the age stream writes: bytes wait here until the upload takes them, and are counted
@@ -813,10 +873,13 @@ mod tests {
     use super::*;
     use age::secrecy::ExposeSecret;
 
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
     /// A repository in a temporary folder, with a fresh key; the identity file beside it.
     fn repository(dir: &Path) -> Offsite {
         let identity = age::x25519::Identity::generate();
         let key = dir.join("dr.key");
+        std::fs::create_dir_all(dir).unwrap();
         std::fs::write(&key, identity.to_string().expose_secret()).unwrap();
         let spec = OffsiteSpec {
             location: SourceLocation::Path(dir.join("offsite")),
@@ -872,8 +935,9 @@ mod tests {
         assert_eq!(whole, vec![segment.to_string(), "00000002.history".into()]);
         for file in &whole {
             let landed = offsite
-                .ship_archived("pg", &site, file, &clock)
+                .ship_archived("pg", &site, file, &clock, &CancellationToken::new(), LIMIT)
                 .await
+                .unwrap()
                 .unwrap();
             assert_eq!(
                 landed.bytes,
@@ -918,8 +982,9 @@ mod tests {
         for name in ["000000010000000000000001", "000000010000000000000002"] {
             archive(&site, name, name.as_bytes());
             offsite
-                .ship_archived("pg", &site, name, &clock)
+                .ship_archived("pg", &site, name, &clock, &CancellationToken::new(), LIMIT)
                 .await
+                .unwrap()
                 .unwrap();
         }
         let shipped = dir.path().join("offsite/s/run/pg/wal");
@@ -935,5 +1000,32 @@ mod tests {
         std::fs::write(&object, sealed).unwrap();
         let e = offsite.fetch_archive(&dr).await.unwrap_err().to_string();
         assert!(e.contains("changed offsite"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn nothing_lands_once_the_site_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsite = repository(dir.path());
+        let clock = Clock::start();
+        let site = dir.path().join("site/pg/wal");
+        let name = "000000010000000000000001";
+        archive(&site, name, name.as_bytes());
+        let stop = CancellationToken::new();
+        offsite.close().await;
+        let shipped = offsite
+            .ship_archived("pg", &site, name, &clock, &stop, LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(shipped, None);
+        let shipped = dir.path().join("offsite/s/run/pg/wal");
+        assert!(!shipped.join(format!("{name}.json")).exists());
+        // A stop abandons the upload itself.
+        stop.cancel();
+        let offsite = repository(&dir.path().join("again"));
+        let shipped = offsite
+            .ship_archived("pg", &site, name, &clock, &stop, LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(shipped, None);
     }
 }

@@ -527,8 +527,9 @@ impl Executor<'_> {
 
     /// Ships each backup `backups` hands over to the offsite repository, every
     /// `offsite.every` from the workload's start, and each file of a WAL archive as it is
-    /// archived, until `stop`: what landed, and when, goes into the report; whatever is in
-    /// flight when `stop` comes never lands.
+    /// archived, until `stop`: what landed, and when, goes into the report. An upload in
+    /// flight when `stop` comes is abandoned; a shipment whose record was being written when
+    /// the site was lost finishes landing before the loss goes on (and is reported).
     async fn ship(
         &self,
         spec: &TargetSpec,
@@ -581,14 +582,10 @@ impl Executor<'_> {
             }
             for backup in std::mem::take(&mut queue) {
                 let limit = self.scenario.timeouts.backup;
-                let shipped = tokio::select! {
-                    // Once the site is lost, nothing more is recorded as landed.
-                    biased;
-                    _ = stop.cancelled() => return,
-                    r = tokio::time::timeout(limit, offsite.ship(&backup, &self.clock)) => r,
-                };
-                match shipped {
-                    Ok(Ok(landed)) => {
+                match offsite.ship(&backup, &self.clock, stop, limit).await {
+                    // Stopped, or the site was lost before its manifest landed.
+                    Ok(None) => return,
+                    Ok(Some(landed)) => {
                         info!(
                             "{name}: backup {} landed offsite, {} after it was taken",
                             backup.id,
@@ -600,13 +597,8 @@ impl Executor<'_> {
                             }
                         });
                     }
-                    failed => {
-                        let why = match failed {
-                            Ok(Err(e)) => format!("{e:#}"),
-                            _ => {
-                                format!("did not land within {}", humantime::format_duration(limit))
-                            }
-                        };
+                    Err(e) => {
+                        let why = format!("{e:#}");
                         warn!("{name}: shipping backup {} failed: {why}", backup.id);
                         self.events.target(name, |t| {
                             if let Some(o) = t.offsite.as_mut() {
@@ -625,54 +617,48 @@ impl Executor<'_> {
 
     /// [`Executor::ship`]'s continuous archive: each file as soon as it is whole in the
     /// target's archive (looked for every [`ARCHIVE_POLL`]), oldest name first. A file that
-    /// fails to ship is reported and not tried again: the DR site will miss it, and its
-    /// restore and `wal-continuity` say so.
+    /// fails to ship is reported once and tried again at the next look, until `stop`.
     async fn ship_archive(&self, name: &str, offsite: &Offsite, stop: &CancellationToken) {
         let archive = self.repo.archive(name);
-        let mut tried = std::collections::BTreeSet::new();
+        let (mut landed, mut failed) = (BTreeSet::new(), BTreeSet::new());
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(ARCHIVE_POLL) => {}
             }
             for file in crate::backup::archived_files(&archive) {
-                if !tried.insert(file.clone()) {
+                if landed.contains(&file) {
                     continue;
                 }
                 let limit = self.scenario.timeouts.backup;
-                let shipped = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return,
-                    r = tokio::time::timeout(
-                        limit,
-                        offsite.ship_archived(name, &archive, &file, &self.clock),
-                    ) => r,
-                };
+                let shipped = offsite
+                    .ship_archived(name, &archive, &file, &self.clock, stop, limit)
+                    .await;
                 match shipped {
-                    Ok(Ok(landed)) => {
+                    Ok(None) => return,
+                    Ok(Some(shipment)) => {
                         debug!(
                             "{name}: archived {file} landed offsite, {} after it was archived",
-                            util::seconds(landed.lag_ms)
+                            util::seconds(shipment.lag_ms)
                         );
                         self.events.target(name, |t| {
                             if let Some(o) = t.offsite.as_mut() {
-                                o.archive.push(landed);
+                                o.archive.push(shipment);
                             }
                         });
+                        landed.insert(file);
                     }
-                    failed => {
-                        let why = match failed {
-                            Ok(Err(e)) => format!("{e:#}"),
-                            _ => {
-                                format!("did not land within {}", humantime::format_duration(limit))
-                            }
-                        };
-                        warn!("{name}: shipping archived {file} failed: {why}");
-                        self.events.target(name, |t| {
-                            if let Some(o) = t.offsite.as_mut() {
-                                o.errors.push(format!("archived {file}: {why}"));
-                            }
-                        });
+                    Err(e) => {
+                        if failed.insert(file.clone()) {
+                            warn!("{name}: shipping archived {file} failed: {e:#}");
+                            self.events.target(name, |t| {
+                                if let Some(o) = t.offsite.as_mut() {
+                                    o.errors.push(format!("archived {file}: {e:#}"));
+                                }
+                            });
+                        }
+                        // Later files wait: the archive lands in order, or not at all.
+                        break;
                     }
                 }
             }
@@ -687,6 +673,10 @@ impl Executor<'_> {
             .site_lost
             .get_or_init(|| async {
                 self.site_alive.cancel();
+                if let Some(offsite) = &self.offsite {
+                    // A shipment landing now finishes first; none lands after.
+                    offsite.close().await;
+                }
                 let mut details = self.site.lose().await.map_err(|e| format!("{e:#}"))?;
                 let root = self.repo.root();
                 let (files, bytes) = util::tree_size(root);

@@ -686,6 +686,10 @@ impl<'a> Validator<'a> {
                     "restores from `{}`, but nothing of the site is left to recover on: restore from a backup",
                     t.restore.label()
                 ))
+            } else if t.restore == RestorePoint::BeforeFault
+                && t.backup.is_some_and(|b| b.method.archives_wal())
+            {
+                Some("restores to `before-fault`, a WAL location the site loss takes with the site: restore from `latest` or a time".to_string())
             } else {
                 None
             };

@@ -1020,6 +1020,23 @@ fn a_site_loss_hits_every_target_and_needs_an_offsite_to_restore_from() {
         restart.contains("target \"db\" restores from `restart`"),
         "{restart}"
     );
+    // Base backups and their WAL go offsite too; only the point captured on the site does not.
+    let pitr = SITE_LOSS.replace(
+        "method = \"pg-dump\", every = \"3s\" }",
+        "method = \"pg-basebackup-wal\", every = \"3s\" }",
+    );
+    parse_text(&pitr).expect("a site loss with pg-basebackup-wal");
+    let before_fault = parse_text(&pitr.replacen(
+        "restore = { from = \"latest\" }",
+        "restore = { from = \"before-fault\" }",
+        1,
+    ))
+    .expect_err("before-fault after a site loss")
+    .to_string();
+    assert!(
+        before_fault.contains("target \"db\" restores to `before-fault`"),
+        "{before_fault}"
+    );
     let recipient = err(
         "recipient = \"age1wu75qf49jkqa5td6ccuyty507pe5rukszspucjdfhr9gpwh08u9sc2h6c6\"",
         "recipient = \"AGE-SECRET-KEY-1QQQ\"",

@@ -329,27 +329,45 @@ fn a_lost_site_replays_every_wal_segment_that_landed_offsite_and_loses_only_the_
     assert_eq!(t["restore"]["backup_id"].as_u64(), newest_backup);
     assert_eq!(t["restore"]["recovery_target"], "the end of the archive");
 
-    // The report's shipping lag of that segment ends when its record landed.
-    let report_landed = t["offsite"]["archive"]
+    // What the report says landed is what the repository holds, and all of it landed before
+    // the site loss ended; the report's landing time of each is its record's.
+    let reported: BTreeMap<String, f64> = t["offsite"]["archive"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["file"] == newest.as_str())
-        .unwrap()["landed_ms"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        (report_landed - newest_landed_ms).abs() < 250.0,
-        "segment {newest} landed at {newest_landed_ms} ms, the report says {report_landed}"
+        .map(|s| {
+            (
+                s["file"].as_str().unwrap().to_string(),
+                s["landed_ms"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported.keys().collect::<Vec<_>>(),
+        landed.keys().collect::<Vec<_>>()
     );
+    let lost_at = run.report["faults"][0]["injected_at_ms"].as_f64().unwrap();
+    for (file, at) in &landed {
+        assert!(
+            *at <= lost_at + 50.0,
+            "{file} landed at {at} ms, after the loss ({lost_at})"
+        );
+        assert!(
+            (reported[file] - at).abs() < 1_000.0,
+            "{file} landed at {at} ms, the report says {}",
+            reported[file]
+        );
+    }
 
     // The ledger: a write invoked after the newest segment landed lies beyond it and is lost;
-    // one acknowledged two seconds before it landed was in it or earlier, and is back.
+    // one acknowledged a second before that segment was archived on the site (the fetched
+    // copy keeps its archive time) was in it or earlier, and is back.
+    let archived = run_ms(&run, &run.dir.join("dr-site/backups/pg/wal").join(&newest));
     let acked: Vec<_> = ledger_rows(&run)
         .into_iter()
         .filter(|w| w.3 == "ok")
         .collect();
-    let (back, lost) = (newest_landed_ms - 2_000.0, newest_landed_ms);
+    let (back, lost) = (archived - 1_000.0, newest_landed_ms);
     assert!(acked.iter().filter(|w| w.2 < back).count() > 100);
     for w in &acked {
         if w.2 < back {
