@@ -174,6 +174,9 @@ pub fn markdown(r: &Report) -> String {
                 .map(|e| format!(": **failed**: {e}"))
                 .unwrap_or_default()
         );
+        if let Some(o) = &t.offsite {
+            let _ = writeln!(md, "Offsite (`{}`): {}.\n", o.location, o.summary());
+        }
         if let Some(prepared) = &t.restore.prepared {
             let _ = writeln!(md, "Before the restore: {prepared}.\n");
         }

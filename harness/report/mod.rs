@@ -296,6 +296,56 @@ pub struct OffsiteReport {
     pub fetched: Option<crate::offsite::OffsiteFetch>,
 }
 
+impl OffsiteReport {
+    /// One line: what landed and its shipping lag, what failed, and what the DR site fetched.
+    pub fn summary(&self) -> String {
+        use crate::util::seconds;
+        let mut backups: std::collections::BTreeMap<u32, u64> = Default::default();
+        for s in &self.shipped {
+            let lag = backups.entry(s.backup_id).or_default();
+            *lag = (*lag).max(s.lag_ms);
+        }
+        let mut parts = vec![match backups.values().max() {
+            Some(worst) => format!(
+                "{} backup(s) landed, shipping lag up to {}",
+                backups.len(),
+                seconds(*worst)
+            ),
+            None => "no backup landed".to_string(),
+        }];
+        let mut lags: Vec<u64> = self.archive.iter().map(|a| a.lag_ms).collect();
+        lags.sort_unstable();
+        if let Some(worst) = lags.last() {
+            parts.push(format!(
+                "{} WAL file(s) landed, lag median {}, up to {}",
+                lags.len(),
+                seconds(lags[lags.len() / 2]),
+                seconds(*worst)
+            ));
+        }
+        if let Some(first) = self.errors.first() {
+            parts.push(format!(
+                "{} shipment(s) failed (first: {first})",
+                self.errors.len()
+            ));
+        }
+        if let Some(f) = &self.fetched {
+            let wal = if f.archive_files > 0 {
+                format!(" and {} WAL file(s)", f.archive_files)
+            } else {
+                String::new()
+            };
+            parts.push(format!(
+                "the DR site fetched backup {}{wal}, {} bytes in {}",
+                f.backup_id,
+                f.bytes,
+                seconds(f.fetch_ms)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
 impl TargetReport {
     /// Whether this target met every objective, passed every check, and had no outage it was
     /// not asked to have.
@@ -503,4 +553,51 @@ pub fn write(report: &Report, dir: &Path) -> Result<()> {
     json.push(b'\n');
     write_atomically(&dir.join("report.json"), &json)?;
     write_atomically(&dir.join("report.md"), markdown(report).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offsite::{ArchiveShipment, OffsiteFetch, Shipment};
+
+    #[test]
+    fn the_offsite_summary_gives_the_worst_lag_per_kind_and_what_was_fetched() {
+        let shipped = |backup_id, lag_ms| Shipment {
+            backup_id,
+            file: "f".into(),
+            bytes: 1,
+            stored_bytes: 2,
+            taken_ms: 0,
+            landed_ms: lag_ms,
+            lag_ms,
+        };
+        let wal = |lag_ms| ArchiveShipment {
+            file: "w".into(),
+            bytes: 1,
+            stored_bytes: 2,
+            archived_ms: 0,
+            landed_ms: lag_ms,
+            lag_ms,
+        };
+        let mut o = OffsiteReport {
+            location: "/srv/offsite".into(),
+            shipped: vec![shipped(1, 300), shipped(1, 1200), shipped(2, 900)],
+            archive: vec![wal(100), wal(700), wal(200)],
+            errors: vec!["archived w: refused".into()],
+            fetched: Some(OffsiteFetch {
+                location: "/srv/offsite".into(),
+                backup_id: 2,
+                bytes: 4096,
+                fetch_ms: 1500,
+                archive_files: 3,
+                recipient: "age1…".into(),
+            }),
+        };
+        assert_eq!(
+            o.summary(),
+            "2 backup(s) landed, shipping lag up to 1.200s; 3 WAL file(s) landed, lag median 0.200s, up to 0.700s; 1 shipment(s) failed (first: archived w: refused); the DR site fetched backup 2 and 3 WAL file(s), 4096 bytes in 1.500s"
+        );
+        o = OffsiteReport::default();
+        assert_eq!(o.summary(), "no backup landed");
+    }
 }

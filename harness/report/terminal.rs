@@ -142,6 +142,11 @@ pub fn terminal(r: &Report) -> String {
         out.push_str(&Table::from(phases).with(Style::sharp()).to_string());
         out.push('\n');
     }
+    for t in &r.targets {
+        if let Some(o) = &t.offsite {
+            out.push_str(&format!("offsite {}: {}\n", t.name, o.summary()));
+        }
+    }
 
     let mut checks = Builder::default();
     checks.push_record(["target", "check", "status", "detail"]);

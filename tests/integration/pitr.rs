@@ -346,6 +346,24 @@ fn a_lost_site_replays_every_wal_segment_that_landed_offsite_and_loses_only_the_
         reported.keys().collect::<Vec<_>>(),
         landed.keys().collect::<Vec<_>>()
     );
+    let said = run.stdout();
+    let manifests = files_under(&repository)
+        .iter()
+        .filter(|f| f.ends_with("manifest.json"))
+        .count();
+    assert!(
+        said.contains(&format!("offsite pg: {manifests} backup(s) landed")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("; {} WAL file(s) landed", landed.len()))
+            && said.contains(&format!(
+                "the DR site fetched backup {} and {} WAL file(s)",
+                newest_backup.unwrap(),
+                landed.len()
+            )),
+        "{said}"
+    );
     let lost_at = run.report["faults"][0]["injected_at_ms"].as_f64().unwrap();
     for (file, at) in &landed {
         assert!(
