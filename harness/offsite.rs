@@ -224,17 +224,26 @@ impl Offsite {
         *self.closed.write().await = true;
     }
 
-    /// Writes the record of a shipment (`to`): whether it landed, which it does not once the
-    /// repository is closed. Never dropped half-way by a stop, so what lands is known.
-    async fn land(&self, to: &ObjectPath, record: Vec<u8>) -> Result<bool> {
+    /// Writes the record of a shipment (`to`) within `limit`: whether it landed, which it
+    /// does not once the repository is closed. Never dropped half-way by a stop, so what lands
+    /// is known; a write that overruns is an error (the store may still complete it).
+    async fn land(
+        &self,
+        to: &ObjectPath,
+        record: Vec<u8>,
+        limit: std::time::Duration,
+    ) -> Result<bool> {
         let closed = self.closed.read().await;
         if *closed {
             return Ok(false);
         }
-        self.store
-            .put(to, record.into())
-            .await
-            .map_err(|e| self.store_error(&format!("write {to}"), e))?;
+        match tokio::time::timeout(limit, self.store.put(to, record.into())).await {
+            Ok(put) => put.map_err(|e| self.store_error(&format!("write {to}"), e))?,
+            Err(_) => bail!(
+                "writing {to} did not finish within {} (it may land all the same)",
+                humantime::format_duration(limit)
+            ),
+        };
         Ok(true)
     }
 
@@ -289,7 +298,7 @@ impl Offsite {
         };
         let manifest_key = self.key(&format!("{folder}/{MANIFEST}"));
         let landed = self
-            .land(&manifest_key, serde_json::to_vec_pretty(&manifest)?)
+            .land(&manifest_key, serde_json::to_vec_pretty(&manifest)?, limit)
             .await?;
         Ok(landed.then_some(shipments))
     }
@@ -351,6 +360,7 @@ impl Offsite {
             .land(
                 &self.key(&format!("{key}.json")),
                 serde_json::to_vec_pretty(&record)?,
+                limit,
             )
             .await?;
         if !landed {
@@ -1027,5 +1037,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(shipped, None);
+    }
+
+    #[tokio::test]
+    async fn a_landing_under_way_finishes_before_the_site_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut offsite = repository(dir.path());
+        // Every write to the store takes a second.
+        offsite.store = Arc::new(object_store::throttle::ThrottledStore::new(
+            object_store::memory::InMemory::new(),
+            object_store::throttle::ThrottleConfig {
+                wait_put_per_call: std::time::Duration::from_secs(1),
+                ..Default::default()
+            },
+        ));
+        let clock = Clock::start();
+        let site = dir.path().join("site/pg/wal");
+        let name = "000000010000000000000001";
+        archive(&site, name, name.as_bytes());
+        let stop = CancellationToken::new();
+        // The object is written by 1 s, its record from then to 2 s: the loss comes between.
+        let (shipped, closed_ms) = tokio::join!(
+            offsite.ship_archived("pg", &site, name, &clock, &stop, LIMIT),
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+                stop.cancel();
+                offsite.close().await;
+                clock.millis()
+            }
+        );
+        let shipped = shipped
+            .unwrap()
+            .expect("its record was being written: it lands");
+        assert!(
+            closed_ms >= shipped.landed_ms,
+            "closed at {closed_ms} ms, before {shipped:?}"
+        );
+        let record = offsite.key(&format!("pg/wal/{name}.json"));
+        offsite
+            .store
+            .head(&record)
+            .await
+            .expect("the record landed");
     }
 }

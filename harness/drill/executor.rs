@@ -641,9 +641,15 @@ impl Executor<'_> {
                             "{name}: archived {file} landed offsite, {} after it was archived",
                             util::seconds(shipment.lag_ms)
                         );
+                        // A file that failed before and landed on a retry is no failure.
+                        let retried = failed.remove(&file);
                         self.events.target(name, |t| {
                             if let Some(o) = t.offsite.as_mut() {
                                 o.archive.push(shipment);
+                                if retried {
+                                    let failure = format!("archived {file}: ");
+                                    o.errors.retain(|e| !e.starts_with(&failure));
+                                }
                             }
                         });
                         landed.insert(file);
@@ -673,10 +679,14 @@ impl Executor<'_> {
             .site_lost
             .get_or_init(|| async {
                 self.site_alive.cancel();
-                if let Some(offsite) = &self.offsite {
-                    // A shipment landing now finishes first; none lands after.
-                    offsite.close().await;
-                }
+                let shipping_stopped_ms = match &self.offsite {
+                    Some(offsite) => {
+                        // A shipment landing now finishes first; none lands after.
+                        offsite.close().await;
+                        Some(self.clock.millis())
+                    }
+                    None => None,
+                };
                 let mut details = self.site.lose().await.map_err(|e| format!("{e:#}"))?;
                 let root = self.repo.root();
                 let (files, bytes) = util::tree_size(root);
@@ -689,6 +699,9 @@ impl Executor<'_> {
                     "files": files,
                     "bytes": bytes,
                 });
+                if let Some(ms) = shipping_stopped_ms {
+                    details["shipping_stopped_ms"] = ms.into();
+                }
                 Ok(details)
             })
             .await;

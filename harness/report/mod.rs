@@ -319,7 +319,7 @@ impl OffsiteReport {
             parts.push(format!(
                 "{} WAL file(s) landed, lag median {}, up to {}",
                 lags.len(),
-                seconds(lags[lags.len() / 2]),
+                seconds((lags[(lags.len() - 1) / 2] + lags[lags.len() / 2]) / 2),
                 seconds(*worst)
             ));
         }
