@@ -43,17 +43,17 @@ pub struct Offsite {
     closed: tokio::sync::RwLock<bool>,
 }
 
-/// One artefact of a backup, landed offsite.
+/// A backup landed offsite: every artefact, then its manifest.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Shipment {
     pub backup_id: u32,
-    pub file: String,
-    /// Bytes on the site, and as stored offsite (encrypted).
+    /// Its artefacts, and their bytes on the site and as stored offsite (encrypted).
+    pub files: usize,
     pub bytes: u64,
     pub stored_bytes: u64,
     /// When the backup was complete on the site (its `finished_ms`).
     pub taken_ms: u64,
-    /// When this artefact's upload completed.
+    /// When its manifest landed, after the last artefact: from then the DR site can use it.
     pub landed_ms: u64,
     /// `landed_ms − taken_ms`.
     pub lag_ms: u64,
@@ -248,15 +248,15 @@ impl Offsite {
     }
 
     /// Encrypts every artefact of `backup` as it streams it up, then uploads its manifest;
-    /// returns when each artefact landed, or `None` when `stop` came first (nothing of it is
-    /// left then but objects no manifest lists). The uploads must end within `limit`.
+    /// returns when it landed, or `None` when `stop` came first (nothing of it is left then
+    /// but objects no manifest lists). The uploads must end within `limit`.
     pub async fn ship(
         &self,
         backup: &Backup,
         clock: &Clock,
         stop: &CancellationToken,
         limit: std::time::Duration,
-    ) -> Result<Option<Vec<Shipment>>> {
+    ) -> Result<Option<Shipment>> {
         let folder = Self::folder(backup);
         let uploads = futures::stream::iter(&backup.artefacts)
             .map(|artefact| {
@@ -265,31 +265,20 @@ impl Offsite {
                     let (stored_bytes, stored_sha256) = self
                         .upload_sealed(&backup.dir.join(&artefact.file), &self.key(&key))
                         .await?;
-                    let landed_ms = clock.millis();
-                    let shipment = Shipment {
-                        backup_id: backup.id,
-                        file: artefact.file.clone(),
-                        bytes: artefact.size,
-                        stored_bytes,
-                        taken_ms: backup.finished_ms,
-                        landed_ms,
-                        lag_ms: landed_ms.saturating_sub(backup.finished_ms),
-                    };
-                    let object = StoredObject {
+                    anyhow::Ok(StoredObject {
                         file: artefact.file.clone(),
                         key,
                         stored_bytes,
                         stored_sha256,
-                    };
-                    anyhow::Ok((shipment, object))
+                    })
                 }
             })
             .buffered(PARALLEL)
-            .try_collect::<Vec<(Shipment, StoredObject)>>();
-        let Some(uploaded) = self.upload_until(uploads, stop, limit).await? else {
+            .try_collect::<Vec<StoredObject>>();
+        let Some(objects) = self.upload_until(uploads, stop, limit).await? else {
             return Ok(None);
         };
-        let (shipments, objects): (Vec<Shipment>, Vec<StoredObject>) = uploaded.into_iter().unzip();
+        let stored_bytes = objects.iter().map(|o| o.stored_bytes).sum();
         let manifest = Manifest {
             backup: backup.clone(),
             recipient: self.recipient.to_string(),
@@ -300,7 +289,16 @@ impl Offsite {
         let landed = self
             .land(&manifest_key, serde_json::to_vec_pretty(&manifest)?, limit)
             .await?;
-        Ok(landed.then_some(shipments))
+        let landed_ms = clock.millis();
+        Ok(landed.then(|| Shipment {
+            backup_id: backup.id,
+            files: backup.artefacts.len(),
+            bytes: backup.size(),
+            stored_bytes,
+            taken_ms: backup.finished_ms,
+            landed_ms,
+            lag_ms: landed_ms.saturating_sub(backup.finished_ms),
+        }))
     }
 
     /// Runs `uploads` until they end, `stop` comes (`None`) or `limit` passes (an error).

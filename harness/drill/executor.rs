@@ -589,11 +589,11 @@ impl Executor<'_> {
                         info!(
                             "{name}: backup {} landed offsite, {} after it was taken",
                             backup.id,
-                            util::seconds(landed.iter().map(|s| s.lag_ms).max().unwrap_or(0))
+                            util::seconds(landed.lag_ms)
                         );
                         self.events.target(name, |t| {
                             if let Some(o) = t.offsite.as_mut() {
-                                o.shipped.extend(landed);
+                                o.shipped.push(landed);
                             }
                         });
                     }

@@ -565,7 +565,7 @@ async fn a_site_loss_leaves_only_what_landed_offsite_and_the_dr_site_restores_fr
             .unwrap();
         assert_eq!(fault["kind"], "site-loss");
         assert!(fault["details"]["deleted"]["files"].as_u64().unwrap() > 0);
-        let lost_by = fault["injected_at_ms"].as_u64().unwrap();
+        let stopped = fault["details"]["shipping_stopped_ms"].as_u64().unwrap();
         let shipped = t["offsite"]["shipped"].as_array().unwrap();
         assert!(!shipped.is_empty(), "{name}: nothing shipped");
         for s in shipped {
@@ -573,7 +573,8 @@ async fn a_site_loss_leaves_only_what_landed_offsite_and_the_dr_site_restores_fr
                 s["lag_ms"].as_u64().unwrap(),
                 s["landed_ms"].as_u64().unwrap() - s["taken_ms"].as_u64().unwrap()
             );
-            assert!(s["landed_ms"].as_u64().unwrap() <= lost_by);
+            assert!(s["landed_ms"].as_u64().unwrap() <= stopped);
+            assert_eq!(s["files"], 1, "the fake's backup is one file");
         }
         // The newest backup that landed before the loss is the one restored, fetched from
         // offsite into the DR site's folder; newer ones taken on the site were lost with it.

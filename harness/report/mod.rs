@@ -281,8 +281,8 @@ pub struct SourceReport {
     pub trend: Option<crate::measure::projection::RestoreTrend>,
 }
 
-/// A target's backups off the site: each artefact as it landed (its shipping lag), the
-/// shipments that failed, and the backup the DR site fetched after a site loss.
+/// A target's backups off the site: each backup as it landed (its shipping lag), each WAL
+/// file, the shipments that failed, and what the DR site fetched after a site loss.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OffsiteReport {
     pub location: String,
@@ -300,16 +300,11 @@ impl OffsiteReport {
     /// One line: what landed and its shipping lag, what failed, and what the DR site fetched.
     pub fn summary(&self) -> String {
         use crate::util::seconds;
-        let mut backups: std::collections::BTreeMap<u32, u64> = Default::default();
-        for s in &self.shipped {
-            let lag = backups.entry(s.backup_id).or_default();
-            *lag = (*lag).max(s.lag_ms);
-        }
-        let mut parts = vec![match backups.values().max() {
+        let mut parts = vec![match self.shipped.iter().map(|s| s.lag_ms).max() {
             Some(worst) => format!(
                 "{} backup(s) landed, shipping lag up to {}",
-                backups.len(),
-                seconds(*worst)
+                self.shipped.len(),
+                seconds(worst)
             ),
             None => "no backup landed".to_string(),
         }];
@@ -564,7 +559,7 @@ mod tests {
     fn the_offsite_summary_gives_the_worst_lag_per_kind_and_what_was_fetched() {
         let shipped = |backup_id, lag_ms| Shipment {
             backup_id,
-            file: "f".into(),
+            files: 1,
             bytes: 1,
             stored_bytes: 2,
             taken_ms: 0,
@@ -581,7 +576,7 @@ mod tests {
         };
         let mut o = OffsiteReport {
             location: "/srv/offsite".into(),
-            shipped: vec![shipped(1, 300), shipped(1, 1200), shipped(2, 900)],
+            shipped: vec![shipped(1, 1200), shipped(2, 900)],
             archive: vec![wal(100), wal(700), wal(200)],
             errors: vec!["archived w: refused".into()],
             fetched: Some(OffsiteFetch {
