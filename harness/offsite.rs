@@ -509,15 +509,11 @@ impl Offsite {
             .map_err(|e| self.store_error("read the manifest of the backup to restore", e))?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{folder}/{MANIFEST} is no drillrig manifest"))?;
-        let (identity, from_where) =
-            self.identity(&manifest.recipient, &format!("backup {}", backup.id))?;
+        let keys = self.identity(&manifest.recipient, &format!("backup {}", backup.id))?;
         std::fs::create_dir_all(&backup.dir)
             .with_context(|| format!("create {}", backup.dir.display()))?;
         for folder in &manifest.folders {
-            if Path::new(folder)
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
+            if !inside(folder) {
                 bail!(
                     "the manifest of backup {} lists the folder {folder:?}, outside the backup",
                     backup.id
@@ -526,17 +522,13 @@ impl Offsite {
             let dir = backup.dir.join(folder);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         }
-        let keys = format!(
-            "{}, and the DR site's identity ({from_where})",
-            manifest.recipient
-        );
         let downloaded: Vec<u64> = futures::stream::iter(manifest.objects.iter().enumerate())
-            .map(|(i, object)| self.fetch_object(backup, i, object, &identity, &keys))
+            .map(|(i, object)| self.fetch_object(backup, i, object, &manifest.recipient, &keys))
             .buffer_unordered(PARALLEL)
             .try_collect()
             .await?;
         let downloaded: u64 = downloaded.iter().sum();
-        let (archive_files, archive_bytes) = self.fetch_archive(backup).await?;
+        let (archive_files, archive_bytes) = self.fetch_archive(backup, &keys).await?;
         Ok(OffsiteFetch {
             location: self.location.clone(),
             backup_id: backup.id,
@@ -547,52 +539,23 @@ impl Offsite {
         })
     }
 
-    /// Object `i` of `backup`'s manifest, downloaded, checked, decrypted with `identity` (named
-    /// by `keys` in errors) and checked again; the bytes downloaded.
+    /// Object `i` of `backup`'s manifest (encrypted to `recipient`), fetched into the
+    /// backup's folder; the bytes downloaded.
     async fn fetch_object(
         &self,
         backup: &Backup,
         i: usize,
         object: &StoredObject,
-        identity: &Arc<Vec<age::x25519::Identity>>,
-        keys: &str,
+        recipient: &str,
+        keys: &Keys,
     ) -> Result<u64> {
-        if Path::new(&object.file)
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        if !inside(&object.file) {
             bail!(
                 "the manifest of backup {} lists the file {:?}, outside the backup",
                 backup.id,
                 object.file
             );
         }
-        let sealed = backup.dir.join(format!(".fetching-{i}.age"));
-        let (downloaded, sum) = self.download(&self.key(&object.key), &sealed).await?;
-        if sum != object.stored_sha256 {
-            bail!(
-                "{} of backup {} changed offsite: sha256 {sum}, the manifest says {}",
-                object.key,
-                backup.id,
-                object.stored_sha256
-            );
-        }
-        let plain = backup.dir.join(&object.file);
-        if let Some(parent) = plain.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("create {}", parent.display()))?;
-        }
-        let (from, to, identity, what, keys) = (
-            sealed.clone(),
-            plain.clone(),
-            identity.clone(),
-            format!("{} of backup {}", object.file, backup.id),
-            keys.to_string(),
-        );
-        let (size, sum) =
-            tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &keys))
-                .await??;
-        let _ = std::fs::remove_file(&sealed);
         let artefact = backup
             .artefacts
             .iter()
@@ -604,22 +567,33 @@ impl Offsite {
                     object.file
                 )
             })?;
-        if sum != artefact.sha256 || size != artefact.size {
-            bail!(
-                "{} of backup {} decrypted to {size} bytes with sha256 {sum}; the backup had {} bytes with sha256 {}",
-                object.file,
-                backup.id,
-                artefact.size,
-                artefact.sha256
-            );
+        let plain = backup.dir.join(&object.file);
+        if let Some(parent) = plain.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
         }
-        Ok(downloaded)
+        let sealed = SealedObject {
+            object: self.key(&object.key),
+            stored_sha256: &object.stored_sha256,
+            bytes: artefact.size,
+            sha256: &artefact.sha256,
+            what: format!("{} of backup {}", object.file, backup.id),
+            recorded_by: "the backup had",
+        };
+        self.fetch_sealed(
+            &sealed,
+            &backup.dir.join(format!(".fetching-{i}.age")),
+            &plain,
+            recipient,
+            keys,
+        )
+        .await
     }
 
-    /// Fetches every file of the continuous archive of `backup`'s target that landed (its
-    /// record is there) into [`Backup::archive`], each with its recorded sha256 beside it, as
-    /// the site had it; checks each against its record. The files and bytes downloaded.
-    async fn fetch_archive(&self, backup: &Backup) -> Result<(u64, u64)> {
+    /// Every file of the continuous archive of `backup`'s target that landed (its record is
+    /// there), fetched into [`Backup::archive`], each with its recorded sha256 beside it, as
+    /// the site had it; checked against its record. The files and bytes downloaded.
+    async fn fetch_archive(&self, backup: &Backup, keys: &Keys) -> Result<(u64, u64)> {
         let prefix = self.key(&format!("{}/{}", backup.target, crate::backup::ARCHIVE));
         let listed: Vec<object_store::ObjectMeta> = self
             .store
@@ -638,7 +612,7 @@ impl Offsite {
         let into = backup.archive();
         std::fs::create_dir_all(&into).with_context(|| format!("create {}", into.display()))?;
         let fetched: Vec<u64> = futures::stream::iter(records)
-            .map(|record| self.fetch_archived(record, &into))
+            .map(|record| self.fetch_archived(record, &into, keys))
             .buffer_unordered(PARALLEL)
             .try_collect()
             .await?;
@@ -646,7 +620,7 @@ impl Offsite {
     }
 
     /// One archived file, from its record's key into `into`; the bytes downloaded.
-    async fn fetch_archived(&self, location: &ObjectPath, into: &Path) -> Result<u64> {
+    async fn fetch_archived(&self, location: &ObjectPath, into: &Path, keys: &Keys) -> Result<u64> {
         let bytes = self
             .store
             .get(location)
@@ -658,44 +632,31 @@ impl Offsite {
         let record: ArchiveRecord = serde_json::from_slice(&bytes)
             .with_context(|| format!("{location} is no drillrig archive record"))?;
         let file = &record.file;
-        let one_name = matches!(
-            Path::new(file).components().collect::<Vec<_>>()[..],
-            [std::path::Component::Normal(_)]
-        );
-        if !one_name || location.filename() != Some(&format!("{file}.json")) {
+        // The record's key ends in `<file>.json`: `file` is one name, in `into`.
+        if !inside(file) || location.filename() != Some(&format!("{file}.json")) {
             bail!("{location} is the record of {file:?}, not of a file beside it");
         }
-        let what = format!("archived file {file}");
-        let (identity, from_where) = self.identity(&record.recipient, &what)?;
-        let object = ObjectPath::from(format!(
-            "{}.age",
-            location.as_ref().trim_end_matches(".json")
-        ));
-        let sealed = into.join(format!("{file}.age"));
-        let (size, sum) = self.download(&object, &sealed).await?;
-        if sum != record.stored_sha256 {
-            bail!(
-                "{object} changed offsite: sha256 {sum}, its record says {}",
-                record.stored_sha256
-            );
-        }
         let plain = into.join(file);
-        let keys = format!(
-            "{}, and the DR site's identity ({from_where})",
-            record.recipient
-        );
-        let (from, to) = (sealed.clone(), plain.clone());
-        let (bytes, plain_sum) =
-            tokio::task::spawn_blocking(move || decrypt(&from, &to, &identity, &what, &keys))
-                .await??;
-        let _ = std::fs::remove_file(&sealed);
-        if plain_sum != record.sha256 || bytes != record.bytes {
-            bail!(
-                "archived file {file} decrypted to {bytes} bytes with sha256 {plain_sum}; it was archived with {} bytes and sha256 {}",
-                record.bytes,
-                record.sha256
-            );
-        }
+        let sealed = SealedObject {
+            object: ObjectPath::from(format!(
+                "{}.age",
+                location.as_ref().trim_end_matches(".json")
+            )),
+            stored_sha256: &record.stored_sha256,
+            bytes: record.bytes,
+            sha256: &record.sha256,
+            what: format!("archived file {file}"),
+            recorded_by: "it was archived with",
+        };
+        let downloaded = self
+            .fetch_sealed(
+                &sealed,
+                &into.join(format!("{file}.age")),
+                &plain,
+                &record.recipient,
+                keys,
+            )
+            .await?;
         std::fs::write(
             into.join(format!("{file}.sha256")),
             format!("{}\n", record.sha256),
@@ -707,16 +668,58 @@ impl Offsite {
             .open(&plain)
             .and_then(|f| f.set_modified(archived_at))
             .with_context(|| format!("set the archive time of {}", plain.display()))?;
-        Ok(size)
+        Ok(downloaded)
+    }
+
+    /// Downloads `object` into `via`, checks it against its stored sha256, decrypts it into
+    /// `plain` with the DR site's `keys` (the object was encrypted to `recipient`), and checks
+    /// what came out; the bytes downloaded.
+    async fn fetch_sealed(
+        &self,
+        object: &SealedObject<'_>,
+        via: &Path,
+        plain: &Path,
+        recipient: &str,
+        keys: &Keys,
+    ) -> Result<u64> {
+        let (downloaded, sum) = self.download(&object.object, via).await?;
+        if sum != object.stored_sha256 {
+            bail!(
+                "{} ({}) changed offsite: sha256 {sum}, stored with sha256 {}",
+                object.what,
+                object.object,
+                object.stored_sha256
+            );
+        }
+        let (from, to, identities, what, named) = (
+            via.to_path_buf(),
+            plain.to_path_buf(),
+            keys.identities.clone(),
+            object.what.clone(),
+            format!(
+                "{recipient}, and the DR site's identity ({})",
+                keys.from_where
+            ),
+        );
+        let (size, sum) =
+            tokio::task::spawn_blocking(move || decrypt(&from, &to, &identities, &what, &named))
+                .await??;
+        let _ = std::fs::remove_file(via);
+        if sum != object.sha256 || size != object.bytes {
+            bail!(
+                "{} decrypted to {size} bytes with sha256 {sum}; {} {} bytes with sha256 {}",
+                object.what,
+                object.recorded_by,
+                object.bytes,
+                object.sha256
+            );
+        }
+        Ok(downloaded)
     }
 
     /// The DR site's identity: `offsite.identity`, else [`IDENTITY_ENV`]; with where it came
     /// from (never the key itself).
-    fn identity(
-        &self,
-        recipient: &str,
-        what: &str,
-    ) -> Result<(Arc<Vec<age::x25519::Identity>>, String)> {
+    fn identity(&self, recipient: &str, what: &str) -> Result<Keys> {
         let missing = |why: String| {
             anyhow!("{what} is encrypted to {recipient}, and the DR site cannot decrypt it: {why}")
         };
@@ -750,7 +753,10 @@ impl Offsite {
                 "the identity given holds no AGE-SECRET-KEY-1… line".into(),
             ));
         }
-        Ok((Arc::new(identities), from_where))
+        Ok(Keys {
+            identities: Arc::new(identities),
+            from_where,
+        })
     }
 
     /// Streams the object `from` into the file `to`; its size and sha256, taken on the way.
@@ -803,6 +809,33 @@ fn folders_under(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     walk(dir, dir, &mut out)?;
     Ok(out)
+}
+
+/// The DR site's identities, and where they came from (never the keys themselves).
+struct Keys {
+    identities: Arc<Vec<age::x25519::Identity>>,
+    from_where: String,
+}
+
+/// An object to fetch: its key, the sha256 it was stored with, what it must decrypt to, and
+/// its name in errors with whose word the plain sha256 is (`recorded_by`).
+struct SealedObject<'a> {
+    object: ObjectPath,
+    stored_sha256: &'a str,
+    bytes: u64,
+    sha256: &'a str,
+    what: String,
+    recorded_by: &'static str,
+}
+
+/// Whether `path`, from a manifest or record, stays inside the folder it is joined to: only
+/// plain names, no `..`, no root.
+fn inside(path: &str) -> bool {
+    let path = Path::new(path);
+    path.components().next().is_some()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// Where the age stream writes: bytes wait here until the upload takes them, and are counted
@@ -898,6 +931,13 @@ mod tests {
         Offsite::open(&spec, "s/run").unwrap()
     }
 
+    /// The DR site's keys, as a fetch reads them.
+    fn keys(offsite: &Offsite) -> Keys {
+        offsite
+            .identity(&offsite.recipient.to_string(), "the test")
+            .unwrap()
+    }
+
     /// Archives `name` into `archive` as PostgreSQL's archive command does: its sha256 first.
     fn archive(archive: &Path, name: &str, bytes: &[u8]) {
         std::fs::create_dir_all(archive).unwrap();
@@ -961,7 +1001,7 @@ mod tests {
         assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
 
         let dr = backup_in(dir.path().join("dr/pg/001-pg-basebackup-wal"));
-        let (files, bytes) = offsite.fetch_archive(&dr).await.unwrap();
+        let (files, bytes) = offsite.fetch_archive(&dr, &keys(&offsite)).await.unwrap();
         assert_eq!(files, 2);
         assert!(bytes > 3 << 20);
         for file in &whole {
@@ -998,7 +1038,10 @@ mod tests {
         let shipped = dir.path().join("offsite/s/run/pg/wal");
         std::fs::remove_file(shipped.join("000000010000000000000002.json")).unwrap();
         let dr = backup_in(dir.path().join("dr/pg/001-pg-basebackup-wal"));
-        assert_eq!(offsite.fetch_archive(&dr).await.unwrap().0, 1);
+        assert_eq!(
+            offsite.fetch_archive(&dr, &keys(&offsite)).await.unwrap().0,
+            1
+        );
         assert!(!dr.archive().join("000000010000000000000002").exists());
 
         let object = shipped.join("000000010000000000000001.age");
@@ -1006,7 +1049,11 @@ mod tests {
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         std::fs::write(&object, sealed).unwrap();
-        let e = offsite.fetch_archive(&dr).await.unwrap_err().to_string();
+        let e = offsite
+            .fetch_archive(&dr, &keys(&offsite))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("changed offsite"), "{e}");
     }
 

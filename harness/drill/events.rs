@@ -80,6 +80,15 @@ impl Events {
         }
     }
 
+    /// What `target` shipped offsite and fetched back (once shipping has begun).
+    pub fn offsite(&self, target: &str, f: impl FnOnce(&mut crate::report::OffsiteReport)) {
+        self.target(target, |t| {
+            if let Some(o) = t.offsite.as_mut() {
+                f(o);
+            }
+        });
+    }
+
     /// A fault was injected, or failed to be.
     pub fn fault(&self, record: FaultRecord) {
         self.lock().faults.push(record);

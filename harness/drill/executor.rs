@@ -591,19 +591,15 @@ impl Executor<'_> {
                             backup.id,
                             util::seconds(landed.lag_ms)
                         );
-                        self.events.target(name, |t| {
-                            if let Some(o) = t.offsite.as_mut() {
-                                o.shipped.push(landed);
-                            }
+                        self.events.offsite(name, |o| {
+                            o.shipped.push(landed);
                         });
                     }
                     Err(e) => {
                         let why = format!("{e:#}");
                         warn!("{name}: shipping backup {} failed: {why}", backup.id);
-                        self.events.target(name, |t| {
-                            if let Some(o) = t.offsite.as_mut() {
-                                o.errors.push(format!("backup {}: {why}", backup.id));
-                            }
+                        self.events.offsite(name, |o| {
+                            o.errors.push(format!("backup {}: {why}", backup.id));
                         });
                     }
                 }
@@ -643,13 +639,11 @@ impl Executor<'_> {
                         );
                         // A file that failed before and landed on a retry is no failure.
                         let retried = failed.remove(&file);
-                        self.events.target(name, |t| {
-                            if let Some(o) = t.offsite.as_mut() {
-                                o.archive.push(shipment);
-                                if retried {
-                                    let failure = format!("archived {file}: ");
-                                    o.errors.retain(|e| !e.starts_with(&failure));
-                                }
+                        self.events.offsite(name, |o| {
+                            o.archive.push(shipment);
+                            if retried {
+                                let failure = format!("archived {file}: ");
+                                o.errors.retain(|e| !e.starts_with(&failure));
                             }
                         });
                         landed.insert(file);
@@ -657,10 +651,8 @@ impl Executor<'_> {
                     Err(e) => {
                         if failed.insert(file.clone()) {
                             warn!("{name}: shipping archived {file} failed: {e:#}");
-                            self.events.target(name, |t| {
-                                if let Some(o) = t.offsite.as_mut() {
-                                    o.errors.push(format!("archived {file}: {e:#}"));
-                                }
+                            self.events.offsite(name, |o| {
+                                o.errors.push(format!("archived {file}: {e:#}"));
                             });
                         }
                         // Later files wait: the archive lands in order, or not at all.
@@ -996,10 +988,8 @@ impl Executor<'_> {
                         fetched.bytes,
                         util::seconds(fetched.fetch_ms)
                     );
-                    self.events.target(&spec.name, |t| {
-                        if let Some(o) = t.offsite.as_mut() {
-                            o.fetched = Some(fetched);
-                        }
+                    self.events.offsite(&spec.name, |o| {
+                        o.fetched = Some(fetched);
                     });
                 }
                 Ok(Err(e)) => {
