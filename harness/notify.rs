@@ -305,9 +305,9 @@ pub fn record(delivery: &Delivery, runs: &[RunRecord]) -> Vec<anyhow::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{CheckRecord, TargetRecord};
+    use crate::report::{CheckOutcome, TargetOutcome};
 
-    fn record_with(checks: Vec<CheckRecord>) -> RunRecord {
+    fn record_with(checks: Vec<CheckOutcome>) -> RunRecord {
         RunRecord {
             run_id: "20260101T000000Z-abcd".into(),
             scenario: "pg".into(),
@@ -319,7 +319,7 @@ mod tests {
             drillrig_version: "0.0.0".into(),
             git_revision: None,
             report_dir: Some("/r/pg/1".into()),
-            targets: vec![TargetRecord {
+            targets: vec![TargetOutcome {
                 target: "db".into(),
                 kind: "postgres".into(),
                 image: None,
@@ -332,15 +332,16 @@ mod tests {
                 rpo_target_ms: 10000,
                 rpo_met: false,
                 acked_writes: 10,
-                lost_writes: 0,
+                lost_writes: Some(0),
+                lost_writes_unknown: None,
                 phases: vec![],
                 checks,
             }],
         }
     }
 
-    fn check(name: &str, status: &str) -> CheckRecord {
-        CheckRecord {
+    fn check(name: &str, status: &str) -> CheckOutcome {
+        CheckOutcome {
             name: name.into(),
             status: status.into(),
             detail: format!("{name} detail"),

@@ -434,6 +434,17 @@ kebab_enum!(
 );
 
 kebab_enum!(
+    /// What a user query of a restore test asks with: SQL, a Redis command, a queue's depth.
+    QueryKey { Sql = "sql", Command = "command", Queue = "queue" }
+);
+
+kebab_enum!(
+    /// Keys of a restore test that only the kinds declaring them take (dotted from the
+    /// target's table).
+    SourceKey { Database = "database", Stanza = "source.stanza" }
+);
+
+kebab_enum!(
     /// How backups are taken.
     BackupMethod {
         PgDump = "pg-dump",
@@ -492,79 +503,121 @@ impl FaultKind {
     /// Faults on the backup chain: they damage artefacts silently and do not disturb the
     /// running service, so they neither start the RTO clock nor end the workload.
     pub fn is_latent(self) -> bool {
-        matches!(
-            self,
-            FaultKind::CorruptBackup | FaultKind::TruncateBackup | FaultKind::DeleteWalSegment
-        )
+        use FaultKind::*;
+        match self {
+            CorruptBackup | TruncateBackup | DeleteWalSegment => true,
+            Kill | Pause | Stop | NetworkPartition | CorruptDataFile | DropTable | BadUpdate
+            | Flushall | DeleteQueue | Reset | DiskFull | Latency | VolumeLoss | SiteLoss => false,
+        }
     }
 
     /// Faults that heal after `for` (the option is required).
     pub fn takes_hold(self) -> bool {
-        matches!(
-            self,
-            FaultKind::Pause
-                | FaultKind::NetworkPartition
-                | FaultKind::DiskFull
-                | FaultKind::Latency
-        )
+        use FaultKind::*;
+        match self {
+            Pause | NetworkPartition | DiskFull | Latency => true,
+            Kill | Stop | CorruptDataFile | DropTable | BadUpdate | Flushall | DeleteQueue
+            | Reset | DeleteWalSegment | CorruptBackup | TruncateBackup | VolumeLoss | SiteLoss => {
+                false
+            }
+        }
     }
 
     /// Faults that slow the service down without taking it down: like backup-chain faults they
     /// neither start the RTO clock nor end the workload, which runs on through them.
     pub fn degrades(self) -> bool {
-        matches!(self, FaultKind::Latency)
+        use FaultKind::*;
+        match self {
+            Latency => true,
+            Kill | Pause | Stop | NetworkPartition | CorruptDataFile | DropTable | BadUpdate
+            | Flushall | DeleteQueue | Reset | DeleteWalSegment | CorruptBackup
+            | TruncateBackup | DiskFull | VolumeLoss | SiteLoss => false,
+        }
+    }
+
+    /// Outages every kind suffers alike, at the container or its network rather than its data:
+    /// the engine hands them to the target's [`Outages`](crate::targets::Outages), never to a
+    /// kind's own code.
+    pub fn is_outage(self) -> bool {
+        use FaultKind::*;
+        match self {
+            Kill | Pause | Stop | NetworkPartition | Latency | VolumeLoss => true,
+            CorruptDataFile | DropTable | BadUpdate | Flushall | DeleteQueue | Reset
+            | DeleteWalSegment | CorruptBackup | TruncateBackup | DiskFull | SiteLoss => false,
+        }
     }
 }
 
 impl CheckKind {
     /// Checks that look at the restored backup (there is none after `restart`).
     pub fn needs_backup(self) -> bool {
-        matches!(
-            self,
-            CheckKind::RowCounts
-                | CheckKind::Checksums
-                | CheckKind::BackupIntegrity
-                | CheckKind::PgVerifybackup
-                | CheckKind::BackupSize
-                | CheckKind::WalContinuity
-                | CheckKind::RedisCheck
-                | CheckKind::Definitions
-        )
+        use CheckKind::*;
+        match self {
+            RowCounts | Checksums | BackupIntegrity | PgVerifybackup | BackupSize
+            | WalContinuity | RedisCheck | Definitions => true,
+            Ledger | ForeignKeys | Amcheck | BackupAge | Seed | Query => false,
+        }
     }
 
     /// Checks that compare with a logical snapshot taken at backup time.
     pub fn needs_snapshot(self) -> bool {
-        matches!(self, CheckKind::RowCounts | CheckKind::Checksums)
+        use CheckKind::*;
+        match self {
+            RowCounts | Checksums => true,
+            Ledger | ForeignKeys | Amcheck | BackupIntegrity | PgVerifybackup | BackupSize
+            | BackupAge | WalContinuity | RedisCheck | Definitions | Seed | Query => false,
+        }
     }
 
     /// Checks of a WAL archive and the physical base backups it extends.
     pub fn needs_wal_archive(self) -> bool {
-        matches!(self, CheckKind::PgVerifybackup | CheckKind::WalContinuity)
+        use CheckKind::*;
+        match self {
+            PgVerifybackup | WalContinuity => true,
+            Ledger | RowCounts | Checksums | ForeignKeys | Amcheck | BackupIntegrity
+            | BackupSize | BackupAge | RedisCheck | Definitions | Seed | Query => false,
+        }
+    }
+
+    /// Checks that read the restored service, not only the backup: after a failed restore
+    /// there is nothing for them to read, and they are not run.
+    pub fn reads_service(self) -> bool {
+        use CheckKind::*;
+        match self {
+            Ledger | RowCounts | Checksums | ForeignKeys | Amcheck | PgVerifybackup
+            | RedisCheck | Definitions | Seed | Query => true,
+            BackupIntegrity | BackupSize | BackupAge | WalContinuity => false,
+        }
     }
 }
 
 impl BackupMethod {
     /// Methods whose backups record a logical snapshot (row counts and digests of each table).
     pub fn takes_snapshot(self) -> bool {
-        matches!(
-            self,
-            BackupMethod::PgDump
-                | BackupMethod::RedisRdb
-                | BackupMethod::RedisAof
-                | BackupMethod::RabbitmqExport
-        )
+        use BackupMethod::*;
+        match self {
+            PgDump | RedisRdb | RedisAof | RabbitmqExport => true,
+            PgBasebackupWal => false,
+        }
     }
 
     /// Methods that archive WAL continuously next to their base backups.
     pub fn archives_wal(self) -> bool {
-        matches!(self, BackupMethod::PgBasebackupWal)
+        use BackupMethod::*;
+        match self {
+            PgBasebackupWal => true,
+            PgDump | RedisRdb | RedisAof | RabbitmqExport => false,
+        }
     }
 }
 
 impl RestorePoint {
     /// Whether the recovery restores a backup (not `restart`, not `in-place`).
     pub fn from_backup(self) -> bool {
-        !matches!(self, RestorePoint::Restart | RestorePoint::InPlace)
+        match self {
+            RestorePoint::Restart | RestorePoint::InPlace => false,
+            RestorePoint::Latest | RestorePoint::BeforeFault | RestorePoint::At(_) => true,
+        }
     }
 
     /// As the scenario spells it.

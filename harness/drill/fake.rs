@@ -19,7 +19,7 @@ use crate::docker::EnvironmentError;
 use crate::docker::image::ImageChoice;
 use crate::measure::{Phase, Prober, RecoveryPhases};
 use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec, TargetSpec};
-use crate::targets::{RestoreRequest, Restored, RunContext, Site, Target};
+use crate::targets::{Outages, RestoreRequest, Restored, RunContext, Site, Target};
 use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 /// How the fake behaves.
@@ -282,6 +282,50 @@ impl Prober for FakeProber {
     }
 }
 
+/// The fake's faults are all outages: a kill that drops the newest writes, a volume loss, a
+/// pause.
+#[async_trait]
+impl Outages for FakeTarget {
+    async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        self.shared.step(fault.kind.as_str()).await?;
+        self.shared.step("fault").await?;
+        self.store().up = false;
+        tokio::time::sleep(self.shared.behaviour.fault_time).await;
+        let mut store = self.store();
+        match fault.kind {
+            FaultKind::Kill if self.shared.behaviour.wipe_on_kill => {
+                store.rows.clear();
+                store.seeded = false;
+                Ok(serde_json::json!({ "wiped": true }))
+            }
+            FaultKind::Kill => {
+                let lose = self.shared.behaviour.lose_on_kill;
+                let newest: Vec<u64> = store.rows.keys().rev().take(lose).copied().collect();
+                for seq in &newest {
+                    store.rows.remove(seq);
+                }
+                let mut record = self.shared.record.lock().expect("not poisoned");
+                record.lost.extend(newest.iter().rev());
+                Ok(serde_json::json!({ "lost": newest.len() }))
+            }
+            FaultKind::VolumeLoss => {
+                store.rows.clear();
+                store.seeded = false;
+                Ok(serde_json::json!({ "volume": "gone" }))
+            }
+            // Frozen: nothing answers, nothing is lost.
+            FaultKind::Pause => Ok(serde_json::json!({ "paused": true })),
+            other => bail!("the fake target has no fault {other}"),
+        }
+    }
+
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        self.shared.step(&format!("heal {}", fault.kind)).await?;
+        self.store().up = true;
+        Ok(serde_json::json!({ "paused": false }))
+    }
+}
+
 #[async_trait]
 impl Target for FakeTarget {
     async fn provision(&mut self) -> Result<()> {
@@ -341,53 +385,22 @@ impl Target for FakeTarget {
         })
     }
 
+    fn outages(&mut self) -> &mut dyn Outages {
+        self
+    }
+
     async fn inject(
         &mut self,
         fault: &FaultSpec,
         _backups: &[Backup],
     ) -> Result<serde_json::Value> {
-        self.shared.step(fault.kind.as_str()).await?;
-        self.shared.step("fault").await?;
-        self.store().up = false;
-        tokio::time::sleep(self.shared.behaviour.fault_time).await;
-        let mut store = self.store();
-        match fault.kind {
-            FaultKind::Kill if self.shared.behaviour.wipe_on_kill => {
-                store.rows.clear();
-                store.seeded = false;
-                Ok(serde_json::json!({ "wiped": true }))
-            }
-            FaultKind::Kill => {
-                let lose = self.shared.behaviour.lose_on_kill;
-                let newest: Vec<u64> = store.rows.keys().rev().take(lose).copied().collect();
-                for seq in &newest {
-                    store.rows.remove(seq);
-                }
-                let mut record = self.shared.record.lock().expect("not poisoned");
-                record.lost.extend(newest.iter().rev());
-                Ok(serde_json::json!({ "lost": newest.len() }))
-            }
-            FaultKind::VolumeLoss => {
-                store.rows.clear();
-                store.seeded = false;
-                Ok(serde_json::json!({ "volume": "gone" }))
-            }
-            // Frozen: nothing answers, nothing is lost.
-            FaultKind::Pause => Ok(serde_json::json!({ "paused": true })),
-            other => bail!("the fake target has no fault {other}"),
-        }
+        bail!("the fake target has no fault {} of its own", fault.kind)
     }
 
     async fn restart(&mut self, _timeout: Duration) -> Result<()> {
         self.shared.step("restart").await?;
         self.store().up = true;
         Ok(())
-    }
-
-    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
-        self.shared.step(&format!("heal {}", fault.kind)).await?;
-        self.store().up = true;
-        Ok(serde_json::json!({ "paused": false }))
     }
 
     async fn serve_again(&mut self, _timeout: Duration) -> Result<()> {

@@ -4,14 +4,20 @@
 //! cancellation, and always writes a report. [`executor`] holds one target's steps, [`events`]
 //! the sink that records them, and [`stop`] why a drill ends early.
 
+mod backups;
 mod events;
 mod executor;
 #[cfg(test)]
 mod fake;
+mod faults;
+mod restore;
 mod restore_test;
+mod shipping;
 mod stop;
 #[cfg(test)]
 mod tests;
+mod verify;
+mod workloads;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,7 +30,7 @@ use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use executor::choose_backup;
+pub use backups::choose_backup;
 
 use crate::backup::Repository;
 use crate::checks::Previous;
@@ -33,14 +39,13 @@ use crate::docker::EnvironmentError;
 use crate::exit::Exit;
 use crate::live;
 use crate::measure;
-use crate::report::{
-    self, Report, RestoreReport, Rpo, Rto, RunOutcome, TargetReport, WorkloadReport,
-};
+use crate::measure::rpo::Rpo;
+use crate::report::{self, Report, RestoreReport, Rto, RunOutcome, TargetReport, WorkloadReport};
 use crate::spec::{Scenario, TargetSpec};
 use crate::targets::site::DockerSite;
 use crate::targets::{RunContext, Site, Target};
 use crate::util;
-use events::Events;
+use events::{Events, TargetEvent};
 use executor::{Executor, Seeded};
 use stop::{Stop, bounded, classify, host_storage_full};
 
@@ -292,11 +297,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
             target_ms: t.objectives.rto.as_millis() as u64,
             ..Rto::default()
         },
-        rpo: Rpo {
-            target_ms: t.objectives.rpo.as_millis() as u64,
-            max_lost_writes: t.objectives.max_lost_writes,
-            ..Rpo::default()
-        },
+        rpo: Rpo::unmeasured(&t.objectives),
         checks: Vec::new(),
         restore: RestoreReport {
             from: t.restore.label(),
@@ -383,7 +384,7 @@ impl Drill<'_> {
                 .target(spec, &self.run)
                 .await
                 .map_err(|e| classify(&format!("target {}", spec.name), e))?;
-            self.events.target(&spec.name, |t| t.image = image);
+            self.events.target(&spec.name, TargetEvent::Image(image));
             targets.push((spec, target));
         }
         // A restore test's target starts when its backup is restored.
@@ -438,12 +439,13 @@ impl Drill<'_> {
                 spec.dataset.fixture,
                 util::seconds((clock.micros() - at) / 1000)
             );
-            self.events.target(&spec.name, |r| {
-                r.seed = Some(report::SeedReport {
+            self.events.target(
+                &spec.name,
+                TargetEvent::Seeded(report::SeedReport {
                     started_ms: at / 1000,
                     datasets: facts.clone(),
-                })
-            });
+                }),
+            );
             Ok::<_, Stop>(Some(Seeded { at, facts }))
         }))
         .await?;
@@ -494,7 +496,7 @@ impl Drill<'_> {
                             t.writer()
                         })
                         .collect();
-                    executor::Chain::start(w.chain.to_vec(), writers, w.rate, clock)
+                    workloads::Chain::start(w.chain.to_vec(), writers, w.rate, clock)
                 }),
             recovered: std::sync::Mutex::new(BTreeMap::new()),
         };

@@ -7,11 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
+use super::events::{Recovery, RestoreBegins, TargetEvent};
 use super::executor::Executor;
-use super::stop::{Stop, classify, overran};
+use super::stop::{Stop, classify, within};
+use super::verify::{RESTORE_FAILED, conclude};
 use crate::checks::{CheckResult, CheckStatus, Evidence, Previous};
+use crate::measure::rpo::Rpo;
 use crate::measure::{Phase, RecoveryPhases};
-use crate::report::{self, Rpo, SourceReport};
+use crate::report::SourceReport;
 use crate::source::{self, Fetched, Unrestorable};
 use crate::spec::{CheckKind, QuerySpec, SourceSpec, TargetSpec};
 use crate::targets::{Restored, Target};
@@ -28,14 +31,19 @@ impl Executor<'_> {
     ) -> Result<(), Stop> {
         let name = spec.name.as_str();
         let clock = self.clock;
-        let limit = self.scenario.timeouts.restore;
         let start = clock.micros();
         let tested_at = clock.wall_at(start);
         self.events.outage(name, start);
-        self.events.target(name, |t| {
-            t.rto.fault_at_ms = Some(start / 1000);
-            t.rto.restore_started_at_ms = Some(start / 1000);
-        });
+        self.events.target(
+            name,
+            TargetEvent::RestoreBegins(Box::new(RestoreBegins {
+                fault_at: start,
+                restore_started: start,
+                workload: None,
+                detection: None,
+                write_latency: None,
+            })),
+        );
 
         let span = self.events.begin("restore", Some(name));
         let mut phases = RecoveryPhases::new(clock, Phase::Fetch, start);
@@ -44,68 +52,9 @@ impl Executor<'_> {
             target: name,
             dir: &dest,
         };
-        let not_after = match spec.restore {
-            crate::spec::RestorePoint::At(t) => Some(t),
-            _ => None,
-        };
-        let fetched =
-            match tokio::time::timeout(limit, source::fetch(source, &dest, not_after)).await {
-                Err(_) => {
-                    return Err(overran(
-                        &format!("fetch for {name}"),
-                        limit,
-                        "timeouts.restore",
-                    ));
-                }
-                Ok(Ok(f)) => Ok(f),
-                Ok(Err(e)) if e.downcast_ref::<Unrestorable>().is_some() => Err(format!("{e:#}")),
-                Ok(Err(e)) => {
-                    return Err(classify(&format!("fetch for {name}"), e));
-                }
-            };
-        let mut restore_error = None;
-        let mut restored = Restored::default();
-        match &fetched {
-            Err(e) => restore_error = Some(e.clone()),
-            Ok(f) => {
-                info!(
-                    "{name}: fetched {} ({}, {} bytes) in {}",
-                    f.object,
-                    f.format.describe(),
-                    f.bytes,
-                    util::seconds(f.fetch_ms)
-                );
-                let mb_per_s = f.bytes as f64 / 1e6 / (f.fetch_ms.max(1) as f64 / 1000.0);
-                self.events.target(name, |t| {
-                    t.source = Some(SourceReport {
-                        location: source.location.label(),
-                        fetched: f.clone(),
-                        mb_per_s: (mb_per_s * 100.0).round() / 100.0,
-                        trend: None,
-                    })
-                });
-                if f.format.kind() != spec.kind {
-                    restore_error = Some(format!(
-                        "{} is a {}, not a {} backup",
-                        f.object,
-                        f.format.describe(),
-                        spec.kind
-                    ));
-                } else {
-                    match tokio::time::timeout(limit, target.restore_source(f, &mut phases)).await {
-                        Err(_) => {
-                            return Err(overran(
-                                &format!("restore {name}"),
-                                limit,
-                                "timeouts.restore",
-                            ));
-                        }
-                        Ok(Ok(r)) => restored = r,
-                        Ok(Err(e)) => restore_error = Some(format!("{e:#}")),
-                    }
-                }
-            }
-        }
+        let (fetched, restored, restore_error) = self
+            .fetch_and_restore(spec, source, target, &dest, &mut phases)
+            .await?;
         self.events.end(span);
         if let Some(e) = &restore_error {
             warn!("{name}: restore failed: {e}");
@@ -113,9 +62,165 @@ impl Executor<'_> {
 
         let span = self.events.begin("verify", Some(name));
         phases.enter(Phase::Verify);
+        let results = self
+            .prove(
+                spec,
+                source,
+                target,
+                fetched.as_ref().ok(),
+                &restored,
+                restore_error.as_deref(),
+                previous,
+                start,
+                tested_at,
+            )
+            .await?;
+        let limit = self.scenario.timeouts.check;
+        let (recovered_at, note) = conclude(
+            name,
+            target,
+            restore_error.as_deref(),
+            &results,
+            limit,
+            &clock,
+        )
+        .await?;
+        self.events.end(span);
+
+        let end = recovered_at.unwrap_or_else(|| clock.micros());
+        let rto_ms = recovered_at.map(|r| (r - start) / 1000);
+        let rpo = Rpo::of_age(
+            &spec.objectives,
+            newest_data(spec, fetched.as_ref().ok(), &results, &restored),
+            tested_at,
+        );
+        // This run's restore time against its backup's size, with the earlier ones.
+        let trend = match (&fetched, rto_ms) {
+            (Ok(f), Some(ms)) => {
+                let mut points = previous.restores.get(name).cloned().unwrap_or_default();
+                points.push((f.bytes, ms as i64));
+                crate::measure::projection::restore_trend(
+                    &points,
+                    spec.objectives.rto.as_millis() as i64,
+                )
+            }
+            _ => None,
+        };
+        match rto_ms {
+            Some(ms) => info!("{name}: restored and proven in {}", util::seconds(ms)),
+            None => warn!("{name}: not recovered"),
+        }
+        self.events.target(
+            name,
+            TargetEvent::Recovered(Box::new(Recovery {
+                phases: phases.durations(end),
+                rto_ms,
+                recovered_at,
+                note,
+                rpo,
+                checks: results,
+                restored,
+                error: restore_error,
+                trend,
+                ..Recovery::default()
+            })),
+        );
+        Ok(())
+    }
+
+    /// Fetches the backup from its source into `dest` and restores it: what was fetched (or
+    /// why it cannot be restored), what the restore reached, and why it failed, if it did.
+    async fn fetch_and_restore(
+        &self,
+        spec: &TargetSpec,
+        source: &SourceSpec,
+        target: &mut dyn Target,
+        dest: &std::path::Path,
+        phases: &mut RecoveryPhases,
+    ) -> Result<(Result<Fetched, String>, Restored, Option<String>), Stop> {
+        let name = spec.name.as_str();
+        let limit = self.scenario.timeouts.restore;
+        let not_after = match spec.restore {
+            crate::spec::RestorePoint::At(t) => Some(t),
+            _ => None,
+        };
+        let step = format!("fetch for {name}");
+        let fetched = match within(
+            &step,
+            limit,
+            "timeouts.restore",
+            source::fetch(source, dest, not_after),
+        )
+        .await?
+        {
+            Ok(f) => f,
+            Err(e) if e.downcast_ref::<Unrestorable>().is_some() => {
+                let why = format!("{e:#}");
+                return Ok((Err(why.clone()), Restored::default(), Some(why)));
+            }
+            Err(e) => return Err(classify(&step, e)),
+        };
+        info!(
+            "{name}: fetched {} ({}, {} bytes) in {}",
+            fetched.object,
+            fetched.format.describe(),
+            fetched.bytes,
+            util::seconds(fetched.fetch_ms)
+        );
+        let mb_per_s = fetched.bytes as f64 / 1e6 / (fetched.fetch_ms.max(1) as f64 / 1000.0);
+        self.events.target(
+            name,
+            TargetEvent::FetchedSource(Box::new(SourceReport {
+                location: source.location.label(),
+                fetched: fetched.clone(),
+                mb_per_s: (mb_per_s * 100.0).round() / 100.0,
+                trend: None,
+            })),
+        );
+        let kind = crate::targets::kind_of(fetched.format);
+        if kind != spec.kind {
+            let why = format!(
+                "{} is a {}, not a {} backup",
+                fetched.object,
+                fetched.format.describe(),
+                spec.kind
+            );
+            return Ok((Ok(fetched), Restored::default(), Some(why)));
+        }
+        let step = format!("restore {name}");
+        let (restored, error) = match within(
+            &step,
+            limit,
+            "timeouts.restore",
+            target.restore_source(&fetched, phases),
+        )
+        .await?
+        {
+            Ok(r) => (r, None),
+            Err(e) => (Restored::default(), Some(format!("{e:#}"))),
+        };
+        Ok((Ok(fetched), restored, error))
+    }
+
+    /// The checks and the user's queries on the restored backup. A check the restore ran on the
+    /// way stands as it ran; after a failed restore, what needs the service is not run.
+    #[allow(clippy::too_many_arguments)]
+    async fn prove(
+        &self,
+        spec: &TargetSpec,
+        source: &SourceSpec,
+        target: &dyn Target,
+        fetched: Option<&Fetched>,
+        restored: &Restored,
+        restore_error: Option<&str>,
+        previous: &Previous,
+        start: crate::clock::Micros,
+        tested_at: SystemTime,
+    ) -> Result<Vec<CheckResult>, Stop> {
+        let name = spec.name.as_str();
+        let limit = self.scenario.timeouts.check;
         let mut results = Vec::new();
-        let check_limit = self.scenario.timeouts.check;
-        if let Ok(f) = &fetched {
+        if let Some(f) = fetched {
             for &check in &spec.checks {
                 // The restore ran it on the backup itself, on the way (its own duration).
                 if let Some(ran) = restored.checked.iter().find(|c| c.name == check) {
@@ -127,8 +232,8 @@ impl Executor<'_> {
                     CheckKind::BackupIntegrity => integrity(f),
                     CheckKind::PgVerifybackup => CheckResult::unknown(
                         check,
-                        match &restore_error {
-                            Some(_) => "not run: the restore failed".to_string(),
+                        match restore_error {
+                            Some(_) => RESTORE_FAILED.to_string(),
                             None => format!(
                                 "not run: pg_verifybackup reads base backups, and {} is a {}",
                                 f.object,
@@ -146,17 +251,16 @@ impl Executor<'_> {
                             rpo_objective: spec.objectives.rpo,
                             seed: &Default::default(),
                         };
-                        tokio::time::timeout(check_limit, target.check(kind_check, &evidence))
-                            .await
-                            .map_err(|_| {
-                                overran(
-                                    &format!("check {kind_check} of {name}"),
-                                    check_limit,
-                                    "timeouts.check",
-                                )
-                            })?
+                        let step = format!("check {kind_check} of {name}");
+                        within(
+                            &step,
+                            limit,
+                            "timeouts.check",
+                            target.check(kind_check, &evidence),
+                        )
+                        .await?
                     }
-                    other => CheckResult::unknown(other, "not run: the restore failed"),
+                    other => CheckResult::unknown(other, RESTORE_FAILED),
                 };
                 r.duration_ms = started.elapsed().as_millis() as u64;
                 results.push(r);
@@ -164,111 +268,63 @@ impl Executor<'_> {
         }
         for q in &spec.queries {
             let started = tokio::time::Instant::now();
-            let mut r = if restore_error.is_some() || fetched.is_err() {
-                let mut r = CheckResult::unknown(CheckKind::Query, "not run: the restore failed");
+            let mut r = if restore_error.is_some() || fetched.is_none() {
+                let mut r = CheckResult::unknown(CheckKind::Query, RESTORE_FAILED);
                 r.query = Some(q.name.clone());
                 r
             } else {
-                let answer = tokio::time::timeout(check_limit, target.query(&q.ask))
-                    .await
-                    .map_err(|_| {
-                        overran(
-                            &format!("query {:?} of {name}", q.name),
-                            check_limit,
-                            "timeouts.check",
-                        )
-                    })?;
+                let step = format!("query {:?} of {name}", q.name);
+                let answer = within(&step, limit, "timeouts.check", target.query(&q.ask)).await?;
                 judge(q, answer.map_err(|e| format!("{e:#}")), previous, name)
             };
             r.duration_ms = started.elapsed().as_millis() as u64;
             results.push(r);
         }
-
-        let all_passed =
-            restore_error.is_none() && results.iter().all(|c| c.status == CheckStatus::Passed);
-        let mut recovered = None;
-        let rto_note = if all_passed {
-            match tokio::time::timeout(check_limit, target.round_trip()).await {
-                Ok(Ok(())) => {
-                    recovered = Some(clock.micros());
-                    None
-                }
-                Ok(Err(e)) => Some(format!("the fresh write and read-back failed: {e:#}")),
-                Err(_) => {
-                    return Err(overran(
-                        &format!("the fresh write and read-back of {name}"),
-                        check_limit,
-                        "timeouts.check",
-                    ));
-                }
-            }
-        } else if restore_error.is_some() {
-            Some("the restore failed".to_string())
-        } else {
-            let failing: Vec<String> = results
-                .iter()
-                .filter(|c| c.status != CheckStatus::Passed)
-                .map(CheckResult::title)
-                .collect();
-            Some(format!(
-                "not recovered: check(s) {} did not pass",
-                failing.join(", ")
-            ))
-        };
-        self.events.end(span);
-
-        let end = recovered.unwrap_or_else(|| clock.micros());
-        let rto = recovered.map(|r| (r - start) / 1000);
-        // A passing freshness query knows the newest data better than the backup's metadata.
-        let freshness = spec.queries.iter().find(|q| q.freshness).and_then(|q| {
-            results
-                .iter()
-                .find(|r| r.query.as_deref() == Some(q.name.as_str()))
-                .filter(|r| r.status == CheckStatus::Passed)
-                .and_then(|r| r.value.as_deref().and_then(point_in_time))
-                .map(|t| (q.name.clone(), t))
-        });
-        let rpo = rpo(
-            spec,
-            fetched.as_ref().ok(),
-            freshness.or(restored.consistent_at.map(|t| (String::new(), t))),
-            tested_at,
-        );
-        self.events.recovered(name, rto.map(Duration::from_millis));
-        // This run's restore time against its backup's size, with the earlier ones.
-        let trend = match (&fetched, rto) {
-            (Ok(f), Some(ms)) => {
-                let mut points = previous.restores.get(name).cloned().unwrap_or_default();
-                points.push((f.bytes, ms as i64));
-                crate::measure::projection::restore_trend(
-                    &points,
-                    spec.objectives.rto.as_millis() as i64,
-                )
-            }
-            _ => None,
-        };
-        self.events.target(name, |t| {
-            if let Some(source) = t.source.as_mut() {
-                source.trend = trend;
-            }
-            t.rto.phases = report::PhaseDurations::from_durations(&phases.durations(end));
-            t.rto.achieved_ms = rto;
-            t.rto.met = rto.is_some_and(|a| a <= t.rto.target_ms);
-            t.rto.recovered_at_ms = recovered.map(|r| r / 1000);
-            t.rto.note = rto_note;
-            t.rpo = rpo;
-            t.checks = results;
-            t.restore.error = restore_error;
-            t.restore.recovery_target = restored.recovery_target.clone();
-            t.restore.reached = restored.reached.clone();
-            t.restore.note = restored.note.clone();
-        });
-        match rto {
-            Some(ms) => info!("{name}: restored and proven in {}", util::seconds(ms)),
-            None => warn!("{name}: not recovered"),
-        }
-        Ok(())
+        Ok(results)
     }
+}
+
+/// The newest data a restore test brought back, and how it is known: a passing freshness
+/// query's answer, else the newest transaction a replay reached, else the backup's own time;
+/// or why there is none (no backup was fetched).
+fn newest_data(
+    spec: &TargetSpec,
+    fetched: Option<&Fetched>,
+    results: &[CheckResult],
+    restored: &Restored,
+) -> Result<(SystemTime, String), String> {
+    let f = fetched.ok_or("no backup was fetched")?;
+    let freshness = spec.queries.iter().find(|q| q.freshness).and_then(|q| {
+        results
+            .iter()
+            .find(|r| r.query.as_deref() == Some(q.name.as_str()))
+            .filter(|r| r.status == CheckStatus::Passed)
+            .and_then(|r| r.value.as_deref().and_then(point_in_time))
+            .map(|t| (q.name.clone(), t))
+    });
+    Ok(match (freshness, restored.consistent_at) {
+        (Some((query, t)), _) => (
+            t,
+            format!(
+                "the age of the newest data, as freshness query {query:?} found it ({}), when the test began",
+                humantime::format_rfc3339_millis(t)
+            ),
+        ),
+        (None, Some(t)) => (
+            t,
+            format!(
+                "the age of the newest transaction the restore replayed ({}) when the test began",
+                humantime::format_rfc3339_millis(t)
+            ),
+        ),
+        (None, None) => (
+            f.made_at_time,
+            format!(
+                "the backup's age when the test began: made at {} (from {})",
+                f.made_at, f.made_at_from
+            ),
+        ),
+    })
 }
 
 /// The fetched copy of a backup (possibly decrypted production data), removed when the test
@@ -291,54 +347,6 @@ impl Drop for FetchedCopy<'_> {
             );
         }
     }
-}
-
-/// The RPO of a restore test: how old the backup's consistent point was when the test began.
-/// `point` is a better point than the backup's own time, when there is one: the freshness
-/// query's (its name), else the newest transaction a replay reached (an empty name).
-fn rpo(
-    spec: &TargetSpec,
-    fetched: Option<&Fetched>,
-    point: Option<(String, SystemTime)>,
-    tested_at: SystemTime,
-) -> Rpo {
-    let mut rpo = Rpo {
-        target_ms: spec.objectives.rpo.as_millis() as u64,
-        ..Rpo::default()
-    };
-    match fetched {
-        None => rpo.note = Some("unknown: no backup was fetched".into()),
-        Some(f) => {
-            let (point, said) = match point {
-                Some((query, t)) if !query.is_empty() => (
-                    t,
-                    format!(
-                        "the age of the newest data, as freshness query {query:?} found it ({}), when the test began",
-                        humantime::format_rfc3339_millis(t)
-                    ),
-                ),
-                Some((_, t)) => (
-                    t,
-                    format!(
-                        "the age of the newest transaction the restore replayed ({}) when the test began",
-                        humantime::format_rfc3339_millis(t)
-                    ),
-                ),
-                None => (
-                    f.made_at_time,
-                    format!(
-                        "the backup's age when the test began: made at {} (from {})",
-                        f.made_at, f.made_at_from
-                    ),
-                ),
-            };
-            let age = tested_at.duration_since(point).unwrap_or(Duration::ZERO);
-            rpo.achieved_ms = Some(age.as_millis() as u64);
-            rpo.met = age <= spec.objectives.rpo;
-            rpo.note = Some(said);
-        }
-    }
-    rpo
 }
 
 /// `backup-integrity`: the fetched bytes against the sidecar checksum next to the backup.

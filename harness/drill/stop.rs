@@ -57,6 +57,19 @@ pub async fn bounded<T>(
     }
 }
 
+/// Bounds `fut` by `limit`, the scenario's `setting`, and hands back whatever it returns: a
+/// failure it reports is the caller's finding, and only an overrun stops the drill.
+pub async fn within<T>(
+    step: &str,
+    limit: Duration,
+    setting: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, Stop> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| overran(step, limit, setting))
+}
+
 /// The stop for `step` overrunning `limit`, naming the setting (`timeouts.restore`).
 pub fn overran(step: &str, limit: Duration, setting: &str) -> Stop {
     Stop::Step(format!(

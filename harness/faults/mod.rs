@@ -1,5 +1,6 @@
-//! Fault injection. Damage to a backup is the same for every kind and lives here; faults that
-//! touch the service are the target's ([`Target::inject`]).
+//! Fault injection. Damage to a backup is the same for every kind and lives here; the outages
+//! every kind suffers alike go to the target's service ([`Target::outages`]); the rest are the
+//! kind's own ([`Target::inject`]).
 //! Each returns what it did, for the report.
 
 use std::io::{Seek, SeekFrom, Write as _};
@@ -57,6 +58,7 @@ pub async fn inject(
             details["file"] = json!(path.display().to_string());
             Ok(details)
         }
+        kind if kind.is_outage() => target.outages().inject(fault).await,
         _ => target.inject(fault, backups).await,
     }
 }

@@ -12,14 +12,24 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::report::Report;
+use crate::report::{CheckOutcome, Report, TargetOutcome};
 use backend::{Backend, Kind};
+
+/// A schema step: the same SQL for both stores, or each store's own where their dialects part.
+enum Step {
+    Both(&'static str),
+    Each {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
+}
 
 /// Schema steps, oldest first; the schema's version is the number of steps applied. Never edit a
 /// step that has shipped: add one.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Step] = &[
     // 1: runs, their targets, and phase durations.
-    "CREATE TABLE runs (
+    Step::Both(
+        "CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
         scenario TEXT NOT NULL,
         scenario_file TEXT NOT NULL,
@@ -56,8 +66,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, target, phase),
         FOREIGN KEY (run_id, target) REFERENCES targets (run_id, target) ON DELETE CASCADE
     );",
+    ),
     // 2: checks, and the dataset size RTO projections need.
-    "ALTER TABLE targets ADD COLUMN dataset_rows BIGINT;
+    Step::Both(
+        "ALTER TABLE targets ADD COLUMN dataset_rows BIGINT;
     CREATE TABLE checks (
         run_id TEXT NOT NULL,
                 target TEXT NOT NULL,
@@ -68,11 +80,72 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, target, name),
         FOREIGN KEY (run_id, target) REFERENCES targets (run_id, target) ON DELETE CASCADE
     );",
+    ),
     // 3: what a check measured (a restore test's query value, a backup's size), which the next
     // run's `drift` and `backup-size` compare with.
-    "ALTER TABLE checks ADD COLUMN value TEXT;",
+    Step::Both("ALTER TABLE checks ADD COLUMN value TEXT;"),
     // 4: a restore test's fetched backup size, which its restore time is fitted against.
-    "ALTER TABLE targets ADD COLUMN backup_bytes BIGINT;",
+    Step::Both("ALTER TABLE targets ADD COLUMN backup_bytes BIGINT;"),
+    // 5: a loss that could not be counted is NULL, not 0, with why. SQLite cannot drop a NOT
+    // NULL: its targets table is built again, and with it the two tables that refer to it
+    // (dropping a parent first would cascade to their rows); the new tables keep every row.
+    Step::Each {
+        sqlite: "CREATE TABLE targets_v5 (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            target TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            image TEXT,
+            rto_achieved_ms BIGINT,
+            rto_target_ms BIGINT NOT NULL,
+            rto_met BOOLEAN NOT NULL,
+            rpo_achieved_ms BIGINT,
+            rpo_target_ms BIGINT NOT NULL,
+            rpo_met BOOLEAN NOT NULL,
+            acked_writes BIGINT NOT NULL,
+            lost_writes BIGINT,
+            dataset_rows BIGINT,
+            backup_bytes BIGINT,
+            lost_writes_unknown TEXT,
+            PRIMARY KEY (run_id, target)
+        );
+        INSERT INTO targets_v5 (run_id, target, kind, image, rto_achieved_ms, rto_target_ms,
+            rto_met, rpo_achieved_ms, rpo_target_ms, rpo_met, acked_writes, lost_writes,
+            dataset_rows, backup_bytes)
+            SELECT run_id, target, kind, image, rto_achieved_ms, rto_target_ms, rto_met,
+            rpo_achieved_ms, rpo_target_ms, rpo_met, acked_writes, lost_writes, dataset_rows,
+            backup_bytes FROM targets;
+        CREATE TABLE phases_v5 (
+            run_id TEXT NOT NULL,
+            target TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            phase TEXT NOT NULL,
+            duration_ms BIGINT NOT NULL,
+            PRIMARY KEY (run_id, target, phase),
+            FOREIGN KEY (run_id, target) REFERENCES targets_v5 (run_id, target) ON DELETE CASCADE
+        );
+        INSERT INTO phases_v5 SELECT run_id, target, position, phase, duration_ms FROM phases;
+        CREATE TABLE checks_v5 (
+            run_id TEXT NOT NULL,
+            target TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            value TEXT,
+            PRIMARY KEY (run_id, target, name),
+            FOREIGN KEY (run_id, target) REFERENCES targets_v5 (run_id, target) ON DELETE CASCADE
+        );
+        INSERT INTO checks_v5 SELECT run_id, target, position, name, status, detail, value
+            FROM checks;
+        DROP TABLE checks;
+        DROP TABLE phases;
+        DROP TABLE targets;
+        ALTER TABLE targets_v5 RENAME TO targets;
+        ALTER TABLE phases_v5 RENAME TO phases;
+        ALTER TABLE checks_v5 RENAME TO checks;",
+        postgres: "ALTER TABLE targets ALTER COLUMN lost_writes DROP NOT NULL;
+        ALTER TABLE targets ADD COLUMN lost_writes_unknown TEXT;",
+    },
 ];
 
 /// The schema version this drillrig writes.
@@ -93,46 +166,7 @@ pub struct RunRecord {
     pub drillrig_version: String,
     pub git_revision: Option<String>,
     pub report_dir: Option<String>,
-    pub targets: Vec<TargetRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TargetRecord {
-    pub target: String,
-    pub kind: String,
-    pub image: Option<String>,
-    pub dataset_rows: Option<i64>,
-    /// A restore test's backup, bytes fetched.
-    pub backup_bytes: Option<i64>,
-    pub rto_achieved_ms: Option<i64>,
-    pub rto_target_ms: i64,
-    pub rto_met: bool,
-    pub rpo_achieved_ms: Option<i64>,
-    pub rpo_target_ms: i64,
-    pub rpo_met: bool,
-    pub acked_writes: i64,
-    pub lost_writes: i64,
-    /// `(phase, ms)` in recovery order; they add up to the RTO.
-    pub phases: Vec<(String, i64)>,
-    pub checks: Vec<CheckRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CheckRecord {
-    /// The check's kind, or `query: NAME` for a user query.
-    pub name: String,
-    /// `passed`, `failed` or `unknown`.
-    pub status: String,
-    pub detail: String,
-    /// What it measured, for the next run to compare with.
-    pub value: Option<String>,
-}
-
-fn json_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    pub targets: Vec<TargetOutcome>,
 }
 
 impl RunRecord {
@@ -152,109 +186,18 @@ impl RunRecord {
         git_revision: Option<String>,
         report_dir: Option<&Path>,
     ) -> RunRecord {
-        let ms = |v: u64| v as i64;
         RunRecord {
             run_id: report.run_id.clone(),
             scenario: report.scenario.clone(),
             scenario_file: report.scenario_file.clone(),
             started_at: report.started_at.clone(),
-            duration_ms: ms(report.duration_ms),
+            duration_ms: report.duration_ms as i64,
             outcome: report.outcome.as_str().into(),
             error: report.error.clone(),
             drillrig_version: report.drillrig_version.clone(),
             git_revision,
             report_dir: report_dir.map(|d| d.display().to_string()),
-            targets: report
-                .targets
-                .iter()
-                .map(|t| TargetRecord {
-                    target: t.name.clone(),
-                    kind: json_name(&t.kind),
-                    image: t.image.as_ref().map(|i| i.image.clone()),
-                    dataset_rows: Some(ms(t.dataset_rows)),
-                    backup_bytes: t.source.as_ref().map(|s| ms(s.fetched.bytes)),
-                    rto_achieved_ms: t.rto.achieved_ms.map(ms),
-                    rto_target_ms: ms(t.rto.target_ms),
-                    rto_met: t.rto.met,
-                    rpo_achieved_ms: t.rpo.achieved_ms.map(ms),
-                    rpo_target_ms: ms(t.rpo.target_ms),
-                    rpo_met: t.rpo.met,
-                    acked_writes: ms(t.rpo.acked_writes),
-                    lost_writes: ms(t.rpo.lost_writes),
-                    phases: t
-                        .rto
-                        .phases
-                        .entries()
-                        .into_iter()
-                        .map(|(p, d)| (p.to_string(), ms(d)))
-                        .collect(),
-                    // An outage no fault caused is recorded as a failed check, so JUnit, the
-                    // summary and the HTML report show it where they show failed checks.
-                    checks: t
-                        .checks
-                        .iter()
-                        .map(|c| CheckRecord {
-                            name: c.title(),
-                            status: json_name(&c.status),
-                            detail: c.detail.clone(),
-                            value: c.value.clone(),
-                        })
-                        .chain(t.unasked_outages.iter().map(|o| CheckRecord {
-                            name: "no-unasked-outage".into(),
-                            status: "failed".into(),
-                            detail: o.clone(),
-                            value: None,
-                        }))
-                        // So is the write_p99 objective, with its achieved p99 as the value.
-                        .chain(
-                            t.write_latency
-                                .as_ref()
-                                .and_then(|w| w.objective.as_ref())
-                                .map(|o| CheckRecord {
-                                    name: "objective write_p99".into(),
-                                    status: if o.met { "passed" } else { "failed" }.into(),
-                                    detail: match o.achieved_ms {
-                                        Some(p) => format!(
-                                            "p99 {p:.1} ms during the latency fault (objective {} ms)",
-                                            o.target_ms
-                                        ),
-                                        None => format!(
-                                            "more than 1 % of the writes during the latency fault were never acknowledged (objective {} ms)",
-                                            o.target_ms
-                                        ),
-                                    },
-                                    value: o.achieved_ms.map(|p| format!("{p:.1}")),
-                                }),
-                        )
-                        .collect(),
-                })
-                .chain(report.platform.as_ref().map(|p| TargetRecord {
-                    target: crate::spec::PLATFORM.into(),
-                    kind: crate::spec::PLATFORM.into(),
-                    image: None,
-                    dataset_rows: None,
-                    backup_bytes: None,
-                    rto_achieved_ms: p.rto.achieved_ms.map(ms),
-                    rto_target_ms: ms(p.rto.target_ms),
-                    rto_met: p.rto.met,
-                    rpo_achieved_ms: p.rpo.achieved_ms.map(ms),
-                    rpo_target_ms: ms(p.rpo.target_ms),
-                    rpo_met: p.rpo.met,
-                    acked_writes: report.targets.iter().map(|t| ms(t.rpo.acked_writes)).sum(),
-                    lost_writes: ms(p.rpo.lost_writes),
-                    phases: Vec::new(),
-                    checks: p
-                        .cross_store
-                        .iter()
-                        .map(|c| CheckRecord {
-                            name: "cross-store".into(),
-                            status: if c.passed { "passed" } else { "failed" }.into(),
-                            detail: c.summary(),
-                            value: None,
-                        })
-                        .collect(),
-                }))
-                .collect(),
+            targets: report.outcomes(),
         }
     }
 }
@@ -354,7 +297,12 @@ impl History {
                 if version >= to {
                     return Ok(false);
                 }
-                self.backend.batch(MIGRATIONS[version as usize]).await?;
+                let sql = match (&MIGRATIONS[version as usize], self.postgres) {
+                    (Step::Both(sql), _) => sql,
+                    (Step::Each { postgres, .. }, true) => postgres,
+                    (Step::Each { sqlite, .. }, false) => sqlite,
+                };
+                self.backend.batch(sql).await?;
                 self.backend.batch("DELETE FROM schema_version").await?;
                 self.backend
                     .execute(
@@ -428,8 +376,8 @@ impl History {
                 .execute(
                     "INSERT INTO targets (run_id, target, kind, image, dataset_rows, \
                      rto_achieved_ms, rto_target_ms, rto_met, rpo_achieved_ms, rpo_target_ms, \
-                     rpo_met, acked_writes, lost_writes, backup_bytes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     rpo_met, acked_writes, lost_writes, backup_bytes, lost_writes_unknown) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                     &[
                         run.run_id.as_str().into(),
                         t.target.as_str().into(),
@@ -445,6 +393,7 @@ impl History {
                         t.acked_writes.into(),
                         t.lost_writes.into(),
                         t.backup_bytes.into(),
+                        t.lost_writes_unknown.clone().into(),
                     ],
                 )
                 .await?;
@@ -563,17 +512,19 @@ impl History {
                 targets: Vec::new(),
             })
             .collect();
-        let mut targets: HashMap<(String, String), TargetRecord> = HashMap::new();
+        let mut targets: HashMap<(String, String), TargetOutcome> = HashMap::new();
         let mut order: HashMap<String, Vec<String>> = HashMap::new();
         for r in self
             .backend
             .query(
                 "SELECT run_id, target, kind, image, dataset_rows, rto_achieved_ms, \
                  rto_target_ms, rto_met, rpo_achieved_ms, rpo_target_ms, rpo_met, acked_writes, \
-                 lost_writes, backup_bytes FROM targets ORDER BY run_id, target",
+                 lost_writes, backup_bytes, lost_writes_unknown FROM targets \
+                 ORDER BY run_id, target",
                 &[],
                 &[
                     Text, Text, Text, Text, Int, Int, Int, Bool, Int, Int, Bool, Int, Int, Int,
+                    Text,
                 ],
             )
             .await?
@@ -585,7 +536,7 @@ impl History {
             order.entry(run.clone()).or_default().push(target.clone());
             targets.insert(
                 (run, target.clone()),
-                TargetRecord {
+                TargetOutcome {
                     target,
                     kind: r[2].text().unwrap_or_default(),
                     image: r[3].text(),
@@ -598,7 +549,8 @@ impl History {
                     rpo_target_ms: r[9].int().unwrap_or(0),
                     rpo_met: r[10].boolean(),
                     acked_writes: r[11].int().unwrap_or(0),
-                    lost_writes: r[12].int().unwrap_or(0),
+                    lost_writes: r[12].int(),
+                    lost_writes_unknown: r[14].text(),
                     phases: Vec::new(),
                     checks: Vec::new(),
                 },
@@ -638,7 +590,7 @@ impl History {
                 r[1].text().unwrap_or_default(),
             );
             if let Some(t) = targets.get_mut(&key) {
-                t.checks.push(CheckRecord {
+                t.checks.push(CheckOutcome {
                     name: r[2].text().unwrap_or_default(),
                     status: r[3].text().unwrap_or_default(),
                     detail: r[4].text().unwrap_or_default(),

@@ -12,7 +12,7 @@ pub(crate) fn sample_run(run_id: &str, scenario: &str, started_at: &str, rto_ms:
         drillrig_version: "0.1.0".into(),
         git_revision: Some("0123abcd".into()),
         report_dir: Some(format!("reports/{scenario}/{run_id}")),
-        targets: vec![TargetRecord {
+        targets: vec![TargetOutcome {
             target: "db".into(),
             kind: "postgres".into(),
             image: Some("drillrig/postgres:15-bookworm".into()),
@@ -25,7 +25,8 @@ pub(crate) fn sample_run(run_id: &str, scenario: &str, started_at: &str, rto_ms:
             rpo_target_ms: 10_000,
             rpo_met: true,
             acked_writes: 1_500,
-            lost_writes: 12,
+            lost_writes: Some(12),
+            lost_writes_unknown: None,
             phases: vec![
                 ("detect".into(), 100),
                 ("provision".into(), 800),
@@ -33,13 +34,13 @@ pub(crate) fn sample_run(run_id: &str, scenario: &str, started_at: &str, rto_ms:
                 ("verify".into(), 500),
             ],
             checks: vec![
-                CheckRecord {
+                CheckOutcome {
                     name: "ledger".into(),
                     status: "passed".into(),
                     detail: "all there".into(),
                     value: Some("7".into()),
                 },
-                CheckRecord {
+                CheckOutcome {
                     name: "fk-integrity".into(),
                     status: "failed".into(),
                     detail: "3 orphans".into(),

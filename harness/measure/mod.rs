@@ -1,7 +1,8 @@
-//! Measurement (docs/measurement.md): one monotonic clock per run, outage detection by probes, and the
-//! RTO / RPO arithmetic over the ledger.
+//! Measurement (docs/measurement.md): outage detection by probes, the recovery phases the RTO
+//! adds up, write latency over the ledger, and the RPO ([`rpo`]).
 
 pub mod projection;
+pub mod rpo;
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, Micros};
-use crate::workload::{Comparison, Ledger, WriteOutcome};
+use crate::workload::{Ledger, WriteOutcome};
 
 /// A health probe of one target: a real read of the workload's data.
 #[async_trait]
@@ -136,28 +137,6 @@ impl RecoveryPhases {
     }
 }
 
-/// RPO achieved (docs/measurement.md §6): 0 when nothing acknowledged was lost; otherwise the ack time of the
-/// last write acknowledged before `t_fault` minus the ack time of `r*` (the end of the recovered
-/// consistent prefix), or minus `workload_start` when no acknowledged write survived.
-pub fn rpo(
-    ledger: &Ledger,
-    comparison: &Comparison,
-    t_fault: Micros,
-    workload_start: Micros,
-) -> Duration {
-    if comparison.lost.is_empty() {
-        return Duration::ZERO;
-    }
-    let Some(a_max) = ledger.last_acked_before(t_fault) else {
-        return Duration::ZERO;
-    };
-    let prefix_end = comparison
-        .r_star
-        .and_then(|r| ledger.get(r))
-        .map_or(workload_start, |w| w.completed);
-    Duration::from_micros(a_max.completed.saturating_sub(prefix_end))
-}
-
 /// Acknowledged-write latency (invoke to acknowledgement) over one span of the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
@@ -217,6 +196,7 @@ pub fn write_p99_counting_unacknowledged(ledger: &Ledger, from: Micros, to: Micr
 
 #[cfg(test)]
 mod tests {
+    use super::rpo::achieved as rpo;
     use super::*;
     use crate::workload::ledger::{Write, WriteOutcome, compare};
     use proptest::prelude::*;

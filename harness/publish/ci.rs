@@ -11,9 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 
+use crate::history::RunRecord;
 use crate::history::regression::Verdict;
-use crate::history::{RunRecord, TargetRecord};
 use crate::measure::projection::Projection;
+use crate::report::TargetOutcome;
 
 fn secs(ms: i64) -> String {
     crate::util::seconds(ms.max(0) as u64)
@@ -30,7 +31,7 @@ fn failure(message: String) -> TestCaseStatus {
 }
 
 /// The objective test cases of one target: RTO and RPO, achieved vs target.
-fn objective_cases(scenario: &str, t: &TargetRecord) -> Vec<TestCase> {
+fn objective_cases(scenario: &str, t: &TargetOutcome) -> Vec<TestCase> {
     let case = |objective: &str, achieved_ms: Option<i64>, target_ms: i64, met: bool| {
         let status = if met {
             TestCaseStatus::success()
@@ -59,15 +60,14 @@ fn missed_because(
     objective: &str,
     achieved_ms: Option<i64>,
     target_ms: i64,
-    t: &TargetRecord,
+    t: &TargetOutcome,
 ) -> String {
     match achieved_ms {
         Some(a) if a <= target_ms && objective == "RPO" => format!(
-            "RPO achieved {} within target {}, but {} of {} acknowledged writes lost: more than max_lost_writes allows",
+            "RPO achieved {} within target {}, but {} acknowledged writes lost: more than max_lost_writes allows",
             secs(a),
             secs(target_ms),
-            t.lost_writes,
-            t.acked_writes
+            t.lost_writes_text()
         ),
         _ => format!(
             "{objective} achieved {} > target {}",
@@ -180,7 +180,7 @@ pub fn summary(runs: &[RunRecord], verdicts: &[Verdict], projections: &[Projecti
                 .map(|c| c.name.as_str())
                 .collect();
             md.push_str(&format!(
-                "| {} | {} {} | {} | {} {} / {} | {} {} / {} | {} of {} | {} |\n",
+                "| {} | {} {} | {} | {} {} / {} | {} {} / {} | {} | {} |\n",
                 run.scenario,
                 mark(run.outcome == "met"),
                 run.outcome,
@@ -191,8 +191,7 @@ pub fn summary(runs: &[RunRecord], verdicts: &[Verdict], projections: &[Projecti
                 mark(t.rpo_met),
                 achieved(t.rpo_achieved_ms),
                 secs(t.rpo_target_ms),
-                t.lost_writes,
-                t.acked_writes,
+                t.lost_writes_text(),
                 if failed.is_empty() {
                     "—".to_string()
                 } else {
@@ -335,7 +334,10 @@ pub fn openmetrics(runs: &[RunRecord]) -> String {
             }
             rpo_target.get_or_create(&l).set(s(t.rpo_target_ms));
             acked.get_or_create(&l).set(t.acked_writes as f64);
-            lost.get_or_create(&l).set(t.lost_writes as f64);
+            // A loss that could not be counted has no sample: never a 0.
+            if let Some(n) = t.lost_writes {
+                lost.get_or_create(&l).set(n as f64);
+            }
         }
         for o in ["met", "missed", "error", "interrupted"] {
             let l = vec![
@@ -408,7 +410,7 @@ mod tests {
         t.rpo_achieved_ms = Some(0);
         t.rpo_target_ms = 0;
         t.rpo_met = false;
-        t.lost_writes = 3;
+        t.lost_writes = Some(3);
         t.acked_writes = 900;
         let xml = junit(&[run], &[]);
         assert!(

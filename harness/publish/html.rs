@@ -7,7 +7,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use plotters::coord::{Shift, types::RangedCoordf64};
 use plotters::prelude::*;
 
-use crate::history::{RunRecord, TargetRecord, latest_per_scenario};
+use crate::history::{RunRecord, latest_per_scenario};
+use crate::report::TargetOutcome;
 
 const CSS: &str = "
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
@@ -169,7 +170,7 @@ fn phase_css(i: usize) -> String {
 }
 
 /// The timeline's legend, in the page beside the chart (never over the bars).
-fn timeline_legend(t: &TargetRecord) -> Markup {
+fn timeline_legend(t: &TargetOutcome) -> Markup {
     html! {
         p.legend {
             @for (i, (phase, ms)) in t.phases.iter().enumerate() {
@@ -181,7 +182,7 @@ fn timeline_legend(t: &TargetRecord) -> Markup {
 
 /// The recovery phases of one target as a stacked bar from the fault to the recovery; the
 /// legend is [`timeline_legend`].
-fn timeline_svg(t: &TargetRecord) -> String {
+fn timeline_svg(t: &TargetOutcome) -> String {
     let total: i64 = t.phases.iter().map(|(_, ms)| ms).sum();
     if total <= 0 {
         return "<p>no recovery phases recorded</p>".into();
@@ -209,9 +210,9 @@ fn timeline_svg(t: &TargetRecord) -> String {
     })
 }
 
-fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> Markup {
+fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetOutcome) -> Markup {
     let series: Vec<&RunRecord> = runs.iter().filter(|r| r.comparable_with(latest)).collect();
-    let point = |r: &RunRecord, f: fn(&TargetRecord) -> Option<i64>| {
+    let point = |r: &RunRecord, f: fn(&TargetOutcome) -> Option<i64>| {
         (
             short_time(&r.started_at),
             r.targets.iter().find(|x| x.target == t.target).and_then(f),
@@ -235,8 +236,7 @@ fn target_section(runs: &[RunRecord], latest: &RunRecord, t: &TargetRecord) -> M
             "RTO " span class=(if t.rto_met { "met" } else { "missed" }) { (achieved(t.rto_achieved_ms)) }
             " of " (secs(t.rto_target_ms)) "; RPO "
             span class=(if t.rpo_met { "met" } else { "missed" }) { (achieved(t.rpo_achieved_ms)) }
-            " of " (secs(t.rpo_target_ms)) "; " (t.lost_writes) " of " (t.acked_writes)
-            " acknowledged writes lost."
+            " of " (secs(t.rpo_target_ms)) "; acknowledged writes lost: " (t.lost_writes_text()) "."
         }
         @if t.kind == crate::spec::PLATFORM {
             p { "The platform: from the first fault of any target to the last recovery; its phases are its targets'." }
@@ -287,7 +287,7 @@ pub fn html(runs: &[RunRecord], generated_at: &str) -> String {
                                         (achieved(t.rto_achieved_ms)) " / " (secs(t.rto_target_ms)) }
                                     td class=(if t.rpo_met { "met" } else { "missed" }) {
                                         (achieved(t.rpo_achieved_ms)) " / " (secs(t.rpo_target_ms)) }
-                                    td { (t.lost_writes) " of " (t.acked_writes) }
+                                    td { (t.lost_writes_text()) }
                                     td { (t.checks.iter().filter(|c| c.status != "passed")
                                         .map(|c| format!("{} ({})", c.name, c.status))
                                         .collect::<Vec<_>>().join(", ")) }

@@ -26,7 +26,7 @@ pub fn terminal_suite(runs: &[RunRecord]) -> String {
                 t.target.clone(),
                 format!("{} / {}", ms(t.rto_achieved_ms), ms(Some(t.rto_target_ms))),
                 format!("{} / {}", ms(t.rpo_achieved_ms), ms(Some(t.rpo_target_ms))),
-                format!("{} of {}", t.lost_writes, t.acked_writes),
+                t.lost_writes_text(),
             ]);
         }
     }

@@ -52,8 +52,8 @@ pub fn markdown(r: &Report) -> String {
             t.rto.achieved_ms.map_or("—".into(), seconds),
             seconds(t.rpo.target_ms),
             t.rpo.achieved_ms.map_or("—".into(), seconds),
-            t.rpo.lost_writes,
-            t.rpo.holes,
+            count(t.rpo.lost_writes, &t.rpo),
+            count(t.rpo.holes, &t.rpo),
             passed,
             t.checks.len(),
             if t.met() { "met" } else { "**missed**" }
@@ -68,7 +68,9 @@ pub fn markdown(r: &Report) -> String {
             p.rto.achieved_ms.map_or("—".into(), seconds),
             seconds(p.rpo.target_ms),
             p.rpo.achieved_ms.map_or("—".into(), seconds),
-            p.rpo.lost_writes,
+            p.rpo
+                .lost_writes
+                .map_or("unknown".into(), |n| n.to_string()),
             if p.met { "met" } else { "**missed**" }
         );
         let _ = writeln!(
@@ -189,8 +191,13 @@ pub fn markdown(r: &Report) -> String {
         let w = &t.workload;
         let _ = writeln!(
             md,
-            "Workload: {} writes attempted ({} ok, {} fail, {} info); {} acknowledged writes lost, {} unacknowledged present.\n",
-            w.attempted, w.ok, w.fail, w.info, t.rpo.lost_writes, t.rpo.unacked_present
+            "Workload: {} writes attempted ({} ok, {} fail, {} info); acknowledged writes lost: {}; unacknowledged present: {}.\n",
+            w.attempted,
+            w.ok,
+            w.fail,
+            w.info,
+            count(t.rpo.lost_writes, &t.rpo),
+            count(t.rpo.unacked_present, &t.rpo)
         );
         if !t.checks.is_empty() {
             let _ = writeln!(md, "| check | status | detail |\n| --- | --- | --- |");
@@ -228,4 +235,9 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     md
+}
+
+/// A count from the read-back, or "unknown" with why when the writes were never read back.
+fn count(n: Option<u64>, rpo: &super::Rpo) -> String {
+    n.map_or_else(|| super::unknown(rpo.unknown.as_deref()), |n| n.to_string())
 }

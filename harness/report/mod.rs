@@ -2,6 +2,7 @@
 //! `report.md`, and the terminal summary. Files are written atomically.
 
 mod markdown;
+mod outcome;
 mod terminal;
 
 use std::path::Path;
@@ -10,10 +11,12 @@ use anyhow::Result;
 use serde::Serialize;
 
 pub use markdown::markdown;
+pub use outcome::{CheckOutcome, TargetOutcome, unknown};
 pub use terminal::terminal;
 
 use crate::checks::{CheckResult, CheckStatus};
 use crate::docker::image::ImageChoice;
+pub use crate::measure::rpo::Rpo;
 use crate::measure::{Detection, Phase};
 use crate::spec::{FaultKind, PlatformObjectives, TargetKind};
 use crate::util::write_atomically;
@@ -108,8 +111,9 @@ pub struct PlatformRpo {
     pub met: bool,
     /// The target whose RPO is the platform's.
     pub worst_target: Option<String>,
-    /// Every target's acknowledged writes lost, summed.
-    pub lost_writes: u64,
+    /// Every target's acknowledged writes lost, summed; `None` when any target's loss could not
+    /// be counted.
+    pub lost_writes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -455,38 +459,6 @@ impl PhaseDurations {
         .filter_map(|(n, v)| v.map(|v| (n, v)))
         .collect()
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Rpo {
-    /// `None` when the restored writes could not be read back.
-    pub achieved_ms: Option<u64>,
-    pub target_ms: u64,
-    pub met: bool,
-    pub acked_writes: u64,
-    pub lost_writes: u64,
-    pub holes: u64,
-    pub unacked_present: u64,
-    pub unexpected: u64,
-    pub mismatched: u64,
-    pub failed_present: u64,
-    pub duplicates: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_lost_writes: Option<u64>,
-    /// `r*`: the end of the recovered consistent prefix.
-    pub recovered_prefix_seq: Option<u64>,
-    /// `a_max`: the last write acknowledged before the fault.
-    pub last_acked_before_fault_seq: Option<u64>,
-    /// Nothing of the dataset survived: no seeded row and no acknowledged write.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub total_loss: bool,
-    /// The oldest lost write's seq and ack time, if any was lost.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_lost_seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_lost_acked_at_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

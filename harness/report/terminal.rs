@@ -101,10 +101,12 @@ pub fn terminal(r: &Report) -> String {
             t.name.clone(),
             "lost writes".into(),
             t.rpo.max_lost_writes.map_or("—".into(), |m| m.to_string()),
-            format!(
-                "{} of {} (holes {})",
-                t.rpo.lost_writes, t.rpo.acked_writes, t.rpo.holes
-            ),
+            match (t.rpo.lost_writes, t.rpo.holes) {
+                (Some(lost), Some(holes)) => {
+                    format!("{lost} of {} (holes {holes})", t.rpo.acked_writes)
+                }
+                _ => super::unknown(t.rpo.unknown.as_deref()),
+            },
             String::new(),
         ]);
     }

@@ -100,11 +100,11 @@ impl Validator<'_> {
             .map_or(DEFAULT_MAX_AGE, |a| a.get_ref().0);
 
         let stanza = match &s.stanza {
-            Some(st) if kind != TargetKind::Postgres => {
+            Some(st) if !caps.source_keys.contains(&SourceKey::Stanza) => {
                 return Err(self.at.error(
                     st.span(),
                     key("source.stanza"),
-                    format!("`stanza` names a pgBackRest repository's stanza: postgres targets only, not {kind}"),
+                    format!("`stanza` names a pgBackRest repository's stanza: {kind} targets take no stanza"),
                 ));
             }
             Some(st) if st.get_ref().is_empty() || st.get_ref().contains(['/', ' ']) => {
@@ -184,11 +184,13 @@ impl Validator<'_> {
             queries.push(query);
         }
         let database = match &raw.database {
-            Some(d) if kind != TargetKind::Postgres => {
+            Some(d) if !caps.source_keys.contains(&SourceKey::Database) => {
                 return Err(self.at.error(
                     d.span(),
                     key("database"),
-                    format!("`database` applies to postgres targets, not {kind}"),
+                    format!(
+                        "`database` names the database a query runs in: {kind} targets take none"
+                    ),
                 ));
             }
             d => d.as_ref().map(|d| d.get_ref().clone()),
@@ -325,7 +327,7 @@ impl Validator<'_> {
         &self,
         spanned: &Spanned<RawQuery>,
         key: &str,
-        query_key: &str,
+        query_key: QueryKey,
         kind: TargetKind,
     ) -> Checked<QuerySpec> {
         let q = spanned.get_ref();
@@ -338,9 +340,9 @@ impl Validator<'_> {
             ));
         }
         let asks = [
-            ("sql", &q.sql),
-            ("command", &q.command),
-            ("queue", &q.queue),
+            (QueryKey::Sql, &q.sql),
+            (QueryKey::Command, &q.command),
+            (QueryKey::Queue, &q.queue),
         ];
         let given: Vec<_> = asks.iter().filter(|(_, v)| v.is_some()).collect();
         let (k, value) = match given.as_slice() {
@@ -367,9 +369,9 @@ impl Validator<'_> {
                 .error(value.span(), format!("{key}.{k}"), "the query is empty"));
         }
         let ask = match k {
-            "sql" => Ask::Sql(text.to_string()),
-            "command" => Ask::Command(text.split_whitespace().map(String::from).collect()),
-            _ => Ask::Queue(text.to_string()),
+            QueryKey::Sql => Ask::Sql(text.to_string()),
+            QueryKey::Command => Ask::Command(text.split_whitespace().map(String::from).collect()),
+            QueryKey::Queue => Ask::Queue(text.to_string()),
         };
         let expect = match &q.expect {
             Some(e) => Some(
@@ -384,7 +386,7 @@ impl Validator<'_> {
         };
         let freshness = q.freshness.as_ref().is_some_and(|f| *f.get_ref());
         if let Some(f) = q.freshness.as_ref().filter(|f| *f.get_ref())
-            && kind == TargetKind::Rabbitmq
+            && k == QueryKey::Queue
         {
             return Err(self.at.error(
                 f.span(),

@@ -6,8 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::spec::TargetKind;
-
 /// How many leading bytes [`sniff`] reads.
 pub const HEAD: usize = 64 << 10;
 
@@ -42,20 +40,20 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn kind(self) -> TargetKind {
-        match self {
-            Format::PgCustom
-            | Format::PgTar
-            | Format::PgDirectory
-            | Format::PgPlain
-            | Format::PgDumpall
-            | Format::PgBaseTar
-            | Format::PgBasePlain
-            | Format::PgBackRest => TargetKind::Postgres,
-            Format::RedisRdb | Format::RedisAof => TargetKind::Redis,
-            Format::RabbitmqDefinitions => TargetKind::Rabbitmq,
-        }
-    }
+    /// Every format; each kind names the ones it restores (`Capabilities::source_formats`).
+    pub const ALL: &'static [Format] = &[
+        Format::PgCustom,
+        Format::PgTar,
+        Format::PgDirectory,
+        Format::PgPlain,
+        Format::PgDumpall,
+        Format::PgBaseTar,
+        Format::PgBasePlain,
+        Format::PgBackRest,
+        Format::RedisRdb,
+        Format::RedisAof,
+        Format::RabbitmqDefinitions,
+    ];
 
     /// The file a backup of this format may have beside it, fetched with it: a tar base
     /// backup's manifest (for `pg-verifybackup`), drillrig's message export beside a definitions
@@ -355,6 +353,33 @@ fn rdb_string(b: &[u8], at: &mut usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where `format` stands in [`Format::ALL`]: a new variant does not compile here until it
+    /// is listed, and the test below holds the list to it.
+    fn position(format: Format) -> usize {
+        use Format::*;
+        match format {
+            PgCustom => 0,
+            PgTar => 1,
+            PgDirectory => 2,
+            PgPlain => 3,
+            PgDumpall => 4,
+            PgBaseTar => 5,
+            PgBasePlain => 6,
+            PgBackRest => 7,
+            RedisRdb => 8,
+            RedisAof => 9,
+            RabbitmqDefinitions => 10,
+        }
+    }
+
+    #[test]
+    fn every_format_is_listed_once() {
+        for (i, &f) in Format::ALL.iter().enumerate() {
+            assert_eq!(position(f), i, "{f:?}");
+        }
+        assert_eq!(Format::ALL.len(), 11);
+    }
 
     fn custom_header(year: i64, mon0: i64, mday: i64, hour: i64, db: &str) -> Vec<u8> {
         let mut b = b"PGDMP".to_vec();

@@ -25,9 +25,10 @@ use crate::docker::Docker;
 use crate::docker::image::{DefaultImage, ImageChoice};
 use crate::measure::{Prober, RecoveryPhases};
 use crate::source::Fetched;
+use crate::source::format::Format;
 use crate::spec::{
-    Ask, BackupMethod, CheckKind, FaultKind, FaultSpec, RestorePoint, TargetKind, TargetSpec,
-    Timeouts,
+    Ask, BackupMethod, CheckKind, FaultKind, FaultSpec, QueryKey, RestorePoint, SourceKey,
+    TargetKind, TargetSpec, Timeouts,
 };
 use crate::workload::{ReadBack, Writer};
 
@@ -98,8 +99,12 @@ pub struct Capabilities {
     pub aim: schema::FaultAimFn,
     /// The checks a restore test of the user's own backup (`source`) may run.
     pub source_checks: &'static [CheckKind],
-    /// The key a user query of this kind asks with (`sql`, `command` or `queue`).
-    pub query_key: &'static str,
+    /// The backup formats a restore test of this kind restores; every format is one kind's.
+    pub source_formats: &'static [Format],
+    /// The restore-test keys this kind takes beyond the common ones (`database`, `stanza`).
+    pub source_keys: &'static [SourceKey],
+    /// What a user query of this kind asks with.
+    pub query_key: QueryKey,
 }
 
 impl Capabilities {
@@ -119,6 +124,15 @@ pub fn capabilities(kind: TargetKind) -> &'static Capabilities {
         TargetKind::Redis => &redis::CAPABILITIES,
         TargetKind::Rabbitmq => &rabbitmq::CAPABILITIES,
     }
+}
+
+/// The kind whose restore tests restore `format`.
+pub fn kind_of(format: Format) -> TargetKind {
+    TargetKind::ALL
+        .iter()
+        .copied()
+        .find(|&k| capabilities(k).source_formats.contains(&format))
+        .expect("every format is one kind's (tested)")
 }
 
 /// Everything a target needs from the run.
@@ -192,6 +206,19 @@ pub fn build(env: TargetEnv) -> Box<dyn Target> {
     }
 }
 
+/// The outages every kind suffers alike ([`FaultKind::is_outage`]): `kill`, `stop`, `pause`,
+/// `network-partition`, `latency` and `volume-loss`, at the container or its network rather
+/// than its data. A kind's [`service::Service`] suffers them; the engine hands them to it
+/// directly, and heals those that last `for`.
+#[async_trait]
+pub trait Outages: Send {
+    /// Injects `fault`; returns what was done, for the report.
+    async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value>;
+
+    /// Ends a temporary outage (`pause`, `network-partition`, `latency`).
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value>;
+}
+
 /// One service under drill. Methods that take `&mut self` change which container is current;
 /// writers and probers follow the change on their own.
 #[async_trait]
@@ -211,8 +238,11 @@ pub trait Target: Send + Sync {
     /// Takes one backup into `dir` with the service's own tools.
     async fn backup(&self, method: BackupMethod, dir: &Path) -> Result<FreshBackup>;
 
-    /// Injects a fault that is specific to this kind; returns what was done, for the report.
-    /// `backups` are the completed backups, oldest first.
+    /// Where the outages every kind suffers alike happen (its service).
+    fn outages(&mut self) -> &mut dyn Outages;
+
+    /// Injects a fault that is this kind's own (not an outage, not damage to a backup); returns
+    /// what was done, for the report. `backups` are the completed backups, oldest first.
     async fn inject(&mut self, fault: &FaultSpec, backups: &[Backup]) -> Result<serde_json::Value>;
 
     /// Captures the point `before-fault` restores to; `None` where the kind has none.
@@ -227,8 +257,11 @@ pub trait Target: Send + Sync {
     /// workload's) and a digest of them. Recorded after the seed, compared after the recovery.
     async fn seed_facts(&self) -> Result<Contents>;
 
-    /// Ends a temporary fault (`for`) the kind injected; returns what was done.
-    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value>;
+    /// Ends a temporary fault (`for`) of the kind's own (Redis's `disk-full`); returns what was
+    /// done.
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        anyhow::bail!("fault {} does not heal", fault.kind)
+    }
 
     /// Waits, without touching the service, until it answers again (after a fault healed).
     async fn serve_again(&mut self, timeout: Duration) -> Result<()>;

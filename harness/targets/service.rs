@@ -188,32 +188,6 @@ impl Service {
             .await
     }
 
-    /// A fault every kind suffers alike, at the container or its network rather than its data:
-    /// `kill`, `stop`, `pause`, `network-partition`, `latency` and `volume-loss`. `None` for a
-    /// fault that is the kind's own.
-    pub async fn inject_outage(&mut self, fault: &FaultSpec) -> Option<Result<serde_json::Value>> {
-        Some(match fault.kind {
-            FaultKind::Kill => self.kill().await,
-            FaultKind::Stop => self.stop().await,
-            FaultKind::Pause => self.pause().await,
-            FaultKind::NetworkPartition => self.partition().await,
-            FaultKind::Latency => self.slow_down(fault.toxics.expect("validation sets the toxics")),
-            FaultKind::VolumeLoss => self.lose_volume().await,
-            _ => return None,
-        })
-    }
-
-    /// Heals an outage of [`Service::inject_outage`] that lasts `for` (`pause`,
-    /// `network-partition`, `latency`); any other fault does not heal.
-    pub async fn heal(&self, fault: &FaultSpec) -> Result<serde_json::Value> {
-        match fault.kind {
-            FaultKind::Pause => self.unpause().await,
-            FaultKind::NetworkPartition => self.reconnect().await,
-            FaultKind::Latency => self.speed_up(),
-            other => bail!("fault {other} does not heal"),
-        }
-    }
-
     /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
     pub async fn kill(&self) -> Result<serde_json::Value> {
         let c = self.containers.serving()?;
@@ -604,5 +578,29 @@ impl Containers {
         self.current = None;
         self.volume = None;
         Ok(serde_json::json!({ "container": c.name, "volume": volume }))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Outages for Service {
+    async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        match fault.kind {
+            FaultKind::Kill => self.kill().await,
+            FaultKind::Stop => self.stop().await,
+            FaultKind::Pause => self.pause().await,
+            FaultKind::NetworkPartition => self.partition().await,
+            FaultKind::Latency => self.slow_down(fault.toxics.expect("validation sets the toxics")),
+            FaultKind::VolumeLoss => self.lose_volume().await,
+            other => bail!("fault {other} is no outage of a service"),
+        }
+    }
+
+    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        match fault.kind {
+            FaultKind::Pause => self.unpause().await,
+            FaultKind::NetworkPartition => self.reconnect().await,
+            FaultKind::Latency => self.speed_up(),
+            other => bail!("fault {other} does not heal"),
+        }
     }
 }

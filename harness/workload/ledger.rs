@@ -130,6 +130,28 @@ impl Ledger {
         }
         Ok(())
     }
+
+    /// Writes the ledger of `target` into the run folder `dir` as `ledger-<target>.csv`
+    /// ([`Ledger::write_csv`]), atomically; returns its name, relative to `dir`, or `None` (with
+    /// a warning) when it cannot be written: the drill's verdict does not depend on it.
+    pub fn write_file(
+        &self,
+        dir: &std::path::Path,
+        target: &str,
+        comparison: Option<&Comparison>,
+    ) -> Option<String> {
+        let name = format!("ledger-{target}.csv");
+        let written = crate::util::write_atomically_with(&dir.join(&name), |out| {
+            self.write_csv(comparison, out)
+        });
+        match written {
+            Ok(()) => Some(name),
+            Err(e) => {
+                tracing::warn!("cannot write {name}: {e:#}");
+                None
+            }
+        }
+    }
 }
 
 /// What a restored target holds: `(seq, value digest)` per write read back. A seq may appear more

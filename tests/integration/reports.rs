@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::common::{BIN, engine, out_dir, repo};
-use drillrig::history::{CheckRecord, History, RunRecord, TargetRecord};
+use drillrig::history::{History, RunRecord};
+use drillrig::report::{CheckOutcome, TargetOutcome};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
@@ -24,7 +25,7 @@ fn past_run(i: usize, scenario: &str, rto_ms: i64) -> RunRecord {
         drillrig_version: "0.1.0".into(),
         git_revision: None,
         report_dir: None,
-        targets: vec![TargetRecord {
+        targets: vec![TargetOutcome {
             target: "db".into(),
             kind: "postgres".into(),
             image: Some("drillrig/postgres:15-bookworm".into()),
@@ -37,14 +38,15 @@ fn past_run(i: usize, scenario: &str, rto_ms: i64) -> RunRecord {
             rpo_target_ms: 5_000,
             rpo_met: true,
             acked_writes: 2_000,
-            lost_writes: 10,
+            lost_writes: Some(10),
+            lost_writes_unknown: None,
             phases: vec![
                 ("detect".into(), 200),
                 ("provision".into(), 900),
                 ("restore".into(), rto_ms - 1_600),
                 ("verify".into(), 500),
             ],
-            checks: vec![CheckRecord {
+            checks: vec![CheckOutcome {
                 name: "ledger".into(),
                 status: "passed".into(),
                 detail: "recovered".into(),

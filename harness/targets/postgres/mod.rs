@@ -20,14 +20,17 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
-use super::{Capabilities, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv, schema};
+use super::{
+    Capabilities, Outages, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv, schema,
+};
 use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
 use crate::docker::image::DefaultImage;
 use crate::measure::{Prober, RecoveryPhases};
 use crate::source::Fetched;
-use crate::spec::{Ask, BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::source::format::Format;
+use crate::spec::{Ask, BackupMethod, CheckKind, FaultKind, FaultSpec, QueryKey, SourceKey};
 use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -84,7 +87,18 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::BackupSize,
     ],
-    query_key: "sql",
+    source_formats: &[
+        Format::PgCustom,
+        Format::PgTar,
+        Format::PgDirectory,
+        Format::PgPlain,
+        Format::PgDumpall,
+        Format::PgBaseTar,
+        Format::PgBasePlain,
+        Format::PgBackRest,
+    ],
+    source_keys: &[SourceKey::Database, SourceKey::Stanza],
+    query_key: QueryKey::Sql,
 };
 
 /// The database the drill uses in every container.
@@ -396,10 +410,11 @@ impl Target for Postgres {
         }
     }
 
+    fn outages(&mut self) -> &mut dyn Outages {
+        &mut self.service
+    }
+
     async fn inject(&mut self, fault: &FaultSpec, backups: &[Backup]) -> Result<serde_json::Value> {
-        if let Some(done) = self.service.inject_outage(fault).await {
-            return done;
-        }
         let relation = fault.aim.as_deref().unwrap_or(CAPABILITIES.datasets[0]);
         match fault.kind {
             FaultKind::CorruptDataFile => faults::corrupt_page(self, relation).await,
@@ -428,10 +443,6 @@ impl Target for Postgres {
     async fn restart(&mut self, limit: Duration) -> Result<()> {
         self.service.start_again().await?;
         self.wait_ready(Ready::Serving, limit).await
-    }
-
-    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
-        self.service.heal(fault).await
     }
 
     async fn serve_again(&mut self, limit: Duration) -> Result<()> {

@@ -26,13 +26,14 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::service::{Connector, Service, Session, connect_to};
-use super::{Capabilities, RestoreRequest, Restored, Target, TargetEnv, schema};
+use super::{Capabilities, Outages, RestoreRequest, Restored, Target, TargetEnv, schema};
 use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
 use crate::docker::image::DefaultImage;
 use crate::measure::{Prober, RecoveryPhases};
-use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::source::format::Format;
+use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec, QueryKey};
 use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -79,7 +80,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::BackupSize,
     ],
-    query_key: "queue",
+    source_formats: &[Format::RabbitmqDefinitions],
+    source_keys: &[],
+    query_key: QueryKey::Queue,
 };
 
 const DATA: &str = "/var/lib/rabbitmq";
@@ -505,9 +508,6 @@ impl Target for RabbitMq {
         _backups: &[Backup],
     ) -> Result<serde_json::Value> {
         *self.browsed.get_mut() = None;
-        if let Some(done) = self.service.inject_outage(fault).await {
-            return done;
-        }
         match fault.kind {
             FaultKind::DeleteQueue => {
                 let queue = fault
@@ -547,11 +547,14 @@ impl Target for RabbitMq {
         self.wait_ready(limit, true).await
     }
 
-    async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
-        self.service.heal(fault).await
+    fn outages(&mut self) -> &mut dyn Outages {
+        // An outage changes the node: what was browsed before no longer holds.
+        *self.browsed.get_mut() = None;
+        &mut self.service
     }
 
     async fn serve_again(&mut self, limit: Duration) -> Result<()> {
+        *self.browsed.get_mut() = None;
         self.wait_ready(limit, true).await
     }
 

@@ -17,13 +17,14 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
 use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
-use super::{Capabilities, RestoreRequest, Restored, Target, TargetEnv};
+use super::{Capabilities, Outages, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, DatasetDigest, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
 use crate::docker::image::DefaultImage;
 use crate::measure::{Prober, RecoveryPhases};
-use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec};
+use crate::source::format::Format;
+use crate::spec::{BackupMethod, CheckKind, FaultKind, FaultSpec, QueryKey};
 use crate::workload::{ReadBack, WriteOutcome, Writer, mix};
 use schema::RedisOptions;
 
@@ -70,7 +71,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::BackupSize,
     ],
-    query_key: "command",
+    source_formats: &[Format::RedisRdb, Format::RedisAof],
+    source_keys: &[],
+    query_key: QueryKey::Command,
 };
 
 const DATA: &str = "/data";
@@ -409,9 +412,6 @@ impl Target for Redis {
         fault: &FaultSpec,
         _backups: &[Backup],
     ) -> Result<serde_json::Value> {
-        if let Some(done) = self.service.inject_outage(fault).await {
-            return done;
-        }
         match fault.kind {
             FaultKind::DiskFull => {
                 let mut details = self.service.fill_volume(DATA).await?;
@@ -461,8 +461,12 @@ impl Target for Redis {
                 details["writes_again_after_ms"] = serde_json::json!(self.writable_again().await?);
                 Ok(details)
             }
-            _ => self.service.heal(fault).await,
+            other => bail!("fault {other} is no redis fault that heals"),
         }
+    }
+
+    fn outages(&mut self) -> &mut dyn Outages {
+        &mut self.service
     }
 
     async fn serve_again(&mut self, limit: Duration) -> Result<()> {
