@@ -34,6 +34,7 @@ pub mod scenario;
 pub mod source;
 pub mod spec;
 pub mod suite;
+pub mod suite_end;
 pub mod targets;
 pub mod util;
 pub mod workload;

@@ -9,12 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use drillrig::docker::{self, EnvironmentError};
 use drillrig::drill::{Keep, RunOptions};
 use drillrig::exit::Exit;
-use drillrig::history::regression::{self, Gate, Verdict};
-use drillrig::history::{self, History, RunRecord};
+use drillrig::history::RunRecord;
+use drillrig::history::regression::{Gate, Verdict};
 use drillrig::live::Board;
-use drillrig::measure::projection::Projection;
 use drillrig::spec::Scenario;
 use drillrig::suite::{self, Finished, Partition, Projected};
+use drillrig::suite_end::{self, SuiteEnd};
 use drillrig::{notify, publish, report, scenario, util};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -165,71 +165,48 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// Where the history lives, or `None` for `--history none`.
-    fn history_location(&self) -> Option<String> {
-        match self.history.as_deref() {
-            Some("none") => None,
-            Some(location) => Some(location.to_string()),
-            None => Some(self.reports.join("history.sqlite").display().to_string()),
-        }
-    }
-
-    async fn open_history(&self) -> Result<Option<History>, Exit> {
-        let Some(location) = self.history_location() else {
-            return Ok(None);
-        };
-        match History::open(&location).await {
-            Ok(h) => Ok(Some(h)),
-            Err(e) => {
-                eprintln!("error: history {location}: {e:#}");
-                eprintln!("  fix: check the path or URL, or pass --history none to record nothing");
-                Err(Exit::Environment)
-            }
+    /// The library's view of these options: the history's location resolved (`none`: no
+    /// history; default `<reports>/history.sqlite`).
+    fn resolved(&self) -> suite_end::Outputs {
+        suite_end::Outputs {
+            reports: self.reports.clone(),
+            history: match self.history.as_deref() {
+                Some("none") => None,
+                Some(location) => Some(location.to_string()),
+                None => Some(self.reports.join("history.sqlite").display().to_string()),
+            },
+            junit: self.junit.clone(),
+            summary: self.summary.clone(),
+            metrics: self.metrics.clone(),
+            html: self.html.clone(),
         }
     }
 
     /// Every run in the history, for a command that reads it (`compare`, `report`).
     async fn read_history(&self, command: &str) -> Result<Vec<RunRecord>, Exit> {
-        let Some(history) = self.open_history().await? else {
-            eprintln!(
-                "error: {command} reads the history: --history none leaves nothing to {command}"
-            );
-            return Err(Exit::Usage);
+        let outputs = self.resolved();
+        let history = match outputs.open_history().await {
+            Ok(Some(history)) => history,
+            Ok(None) => {
+                eprintln!(
+                    "error: {command} reads the history: --history none leaves nothing to {command}"
+                );
+                return Err(Exit::Usage);
+            }
+            Err(e) => return Err(history_error(&e)),
         };
         history.runs().await.map_err(|e| {
             eprintln!("error: read the history: {e:#}");
             Exit::Environment
         })
     }
+}
 
-    /// Writes the files asked for: JUnit, summary and metrics about `runs`, the HTML report
-    /// about `all` the runs in the history.
-    fn write(
-        &self,
-        runs: &[RunRecord],
-        verdicts: &[Verdict],
-        projections: &[Projection],
-        all: &[RunRecord],
-    ) -> Result<(), Exit> {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let files: [(&Option<PathBuf>, &dyn Fn() -> String); 4] = [
-            (&self.junit, &|| publish::ci::junit(runs, projections)),
-            (&self.summary, &|| {
-                publish::ci::summary(runs, verdicts, projections)
-            }),
-            (&self.metrics, &|| publish::ci::openmetrics(runs)),
-            (&self.html, &|| publish::html::html(all, &now)),
-        ];
-        for (path, text) in files {
-            if let Some(path) = path
-                && let Err(e) = util::write_atomically(path, text().as_bytes())
-            {
-                eprintln!("error: {e:#}");
-                return Err(Exit::Environment);
-            }
-        }
-        Ok(())
-    }
+/// A history that cannot be opened: exit 3, with the fix.
+fn history_error(e: &anyhow::Error) -> Exit {
+    eprintln!("error: {e:#}");
+    eprintln!("  fix: check the path or URL, or pass --history none to record nothing");
+    Exit::Environment
 }
 
 fn main() -> ExitCode {
@@ -497,9 +474,9 @@ async fn run(
         Some(n) => n,
         None => suite::default_jobs(),
     };
-    let mut history = match outputs.open_history().await {
-        Ok(h) => h,
-        Err(code) => return code,
+    let mut end = match SuiteEnd::open(outputs.resolved()).await {
+        Ok(end) => end,
+        Err(e) => return history_error(&e),
     };
     if drill_count > 1 {
         info!(
@@ -507,22 +484,14 @@ async fn run(
             suite.partition
         );
     }
-
     // Restore tests compare with what earlier runs measured (`drift`, `backup-size`).
-    let mut previous = std::collections::HashMap::new();
-    if let Some(h) = &history {
-        for (_, s) in &scenarios {
-            match h.previous(&s.name).await {
-                Ok(p) => {
-                    previous.insert(s.name.clone(), p);
-                }
-                Err(e) => {
-                    eprintln!("error: read the history: {e:#}");
-                    return Exit::Environment;
-                }
-            }
+    let previous = match end.previous(&scenarios).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Exit::Environment;
         }
-    }
+    };
 
     let cancel = CancellationToken::new();
     tokio::spawn(escalate_signals(cancel.clone()));
@@ -540,7 +509,6 @@ async fn run(
     };
     let mut drills = std::pin::pin!(suite::run(&expanded, jobs, cancel, options));
     let mut codes = Vec::new();
-    let mut records = Vec::new();
     while let Some((file, s, finished)) = drills.next().await {
         codes.push(finished.exit());
         let result = match finished {
@@ -572,58 +540,20 @@ async fn run(
                 eprintln!("  fix: {fix}");
             }
         });
-        let record = RunRecord::from_report(
-            &result.report,
-            history::git_revision(file),
-            Some(&result.dir),
-        );
-        if let Some(h) = history.as_mut()
-            && let Err(e) = h.record(&record).await
-        {
-            eprintln!("error: {e:#}");
-            codes.push(Exit::Environment);
-        }
-        records.push(record);
+        end.record(&result.report, file, &result.dir).await;
     }
-    records.sort_by(|a, b| (&a.scenario, &a.started_at).cmp(&(&b.scenario, &b.started_at)));
-
-    let all = match &history {
-        Some(h) => h.runs().await.unwrap_or_else(|e| {
-            eprintln!("error: read the history: {e:#}");
-            codes.push(Exit::Environment);
-            Vec::new()
-        }),
-        None => records.clone(),
-    };
-    let verdicts: Vec<Verdict> = records
-        .iter()
-        .flat_map(|r| regression::judge(r, &all, gate))
-        .collect();
-    print_verdicts(&verdicts);
-    if suite.fail_on_regression && verdicts.iter().any(|v| v.regressed) {
-        eprintln!("error: RTO regression (--fail-on-regression)");
-        codes.push(Exit::Missed);
+    let ended = end.finish(&scenarios, gate, suite.fail_on_regression).await;
+    print_verdicts(&ended.verdicts);
+    for problem in &ended.problems {
+        eprintln!("error: {}", problem.message);
     }
-    if records.len() > 1 {
-        print!("{}", publish::terminal_suite(&records));
+    if ended.records.len() > 1 {
+        print!("{}", publish::terminal_suite(&ended.records));
     }
-    let projections = match suite::project(&scenarios, &records, &outputs.reports) {
-        Ok(projected) => print_projections(projected),
-        Err(e) => {
-            eprintln!("error: write a projection: {e:#}");
-            codes.push(Exit::Environment);
-            Vec::new()
-        }
-    };
-    if projections.iter().any(|p| p.projected_miss) {
-        codes.push(Exit::Missed);
-    }
-    if let Err(code) = outputs.write(&records, &verdicts, &projections, &all) {
-        codes.push(code);
-    }
-    let exit = Exit::worst(codes);
+    print_projections(&ended.projected);
+    let exit = ended.exit(codes);
     if let Some(webhook) = &webhook {
-        notify_end(webhook, suite.notify_on, &records, exit).await;
+        notify_end(webhook, suite.notify_on, &ended.records, exit).await;
     }
     exit
 }
@@ -636,7 +566,8 @@ async fn notify_end(
     records: &[RunRecord],
     exit: Exit,
 ) {
-    let Some(delivery) = notify::notify(webhook, when, records, exit).await else {
+    let Some((delivery, unrecorded)) = suite_end::notify(webhook, when, records, exit).await
+    else {
         return;
     };
     if delivery.ok {
@@ -652,14 +583,13 @@ async fn notify_end(
             delivery.error.as_deref().unwrap_or("unknown cause")
         );
     }
-    for e in notify::record(&delivery, records) {
+    for e in unrecorded {
         eprintln!("warning: record the notification: {e:#}");
     }
 }
 
-/// Prints each scenario's RTO projection; returns the fitted ones.
-fn print_projections(projected: Vec<Projected>) -> Vec<Projection> {
-    let mut fitted = Vec::new();
+/// Prints each scenario's RTO projection.
+fn print_projections(projected: &[Projected]) {
     for p in projected {
         let p = match p {
             Projected::Fitted(p) => p,
@@ -698,9 +628,7 @@ fn print_projections(projected: Vec<Projected>) -> Vec<Projection> {
             util::seconds(p.rms_error_ms.round() as u64),
             p.max_error_ratio * 100.0
         );
-        fitted.push(p);
     }
-    fitted
 }
 
 fn print_verdicts(verdicts: &[Verdict]) {
@@ -736,29 +664,19 @@ async fn compare(names: &[String], gate: &GateArgs, outputs: &Outputs) -> Exit {
         Ok(all) => all,
         Err(code) => return code,
     };
-    let latest = history::latest_per_scenario(&all);
-    for name in names {
-        if !latest.iter().any(|r| &r.scenario == name) {
-            eprintln!("error: the history has no run of scenario {name:?}");
-            return Exit::Usage;
+    match suite_end::compare(names, &all, gate, &outputs.resolved()) {
+        Ok(verdicts) => {
+            print_verdicts(&verdicts);
+            if verdicts.iter().any(|v| v.regressed) {
+                Exit::Missed
+            } else {
+                Exit::Met
+            }
         }
-    }
-    let judged: Vec<RunRecord> = latest
-        .into_iter()
-        .filter(|r| names.is_empty() || names.contains(&r.scenario))
-        .collect();
-    let verdicts: Vec<Verdict> = judged
-        .iter()
-        .flat_map(|r| regression::judge(r, &all, gate))
-        .collect();
-    print_verdicts(&verdicts);
-    if let Err(code) = outputs.write(&judged, &verdicts, &[], &all) {
-        return code;
-    }
-    if verdicts.iter().any(|v| v.regressed) {
-        Exit::Missed
-    } else {
-        Exit::Met
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Usage
+        }
     }
 }
 
@@ -767,20 +685,19 @@ async fn report_from_history(outputs: &Outputs) -> Exit {
         Ok(all) => all,
         Err(code) => return code,
     };
-    let latest = history::latest_per_scenario(&all);
-    let verdicts: Vec<Verdict> = latest
-        .iter()
-        .flat_map(|r| regression::judge(r, &all, Gate::default()))
-        .collect();
-    if let Err(code) = outputs.write(&latest, &verdicts, &[], &all) {
-        return code;
+    match suite_end::report(&all, &outputs.resolved()) {
+        Ok(scenarios) => {
+            println!(
+                "{} run(s) of {scenarios} scenario(s) in the history",
+                all.len()
+            );
+            Exit::Met
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Environment
+        }
     }
-    println!(
-        "{} run(s) of {} scenario(s) in the history",
-        all.len(),
-        latest.len()
-    );
-    Exit::Met
 }
 
 /// First SIGINT or SIGTERM: stop the drill, write the partial report, remove the run's
