@@ -566,8 +566,7 @@ async fn notify_end(
     records: &[RunRecord],
     exit: Exit,
 ) {
-    let Some((delivery, unrecorded)) = suite_end::notify(webhook, when, records, exit).await
-    else {
+    let Some((delivery, unrecorded)) = suite_end::notify(webhook, when, records, exit).await else {
         return;
     };
     if delivery.ok {

@@ -111,7 +111,11 @@ pub struct Ended {
 impl Ended {
     /// The suite's exit: the worst of its drills' and of everything around them.
     pub fn exit(&self, drills: impl IntoIterator<Item = Exit>) -> Exit {
-        Exit::worst(drills.into_iter().chain(self.problems.iter().map(|p| p.exit)))
+        Exit::worst(
+            drills
+                .into_iter()
+                .chain(self.problems.iter().map(|p| p.exit)),
+        )
     }
 }
 
@@ -201,10 +205,7 @@ impl SuiteEnd {
                 "an RTO projection misses its objective",
             ));
         }
-        if let Err(e) = self
-            .outputs
-            .write(&self.records, &verdicts, &fitted, &all)
-        {
+        if let Err(e) = self.outputs.write(&self.records, &verdicts, &fitted, &all) {
             self.problems
                 .push(Problem::new(Exit::Environment, format!("{e:#}")));
         }

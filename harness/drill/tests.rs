@@ -934,3 +934,136 @@ fn restore_selection_picks_the_backup_each_point_names() {
         None
     );
 }
+
+/// Every output of `ran`, rendered as its readers see it: the terminal, report.md, and from
+/// the outcome the history keeps, JUnit, the CI summary, OpenMetrics and the HTML report.
+fn every_output(ran: &Ran) -> Vec<(&'static str, String)> {
+    use crate::publish;
+    let record = crate::history::RunRecord::from_report(&ran.result.report, None, None);
+    let runs = std::slice::from_ref(&record);
+    vec![
+        ("terminal", crate::report::terminal(&ran.result.report)),
+        ("report.md", crate::report::markdown(&ran.result.report)),
+        ("junit", publish::ci::junit(runs, &[])),
+        ("summary", publish::ci::summary(runs, &[], &[])),
+        ("html", publish::html::html(runs, "now")),
+        ("suite table", publish::terminal_suite(runs)),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_restore_reads_nothing_back_and_no_output_counts_its_loss() {
+    let behaviour = Behaviour {
+        fail: Some("restore"),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&two_targets_in_order("60s"), behaviour).await;
+    assert_eq!(ran.result.exit, Exit::Missed, "{:#}", ran.report);
+    // Nothing read the lost services: no read-back, no fresh write.
+    assert!(
+        !ran.record
+            .steps
+            .iter()
+            .any(|s| s == "read-back" || s == "round-trip"),
+        "{:?}",
+        ran.record.steps
+    );
+    for name in ["db", "cache"] {
+        let t = ran.target_named(name);
+        assert!(t["restore"]["error"].is_string(), "{t:#}");
+        let rpo = &t["rpo"];
+        for count in [
+            "lost_writes",
+            "holes",
+            "unacked_present",
+            "unexpected",
+            "mismatched",
+            "failed_present",
+            "duplicates",
+        ] {
+            assert!(rpo[count].is_null(), "{name}: {count} is {}", rpo[count]);
+        }
+        assert_eq!(rpo["unknown"], "the restore failed");
+        assert!(rpo["achieved_ms"].is_null());
+        let check = |c: &str| {
+            t["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == c)
+                .unwrap_or_else(|| panic!("no check {c}"))
+                .clone()
+        };
+        let service_checks: &[&str] = if name == "db" {
+            &["ledger", "row-counts", "seed"]
+        } else {
+            &["ledger", "seed"]
+        };
+        for &c in service_checks {
+            assert_eq!(check(c)["status"], "unknown", "{c}");
+            assert_eq!(check(c)["detail"], "not run: the restore failed", "{c}");
+        }
+    }
+    assert!(ran.report["platform"]["rpo"]["lost_writes"].is_null());
+
+    for (output, text) in every_output(&ran) {
+        assert!(
+            text.contains("unknown (the restore failed)") || output == "junit",
+            "{output} does not say the loss is unknown:\n{text}"
+        );
+        for name in ["db", "cache"] {
+            assert!(
+                !text.contains(&format!("lost writes │ —           │ 0 of"))
+                    && !text.contains("0 acknowledged writes lost"),
+                "{output} counts a loss for {name}:\n{text}"
+            );
+        }
+    }
+    let record = crate::history::RunRecord::from_report(&ran.result.report, None, None);
+    let junit = crate::publish::ci::junit(std::slice::from_ref(&record), &[]);
+    assert!(
+        junit.contains("not run: the restore failed"),
+        "JUnit's ledger case fails with the reason:\n{junit}"
+    );
+    let metrics = crate::publish::ci::openmetrics(std::slice::from_ref(&record));
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("drillrig_lost_writes{")),
+        "no lost-writes sample for an unknown loss:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("drillrig_acknowledged_writes{"),
+        "{metrics}"
+    );
+
+    // The history stores NULL and reads back unknown, with why.
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("history.sqlite").display().to_string();
+    let mut history = crate::history::History::open(&location).await.unwrap();
+    history.record(&record).await.unwrap();
+    let back = history.runs().await.unwrap();
+    for t in &back[0].targets {
+        assert_eq!(t.lost_writes, None, "{}", t.target);
+        assert!(t.lost_writes_unknown.is_some(), "{}", t.target);
+    }
+    assert_eq!(back[0], record);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_back_that_fails_leaves_the_loss_unknown_and_says_why() {
+    let behaviour = Behaviour {
+        fail: Some("read-back"),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&volume_loss_and_restore(), behaviour).await;
+    let rpo = &ran.target()["rpo"];
+    assert!(rpo["lost_writes"].is_null(), "{rpo:#}");
+    assert_eq!(rpo["unknown"], "the writes could not be read back");
+    assert_eq!(ran.check("ledger")["status"], "unknown");
+    let terminal = crate::report::terminal(&ran.result.report);
+    assert!(
+        terminal.contains("unknown (the writes could not be read back)"),
+        "{terminal}"
+    );
+}

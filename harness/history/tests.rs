@@ -128,3 +128,54 @@ async fn a_history_from_a_newer_drillrig_is_refused() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn schema_5_rebuilds_the_targets_table_keeping_every_row_and_cascade() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = History::open_at(&location(&dir), 4).await.unwrap();
+    // Version 4 wrote every run with a count of lost writes.
+    let run = sample_run("r1", "pg-kill", "2026-11-21T10:00:00Z", 3_000);
+    old.backend
+        .batch(
+            "INSERT INTO runs VALUES ('r1', 'pg-kill', 'scenarios/pg-kill.toml', \
+             '2026-11-21T10:00:00Z', 31000, 'met', NULL, '0.1.0', '0123abcd', \
+             'reports/pg-kill/r1');
+             INSERT INTO targets (run_id, target, kind, image, rto_achieved_ms, rto_target_ms, \
+             rto_met, rpo_achieved_ms, rpo_target_ms, rpo_met, acked_writes, lost_writes, \
+             dataset_rows, backup_bytes) VALUES ('r1', 'db', 'postgres', \
+             'drillrig/postgres:15-bookworm', 3000, 60000, TRUE, 2000, 10000, TRUE, 1500, 12, \
+             10000, NULL);
+             INSERT INTO phases VALUES ('r1', 'db', 0, 'detect', 100), ('r1', 'db', 1, \
+             'provision', 800), ('r1', 'db', 2, 'restore', 1600), ('r1', 'db', 3, 'verify', 500);
+             INSERT INTO checks VALUES ('r1', 'db', 0, 'ledger', 'passed', 'all there', '7'), \
+             ('r1', 'db', 1, 'fk-integrity', 'failed', '3 orphans', '7');",
+        )
+        .await
+        .unwrap();
+    drop(old);
+
+    let history = History::open(&location(&dir)).await.unwrap();
+    assert_eq!(history.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let runs = history.runs().await.unwrap();
+    assert_eq!(
+        runs,
+        vec![run],
+        "version 4's run reads back as it was written"
+    );
+    // The rebuilt tables still cascade from their run.
+    history
+        .backend
+        .batch("DELETE FROM runs WHERE run_id = 'r1'")
+        .await
+        .unwrap();
+    let left = history
+        .backend
+        .query(
+            "SELECT count(*) FROM checks WHERE run_id = 'r1'",
+            &[],
+            &[backend::Kind::Int],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left[0][0].int(), Some(0));
+}

@@ -449,7 +449,10 @@ fn a_shared_postgres_history_holds_the_same_schema() {
             history.schema_version().await.unwrap(),
             drillrig::history::SCHEMA_VERSION
         );
-        let runs: Vec<RunRecord> = (0..3).map(|i| past_run(i, "pg-kill", 5_000)).collect();
+        let mut runs: Vec<RunRecord> = (0..3).map(|i| past_run(i, "pg-kill", 5_000)).collect();
+        // A loss that could not be counted is stored as NULL, with why (schema 5).
+        runs[2].targets[0].lost_writes = None;
+        runs[2].targets[0].lost_writes_unknown = Some("the restore failed".into());
         for r in &runs {
             history.record(r).await.unwrap();
         }
