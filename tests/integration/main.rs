@@ -14,6 +14,7 @@ mod outages;
 mod pitr;
 mod platform;
 mod rabbitmq;
+mod readme;
 mod redis;
 mod reports;
 mod restore_tests;

@@ -1,6 +1,6 @@
 //! RabbitMQ drills against real containers: a node crash with durable classic and quorum
-//! queues, a deleted queue, a reset node and a lost site restored from a definitions + messages
-//! export, and a damaged export that must fail.
+//! queues, a deleted queue and a reset node restored from a definitions + messages export, and a
+//! damaged export that must fail.
 
 use crate::common::*;
 use serde_json::Value;

@@ -1,5 +1,6 @@
-//! Redis drills against real containers: crash recovery per appendfsync policy, RDB and AOF
-//! restores, damaged files and the `redis-check-aof --fix` repair, measured against the ledger.
+//! Redis drills against real containers: crash recovery under appendfsync always and everysec,
+//! RDB and AOF restores, damaged files and the `redis-check-aof --fix` repair, measured against
+//! the ledger.
 
 use crate::common::*;
 use serde_json::Value;
