@@ -536,8 +536,8 @@ impl FaultKind {
     }
 
     /// Outages every kind suffers alike, at the container or its network rather than its data:
-    /// the engine hands them to the target's [`Outages`](crate::targets::Outages), never to a
-    /// kind's own code.
+    /// the engine hands them to the target's service (`targets::Outages`), never to a kind's
+    /// own code.
     pub fn is_outage(self) -> bool {
         use FaultKind::*;
         match self {

@@ -1,5 +1,6 @@
 //! The library's modules import one another one way only: the graph of `crate::` references
-//! between top-level modules of `harness/` has no circle.
+//! between top-level modules of `harness/` has no circle, and every module imports only what its
+//! layer allows (ARCHITECTURE.md §9 is this table in prose).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -44,8 +45,17 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap();
-        // Code before the first `#[cfg(test)]` module only.
-        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        // Code before the first `#[cfg(test)]` module only, without comments (a doc link is
+        // no import).
+        let code: String = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let code = code.as_str();
         let mut names = BTreeSet::new();
         for (i, _) in code.match_indices("crate::") {
             let rest = &code[i + "crate::".len()..];
@@ -121,5 +131,73 @@ fn the_leaves_import_nothing_from_the_crate() {
     // The vocabulary every layer reads uses leaves only.
     for used in graph.get("spec").into_iter().flatten() {
         assert!(leaves.contains(&used.as_str()), "spec imports {used}");
+    }
+}
+
+/// The leaves every layer may use.
+const LEAVES: &[&str] = &["spec", "clock", "digest", "exit", "util"];
+
+/// Per module, the modules of the crate it may import besides the leaves: the layers of
+/// ARCHITECTURE.md §9, from the command down. `main` may import anything.
+const ALLOWED: &[(&str, &[&str])] = &[
+    // The end of a suite, and the suite.
+    (
+        "suite_end",
+        &["suite", "history", "publish", "notify", "report", "measure", "checks"],
+    ),
+    ("suite", &["drill", "history", "measure", "docker"]),
+    // Input: validation asks the kinds' capabilities.
+    ("scenario", &["targets"]),
+    // The engine.
+    (
+        "drill",
+        &[
+            "faults", "checks", "targets", "source", "backup", "docker", "measure", "workload",
+            "report", "live", "offsite",
+        ],
+    ),
+    ("faults", &["targets", "backup"]),
+    // Services.
+    (
+        "targets",
+        &["checks", "backup", "source", "docker", "measure", "workload", "proxy"],
+    ),
+    ("offsite", &["backup", "source", "docker"]),
+    ("source", &["docker"]),
+    ("checks", &["backup", "workload", "docker"]),
+    ("proxy", &[]),
+    ("backup", &[]),
+    ("measure", &["workload"]),
+    ("workload", &[]),
+    ("docker", &[]),
+    ("live", &[]),
+    // Results.
+    (
+        "report",
+        &["checks", "targets", "source", "docker", "measure", "backup", "offsite"],
+    ),
+    ("history", &["report", "checks"]),
+    ("publish", &["history", "report", "measure"]),
+    ("notify", &["history", "report"]),
+];
+
+#[test]
+fn every_module_imports_only_what_its_layer_allows() {
+    let graph = graph();
+    for (module, imports) in &graph {
+        if LEAVES.contains(&module.as_str()) {
+            continue;
+        }
+        let allowed = ALLOWED
+            .iter()
+            .find(|(m, _)| m == module)
+            .unwrap_or_else(|| panic!("module {module} has no layer: add it to ALLOWED and to ARCHITECTURE.md §9"))
+            .1;
+        for import in imports {
+            assert!(
+                allowed.contains(&import.as_str()) || LEAVES.contains(&import.as_str()),
+                "{module} imports {import}, which its layer does not allow (ARCHITECTURE.md §9)"
+            );
+        }
     }
 }
