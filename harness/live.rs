@@ -190,7 +190,8 @@ struct LineState {
 
 impl LineState {
     fn render(&self, now: Instant) -> String {
-        let mut out = format!("{:<14}", self.phase);
+        // A long step name ("fault corrupt-data-file") keeps a space before the clock.
+        let mut out = format!("{:<14} ", self.phase);
         let objective = short(self.objective);
         match (self.rto_from, self.recovered) {
             (_, Some(Some(rto))) => {

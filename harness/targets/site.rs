@@ -78,11 +78,7 @@ impl Site for DockerSite {
             self.images.get(&spec.name).map(String::as_str),
             spec.image.as_deref(),
         )
-        .await
-        .map_err(|e| EnvironmentError {
-            cause: format!("target {}: {}", spec.name, e.cause),
-            fix: e.fix,
-        })?;
+        .await?;
         if let Some(note) = &choice.note {
             info!("{}: {note}", spec.name);
         }
