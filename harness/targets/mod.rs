@@ -316,3 +316,36 @@ pub trait Target: Send + Sync {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_restore_test_format_is_exactly_one_kinds() {
+        for &format in Format::ALL {
+            let owners: Vec<TargetKind> = TargetKind::ALL
+                .iter()
+                .copied()
+                .filter(|&k| capabilities(k).source_formats.contains(&format))
+                .collect();
+            assert_eq!(owners.len(), 1, "{format:?} is restored by {owners:?}");
+            assert_eq!(kind_of(format), owners[0]);
+        }
+    }
+
+    #[test]
+    fn every_kind_lists_each_outage_it_supports_and_its_own_faults_only_once() {
+        for &kind in TargetKind::ALL {
+            let caps = capabilities(kind);
+            let mut faults = caps.faults.to_vec();
+            faults.sort();
+            faults.dedup();
+            assert_eq!(faults.len(), caps.faults.len(), "{kind} lists a fault twice");
+            // Every kind suffers the outages every kind suffers alike.
+            for outage in FaultKind::ALL.iter().filter(|f| f.is_outage()) {
+                assert!(caps.faults.contains(outage), "{kind} lacks outage {outage}");
+            }
+        }
+    }
+}

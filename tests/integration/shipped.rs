@@ -80,3 +80,27 @@ fn shipped_scenarios_run_to_the_outcome_their_folder_promises() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The test scenarios named `*-every-kind` hold one target of every kind, so a new kind cannot
+/// be left out of the outages, secrets and logs they prove (ARCHITECTURE.md §10).
+#[test]
+fn every_kind_scenarios_hold_every_kind() {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repo("tests/scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with("-every-kind.toml") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let s = drillrig::scenario::load(&file).unwrap();
+        for kind in drillrig::spec::TargetKind::ALL {
+            assert!(
+                s.targets.iter().any(|t| t.kind == *kind),
+                "{} has no {kind} target",
+                file.display()
+            );
+        }
+    }
+}
