@@ -191,7 +191,7 @@ struct LineState {
 impl LineState {
     fn render(&self, now: Instant) -> String {
         // A long step name ("fault corrupt-data-file") keeps a space before the clock.
-        let mut out = format!("{:<14} ", self.phase);
+        let mut out = format!("{:<13} ", self.phase);
         let objective = short(self.objective);
         match (self.rto_from, self.recovered) {
             (_, Some(Some(rto))) => {
@@ -270,6 +270,15 @@ mod tests {
         assert_eq!(
             s.render(t0 + Duration::from_millis(8_250)),
             "workload      8.2s into the drill"
+        );
+    }
+
+    #[test]
+    fn a_long_step_name_keeps_a_space_before_the_clock() {
+        let (s, t0) = line("describe-backup");
+        assert_eq!(
+            s.render(t0 + Duration::from_millis(8_250)),
+            "describe-backup 8.2s into the drill"
         );
     }
 

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::exit::Exit;
 use crate::history::RunRecord;
+use crate::report::{CheckOutcome, TargetOutcome};
 use crate::util;
 
 /// The most attempts at one notification.
@@ -120,25 +121,14 @@ pub struct RunSummary {
     pub targets: Vec<TargetSummary>,
 }
 
+/// A target in a notification: its outcome as the history keeps it, and the checks that did not
+/// pass, apart.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetSummary {
-    pub target: String,
-    pub kind: String,
-    pub rto_achieved_ms: Option<i64>,
-    pub rto_target_ms: i64,
-    pub rto_met: bool,
-    pub rpo_achieved_ms: Option<i64>,
-    pub rpo_target_ms: i64,
-    pub rpo_met: bool,
+    #[serde(flatten)]
+    pub outcome: TargetOutcome,
     /// Every check whose status is not `passed`.
-    pub failed_checks: Vec<FailedCheck>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FailedCheck {
-    pub name: String,
-    pub status: String,
-    pub detail: String,
+    pub failed_checks: Vec<CheckOutcome>,
 }
 
 /// A suite's outcome as its exit says it: 0 met, 1 missed, 130 interrupted, anything else an
@@ -170,24 +160,8 @@ pub fn summary(runs: &[RunRecord], exit: Exit) -> Summary {
                     .targets
                     .iter()
                     .map(|t| TargetSummary {
-                        target: t.target.clone(),
-                        kind: t.kind.clone(),
-                        rto_achieved_ms: t.rto_achieved_ms,
-                        rto_target_ms: t.rto_target_ms,
-                        rto_met: t.rto_met,
-                        rpo_achieved_ms: t.rpo_achieved_ms,
-                        rpo_target_ms: t.rpo_target_ms,
-                        rpo_met: t.rpo_met,
-                        failed_checks: t
-                            .checks
-                            .iter()
-                            .filter(|c| c.status != "passed")
-                            .map(|c| FailedCheck {
-                                name: c.name.clone(),
-                                status: c.status.clone(),
-                                detail: c.detail.clone(),
-                            })
-                            .collect(),
+                        failed_checks: t.failed_checks().cloned().collect(),
+                        outcome: t.clone(),
                     })
                     .collect(),
             })

@@ -19,7 +19,7 @@ use crate::docker::image::ImageChoice;
 use crate::live;
 use crate::measure::projection::RestoreTrend;
 use crate::measure::rpo::Rpo;
-use crate::measure::{Detection, Phase};
+use crate::measure::{Detection, Phase, RecoveryPhases};
 use crate::offsite::{ArchiveShipment, OffsiteFetch, Shipment};
 use crate::report::{
     BackupReport, FaultRecord, OffsiteReport, PhaseDurations, PhaseSpan, SeedReport, SourceReport,
@@ -100,6 +100,24 @@ pub struct Recovery {
     pub trend: Option<RestoreTrend>,
 }
 
+impl Recovery {
+    /// A recovery timed from `from` (the outage's start, run µs): recovered at `recovered_at`,
+    /// or not, its phases then ending `now`.
+    pub fn timed(
+        phases: &RecoveryPhases,
+        from: Micros,
+        recovered_at: Option<Micros>,
+        now: Micros,
+    ) -> Recovery {
+        Recovery {
+            phases: phases.durations(recovered_at.unwrap_or(now)),
+            rto_ms: recovered_at.map(|r| (r - from) / 1000),
+            recovered_at,
+            ..Recovery::default()
+        }
+    }
+}
+
 /// The one place a [`TargetEvent`] changes a target's report.
 fn apply(t: &mut TargetReport, event: TargetEvent) {
     match event {
@@ -159,10 +177,7 @@ fn apply(t: &mut TargetReport, event: TargetEvent) {
             t.checks = r.checks;
             t.restore.backup_id = r.backup_id;
             t.restore.error = r.error;
-            t.restore.recovery_target = r.restored.recovery_target;
-            t.restore.reached = r.restored.reached;
-            t.restore.prepared = r.restored.prepared;
-            t.restore.note = r.restored.note;
+            t.restore.restored = r.restored;
             t.workload.ledger_file = r.ledger_file;
             if let Some(source) = t.source.as_mut() {
                 source.trend = r.trend;

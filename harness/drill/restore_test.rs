@@ -87,44 +87,32 @@ impl Executor<'_> {
         .await?;
         self.events.end(span);
 
-        let end = recovered_at.unwrap_or_else(|| clock.micros());
-        let rto_ms = recovered_at.map(|r| (r - start) / 1000);
         let rpo = Rpo::of_age(
             &spec.objectives,
             newest_data(spec, fetched.as_ref().ok(), &results, &restored),
             tested_at,
         );
-        // This run's restore time against its backup's size, with the earlier ones.
-        let trend = match (&fetched, rto_ms) {
-            (Ok(f), Some(ms)) => {
-                let mut points = previous.restores.get(name).cloned().unwrap_or_default();
-                points.push((f.bytes, ms as i64));
-                crate::measure::projection::restore_trend(
-                    &points,
-                    spec.objectives.rto.as_millis() as i64,
-                )
-            }
-            _ => None,
+        let mut recovery = Recovery {
+            note,
+            rpo,
+            checks: results,
+            restored,
+            error: restore_error,
+            ..Recovery::timed(&phases, start, recovered_at, clock.micros())
         };
-        match rto_ms {
+        // This run's restore time against its backup's size, with the earlier ones.
+        if let (Ok(f), Some(ms)) = (&fetched, recovery.rto_ms) {
+            let mut points = previous.restores.get(name).cloned().unwrap_or_default();
+            points.push((f.bytes, ms as i64));
+            let objective = spec.objectives.rto.as_millis() as i64;
+            recovery.trend = crate::measure::projection::restore_trend(&points, objective);
+        }
+        match recovery.rto_ms {
             Some(ms) => info!("{name}: restored and proven in {}", util::seconds(ms)),
             None => warn!("{name}: not recovered"),
         }
-        self.events.target(
-            name,
-            TargetEvent::Recovered(Box::new(Recovery {
-                phases: phases.durations(end),
-                rto_ms,
-                recovered_at,
-                note,
-                rpo,
-                checks: results,
-                restored,
-                error: restore_error,
-                trend,
-                ..Recovery::default()
-            })),
-        );
+        self.events
+            .target(name, TargetEvent::Recovered(Box::new(recovery)));
         Ok(())
     }
 

@@ -140,29 +140,22 @@ impl Executor<'_> {
         }
         // Damage to the backup chain is the reason the RPO was missed.
         rpo.explain_miss(restored.note.as_ref());
-        let end = recovered_at.unwrap_or_else(|| self.clock.micros());
-        let rto_ms = recovered_at.map(|r| (r - t_fault) / 1000);
-        match rto_ms {
+        let recovery = Recovery {
+            note,
+            rpo,
+            checks,
+            backup_id: backup.map(|b| b.id),
+            restored,
+            error,
+            ledger_file: ledger.write_file(&self.dir, name, comparison.as_ref().ok()),
+            ..Recovery::timed(&phases, t_fault, recovered_at, self.clock.micros())
+        };
+        match recovery.rto_ms {
             Some(ms) => info!("{name}: recovered {} after the fault", util::seconds(ms)),
             None => warn!("{name}: not recovered"),
         }
-        let ledger_file = ledger.write_file(&self.dir, name, comparison.as_ref().ok());
-        self.events.target(
-            name,
-            TargetEvent::Recovered(Box::new(Recovery {
-                phases: phases.durations(end),
-                rto_ms,
-                recovered_at,
-                note,
-                rpo,
-                checks,
-                backup_id: backup.map(|b| b.id),
-                restored,
-                error,
-                ledger_file,
-                trend: None,
-            })),
-        );
+        self.events
+            .target(name, TargetEvent::Recovered(Box::new(recovery)));
         Ok(())
     }
 

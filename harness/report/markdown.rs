@@ -166,6 +166,7 @@ pub fn markdown(r: &Report) -> String {
                 .map(|id| format!(" (backup {id})"))
                 .unwrap_or_default(),
             t.restore
+                .restored
                 .recovery_target
                 .as_ref()
                 .map(|r| format!(", recovering to {r}"))
@@ -179,13 +180,13 @@ pub fn markdown(r: &Report) -> String {
         if let Some(o) = &t.offsite {
             let _ = writeln!(md, "Offsite (`{}`): {}.\n", o.location, o.summary());
         }
-        if let Some(prepared) = &t.restore.prepared {
+        if let Some(prepared) = &t.restore.restored.prepared {
             let _ = writeln!(md, "Before the restore: {prepared}.\n");
         }
-        if let Some(reached) = &t.restore.reached {
+        if let Some(reached) = &t.restore.restored.reached {
             let _ = writeln!(md, "Recovery: {reached}.\n");
         }
-        if let Some(note) = &t.restore.note {
+        if let Some(note) = &t.restore.restored.note {
             let _ = writeln!(md, "**Backup chain:** {note}.\n");
         }
         let w = &t.workload;

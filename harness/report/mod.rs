@@ -470,18 +470,10 @@ pub struct RestoreReport {
     /// The point captured just before the first fault (what `before-fault` restores to).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<crate::targets::RecoveryPoint>,
-    /// The recovery target the service was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recovery_target: Option<String>,
-    /// Where recovery stopped, in the service's words.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reached: Option<String>,
-    /// What was made durable before the restore (the `archive` phase).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prepared: Option<String>,
-    /// Damage found in the backup chain, and where it stopped the restore.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    /// What the restore reached: its recovery target, where it stopped, what it prepared and
+    /// what it found on the way.
+    #[serde(flatten)]
+    pub restored: crate::targets::Restored,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
