@@ -163,6 +163,7 @@ fn apply(t: &mut TargetReport, event: TargetEvent) {
             t.restore.reached = r.restored.reached;
             t.restore.prepared = r.restored.prepared;
             t.restore.note = r.restored.note;
+            t.restore.overrides = r.restored.overrides;
             t.workload.ledger_file = r.ledger_file;
             if let Some(source) = t.source.as_mut() {
                 source.trend = r.trend;

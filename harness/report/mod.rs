@@ -482,6 +482,10 @@ pub struct RestoreReport {
     /// Damage found in the backup chain, and where it stopped the restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// What drillrig replaced of the backup's own configuration (`setting: backup's value ->
+    /// drillrig's`, or a file removed or replaced).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
