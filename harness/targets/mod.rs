@@ -345,7 +345,11 @@ mod tests {
             let mut faults = caps.faults.to_vec();
             faults.sort();
             faults.dedup();
-            assert_eq!(faults.len(), caps.faults.len(), "{kind} lists a fault twice");
+            assert_eq!(
+                faults.len(),
+                caps.faults.len(),
+                "{kind} lists a fault twice"
+            );
             // Every kind suffers the outages every kind suffers alike.
             for outage in FaultKind::ALL.iter().filter(|f| f.is_outage()) {
                 assert!(caps.faults.contains(outage), "{kind} lacks outage {outage}");

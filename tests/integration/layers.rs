@@ -143,7 +143,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The end of a suite, and the suite.
     (
         "suite_end",
-        &["suite", "history", "publish", "notify", "report", "measure", "checks"],
+        &[
+            "suite", "history", "publish", "notify", "report", "measure", "checks",
+        ],
     ),
     ("suite", &["drill", "history", "measure", "docker"]),
     // Input: validation asks the kinds' capabilities.
@@ -160,7 +162,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Services.
     (
         "targets",
-        &["checks", "backup", "source", "docker", "measure", "workload", "proxy"],
+        &[
+            "checks", "backup", "source", "docker", "measure", "workload", "proxy",
+        ],
     ),
     ("offsite", &["backup", "source", "docker"]),
     ("source", &["docker"]),
@@ -174,7 +178,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Results.
     (
         "report",
-        &["checks", "targets", "source", "docker", "measure", "backup", "offsite"],
+        &[
+            "checks", "targets", "source", "docker", "measure", "backup", "offsite",
+        ],
     ),
     ("history", &["report", "checks"]),
     ("publish", &["history", "report", "measure"]),
@@ -191,7 +197,9 @@ fn every_module_imports_only_what_its_layer_allows() {
         let allowed = ALLOWED
             .iter()
             .find(|(m, _)| m == module)
-            .unwrap_or_else(|| panic!("module {module} has no layer: add it to ALLOWED and to ARCHITECTURE.md §9"))
+            .unwrap_or_else(|| {
+                panic!("module {module} has no layer: add it to ALLOWED and to ARCHITECTURE.md §9")
+            })
             .1;
         for import in imports {
             assert!(
