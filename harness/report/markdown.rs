@@ -189,6 +189,19 @@ pub fn markdown(r: &Report) -> String {
         if let Some(note) = &t.restore.restored.note {
             let _ = writeln!(md, "**Backup chain:** {note}.\n");
         }
+        if !t.restore.restored.overrides.is_empty() {
+            let _ = writeln!(
+                md,
+                "Replaced in the backup's configuration: {}.\n",
+                t.restore
+                    .restored
+                    .overrides
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let w = &t.workload;
         let _ = writeln!(
             md,

@@ -187,6 +187,10 @@ pub struct Restored {
     /// Damage found on the way and what it cost (a WAL gap, a target beyond reach…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// What drillrig replaced of the backup's own configuration so that the restored service
+    /// does not act as the one it came from (`setting: backup's value -> drillrig's`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// A restore test's point in time: the newest transaction the service replayed, which the
     /// RPO counts from instead of the backup's own start.
     #[serde(skip)]

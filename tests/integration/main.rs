@@ -18,4 +18,5 @@ mod readme;
 mod redis;
 mod reports;
 mod restore_tests;
+mod restored_config;
 mod shipped;

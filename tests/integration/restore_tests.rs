@@ -17,7 +17,7 @@ use crate::common::{
 
 /// The entrypoint's final server answers: over TCP, which its temporary initdb server does not
 /// listen on (a socket check would race the restart between the two).
-fn pg_up(c: &Scratch) -> bool {
+pub(crate) fn pg_up(c: &Scratch) -> bool {
     runs_ok(&[
         "exec",
         "-u",
@@ -125,7 +125,7 @@ fn pg_backups() -> &'static PgBackups {
 }
 
 /// Writes a scenario into the test's folder; returns its path.
-fn scenario(test: &str, body: &str) -> PathBuf {
+pub(crate) fn scenario(test: &str, body: &str) -> PathBuf {
     let dir = out_dir(&format!("{test}-scenario"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{test}.toml"));
@@ -134,7 +134,7 @@ fn scenario(test: &str, body: &str) -> PathBuf {
 }
 
 /// `drillrig run` of one scenario into `out`, with `history`.
-fn run(path: &Path, out: &str, history: &Path, env: &[(&str, &str)]) -> Run {
+pub(crate) fn run(path: &Path, out: &str, history: &Path, env: &[(&str, &str)]) -> Run {
     let dir = out_dir(out);
     let output = Command::new(BIN)
         .args([
@@ -157,13 +157,13 @@ fn run(path: &Path, out: &str, history: &Path, env: &[(&str, &str)]) -> Run {
     }
 }
 
-fn history(test: &str) -> PathBuf {
+pub(crate) fn history(test: &str) -> PathBuf {
     let dir = out_dir(&format!("{test}-history"));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join("history.sqlite")
 }
 
-fn pg_test(name: &str, source: &str, extra: &str) -> String {
+pub(crate) fn pg_test(name: &str, source: &str, extra: &str) -> String {
     format!(
         r#"schema = 1
 name = "{name}"
@@ -178,7 +178,7 @@ objectives = {{ rto = "5m", rpo = "1h" }}
     )
 }
 
-fn query<'a>(run: &'a Run, name: &str) -> &'a Value {
+pub(crate) fn query<'a>(run: &'a Run, name: &str) -> &'a Value {
     run.target()["checks"]
         .as_array()
         .unwrap()
@@ -1425,6 +1425,13 @@ expect = "== 1500"
             .contains("pgbackrest's WAL archive of stanza shop"),
         "{}",
         t["restore"]
+    );
+    // The restore_command pgbackrest wrote is drillrig's own: not listed as replaced.
+    assert_eq!(
+        t["restore"]["overrides"],
+        serde_json::json!([
+            "pg_hba.conf: replaced with drillrig rules (local: trust; host: scram-sha-256)"
+        ])
     );
     // The fetched copy of the repository is gone with the test.
     assert!(!r.dir.join("source").join("db").exists());

@@ -7,6 +7,7 @@
 mod checks;
 mod dump;
 mod faults;
+mod overrides;
 mod physical;
 mod source;
 

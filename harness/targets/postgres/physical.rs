@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
+use super::overrides::{self, Recovery};
 use super::{PGDATA, PORT, Postgres, Ready, error_line};
 use crate::backup::{Backup, Contents, FreshBackup, sha256_file};
 use crate::checks::{CheckResult, Evidence};
@@ -352,11 +353,7 @@ pub(super) async fn restore(
             position.name(gap.saturating_sub(1)),
         )
     });
-    let mut settings = vec![
-        "restore_command=cp /archive/%f %p".to_string(),
-        "archive_mode=off".into(),
-        "recovery_target_timeline=current".into(),
-    ];
+    let mut target = None;
     let recovery_target = match request.point {
         RestorePoint::Latest | RestorePoint::Restart | RestorePoint::InPlace => {
             "the end of the archive".to_string()
@@ -386,23 +383,25 @@ pub(super) async fn restore(
                         .to_string()
                 }
                 _ => {
-                    settings.push(format!("recovery_target_lsn={}", point.label));
-                    settings.push("recovery_target_action=promote".into());
+                    target = Some(("recovery_target_lsn", point.label.clone()));
                     format!("lsn {} (captured before the fault)", point.label)
                 }
             }
         }
         RestorePoint::At(when) => {
-            // PostgreSQL's recovery_target_time refuses RFC 3339's `T…Z` form.
-            let when = humantime::format_rfc3339_micros(when)
-                .to_string()
-                .replace('T', " ")
-                .replace('Z', "+00");
-            settings.push(format!("recovery_target_time={when}"));
-            settings.push("recovery_target_action=promote".into());
-            format!("time {when}")
+            let when = overrides::target_time(when);
+            let described = format!("time {when}");
+            target = Some(("recovery_target_time", when));
+            described
         }
     };
+
+    let recovery = Recovery {
+        restore_command: Some(format!("cp {ARCHIVE}/%f %p")),
+        target,
+        timeline: "current",
+    };
+    let settings = recovery.settings();
 
     phases.enter(Phase::Provision);
     let (name, volume) = pg.service.next_container().await?;
@@ -430,8 +429,8 @@ pub(super) async fn restore(
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow!("backup {} has no folder", backup.id))?;
     let script = format!(
-        "cp -a {REPOSITORY}/{folder}/{BASE}/. {PGDATA}/ && touch {PGDATA}/recovery.signal \
-         && chown -R postgres:postgres {PGDATA} && chmod 700 {PGDATA}"
+        "cp -a {REPOSITORY}/{folder}/{BASE}/. {PGDATA}/ && {}",
+        recovery.prepare_script()
     );
     let copied = docker.exec(&helper, "root", &["sh", "-c", &script]).await?;
     docker.remove(&helper).await?;
@@ -443,26 +442,28 @@ pub(super) async fn restore(
         );
     }
 
+    let mut overridden = overrides::file_lines(&copied.stdout);
+
     phases.enter(Phase::Restore);
-    let mut cmd = vec!["postgres".to_string()];
-    for s in settings {
-        cmd.push("-c".into());
-        cmd.push(s);
-    }
+    let cmd = overrides::command(&settings);
     let binds = vec![
         (archive, ARCHIVE.into(), true),
         (backup.repository().to_path_buf(), REPOSITORY.into(), true),
     ];
     let spec = pg.container_spec(name, volume, cmd, binds);
+    let image = pg.service.env.image.clone();
     pg.start_container(spec, Ready::Promoted, pg.service.env.timeouts.restore)
-        .await?;
+        .await
+        .map_err(|e| overrides::explain_start_failure(e, &image))?;
     let reached = recovery_end(pg).await;
+    overridden.extend(overrides::replaced(pg, &settings).await);
     Ok(Restored {
         recovery_target: Some(recovery_target),
         reached,
         prepared: Some(prepared),
         note,
         consistent_at: None,
+        overrides: overridden,
         ..Restored::default()
     })
 }

@@ -4,6 +4,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
+use super::overrides::{self, Recovery};
 use super::{Postgres, Ready, error_line};
 use crate::checks::CheckResult;
 use crate::measure::{Phase, RecoveryPhases};
@@ -152,6 +153,20 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
             f.object
         ),
     };
+    let (target, described) = match pg.service.env.spec.restore {
+        crate::spec::RestorePoint::At(when) => {
+            let when = overrides::target_time(when);
+            let described = format!("time {when}");
+            (Some(("recovery_target_time", when)), described)
+        }
+        _ => (None, "the end of the archive".to_string()),
+    };
+    let recovery = Recovery {
+        restore_command: restore_command.clone(),
+        target,
+        timeline: "latest",
+    };
+    let settings = recovery.settings();
     let mut binds = vec![(mounted.clone(), MOUNT.to_string(), true)];
     if let Some(wal) = &f.wal {
         binds.push((wal.local.clone(), ARCHIVE.to_string(), true));
@@ -171,38 +186,69 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         startup_timeout: pg.service.env.timeouts.provision,
     };
     let helper = docker.start(&loader).await?;
-    let loaded = load(pg, f, &helper).await;
+    let loaded = load(pg, f, &helper, &recovery).await;
     docker.remove(&helper).await?;
-    let checked = loaded?;
+    let (checked, mut overridden) = loaded?;
 
     phases.enter(Phase::Restore);
-    let mut cmd = vec![
-        "postgres".to_string(),
-        "-c".into(),
-        "archive_mode=off".into(),
-    ];
-    if let Some(command) = &restore_command {
-        cmd.extend(["-c".into(), format!("restore_command={command}")]);
-    }
-    let target = match pg.service.env.spec.restore {
-        crate::spec::RestorePoint::At(when) => {
-            // PostgreSQL's recovery_target_time refuses RFC 3339's `T…Z` form.
-            let when = humantime::format_rfc3339_micros(when)
-                .to_string()
-                .replace('T', " ")
-                .replace('Z', "+00");
-            cmd.extend([
-                "-c".into(),
-                format!("recovery_target_time={when}"),
-                "-c".into(),
-                "recovery_target_action=promote".into(),
-            ]);
-            format!("time {when}")
-        }
-        _ => "the end of the archive".to_string(),
-    };
-    let spec = pg.container_spec(name, volume, cmd, binds);
-    pg.service.start(&spec).await?;
+    let spec = pg.container_spec(name, volume, overrides::command(&settings), binds);
+    let image = pg.service.env.image.clone();
+    let c = start_promoted(pg, &spec)
+        .await
+        .map_err(|e| overrides::explain_start_failure(e, &image))?;
+    set_own_login(pg, &c)
+        .await
+        .map_err(|e| anyhow!("on the restored cluster: {e:#}"))?;
+    pg.database = pg
+        .service
+        .env
+        .spec
+        .database
+        .clone()
+        .unwrap_or_else(|| "postgres".into());
+    overridden.extend(overrides::replaced(pg, &settings).await);
+    let client = pg.connect().await?;
+    let replayed: Option<f64> = client
+        .query_one(
+            "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::float8",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!("read the last replayed transaction: {}", error_line(&e)))?
+        .get(0);
+    let consistent_at = replayed
+        .filter(|s| *s > 0.0)
+        .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(s));
+    Ok(Restored {
+        recovery_target: Some(format!("{described}, from {}", f.object)),
+        reached: Some({
+            let how = match restore_command {
+                Some(_) => "promoted",
+                None => "started",
+            };
+            match consistent_at {
+                Some(t) => format!(
+                    "{how} after replaying {replayed_from}; last transaction {}",
+                    humantime::format_rfc3339_millis(t)
+                ),
+                None => format!("{how} after replaying {replayed_from}; no transaction replayed"),
+            }
+        }),
+        consistent_at,
+        checked,
+        overrides: overridden,
+        ..Restored::default()
+    })
+}
+
+/// Starts the restored server and waits until it has left recovery, asking over the local
+/// socket (the cluster keeps the source's passwords until drillrig sets its own).
+async fn start_promoted(
+    pg: &mut Postgres,
+    spec: &crate::docker::ContainerSpec,
+) -> Result<crate::docker::Container> {
+    let docker = pg.service.env.docker.clone();
+    pg.service.start(spec).await?;
     let c = pg.service.containers.serving()?.clone();
     let limit = pg.service.env.timeouts.restore;
     pg.service
@@ -225,64 +271,26 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
             }
         })
         .await?;
-    set_own_login(pg, &c)
-        .await
-        .map_err(|e| anyhow!("on the restored cluster: {e:#}"))?;
-    pg.database = pg
-        .service
-        .env
-        .spec
-        .database
-        .clone()
-        .unwrap_or_else(|| "postgres".into());
-    let client = pg.connect().await?;
-    let replayed: Option<f64> = client
-        .query_one(
-            "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::float8",
-            &[],
-        )
-        .await
-        .map_err(|e| anyhow!("read the last replayed transaction: {}", error_line(&e)))?
-        .get(0);
-    let consistent_at = replayed
-        .filter(|s| *s > 0.0)
-        .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(s));
-    Ok(Restored {
-        recovery_target: Some(format!("{target}, from {}", f.object)),
-        reached: Some({
-            let how = match restore_command {
-                Some(_) => "promoted",
-                None => "started",
-            };
-            match consistent_at {
-                Some(t) => format!(
-                    "{how} after replaying {replayed_from}; last transaction {}",
-                    humantime::format_rfc3339_millis(t)
-                ),
-                None => format!("{how} after replaying {replayed_from}; no transaction replayed"),
-            }
-        }),
-        consistent_at,
-        checked,
-        ..Restored::default()
-    })
+    Ok(c)
 }
 
-/// Fills the data volume from the backup in the loader container `helper`, and opens it to the
-/// local socket. On the way it runs the checks that read the backup itself, when they are
-/// asked for: `pgbackrest verify` (`backup-integrity`) and `pg_verifybackup`
-/// (`pg-verifybackup`), on the files as the backup holds them.
+/// Fills the data volume from the backup in the loader container `helper`, and makes it
+/// drillrig's to start ([`Recovery::prepare_script`]). On the way it runs the checks that read
+/// the backup itself, when they are asked for: `pgbackrest verify` (`backup-integrity`) and
+/// `pg_verifybackup` (`pg-verifybackup`), on the files as the backup holds them. Returns those
+/// checks, and what the preparation replaced of the backup's files.
 async fn load(
     pg: &Postgres,
     f: &Fetched,
     helper: &crate::docker::Container,
-) -> Result<Vec<CheckResult>> {
+    recovery: &Recovery,
+) -> Result<(Vec<CheckResult>, Vec<String>)> {
     let docker = &pg.service.env.docker;
     let pgdata = super::PGDATA;
     let asked = |c: CheckKind| pg.service.env.spec.checks.contains(&c);
     let mut checked = Vec::new();
     let mut verified = None;
-    let unpack = match &f.pgbackrest {
+    match &f.pgbackrest {
         Some(set) => {
             let repo = [
                 format!("--stanza={}", set.stanza),
@@ -312,12 +320,18 @@ async fn load(
                 checked.push(result);
                 verified = Some((held, said));
             }
-            let cmd = run(&[
+            let mut extra = vec![
                 format!("--pg1-path={pgdata}"),
                 format!("--set={}", set.label),
                 "--log-level-console=warn".into(),
-                "restore".into(),
-            ]);
+            ];
+            // pgbackrest writes its own restore_command into postgresql.auto.conf: the one the
+            // server runs with, so that the report does not list it as replaced.
+            if let Some(command) = &recovery.restore_command {
+                extra.push(format!("--recovery-option=restore_command={command}"));
+            }
+            extra.push("restore".into());
+            let cmd = run(&extra);
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
             let out = docker.exec(helper, "postgres", &args).await?;
             if !out.success() {
@@ -332,7 +346,6 @@ async fn load(
                     out.tail()
                 );
             }
-            String::new()
         }
         None => {
             let file_name = f.file_name();
@@ -371,18 +384,9 @@ async fn load(
                 result.duration_ms = started.elapsed().as_millis() as u64;
                 checked.push(result);
             }
-            if f.wal.is_some() {
-                format!("touch {pgdata}/recovery.signal && ")
-            } else {
-                String::new()
-            }
         }
-    };
-    // Debian-packaged clusters keep postgresql.conf outside the data folder.
-    let script = format!(
-        "{unpack}printf 'local all all trust\nhost all all all scram-sha-256\n' > {pgdata}/pg_hba.conf \
-         && touch {pgdata}/postgresql.conf && chown -R postgres:postgres {pgdata} && chmod 700 {pgdata}"
-    );
+    }
+    let script = recovery.prepare_script();
     let out = docker.exec(helper, "root", &["sh", "-c", &script]).await?;
     if !out.success() {
         bail!(
@@ -391,7 +395,7 @@ async fn load(
             out.tail()
         );
     }
-    Ok(checked)
+    Ok((checked, overrides::file_lines(&out.stdout)))
 }
 
 /// `pg_verifybackup` on a base backup's files in `dir`, against `manifest` (none: unknown),
