@@ -298,8 +298,8 @@ impl Postgres {
             copy_in: Vec::new(),
             files: Vec::new(),
             hostname: None,
-            // The drill bounds the whole step; this only keeps testcontainers from giving up
-            // first.
+            // The drill bounds the whole step; this only keeps the engine's start from giving
+            // up first.
             startup_timeout: self.service.env.timeouts.provision
                 + self.service.env.timeouts.restore,
         }
