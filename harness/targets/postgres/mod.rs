@@ -71,6 +71,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::WalContinuity,
     ],
     target_keys: &[],
+    target_keys_schema: schema::no_keys_schema,
     options: schema::no_options,
     fault_keys: &[
         (FaultKind::CorruptDataFile, "relation"),
