@@ -17,6 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let [endpoint, bucket, key, out] = args.as_slice() else {
         anyhow::bail!("usage: s3_get ENDPOINT BUCKET KEY OUT");
     };
+    drillrig::util::tls_provider();
     let store = object_store::aws::AmazonS3Builder::from_env()
         .with_endpoint(endpoint)
         .with_allow_http(true)

@@ -93,6 +93,8 @@ enum Command {
     /// Remove containers, volumes and networks of drillrig runs whose process has exited
     /// (runs kept with DRILLRIG_KEEP included).
     Gc,
+    /// Print the JSON Schema of scenario files, for editors (docs/writing-scenarios.md §4).
+    Schema,
 }
 
 /// `--notify-on`.
@@ -246,6 +248,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { files } => validate(&files),
             Command::Gc => gc().await,
+            Command::Schema => {
+                print!("{}", scenario::json_schema::scenario_schema_text());
+                Exit::Met
+            }
             Command::Run {
                 scenarios,
                 out,

@@ -205,6 +205,7 @@ pub async fn send(webhook: &Webhook, summary: &Summary, backoff: Duration) -> De
         target: target.clone(),
         error: Some(webhook.redact(&error)),
     };
+    util::tls_provider();
     let client = match reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
@@ -280,6 +281,18 @@ pub fn record(delivery: &Delivery, runs: &[RunRecord]) -> Vec<anyhow::Error> {
 mod tests {
     use super::*;
     use crate::report::{CheckOutcome, TargetOutcome};
+
+    /// reqwest is built without a crypto provider of its own: without `util::tls_provider` an
+    /// HTTPS client panics when built.
+    #[test]
+    fn an_https_client_builds_on_the_ring_provider() {
+        util::tls_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        reqwest::Client::builder()
+            .https_only(true)
+            .build()
+            .expect("an HTTPS client builds");
+    }
 
     fn record_with(checks: Vec<CheckOutcome>) -> RunRecord {
         RunRecord {

@@ -1,5 +1,5 @@
-//! Leaf helpers every layer uses: atomic file writes and duration formats. This module imports
-//! nothing from the crate.
+//! Leaf helpers every layer uses: atomic file writes, duration formats, the TLS provider. This
+//! module imports nothing from the crate.
 
 use std::path::Path;
 
@@ -76,4 +76,15 @@ pub fn tree_size(dir: &Path) -> (u64, u64) {
         }
     }
     (files, bytes)
+}
+
+/// Installs rustls's process-wide crypto provider, ring, before an HTTPS client is built (the
+/// webhook's, an object store's). drillrig builds reqwest without a bundled provider, so that
+/// ring is the only crypto library compiled; a client built before this panics, naming it.
+pub fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: a provider is already installed (by the embedding program), which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

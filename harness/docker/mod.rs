@@ -1,5 +1,5 @@
-//! The Docker backend: containers are started with testcontainers and driven with bollard
-//! (kill, stop, exec, archives, logs). Every container, volume and network carries the run's
+//! The Docker backend: containers are created, started and driven with bollard (kill, stop,
+//! exec, archives, logs). Every container, volume and network carries the run's
 //! labels, and the run only ever removes what carries its own run id.
 
 pub mod gc;
@@ -14,20 +14,18 @@ use anyhow::{Context, Result, anyhow, bail};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, PortBinding,
-    VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest, PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions, StartContainerOptions,
-    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptions, StartContainerOptions, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use testcontainers::core::{AccessMode, IntoContainerPort, Mount};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::task::TaskTracker;
 
@@ -160,8 +158,8 @@ pub struct Docker {
     api: bollard::Docker,
     run_id: String,
     labels: HashMap<String, String>,
-    /// testcontainers handles, held until teardown so nothing is dropped (and removed) early.
-    started: Mutex<Vec<ContainerAsync<GenericImage>>>,
+    /// The ids of the containers started on the current site, in start order.
+    started: Mutex<Vec<String>>,
     /// The network containers join: the run's, or after a site loss the DR site's.
     network: Mutex<String>,
     /// Creations of containers, volumes and networks run as tasks here, so an interrupt that
@@ -253,9 +251,7 @@ impl Docker {
         if let Some(e) = error {
             return Err(e.context("remove the lost site"));
         }
-        for handle in self.started.lock().expect("not poisoned").drain(..) {
-            std::mem::forget(handle);
-        }
+        self.started.lock().expect("not poisoned").clear();
         let dr = format!("drillrig-{}-dr", self.run_id);
         *self.network.lock().expect("not poisoned") = dr.clone();
         self.create_network().await?;
@@ -290,63 +286,79 @@ impl Docker {
     /// Creates and starts a container; returns once the engine reports it started (readiness is
     /// the target's business: a real query, never a port connect).
     pub async fn start(&self, spec: &ContainerSpec) -> Result<Container> {
-        let (repo, tag) = image::split_reference(&spec.image);
         let port = spec.port;
-        let mut image = GenericImage::new(repo, tag).with_exposed_port(port.tcp());
-        if let Some(entrypoint) = &spec.entrypoint {
-            image = image.with_entrypoint(entrypoint);
+        let mut mounts = Vec::new();
+        if let Some((volume, path)) = &spec.volume {
+            mounts.push(Mount {
+                typ: Some(MountType::VOLUME),
+                source: Some(volume.clone()),
+                target: Some(path.clone()),
+                ..Default::default()
+            });
         }
-        let mut request = image
-            .with_container_name(self.resource_name(&spec.name))
-            .with_network(self.network())
-            .with_startup_timeout(spec.startup_timeout)
-            .with_host_config_modifier(move |hc| {
+        for (host, path, read_only) in &spec.binds {
+            mounts.push(Mount {
+                typ: Some(MountType::BIND),
+                source: Some(host.display().to_string()),
+                target: Some(path.clone()),
+                read_only: Some(*read_only),
+                ..Default::default()
+            });
+        }
+        let config = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(self.labels.clone()),
+            hostname: spec.hostname.clone(),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+            entrypoint: spec.entrypoint.clone().map(|e| vec![e]),
+            exposed_ports: Some(vec![format!("{port}/tcp")]),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.network()),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 // An init process (the engine's `docker-init`) is PID 1 and reaps orphans: a
                 // child of an exec'd helper that dies by a signal is not the server's child, so
                 // PostgreSQL never takes it for a crashed backend and restarts every session.
-                hc.init = Some(true);
+                init: Some(true),
                 // Publish on loopback only, on a port the engine picks.
-                hc.publish_all_ports = Some(false);
-                hc.port_bindings = Some(HashMap::from([(
+                publish_all_ports: Some(false),
+                port_bindings: Some(HashMap::from([(
                     format!("{port}/tcp"),
                     Some(vec![PortBinding {
                         host_ip: Some("127.0.0.1".into()),
                         host_port: Some(String::new()),
                     }]),
-                )]));
-            });
-        for (k, v) in &self.labels {
-            request = request.with_label(k, v);
-        }
-        for (k, v) in &spec.env {
-            request = request.with_env_var(k, v);
-        }
-        if !spec.cmd.is_empty() {
-            request = request.with_cmd(spec.cmd.clone());
-        }
-        if let Some((volume, path)) = &spec.volume {
-            request = request.with_mount(Mount::volume_mount(volume, path));
-        }
-        for (host, path, read_only) in &spec.binds {
-            let mode = if *read_only {
-                AccessMode::ReadOnly
-            } else {
-                AccessMode::ReadWrite
-            };
-            request = request.with_mount(
-                Mount::bind_mount(host.display().to_string(), path).with_access_mode(mode),
-            );
-        }
-        if let Some(hostname) = &spec.hostname {
-            request = request.with_hostname(hostname);
-        }
-        for (host, path) in &spec.copy_in {
-            request = request.with_copy_to(path.clone(), host.as_path());
-        }
-        for (path, contents) in &spec.files {
-            request = request.with_copy_to(path.clone(), contents.clone());
-        }
-        let started = self.create(request.start()).await?.map_err(|e| {
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Files go in before the start, so the service finds them on its first read.
+        let files = copy_in_archive(&spec.copy_in, &spec.files)?;
+        let (api, name, timeout) = (
+            self.api.clone(),
+            self.resource_name(&spec.name),
+            spec.startup_timeout,
+        );
+        let start = async move {
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            let id = api.create_container(Some(options), config).await?.id;
+            if let Some(tarball) = files {
+                let to = UploadToContainerOptionsBuilder::default().path("/").build();
+                api.upload_to_container(&id, Some(to), bollard::body_full(tarball.into()))
+                    .await?;
+            }
+            match tokio::time::timeout(
+                timeout,
+                api.start_container(&id, None::<StartContainerOptions>),
+            )
+            .await
+            {
+                Ok(started) => started.map(|()| Ok(id)),
+                Err(_) => Ok(Err(id)),
+            }
+        };
+        let started = self.create(start).await?.map_err(|e: bollard::errors::Error| {
             let text = format!("{e:#}");
             let exhausted = ["address already in use", "port is already allocated", "all ports are allocated"];
             if exhausted.iter().any(|m| text.contains(m)) {
@@ -358,12 +370,20 @@ impl Docker {
                 anyhow::Error::new(e).context(format!("start container {} from {}", spec.name, spec.image))
             }
         })?;
+        let id = started.map_err(|_| {
+            anyhow!(
+                "start container {} from {}: the engine did not start it within {:?}",
+                spec.name,
+                spec.image,
+                spec.startup_timeout
+            )
+        })?;
+        self.started.lock().expect("not poisoned").push(id.clone());
         let container = Container {
-            id: started.id().to_string(),
+            id,
             name: spec.name.clone(),
             port,
         };
-        self.started.lock().expect("not poisoned").push(started);
         Ok(container)
     }
 
@@ -780,12 +800,7 @@ impl Docker {
 
     /// The ids of the containers this run started, in start order.
     pub fn started(&self) -> Vec<String> {
-        self.started
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|c| c.id().to_string())
-            .collect()
+        self.started.lock().expect("not poisoned").clone()
     }
 
     /// Removes a container of this run now (with its anonymous volumes).
@@ -856,20 +871,47 @@ impl Docker {
             );
         }
         let removed = sweep(&self.api, &self.run_id).await?;
-        // Everything is gone already; testcontainers need not try again on drop. (On error the
-        // handles stay, and their drop retries the removal.)
-        for handle in self.started.lock().expect("not poisoned").drain(..) {
-            std::mem::forget(handle);
-        }
+        self.started.lock().expect("not poisoned").clear();
         Ok(removed)
     }
 
-    /// Leaves the run's resources in place for inspection (DRILLRIG_KEEP).
-    pub fn keep(&self) {
-        for handle in self.started.lock().expect("not poisoned").drain(..) {
-            std::mem::forget(handle);
-        }
+    /// Leaves the run's resources in place for inspection (DRILLRIG_KEEP): nothing of the run
+    /// is removed but by [`Docker::teardown`] (or `drillrig gc`), so there is nothing to release.
+    pub fn keep(&self) {}
+}
+
+/// One tar archive, rooted at `/`, of the host files or folders (`copy_in`: a file keeps its
+/// mode, a folder its tree) and the literal files (`files`: mode 0644) a container gets before
+/// it starts; `None` when there is nothing to copy.
+fn copy_in_archive(
+    copy_in: &[(PathBuf, String)],
+    files: &[(String, Vec<u8>)],
+) -> Result<Option<Vec<u8>>> {
+    if copy_in.is_empty() && files.is_empty() {
+        return Ok(None);
     }
+    let mut archive = tar::Builder::new(Vec::new());
+    for (host, path) in copy_in {
+        let at = path.trim_start_matches('/');
+        let meta = std::fs::metadata(host).with_context(|| format!("read {}", host.display()))?;
+        let packed = if meta.is_dir() {
+            archive.append_dir_all(at, host)
+        } else {
+            // Owned by root in the container, whoever owns it here; the host's mode.
+            let mut header = tar::Header::new_gnu();
+            header.set_size(meta.len());
+            header.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()));
+            std::fs::File::open(host).and_then(|f| archive.append_data(&mut header, at, f))
+        };
+        packed.with_context(|| format!("pack {} for {path}", host.display()))?;
+    }
+    for (path, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, path.trim_start_matches('/'), &contents[..])?;
+    }
+    Ok(Some(archive.into_inner()?))
 }
 
 /// What a sweep removed.

@@ -1,6 +1,7 @@
 //! Scenario files (docs/scenario.md, schema 1): parsed into [`raw`] serde types, then checked and turned
 //! into the domain types the drill runs. Every error names file, line, column and key.
 
+pub mod json_schema;
 pub mod raw;
 mod source;
 

@@ -801,6 +801,7 @@ pub fn open_store(
     region: Option<&str>,
 ) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
     let parsed = url::Url::parse(url).map_err(|e| anyhow!("{url:?}: {e}"))?;
+    crate::util::tls_provider();
     let retry = object_store::RetryConfig {
         max_retries: 2,
         retry_timeout: Duration::from_secs(10),

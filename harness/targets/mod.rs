@@ -90,6 +90,8 @@ pub struct Capabilities {
     /// The keys a target of this kind takes beyond the common ones, dotted from the target's
     /// table (Redis: `persistence`, `restore.repair`).
     pub target_keys: &'static [&'static str],
+    /// Those keys' JSON Schema, shaped as in the target's table (`drillrig schema`).
+    pub target_keys_schema: schema::TargetKeysSchemaFn,
     /// Checks those keys and returns the kind's options ([`TargetSpec::options`]).
     pub options: schema::TargetOptionsFn,
     /// The key a fault takes on this kind beyond the common ones (`relation`, `file`,

@@ -9,6 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -92,6 +93,15 @@ pub type FaultAimFn = fn(
     Option<&Spanned<String>>,
     &TargetSpec,
 ) -> Result<Option<String>, KeyError>;
+
+/// The JSON Schema of a kind's target keys, an object shaped as in the target's table (Redis:
+/// `persistence`, and `restore` holding `repair`); the generator inlines every subschema.
+pub type TargetKeysSchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// For kinds whose targets take no keys of their own.
+pub fn no_keys_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "object", "properties": {} })
+}
 
 /// For kinds whose targets take no keys of their own.
 pub fn no_options(_: &KindKeys<'_>, _: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {

@@ -482,6 +482,7 @@ pub fn s3_env(secret: &str) -> Vec<(&'static str, String)> {
 
 /// A client of the test S3 server's `backups` bucket, with the test's keys.
 pub fn test_bucket(endpoint: &str) -> object_store::aws::AmazonS3 {
+    drillrig::util::tls_provider();
     object_store::aws::AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_allow_http(true)

@@ -71,6 +71,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::WalContinuity,
     ],
     target_keys: &[],
+    target_keys_schema: schema::no_keys_schema,
     options: schema::no_options,
     fault_keys: &[
         (FaultKind::CorruptDataFile, "relation"),
@@ -298,8 +299,8 @@ impl Postgres {
             copy_in: Vec::new(),
             files: Vec::new(),
             hostname: None,
-            // The drill bounds the whole step; this only keeps testcontainers from giving up
-            // first.
+            // The drill bounds the whole step; this only keeps the engine's start from giving
+            // up first.
             startup_timeout: self.service.env.timeouts.provision
                 + self.service.env.timeouts.restore,
         }

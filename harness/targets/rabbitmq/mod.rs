@@ -68,6 +68,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
     ],
     target_keys: &[],
+    target_keys_schema: schema::no_keys_schema,
     options: schema::no_options,
     fault_keys: &[(FaultKind::DeleteQueue, "queue")],
     aim: |_, key, value, _| match key {

@@ -62,6 +62,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::RedisCheck,
     ],
     target_keys: schema::TARGET_KEYS,
+    target_keys_schema: schema::keys_schema,
     options: schema::options,
     fault_keys: &[(FaultKind::CorruptDataFile, "file")],
     aim: schema::aim,

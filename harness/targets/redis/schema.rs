@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -55,30 +56,40 @@ impl Default for Persistence {
 }
 
 /// The keys as written.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawKeys {
+    /// How the server persists its data (Redis 7.0's defaults where unset).
     persistence: Option<RawPersistence>,
     #[serde(default)]
     restore: RawRestore,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPersistence {
+    /// `appendonly`: keep an append-only file (default false).
     appendonly: Option<bool>,
+    /// `appendfsync` (default `everysec`).
     appendfsync: Option<Fsync>,
+    /// RDB `save` rules in Redis's syntax (`"3600 1 300 100"`); `""`: none.
     save: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRestore {
+    /// `redis-check-aof --fix` before a `restart` (needs `persistence.appendonly = true`).
     repair: Option<bool>,
 }
 
 /// The target keys Redis owns.
 pub const TARGET_KEYS: &[&str] = &["persistence", "restore.repair"];
+
+/// The JSON Schema of [`TARGET_KEYS`], from the types that parse them.
+pub fn keys_schema(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<RawKeys>()
+}
 
 /// Checks a Redis target's own keys against its common spec.
 pub fn options(keys: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {
