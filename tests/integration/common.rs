@@ -73,12 +73,21 @@ impl Run {
     }
 
     pub fn check(&self, name: &str) -> &str {
+        self.check_field(name, "status")
+    }
+
+    /// What the first target's check `name` says it found.
+    pub fn check_detail(&self, name: &str) -> &str {
+        self.check_field(name, "detail")
+    }
+
+    fn check_field(&self, name: &str, field: &str) -> &str {
         self.target()["checks"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no check {name} in {}", self.target()["checks"]))["status"]
+            .unwrap_or_else(|| panic!("no check {name} in {}", self.target()["checks"]))[field]
             .as_str()
             .unwrap()
     }
