@@ -22,16 +22,72 @@ pub fn out_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// Drills run one at a time: each `drillrig run` starts with a gc of dead runs, which would race
-/// with a test inspecting a kept or crashed run, and concurrent drills would skew each other's
-/// timings.
-static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Drills run side by side, one per test thread (`RUST_TEST_THREADS` in `.cargo/config.toml`): a
+/// drill mostly waits on its containers. A test that runs `drillrig gc`, or leaves a dead run
+/// for one to find, takes the engine alone: every drill's start collects dead runs, and gc
+/// collects kept ones too, so either would race with it.
+static ENGINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-pub fn engine() -> std::sync::MutexGuard<'static, ()> {
+/// The engine, shared with other drills; held for the whole test.
+pub fn engine() -> Timed<std::sync::RwLockReadGuard<'static, ()>> {
     require_docker();
-    ENGINE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    Timed::new(
+        ENGINE
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+/// The engine with no other drill on it; held for the whole test.
+pub fn engine_alone() -> Timed<std::sync::RwLockWriteGuard<'static, ()>> {
+    require_docker();
+    Timed::new(
+        ENGINE
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+/// An engine guard that, when the test ends (passed or panicked), appends the test's own time
+/// on the engine to `test-times.tsv` in Cargo's test folder: `.ci/groups` sums it per group,
+/// since side-by-side tests' output lines no longer time them.
+pub struct Timed<G> {
+    _guard: G,
+    started: std::time::SystemTime,
+}
+
+impl<G> Timed<G> {
+    fn new(guard: G) -> Self {
+        Timed {
+            _guard: guard,
+            started: std::time::SystemTime::now(),
+        }
+    }
+}
+
+impl<G> Drop for Timed<G> {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let epoch = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+        };
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!(
+            "{name}\t{:.3}\t{:.3}\n",
+            epoch(self.started),
+            epoch(std::time::SystemTime::now())
+        );
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-times.tsv");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 pub fn require_docker() {
@@ -280,13 +336,14 @@ pub fn wait_until(child: &mut Child, limit: Duration, what: &str, ready: impl Fn
     }
 }
 
-/// The run id of the running drill of `scenario` (from its containers' labels), if any.
-pub fn running_run_id(scenario: &str) -> Option<String> {
+/// The run id of the drill that process `pid` runs (from its containers' owner labels), once
+/// it has a container.
+pub fn running_run_id(pid: u32) -> Option<String> {
     let out = Command::new("docker")
         .args([
             "ps",
             "--filter",
-            &format!("label=io.drillrig.scenario={scenario}"),
+            &format!("label=io.drillrig.pid={pid}"),
             "--format",
             "{{.Label \"io.drillrig.run\"}}",
         ])
@@ -329,6 +386,21 @@ pub fn resources_of(run_id: &str) -> Vec<String> {
         }
     }
     found.into_iter().collect()
+}
+
+/// Removes what run `run_id` left (its containers, then its networks and volumes), and nothing
+/// else: how a test cleans up a kept run without a `drillrig gc` that would collect other
+/// tests' kept runs too.
+pub fn remove_run(run_id: &str) {
+    for resource in resources_of(run_id) {
+        let (what, name) = resource.split_once(' ').unwrap();
+        let args: &[&str] = match what {
+            "container" => &["rm", "-f", "-v", name],
+            "network" => &["network", "rm", name],
+            _ => &["volume", "rm", "-f", name],
+        };
+        let _ = Command::new("docker").args(args).output();
+    }
 }
 
 /// Runs the docker CLI; returns its stdout, panicking with its stderr if it fails.

@@ -181,7 +181,7 @@ fn a_dropped_table_comes_back_from_the_latest_dump() {
 
 #[test]
 fn a_damaged_backup_makes_the_drill_miss_and_keep_on_failure_keeps_it_for_gc() {
-    let _engine = engine();
+    let _engine = engine_alone();
     let run = drill(
         "scenarios/controls/pg-unrestorable-backup.toml",
         "pg-unrestorable-backup",
@@ -203,7 +203,10 @@ fn a_damaged_backup_makes_the_drill_miss_and_keep_on_failure_keeps_it_for_gc() {
     assert_eq!(run.check("backup-integrity"), "failed");
     // Nothing reads a service that never came back: the check says so instead of failing.
     assert_eq!(run.check("row-counts"), "unknown");
-    assert_eq!(run.check_detail("row-counts"), "not run: the restore failed");
+    assert_eq!(
+        run.check_detail("row-counts"),
+        "not run: the restore failed"
+    );
     let stdout = run.stdout();
     assert!(
         stdout.contains("backup-integrity") && stdout.contains("FAILED"),
@@ -265,13 +268,14 @@ fn outages_no_fault_caused_are_found_in_each_services_log_and_fail_the_drill() {
     let _engine = engine();
     let dir = out_dir("unasked-every-kind");
     let mut child = spawn_drill("tests/scenarios/unasked-every-kind.toml", &dir);
+    let pid = child.id();
     wait_until(
         &mut child,
         Duration::from_secs(120),
         "the drill's containers",
-        || running_run_id("unasked-every-kind").is_some(),
+        || running_run_id(pid).is_some(),
     );
-    let run_id = running_run_id("unasked-every-kind").unwrap();
+    let run_id = running_run_id(pid).unwrap();
     let container = |target: &str| format!("drillrig-{run_id}-{target}-1");
     let logged = |target: &str, line: &str| -> bool {
         let out = Command::new("docker")
@@ -413,12 +417,7 @@ fn a_restart_does_not_undo_a_bad_update() {
     assert_eq!(t["rpo"]["mismatched"], written);
     assert_eq!(run.check("ledger"), "failed");
     assert_eq!(run.check("seed"), "failed");
-    let gc = Command::new(BIN).arg("gc").output().unwrap();
-    assert!(
-        gc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    remove_run(run.run_id());
     assert_no_leftovers(run.run_id());
 }
 

@@ -118,10 +118,11 @@ fn a_second_sigint_forces_removal_at_once() {
     let _engine = engine();
     let dir = out_dir("interrupted-twice");
     let mut child = spawn_drill("scenarios/pg-kill.toml", &dir);
+    let pid = child.id();
     wait_until(&mut child, Duration::from_secs(120), "a container", || {
-        running_run_id("pg-kill").is_some()
+        running_run_id(pid).is_some()
     });
-    let run_id = running_run_id("pg-kill").unwrap();
+    let run_id = running_run_id(pid).unwrap();
     signal(&child, "INT");
     std::thread::sleep(Duration::from_millis(50));
     signal(&child, "INT");
@@ -146,7 +147,7 @@ fn crash_a_drill(test: &str) -> String {
         "the first backup",
         || dir.join("backups/pg/001-pg-dump/manifest.json").exists(),
     );
-    let run_id = running_run_id("fast-corruption").unwrap();
+    let run_id = running_run_id(child.id()).unwrap();
     signal(&child, "KILL");
     child.wait().unwrap();
     assert!(
@@ -158,7 +159,7 @@ fn crash_a_drill(test: &str) -> String {
 
 #[test]
 fn after_a_sigkill_gc_removes_the_dead_run() {
-    let _engine = engine();
+    let _engine = engine_alone();
     let dead = crash_a_drill("crashed-then-gc");
     let gc = Command::new(BIN).arg("gc").output().unwrap();
     assert!(
@@ -172,7 +173,7 @@ fn after_a_sigkill_gc_removes_the_dead_run() {
 
 #[test]
 fn after_a_sigkill_the_next_run_removes_the_dead_run() {
-    let _engine = engine();
+    let _engine = engine_alone();
     let dead = crash_a_drill("crashed-then-run");
     // The next run cleans up before it does anything else, even one that then fails.
     let next = drill_with(
@@ -193,7 +194,7 @@ fn after_a_sigkill_the_next_run_removes_the_dead_run() {
 
 #[test]
 fn gc_removes_dead_runs_only() {
-    let _engine = engine();
+    let _engine = engine_alone();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -345,7 +346,7 @@ fn a_hung_backup_ends_the_drill_as_error_with_its_logs_kept() {
     );
     // Another session takes an exclusive lock on `orders` and keeps it: pg_dump waits for it
     // forever, as it would behind a stuck migration.
-    let run_id = running_run_id("fast-corruption").unwrap();
+    let run_id = running_run_id(child.id()).unwrap();
     let container = format!("drillrig-{run_id}-pg-1");
     let lock = "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);";
     let held = Command::new("docker")
@@ -494,7 +495,7 @@ fn port_holder_child() {
 
 #[test]
 fn port_exhaustion_is_exit_3() {
-    let _engine = engine();
+    let _engine = engine_alone();
     // Hold every port the engine could publish on 127.0.0.1.
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
     let bounds: Vec<u16> = range
@@ -692,7 +693,7 @@ fn the_generated_passwords_appear_in_no_output_and_on_no_command_line() {
             "{target}: PID 1 is {pid1:?}"
         );
     }
-    let _ = Command::new(BIN).arg("gc").output();
+    remove_run(run.run_id());
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     let passwords = [("postgres", pg), ("redis", redis), ("rabbitmq", mq)];
     for (kind, password) in &passwords {

@@ -5,14 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
 
 use crate::common::{
-    BIN, Run, S3_SECRET, assert_no_leftovers, docker, drill, engine, files_under, repo, s3_env,
-    s3_server, variant,
+    Run, S3_SECRET, assert_no_leftovers, docker, drill, engine, files_under, remove_run, repo,
+    s3_env, s3_server, variant,
 };
 
 /// Every object under `prefix` in the test bucket: key and bytes.
@@ -197,11 +196,11 @@ fn a_lost_site_comes_back_from_encrypted_offsite_copies_in_the_runbooks_order() 
     );
     let env = s3_env(S3_SECRET);
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Kept, so the restored stores can be read directly below; `drillrig gc` removes them.
+    // Kept, so the restored stores can be read directly below; `remove_run` removes them.
     env.push(("DRILLRIG_KEEP", "always"));
     let run = drill(&scenario, "platform-site-loss", &env);
     let [orders, cache, events] = stores(&run);
-    let _ = Command::new(BIN).arg("gc").output();
+    remove_run(run.run_id());
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     assert_eq!(run.report["outcome"], "met");
 

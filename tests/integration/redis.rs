@@ -17,12 +17,7 @@ fn lost_on_the_server(run: &Run) -> u64 {
         .filter_map(|l| l.trim().strip_prefix("seq:")?.parse().ok())
         .collect();
     assert!(!held.is_empty(), "{container} holds no workload key");
-    let gc = std::process::Command::new(BIN).arg("gc").output().unwrap();
-    assert!(
-        gc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    remove_run(run.run_id());
     run.ledger_of("cache")
         .iter()
         .filter(|w| w.2 == "ok" && !held.contains(&w.0))

@@ -226,15 +226,7 @@ struct Kept(String);
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        for resource in common::resources_of(&self.0) {
-            let (what, name) = resource.split_once(' ').unwrap();
-            let args: &[&str] = match what {
-                "container" => &["rm", "-f", "-v", name],
-                "network" => &["network", "rm", name],
-                _ => &["volume", "rm", "-f", name],
-            };
-            let _ = Command::new("docker").args(args).output();
-        }
+        common::remove_run(&self.0);
     }
 }
 
