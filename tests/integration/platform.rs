@@ -377,6 +377,7 @@ fn a_lost_site_comes_back_from_encrypted_offsite_copies_in_the_runbooks_order() 
         !outputs.contains(secret_key),
         "the DR key reached an output"
     );
+    crate::common::assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 
@@ -429,5 +430,6 @@ fn a_dr_site_holding_a_stale_key_cannot_restore_and_the_drill_names_the_key() {
     );
     assert!(!Path::new(&run.dir.join("backups")).exists());
     assert!(t["rto"]["achieved_ms"].is_null());
+    crate::common::assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }

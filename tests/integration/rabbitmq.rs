@@ -99,7 +99,10 @@ fn a_damaged_definitions_backup_fails_the_drill() {
     let error = run.target()["restore"]["error"].as_str().unwrap();
     assert!(error.contains("import the definitions"), "{error}");
     assert_eq!(run.check("definitions"), "unknown");
-    assert_eq!(run.check_detail("definitions"), "not run: the restore failed");
+    assert_eq!(
+        run.check_detail("definitions"),
+        "not run: the restore failed"
+    );
     assert_eq!(run.check("backup-integrity"), "failed");
     assert_eq!(run.target()["rto"]["achieved_ms"], Value::Null);
     assert_no_leftovers(run.run_id());
