@@ -721,6 +721,18 @@ pub fn assert_report_md_agrees(run: &Run) {
         for (phase, ms) in &phases {
             assert_eq!(*ms, reported[phase].as_u64(), "{name}: phase {phase}");
         }
+        let latency = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("Acknowledged-write p99: "));
+        let w = &t["write_latency"];
+        assert_eq!(
+            latency.is_some(),
+            !w.is_null(),
+            "{name}: write latency {latency:?}"
+        );
+        if let Some(line) = latency {
+            assert_md_latency(line, w, &name);
+        }
         let workload = lines
             .iter()
             .find(|l| l.starts_with("Workload: "))
@@ -788,6 +800,71 @@ pub fn assert_report_md_agrees(run: &Run) {
         assert_eq!(md_seconds(&row[2]), f["scheduled_ms"].as_u64(), "{row:?}");
         assert_eq!(md_seconds(&row[3]), f["injected_at_ms"].as_u64(), "{row:?}");
         assert_eq!(row[4], f["error"].as_str().unwrap_or("done"), "{row:?}");
+    }
+}
+
+/// report.md's line on a latency fault (after "Acknowledged-write p99: ") against the report's
+/// `write_latency`: the p99 before, during and after, the unacknowledged writes during it, and
+/// the `write_p99` objective's target, figure and verdict. Figures are shown to 0.1 ms.
+fn assert_md_latency(line: &str, w: &Value, target: &str) {
+    // Each figure as the line gives it: a number of ms, or `—` (`None`).
+    let ms = |text: &str| -> Option<f64> {
+        let text = text.trim();
+        (text != "—").then(|| {
+            text.strip_suffix(" ms")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{target}: not ms: {text:?} in {line}"))
+        })
+    };
+    let near = |shown: Option<f64>, reported: &Value, what: &str| match (shown, reported.as_f64()) {
+        (Some(a), Some(b)) => assert!(
+            (a - b).abs() <= 0.05,
+            "{target}: {what} {a} against {b}: {line}"
+        ),
+        (a, b) => assert_eq!(a, b, "{target}: {what}: {line}"),
+    };
+    let (before, rest) = line.split_once(" before the latency fault, ").expect(line);
+    near(ms(before), &w["before"]["p99_ms"], "p99 before");
+    let (during, rest) = rest.split_once(" during it (").expect(line);
+    near(ms(during), &w["during"]["p99_ms"], "p99 during");
+    let (unacked, rest) = rest.split_once(" of ").expect(line);
+    assert_eq!(
+        unacked.parse::<u64>().ok(),
+        w["during"]["unacknowledged"].as_u64(),
+        "{line}"
+    );
+    let (all, rest) = rest.split_once(" writes unacknowledged), ").expect(line);
+    let invoked =
+        w["during"]["writes"].as_u64().unwrap() + w["during"]["unacknowledged"].as_u64().unwrap();
+    assert_eq!(all.parse::<u64>().ok(), Some(invoked), "{line}");
+    let (after, objective) = match rest.split_once(" after; objective write_p99 ") {
+        Some((after, objective)) => (after, Some(objective)),
+        None => (rest.strip_suffix(" after.").expect(line), None),
+    };
+    near(ms(after), &w["after"]["p99_ms"], "p99 after");
+    let o = &w["objective"];
+    assert_eq!(
+        objective.is_some(),
+        !o.is_null(),
+        "{target}: objective: {line}"
+    );
+    if let Some(objective) = objective {
+        let (wanted, rest) = objective.split_once(" ms: ").expect(line);
+        assert_eq!(
+            wanted.parse::<u64>().ok(),
+            o["target_ms"].as_u64(),
+            "{line}"
+        );
+        let (achieved, verdict) = rest
+            .split_once(" counting the unacknowledged, ")
+            .expect(line);
+        near(ms(achieved), &o["achieved_ms"], "objective");
+        let met = o["met"].as_bool().unwrap();
+        assert_eq!(
+            verdict,
+            if met { "**met**." } else { "**missed**." },
+            "{line}"
+        );
     }
 }
 

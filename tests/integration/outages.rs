@@ -281,6 +281,7 @@ fn latency_slows_every_write_through_the_proxy_and_only_while_it_lasts() {
     assert_eq!(t["rpo"]["lost_writes"], 0);
     // The service was slowed, never down: no fault started the RTO clock.
     assert_eq!(t["detection"]["detected_at_ms"], serde_json::Value::Null);
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 
@@ -349,6 +350,7 @@ fn bandwidth_and_resets_choke_and_cut_every_connection_and_miss_a_tight_write_p9
     );
     assert_eq!(run.report["outcome"], "missed");
     assert_eq!(run.target()["rpo"]["lost_writes"], 0);
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 
