@@ -174,6 +174,26 @@ fn assert_near(what: &str, report_ms: f64, engine: &EngineEvent) {
     );
 }
 
+/// Every site loss of the run, held to the engine's events as [`assert_on_the_engine_clock`]
+/// holds it, for a run that keeps its containers (`DRILLRIG_KEEP`), whose teardown removes none.
+pub fn assert_sites_lost_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
+    let id = run.run_id();
+    let ours: Vec<&EngineEvent> = events
+        .iter()
+        .filter(|e| e.run.as_deref() == Some(id))
+        .collect();
+    let lost: Vec<&Value> = run.report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "site-loss")
+        .collect();
+    assert!(!lost.is_empty(), "no site loss in run {id}");
+    for fault in lost {
+        assert_site_lost_on_the_engine_clock(fault, &ours, &RunClock::of(run));
+    }
+}
+
 /// A site loss removes every container of the run at once, naming none: the containers the
 /// engine had created for the run and not yet removed when the step began must each be removed
 /// (`destroy`) inside the step, from its start to its return, the running ones dying (`die`)

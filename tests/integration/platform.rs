@@ -199,11 +199,15 @@ fn a_lost_site_comes_back_from_encrypted_offsite_copies_in_the_runbooks_order() 
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Kept, so the restored stores can be read directly below; `drillrig gc` removes them.
     env.push(("DRILLRIG_KEEP", "always"));
+    let engine_events = crate::engine_clock::EngineEvents::follow();
     let run = drill(&scenario, "platform-site-loss", &env);
+    let engine_events = engine_events.stop();
     let [orders, cache, events] = stores(&run);
     let _ = Command::new(BIN).arg("gc").output();
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     assert_eq!(run.report["outcome"], "met");
+    // Every container of the three stores removed inside the site loss, by the engine's clock.
+    crate::engine_clock::assert_sites_lost_on_the_engine_clock(&run, &engine_events);
 
     // The cross-store counts, against the rows read from the restored stores themselves.
     let c = &run.report["platform"]["cross_store"];
