@@ -438,6 +438,50 @@ pub fn variant(scenario: &str, test: &str, edits: &[(&str, &str)]) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// The test scenario `base` with the targets of shipped scenarios in place of its own of the
+/// same names, each with its faults: `(shipped scenario, edits as [`variant`] makes them)`. A
+/// drill of one target of each kind runs the shipped single-target scenarios of the same fault
+/// for the price of one drill. Kept in the test's own folder; returns its path.
+pub fn with_targets_of(base: &str, test: &str, shipped: &[(&str, &[(&str, &str)])]) -> String {
+    let mut scenario: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo(base)).unwrap()).unwrap();
+    for (file, edits) in shipped {
+        let mut text = std::fs::read_to_string(repo(file)).unwrap();
+        for (from, to) in *edits {
+            assert!(text.contains(from), "{file} has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let other: toml::Table = toml::from_str(&text).unwrap();
+        for (name, target) in other["targets"].as_table().unwrap() {
+            let targets = scenario
+                .get_mut("targets")
+                .and_then(toml::Value::as_table_mut)
+                .unwrap();
+            assert!(targets.contains_key(name), "{base} has no target {name}");
+            targets.insert(name.clone(), target.clone());
+            let on = |f: &toml::Value| f.get("target").and_then(toml::Value::as_str) == Some(name);
+            let faults = scenario
+                .get_mut("faults")
+                .and_then(toml::Value::as_array_mut)
+                .unwrap();
+            faults.retain(|f| !on(f));
+            faults.extend(
+                other["faults"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|f| on(f))
+                    .cloned(),
+            );
+        }
+    }
+    let dir = out_dir(&format!("{test}-scenario"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(Path::new(base).file_name().unwrap());
+    std::fs::write(&path, toml::to_string(&scenario).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 /// Copies the folder `from` to `to` (created), as `cp -a` does.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -573,4 +617,404 @@ pub fn test_bucket(endpoint: &str) -> object_store::aws::AmazonS3 {
         .with_secret_access_key(S3_SECRET)
         .build()
         .unwrap()
+}
+
+/// Asserts that the run's `report.md` says what its `report.json` says: the title's outcome;
+/// per target, in the summary table, the RTO and RPO achieved and their targets, the lost writes
+/// and holes (or "unknown" with the report's reason), the checks passed and the verdict; the
+/// platform's row; each target's phases, lost writes, restore error and checks (name, status,
+/// detail) in order; and the faults table. The Markdown is parsed back, never compared with a
+/// text built the way the writer builds it.
+pub fn assert_report_md_agrees(run: &Run) {
+    let md = std::fs::read_to_string(run.dir.join("report.md"))
+        .unwrap_or_else(|e| panic!("no report.md in {}: {e}", run.dir.display()));
+    let r = &run.report;
+    let text = |v: &Value| {
+        v.as_str()
+            .unwrap_or_else(|| panic!("not a string: {v}"))
+            .to_string()
+    };
+    let outcome = text(&r["outcome"]);
+    assert_eq!(
+        md.lines().next(),
+        Some(
+            format!(
+                "# drillrig: {} — {}",
+                text(&r["scenario"]),
+                outcome.to_uppercase()
+            )
+            .as_str()
+        ),
+        "report.md's title\n{md}"
+    );
+    assert!(md.contains(&format!("- run `{}`", run.run_id())), "{md}");
+    if let Some(error) = r["error"].as_str() {
+        assert!(md.contains(&format!("- **{outcome}**: {error}")), "{md}");
+    }
+    let sections = md_sections(&md);
+    let top = &sections[0].1;
+
+    // The summary table: one row per target, then the platform's.
+    let summary = md_table(top, "target");
+    let targets = r["targets"].as_array().unwrap();
+    let platform = &r["platform"];
+    assert_eq!(
+        summary.len(),
+        targets.len() + usize::from(!platform.is_null()),
+        "summary rows: {summary:?}"
+    );
+    for t in targets {
+        let name = text(&t["name"]);
+        let row = summary
+            .iter()
+            .find(|row| row[0] == name)
+            .unwrap_or_else(|| panic!("no row for {name} in {summary:?}"));
+        let what = |cell: &str| format!("{name}'s {cell} in report.md: {row:?}");
+        assert_eq!(
+            md_seconds(&row[1]),
+            t["rto"]["target_ms"].as_u64(),
+            "{}",
+            what("RTO target")
+        );
+        assert_eq!(
+            md_seconds(&row[2]),
+            t["rto"]["achieved_ms"].as_u64(),
+            "{}",
+            what("RTO")
+        );
+        assert_eq!(
+            md_seconds(&row[3]),
+            t["rpo"]["target_ms"].as_u64(),
+            "{}",
+            what("RPO target")
+        );
+        assert_eq!(
+            md_seconds(&row[4]),
+            t["rpo"]["achieved_ms"].as_u64(),
+            "{}",
+            what("RPO")
+        );
+        assert_md_count(
+            &row[5],
+            &t["rpo"]["lost_writes"],
+            &t["rpo"]["unknown"],
+            &what("lost writes"),
+        );
+        assert_md_count(
+            &row[6],
+            &t["rpo"]["holes"],
+            &t["rpo"]["unknown"],
+            &what("holes"),
+        );
+        let checks = t["checks"].as_array().unwrap();
+        let passed = checks.iter().filter(|c| c["status"] == "passed").count();
+        assert_eq!(
+            row[7],
+            format!("{passed}/{} passed", checks.len()),
+            "{}",
+            what("checks")
+        );
+        let met = t["rto"]["met"] == true
+            && t["rpo"]["met"] == true
+            && t["restore"]["error"].is_null()
+            && passed == checks.len()
+            && t["unasked_outages"].as_array().is_none_or(Vec::is_empty)
+            && t["write_latency"]["objective"]["met"] != false;
+        assert_eq!(
+            row[8],
+            if met { "met" } else { "**missed**" },
+            "{}",
+            what("verdict")
+        );
+    }
+    if !platform.is_null() {
+        let row = summary
+            .iter()
+            .find(|row| row[0] == "**platform**")
+            .unwrap_or_else(|| panic!("no platform row in {summary:?}"));
+        assert_eq!(
+            md_seconds(&row[1]),
+            platform["rto"]["target_ms"].as_u64(),
+            "{row:?}"
+        );
+        assert_eq!(
+            md_seconds(&row[2]),
+            platform["rto"]["achieved_ms"].as_u64(),
+            "{row:?}"
+        );
+        assert_eq!(
+            md_seconds(&row[3]),
+            platform["rpo"]["target_ms"].as_u64(),
+            "{row:?}"
+        );
+        assert_eq!(
+            md_seconds(&row[4]),
+            platform["rpo"]["achieved_ms"].as_u64(),
+            "{row:?}"
+        );
+        assert_md_count(
+            &row[5],
+            &platform["rpo"]["lost_writes"],
+            &Value::Null,
+            "platform lost",
+        );
+        let met = platform["met"].as_bool().unwrap();
+        assert_eq!(row[8], if met { "met" } else { "**missed**" }, "{row:?}");
+    }
+
+    // Each target's own section.
+    for t in targets {
+        let name = text(&t["name"]);
+        let heading = format!("## {name} ({})", text(&t["kind"]));
+        let lines = &sections
+            .iter()
+            .find(|(h, _)| *h == heading)
+            .unwrap_or_else(|| panic!("no {heading:?} in report.md\n{md}"))
+            .1;
+        let phases: Vec<(String, Option<u64>)> = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("Recovery phases: "))
+            .map(|l| {
+                l.trim_end_matches('.')
+                    .split(" → ")
+                    .map(|p| {
+                        let (phase, took) = p.split_once(' ').unwrap();
+                        (phase.to_string(), md_seconds(took))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reported = t["rto"]["phases"].as_object().unwrap();
+        assert_eq!(
+            phases.len(),
+            reported.len(),
+            "{name}: phases {phases:?} against {reported:?}"
+        );
+        for (phase, ms) in &phases {
+            assert_eq!(*ms, reported[phase].as_u64(), "{name}: phase {phase}");
+        }
+        let latency = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("Acknowledged-write p99: "));
+        let w = &t["write_latency"];
+        assert_eq!(
+            latency.is_some(),
+            !w.is_null(),
+            "{name}: write latency {latency:?}"
+        );
+        if let Some(line) = latency {
+            assert_md_latency(line, w, &name);
+        }
+        let workload = lines
+            .iter()
+            .find(|l| l.starts_with("Workload: "))
+            .unwrap_or_else(|| panic!("{name}: no workload line"));
+        let lost = workload
+            .split("acknowledged writes lost: ")
+            .nth(1)
+            .and_then(|l| l.split("; unacknowledged present").next())
+            .unwrap_or_else(|| panic!("{name}: {workload}"));
+        assert_md_count(
+            lost,
+            &t["rpo"]["lost_writes"],
+            &t["rpo"]["unknown"],
+            workload,
+        );
+        let restore = lines
+            .iter()
+            .find(|l| l.starts_with("Restore from `"))
+            .unwrap_or_else(|| panic!("{name}: no restore line"));
+        assert!(
+            restore.starts_with(&format!("Restore from `{}`", text(&t["restore"]["from"]))),
+            "{restore}"
+        );
+        match t["restore"]["error"].as_str() {
+            Some(error) => assert!(
+                restore.contains(&format!(": **failed**: {error}")),
+                "{restore}"
+            ),
+            None => assert!(!restore.contains("**failed**"), "{restore}"),
+        }
+        let checks = t["checks"].as_array().unwrap();
+        let rows = if checks.is_empty() {
+            Vec::new()
+        } else {
+            md_table(lines, "check")
+        };
+        assert_eq!(rows.len(), checks.len(), "{name}: checks {rows:?}");
+        for (row, c) in rows.iter().zip(checks) {
+            let title = match c["query"].as_str() {
+                Some(q) => format!("query: {q}"),
+                None => text(&c["name"]),
+            };
+            let status = match c["status"].as_str().unwrap() {
+                "passed" => "passed".to_string(),
+                other => format!("**{other}**"),
+            };
+            assert_eq!(
+                (&row[0], &row[1], &row[2]),
+                (&title, &status, &text(&c["detail"])),
+                "{name}: check {title} in report.md against report.json"
+            );
+        }
+    }
+
+    // The faults, in order.
+    let faults = r["faults"].as_array().unwrap();
+    let rows = sections
+        .iter()
+        .find(|(h, _)| h == "## Faults")
+        .map_or_else(Vec::new, |(_, lines)| md_table(lines, "target"));
+    assert_eq!(rows.len(), faults.len(), "faults {rows:?}");
+    for (row, f) in rows.iter().zip(faults) {
+        assert_eq!(row[0], text(&f["target"]), "{row:?}");
+        assert_eq!(row[1], text(&f["kind"]), "{row:?}");
+        assert_eq!(md_seconds(&row[2]), f["scheduled_ms"].as_u64(), "{row:?}");
+        assert_eq!(md_seconds(&row[3]), f["injected_at_ms"].as_u64(), "{row:?}");
+        assert_eq!(row[4], f["error"].as_str().unwrap_or("done"), "{row:?}");
+    }
+}
+
+/// report.md's line on a latency fault (after "Acknowledged-write p99: ") against the report's
+/// `write_latency`: the p99 before, during and after, the unacknowledged writes during it, and
+/// the `write_p99` objective's target, figure and verdict. Figures are shown to 0.1 ms.
+fn assert_md_latency(line: &str, w: &Value, target: &str) {
+    // Each figure as the line gives it: a number of ms, or `—` (`None`).
+    let ms = |text: &str| -> Option<f64> {
+        let text = text.trim();
+        (text != "—").then(|| {
+            text.strip_suffix(" ms")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{target}: not ms: {text:?} in {line}"))
+        })
+    };
+    let near = |shown: Option<f64>, reported: &Value, what: &str| match (shown, reported.as_f64()) {
+        (Some(a), Some(b)) => assert!(
+            (a - b).abs() <= 0.05,
+            "{target}: {what} {a} against {b}: {line}"
+        ),
+        (a, b) => assert_eq!(a, b, "{target}: {what}: {line}"),
+    };
+    let (before, rest) = line.split_once(" before the latency fault, ").expect(line);
+    near(ms(before), &w["before"]["p99_ms"], "p99 before");
+    let (during, rest) = rest.split_once(" during it (").expect(line);
+    near(ms(during), &w["during"]["p99_ms"], "p99 during");
+    let (unacked, rest) = rest.split_once(" of ").expect(line);
+    assert_eq!(
+        unacked.parse::<u64>().ok(),
+        w["during"]["unacknowledged"].as_u64(),
+        "{line}"
+    );
+    let (all, rest) = rest.split_once(" writes unacknowledged), ").expect(line);
+    let invoked =
+        w["during"]["writes"].as_u64().unwrap() + w["during"]["unacknowledged"].as_u64().unwrap();
+    assert_eq!(all.parse::<u64>().ok(), Some(invoked), "{line}");
+    let (after, objective) = match rest.split_once(" after; objective write_p99 ") {
+        Some((after, objective)) => (after, Some(objective)),
+        None => (rest.strip_suffix(" after.").expect(line), None),
+    };
+    near(ms(after), &w["after"]["p99_ms"], "p99 after");
+    let o = &w["objective"];
+    assert_eq!(
+        objective.is_some(),
+        !o.is_null(),
+        "{target}: objective: {line}"
+    );
+    if let Some(objective) = objective {
+        let (wanted, rest) = objective.split_once(" ms: ").expect(line);
+        assert_eq!(
+            wanted.parse::<u64>().ok(),
+            o["target_ms"].as_u64(),
+            "{line}"
+        );
+        let (achieved, verdict) = rest
+            .split_once(" counting the unacknowledged, ")
+            .expect(line);
+        near(ms(achieved), &o["achieved_ms"], "objective");
+        let met = o["met"].as_bool().unwrap();
+        assert_eq!(
+            verdict,
+            if met { "**met**." } else { "**missed**." },
+            "{line}"
+        );
+    }
+}
+
+/// report.md cut at its `#` and `##` headings: `(heading, lines under it)`, the title's first.
+fn md_sections(md: &str) -> Vec<(String, Vec<String>)> {
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    for line in md.lines() {
+        if line.starts_with("# ") || line.starts_with("## ") {
+            sections.push((line.to_string(), Vec::new()));
+        } else if let Some((_, lines)) = sections.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    sections
+}
+
+/// The body rows of the table in `lines` whose header's first cell is `first`, as cells.
+fn md_table(lines: &[String], first: &str) -> Vec<Vec<String>> {
+    let start = lines
+        .iter()
+        .position(|l| md_cells(l).first().is_some_and(|c| c == first))
+        .unwrap_or_else(|| panic!("no table headed {first:?} in {lines:#?}"));
+    let width = md_cells(&lines[start]).len();
+    assert!(lines[start + 1].starts_with("| ---"), "{lines:#?}");
+    lines[start + 2..]
+        .iter()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells = md_cells(l);
+            assert_eq!(cells.len(), width, "a row of {width} cells: {l}");
+            cells
+        })
+        .collect()
+}
+
+/// The cells of a table row, `\|` read as `|`.
+fn md_cells(line: &str) -> Vec<String> {
+    let Some(inner) = line
+        .trim()
+        .strip_prefix('|')
+        .and_then(|l| l.strip_suffix('|'))
+    else {
+        return Vec::new();
+    };
+    let mut cells = vec![String::new()];
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cells.last_mut().unwrap().push('|');
+                chars.next();
+            }
+            '|' => cells.push(String::new()),
+            c => cells.last_mut().unwrap().push(c),
+        }
+    }
+    cells.iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// `12.345s` as ms; `—` (nothing measured) as `None`.
+fn md_seconds(cell: &str) -> Option<u64> {
+    if cell == "—" {
+        return None;
+    }
+    let (s, ms) = cell
+        .strip_suffix('s')
+        .and_then(|c| c.split_once('.'))
+        .unwrap_or_else(|| panic!("not seconds: {cell:?}"));
+    assert_eq!(ms.len(), 3, "{cell:?}");
+    Some(s.parse::<u64>().unwrap() * 1000 + ms.parse::<u64>().unwrap())
+}
+
+/// A count report.md shows: the report's number, or, when the report has none, "unknown" with
+/// the report's reason when it gives one.
+fn assert_md_count(cell: &str, count: &Value, why: &Value, what: &str) {
+    match (count.as_u64(), why.as_str()) {
+        (Some(n), _) => assert_eq!(cell, n.to_string(), "{what}"),
+        (None, Some(why)) => assert_eq!(cell, format!("unknown ({why})"), "{what}"),
+        (None, None) => assert_eq!(cell, "unknown", "{what}"),
+    }
 }

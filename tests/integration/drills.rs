@@ -81,7 +81,7 @@ fn kill_and_crash_recovery_lose_no_acknowledged_write() {
     for check in ["ledger", "foreign-keys", "amcheck"] {
         assert_eq!(run.check(check), "passed");
     }
-    assert!(run.dir.join("report.md").exists());
+    assert_report_md_agrees(&run);
     assert!(
         run.dir.join("logs").read_dir().unwrap().count() >= 1,
         "container logs are kept"
@@ -122,6 +122,7 @@ fn a_corrupted_page_is_detected_and_the_latest_dump_restored() {
             && t["rto"]["phases"]["restore"].as_u64().is_some()
     );
     assert_only_the_restored_dump_was_read(&run, 50_000);
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 
@@ -207,6 +208,9 @@ fn a_damaged_backup_makes_the_drill_miss_and_keep_on_failure_keeps_it_for_gc() {
         run.check_detail("row-counts"),
         "not run: the restore failed"
     );
+    // Nothing was read back: the lost writes are unknown, and report.md says so with why.
+    assert_eq!(t["rpo"]["lost_writes"], Value::Null);
+    assert_report_md_agrees(&run);
     let stdout = run.stdout();
     assert!(
         stdout.contains("backup-integrity") && stdout.contains("FAILED"),

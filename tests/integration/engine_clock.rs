@@ -1,8 +1,9 @@
 //! The outside clock: the Docker engine's own event stream, with the engine's timestamps,
 //! followed while a drill runs. The report's instants, mapped to wall time through its
 //! `started_at`, must agree with what the engine saw happen to the containers: each fault's
-//! start, each heal, the restored container's start, and the teardown. Network events (a
-//! container leaving or joining a network) count as happening to the container.
+//! start, each heal, the restored container's start, and the teardown; a site loss, which names
+//! no container, by each container it removed. Network events (a container leaving or joining a
+//! network) count as happening to the container.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -173,6 +174,81 @@ fn assert_near(what: &str, report_ms: f64, engine: &EngineEvent) {
     );
 }
 
+/// Every site loss of the run, held to the engine's events as [`assert_on_the_engine_clock`]
+/// holds it, for a run that keeps its containers (`DRILLRIG_KEEP`), whose teardown removes none.
+pub fn assert_sites_lost_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
+    let id = run.run_id();
+    let ours: Vec<&EngineEvent> = events
+        .iter()
+        .filter(|e| e.run.as_deref() == Some(id))
+        .collect();
+    let lost: Vec<&Value> = run.report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "site-loss")
+        .collect();
+    assert!(!lost.is_empty(), "no site loss in run {id}");
+    for fault in lost {
+        assert_site_lost_on_the_engine_clock(fault, &ours, &RunClock::of(run));
+    }
+}
+
+/// A site loss removes every container of the run at once, naming none: the containers the
+/// engine had created for the run and not yet removed when the step began must each be removed
+/// (`destroy`) inside the step, from its start to its return, the running ones dying (`die`)
+/// inside it too; none may outlive it, and the report's count of removed containers is theirs.
+fn assert_site_lost_on_the_engine_clock(fault: &Value, ours: &[&EngineEvent], clock: &RunClock) {
+    let (from, to) = (
+        clock.wall(&fault["started_ms"]),
+        clock.wall(&fault["injected_at_ms"]),
+    );
+    let before = |e: &&&EngineEvent| e.at_ms < from - TOLERANCE_MS;
+    let created: BTreeMap<&str, &str> = ours
+        .iter()
+        .filter(before)
+        .filter(|e| e.action == "create")
+        .map(|e| (e.id.as_str(), e.container.as_str()))
+        .collect();
+    let gone_before: Vec<&str> = ours
+        .iter()
+        .filter(before)
+        .filter(|e| e.action == "destroy")
+        .map(|e| e.id.as_str())
+        .collect();
+    let standing: BTreeMap<&str, &str> = created
+        .into_iter()
+        .filter(|(id, _)| !gone_before.contains(id))
+        .collect();
+    assert!(
+        !standing.is_empty(),
+        "no container stood when the site was lost"
+    );
+    assert_eq!(
+        fault["details"]["removed"]["containers"].as_u64(),
+        Some(standing.len() as u64),
+        "the report's count of removed containers against the engine's {standing:?}"
+    );
+    for (id, container) in &standing {
+        let of = |action: &str| {
+            ours.iter()
+                .find(|e| e.id == *id && e.action == action && e.at_ms >= from - TOLERANCE_MS)
+        };
+        let destroyed = of("destroy")
+            .unwrap_or_else(|| panic!("site loss: the engine never removed {container}"));
+        assert_inside("site loss: removal", from, to, destroyed);
+        let started = ours.iter().any(|e| e.id == *id && e.action == "start");
+        let died_before = ours
+            .iter()
+            .any(|e| e.id == *id && e.action == "die" && e.at_ms < from - TOLERANCE_MS);
+        if started && !died_before {
+            let died = of("die")
+                .unwrap_or_else(|| panic!("site loss: {container} was running and never died"));
+            assert_inside("site loss: stop", from, to, died);
+        }
+    }
+}
+
 /// Checks the run's report against the engine's events of its containers: every fault's start
 /// and heal, where each target's serving container was (re)started, and the teardown, each
 /// within [`TOLERANCE_MS`].
@@ -193,6 +269,10 @@ pub fn assert_on_the_engine_clock(run: &Run, events: &[EngineEvent]) {
 
     for fault in run.report["faults"].as_array().unwrap() {
         let target = fault["target"].as_str().unwrap();
+        if fault["kind"] == "site-loss" {
+            assert_site_lost_on_the_engine_clock(fault, &ours, &clock);
+            continue;
+        }
         let Some(short) = fault["details"]["container"].as_str() else {
             continue;
         };

@@ -1,6 +1,9 @@
 //! Outage faults that take a service down without damaging it: each must really happen to the
 //! container, as the engine and the service's own log tell it, and cost what the report says.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use crate::common::*;
 use crate::engine_clock::{EngineEvents, assert_on_the_engine_clock};
 
@@ -11,11 +14,23 @@ use crate::engine_clock::{EngineEvents, assert_on_the_engine_clock};
 fn a_graceful_stop_shuts_each_service_down_cleanly_and_loses_nothing() {
     let _engine = engine();
     let engine_events = EngineEvents::follow();
-    let run = drill(
+    // PostgreSQL's and Redis's targets are the shipped stop scenarios', shortened.
+    let scenario = with_targets_of(
         "tests/scenarios/stop-every-kind.toml",
         "stop-every-kind",
-        &[],
+        &[
+            ("scenarios/pg-stop.toml", &SHORTER),
+            (
+                "scenarios/redis-stop-everysec.toml",
+                &[
+                    ("rows = 20000", "rows = 2000"),
+                    ("rate = 500", "rate = 100"),
+                    ("at = \"8s\"", "at = \"3s\""),
+                ],
+            ),
+        ],
     );
+    let run = drill(&scenario, "stop-every-kind", &[]);
     let engine_events = engine_events.stop();
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     assert_on_the_engine_clock(&run, &engine_events);
@@ -55,8 +70,25 @@ fn a_graceful_stop_shuts_each_service_down_cleanly_and_loses_nothing() {
         .unwrap_or_else(|e| panic!("{target}: no log: {e}"));
         assert!(log.contains(line), "{target}: no {line:?} in its log");
     }
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
+
+/// A shipped single-target PostgreSQL scenario (`pg-stop`) made as short as the every-kind
+/// drill it joins.
+const SHORTER: [(&str, &str); 3] = [
+    ("rows = 20000", "rows = 2000"),
+    ("rate = 200", "rate = 100"),
+    ("at = \"8s\"", "at = \"3s\""),
+];
+
+/// [`SHORTER`] for a temporary fault (`pg-pause`, `pg-network-partition`): held 3 s.
+const SHORTER_HELD: [(&str, &str); 4] = [
+    SHORTER[0],
+    SHORTER[1],
+    SHORTER[2],
+    ("for = \"5s\"", "for = \"3s\""),
+];
 
 /// A temporary fault (`pause`, `network-partition`) of 3 s on one target of each kind, healed
 /// in place: the engine's own events show it applied and healed when the report says; the
@@ -66,6 +98,7 @@ fn a_graceful_stop_shuts_each_service_down_cleanly_and_loses_nothing() {
 fn a_temporary_fault_on_every_kind(kind: &str, scenario: &str, test: &str) -> Run {
     let engine_events = EngineEvents::follow();
     let run = drill(scenario, test, &[]);
+    assert_report_md_agrees(&run);
     let engine_events = engine_events.stop();
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     assert_on_the_engine_clock(&run, &engine_events);
@@ -126,11 +159,13 @@ fn a_temporary_fault_on_every_kind(kind: &str, scenario: &str, test: &str) -> Ru
 #[test]
 fn a_pause_freezes_each_service_until_it_thaws_and_loses_nothing() {
     let _engine = engine();
-    let run = a_temporary_fault_on_every_kind(
-        "pause",
+    // PostgreSQL's target is the shipped pg-pause's, shortened.
+    let scenario = with_targets_of(
         "tests/scenarios/pause-every-kind.toml",
         "pause-every-kind",
+        &[("scenarios/pg-pause.toml", &SHORTER_HELD)],
     );
+    let run = a_temporary_fault_on_every_kind("pause", &scenario, "pause-every-kind");
     for fault in run.report["faults"].as_array().unwrap() {
         assert_eq!(fault["details"]["paused"], true);
         assert_eq!(fault["details"]["heal"]["paused"], false);
@@ -142,11 +177,14 @@ fn a_pause_freezes_each_service_until_it_thaws_and_loses_nothing() {
 #[test]
 fn a_partition_cuts_each_service_off_until_it_rejoins_and_loses_nothing() {
     let _engine = engine();
-    let run = a_temporary_fault_on_every_kind(
-        "network-partition",
+    // PostgreSQL's target is the shipped pg-network-partition's, shortened.
+    let scenario = with_targets_of(
         "tests/scenarios/partition-every-kind.toml",
         "partition-every-kind",
+        &[("scenarios/pg-network-partition.toml", &SHORTER_HELD)],
     );
+    let run =
+        a_temporary_fault_on_every_kind("network-partition", &scenario, "partition-every-kind");
     for fault in run.report["faults"].as_array().unwrap() {
         let cut = fault["details"]["cut_from"].to_string();
         let before: u64 = cut
@@ -243,6 +281,7 @@ fn latency_slows_every_write_through_the_proxy_and_only_while_it_lasts() {
     assert_eq!(t["rpo"]["lost_writes"], 0);
     // The service was slowed, never down: no fault started the RTO clock.
     assert_eq!(t["detection"]["detected_at_ms"], serde_json::Value::Null);
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 
@@ -311,5 +350,226 @@ fn bandwidth_and_resets_choke_and_cut_every_connection_and_miss_a_tight_write_p9
     );
     assert_eq!(run.report["outcome"], "missed");
     assert_eq!(run.target()["rpo"]["lost_writes"], 0);
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
+}
+
+/// `latency` on Redis and RabbitMQ: 100 ms ± 20 ms each way for 4 s. The test times its own
+/// round trips through each target's proxy from the host, before, during and after the fault
+/// (the drill's log says when each began and was healed): during it a round trip takes at least
+/// two delayed chunks (160 ms), before and after it less. The report agrees: the proxy it names is
+/// the one the test timed, every write the ledger shows acknowledged inside the fault took at
+/// least 160 ms and the report's percentiles say so; nothing was lost or taken down.
+#[test]
+fn latency_slows_redis_and_rabbitmq_as_a_round_trip_from_the_host_measures() {
+    let _engine = engine();
+    let dir = out_dir("latency-redis-rabbitmq");
+    let mut child = spawn_drill("tests/scenarios/latency-redis-rabbitmq.toml", &dir);
+    let stderr = Stderr::follow(&mut child);
+    let pid = child.id();
+    // Both proxies listen once their targets' first containers started, before the fault.
+    wait_until(
+        &mut child,
+        Duration::from_secs(120),
+        "both latency proxies",
+        || listening_ports(pid).len() == 2,
+    );
+    let ports = listening_ports(pid);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    // Which proxy is whose, from what answers through it (Redis answers a PING, RabbitMQ meets a
+    // header that is not AMQP's with its own).
+    // A proxy closes what it cannot forward yet (its service's port not yet published).
+    let mut by_target = BTreeMap::new();
+    for port in ports {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let reply = loop {
+            if let Ok((_, reply)) = try_round_trip(port, b"PING\r\n\r\n") {
+                break reply;
+            }
+            assert!(Instant::now() < deadline, "no answer through port {port}");
+            assert!(child.try_wait().unwrap().is_none(), "the drill ended first");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let target = if reply.starts_with(b"AMQP") {
+            "mq"
+        } else {
+            "cache"
+        };
+        assert!(by_target.insert(target, port).is_none(), "{reply:?}");
+    }
+    let timed = |target: &str| {
+        let hello: &[u8] = if target == "mq" {
+            b"AMQP\x00\x00\x09\x01"
+        } else {
+            b"PING\r\n"
+        };
+        round_trip(by_target[target], hello).0
+    };
+    let before: Vec<f64> = ["cache", "mq"].iter().map(|t| timed(t)).collect();
+    stderr
+        .on_each(
+            &["cache: injected latency", "mq: injected latency"],
+            Duration::from_secs(120),
+            |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let during: Vec<f64> = ["cache", "mq"].iter().map(|t| timed(t)).collect();
+    stderr
+        .on_each(
+            &["cache: healed latency", "mq: healed latency"],
+            Duration::from_secs(30),
+            |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let after: Vec<f64> = ["cache", "mq"].iter().map(|t| timed(t)).collect();
+    let status = child.wait().unwrap();
+    let log = stderr.all();
+    let run = Run {
+        report: read_report(&dir),
+        output: std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: log.into_bytes(),
+        },
+        dir,
+    };
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    for (i, target) in ["cache", "mq"].into_iter().enumerate() {
+        eprintln!(
+            "{target}: a round trip through the proxy took {:.1} ms before the fault, {:.1} ms during it, {:.1} ms after it",
+            before[i], during[i], after[i]
+        );
+        assert!(
+            during[i] >= 160.0,
+            "{target}: a round trip through the proxy took {:.1} ms during the fault",
+            during[i]
+        );
+        for (when, ms) in [("before", before[i]), ("after", after[i])] {
+            assert!(
+                ms < 160.0,
+                "{target}: a round trip took {ms:.1} ms {when} the fault"
+            );
+        }
+        let fault = run.report["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["target"] == target)
+            .unwrap_or_else(|| panic!("no fault on {target}"));
+        assert_eq!(fault["kind"], "latency");
+        assert_eq!(fault["details"]["delay_ms"], 100);
+        assert_eq!(
+            fault["details"]["proxy_port"].as_u64(),
+            Some(u64::from(by_target[target])),
+            "{target}: the report names the proxy the test timed"
+        );
+        let (slowed, healed) = (
+            fault["injected_at_ms"].as_f64().unwrap(),
+            fault["heal_started_ms"].as_f64().unwrap(),
+        );
+        let t = run.report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == target)
+            .unwrap();
+        // (invoked, took) of every acknowledged write, from the ledger CSV.
+        let writes: Vec<(f64, f64)> =
+            std::fs::read_to_string(run.dir.join(format!("ledger-{target}.csv")))
+                .unwrap()
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    let (invoked, completed): (f64, f64) = (f[1].parse().ok()?, f[2].parse().ok()?);
+                    (f[3] == "ok").then_some((invoked, completed - invoked))
+                })
+                .collect();
+        let inside: Vec<f64> = writes
+            .iter()
+            .filter(|w| w.0 > slowed + 5.0 && w.0 + w.1 < healed)
+            .map(|w| w.1)
+            .collect();
+        assert!(
+            inside.len() > 5,
+            "{target}: {} writes inside the fault",
+            inside.len()
+        );
+        assert!(
+            inside.iter().all(|&ms| ms >= 160.0),
+            "{target}: a write inside the fault took less than two delayed chunks: {inside:?}"
+        );
+        let latency = &t["write_latency"];
+        assert!(
+            latency["during"]["p50_ms"].as_f64().unwrap() >= 160.0,
+            "{target}: {latency}"
+        );
+        assert!(
+            latency["before"]["p50_ms"].as_f64().unwrap() < 160.0,
+            "{target}: {latency}"
+        );
+        assert!(
+            latency["after"]["p50_ms"].as_f64().unwrap() < 160.0,
+            "{target}: {latency}"
+        );
+        let objective = &latency["objective"];
+        let recomputed = p99_counting_unacknowledged(
+            &run.dir.join(format!("ledger-{target}.csv")),
+            slowed,
+            healed,
+        )
+        .expect("every write during the fault was acknowledged");
+        let achieved = objective["achieved_ms"].as_f64().unwrap();
+        assert!(
+            (achieved - recomputed).abs() < 0.01,
+            "{target}: {recomputed} {latency}"
+        );
+        assert_eq!(objective["met"], true, "{target}: {latency}");
+        assert_eq!(t["rpo"]["lost_writes"], 0, "{target}");
+        assert_eq!(
+            t["detection"]["detected_at_ms"],
+            serde_json::Value::Null,
+            "{target}"
+        );
+    }
+    assert_report_md_agrees(&run);
+    assert_no_leftovers(run.run_id());
+}
+
+/// The TCP ports process `pid` listens on (drillrig's latency proxies, on 127.0.0.1).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltnp"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("127.0.0.1:"))
+                .and_then(|p| p.parse().ok())
+        })
+        .collect()
+}
+
+/// Sends `hello` through a new connection to `port` on 127.0.0.1 and waits for the first bytes
+/// of the answer: `(ms from the send to them, them)`.
+fn round_trip(port: u16, hello: &[u8]) -> (f64, Vec<u8>) {
+    try_round_trip(port, hello).unwrap_or_else(|e| panic!("port {port}: {e}"))
+}
+
+fn try_round_trip(port: u16, hello: &[u8]) -> std::io::Result<(f64, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_nodelay(true)?;
+    let sent = Instant::now();
+    s.write_all(hello)?;
+    let mut reply = [0u8; 64];
+    let n = s.read(&mut reply)?;
+    if n == 0 {
+        return Err(std::io::Error::other("closed without an answer"));
+    }
+    Ok((sent.elapsed().as_secs_f64() * 1e3, reply[..n].to_vec()))
 }

@@ -181,15 +181,23 @@ fn a_point_not_yet_archived_is_switched_out_and_awaited_before_replay() {
     assert_no_leftovers(run.run_id());
 }
 
+/// The shipped `pg-volume-loss` (the primary's container and volume removed) asked to restore to
+/// the point before the fault, with the race against the archive forced as [`UNARCHIVED`] does:
+/// the point's segment can never be archived, so the restore gives way to the archive's end.
 #[test]
 fn with_the_primary_gone_an_unarchived_point_gives_way_to_the_end_of_the_archive() {
     let _engine = engine();
-    let mut edits = UNARCHIVED.to_vec();
-    edits.extend([
-        ("kind = \"drop-table\"", "kind = \"kill\""),
+    let edits = [
+        ("archive_timeout = \"2s\"", "archive_timeout = \"300s\""),
+        ("rate = 200", "rate = 50"),
+        ("from = \"latest\"", "from = \"before-fault\""),
         ("rpo = \"5s\"", "rpo = \"60s\""),
-    ]);
-    let scenario = variant(PITR, "pitr-unarchived-primary-gone", &edits);
+    ];
+    let scenario = variant(
+        "scenarios/pg-volume-loss.toml",
+        "pitr-unarchived-primary-gone",
+        &edits,
+    );
     let run = drill(&scenario, "pitr-unarchived-primary-gone", &[]);
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     let t = run.target();
@@ -207,8 +215,9 @@ fn with_the_primary_gone_an_unarchived_point_gives_way_to_the_end_of_the_archive
     assert_eq!(
         archived_at_ms(&run, &segment),
         None,
-        "segment {segment} of the point cannot be archived: its server was killed"
+        "segment {segment} of the point cannot be archived: its server is gone"
     );
+    assert_eq!(run.report["faults"][0]["kind"], "volume-loss");
     // What the archive held is back; what it never held is lost, as one tail.
     let newest = std::fs::read_dir(run.dir.join("backups/pg/wal"))
         .unwrap()
@@ -458,6 +467,7 @@ fn a_wal_gap_stops_the_restore_where_the_report_says() {
         lsn(redo) <= lsn(gap["lsn_from"].as_str().unwrap()),
         "redo done at {redo}, beyond the gap"
     );
+    assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 

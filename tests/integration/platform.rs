@@ -198,11 +198,15 @@ fn a_lost_site_comes_back_from_encrypted_offsite_copies_in_the_runbooks_order() 
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Kept, so the restored stores can be read directly below; `remove_run` removes them.
     env.push(("DRILLRIG_KEEP", "always"));
+    let engine_events = crate::engine_clock::EngineEvents::follow();
     let run = drill(&scenario, "platform-site-loss", &env);
+    let engine_events = engine_events.stop();
     let [orders, cache, events] = stores(&run);
     remove_run(run.run_id());
     assert_eq!(run.code(), Some(0), "{}", run.debug());
     assert_eq!(run.report["outcome"], "met");
+    // Every container of the three stores removed inside the site loss, by the engine's clock.
+    crate::engine_clock::assert_sites_lost_on_the_engine_clock(&run, &engine_events);
 
     // The cross-store counts, against the rows read from the restored stores themselves.
     let c = &run.report["platform"]["cross_store"];
@@ -376,6 +380,7 @@ fn a_lost_site_comes_back_from_encrypted_offsite_copies_in_the_runbooks_order() 
         !outputs.contains(secret_key),
         "the DR key reached an output"
     );
+    crate::common::assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }
 
@@ -428,5 +433,6 @@ fn a_dr_site_holding_a_stale_key_cannot_restore_and_the_drill_names_the_key() {
     );
     assert!(!Path::new(&run.dir.join("backups")).exists());
     assert!(t["rto"]["achieved_ms"].is_null());
+    crate::common::assert_report_md_agrees(&run);
     assert_no_leftovers(run.run_id());
 }

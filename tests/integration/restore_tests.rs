@@ -78,6 +78,18 @@ fn pg_backups() -> &'static PgBackups {
             std::fs::write(d.join(file), c.exec("postgres", script)).unwrap();
         };
         save("custom", "shop.dump", "pg_dump -Fc shop");
+        // Its checksum beside it, as the backup job of the shipped pg-dump-folder example writes.
+        let sum = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(
+                std::fs::read(dir.join("custom/shop.dump")).unwrap(),
+            ))
+        };
+        std::fs::write(
+            dir.join("custom/shop.dump.sha256"),
+            format!("{sum}  shop.dump\n"),
+        )
+        .unwrap();
         save("tar", "shop.tar", "pg_dump -Ft shop");
         save("plain-gzip", "shop.sql.gz", "pg_dump --create shop | gzip");
         // zstd is not in the images: the host's zstd compresses the plain dump.
@@ -97,6 +109,20 @@ fn pg_backups() -> &'static PgBackups {
         std::fs::create_dir_all(dir.join("plain-zstd")).unwrap();
         std::fs::write(dir.join("plain-zstd/shop.sql.zst"), compressed.stdout).unwrap();
         save("dumpall", "cluster.sql", "pg_dumpall");
+        // A database whose foreign key was added `NOT VALID` over a row that breaks it, as a
+        // production schema may carry one: the dump restores, orphan and all.
+        c.exec(
+            "postgres",
+            "psql -qc 'CREATE DATABASE ledger' && psql -q -d ledger -c \"\
+             CREATE TABLE customer (id int PRIMARY KEY); \
+             CREATE TABLE invoice (id int PRIMARY KEY, customer_id int NOT NULL); \
+             INSERT INTO customer SELECT generate_series(1, 10); \
+             INSERT INTO invoice SELECT g, 1 + g % 10 FROM generate_series(1, 100) g; \
+             INSERT INTO invoice VALUES (101, 99); \
+             ALTER TABLE invoice ADD CONSTRAINT invoice_customer_fk \
+               FOREIGN KEY (customer_id) REFERENCES customer (id) NOT VALID\"",
+        );
+        save("orphan", "ledger.dump", "pg_dump -Fc ledger");
         c.exec("postgres", "pg_dump -Fd -f /tmp/shop.dir shop");
         std::fs::create_dir_all(dir.join("directory")).unwrap();
         docker(&[
@@ -210,28 +236,54 @@ fn every_pg_dump_format_in_a_folder_restores_into_its_own_database() {
         // pg_dumpall holds every database; the queries name the one they ask.
         ("dumpall", "pg-dumpall", "database = \"shop\"\n"),
     ] {
-        let path = scenario(
-            &format!("format-{folder}"),
-            &pg_test(
+        let path = if folder == "custom" {
+            // The shipped example, its queries asked of this schema. `backup-size` compares
+            // with an earlier run's size, and this is the first: left out.
+            let dir = format!("{:?}", b.dir.join(folder));
+            let invoices = format!("expect = \"== {INVOICES}\"");
+            PathBuf::from(common::variant(
+                "scenarios/restore-tests/pg-dump-folder.toml",
+                "format-custom",
+                &[
+                    ("\"/backups/postgres/daily\"", &dir),
+                    ("\"backup-age\", \"backup-size\"]", "\"backup-age\"]"),
+                    ("name = \"orders present\"", "name = \"invoices\""),
+                    (
+                        "FROM orders o LEFT JOIN customers c",
+                        "FROM invoice o LEFT JOIN customer c",
+                    ),
+                    ("FROM orders\"", "FROM invoice\""),
+                    ("expect = \">= 1000000\"", &invoices),
+                ],
+            ))
+        } else {
+            scenario(
                 &format!("format-{folder}"),
-                &format!("{{ path = {:?} }}", b.dir.join(folder)),
-                &format!(
-                    r#"{extra}checks = ["amcheck", "foreign-keys", "backup-age"]
+                &pg_test(
+                    &format!("format-{folder}"),
+                    &format!("{{ path = {:?} }}", b.dir.join(folder)),
+                    &format!(
+                        r#"{extra}checks = ["amcheck", "foreign-keys", "backup-age"]
 
 [[targets.db.queries]]
 name = "invoices"
 sql = "SELECT count(*) FROM invoice"
 expect = "== {INVOICES}"
 "#
+                    ),
                 ),
-            ),
-        );
+            )
+        };
         let r = run(&path, &format!("format-{folder}-run"), &h, &[]);
         assert_eq!(r.code(), Some(0), "{folder}: {}", r.debug());
         let t = r.target();
         assert_eq!(t["source"]["format"], format, "{folder}");
         assert_eq!(query(&r, "invoices")["value"], INVOICES.to_string());
         assert_eq!(r.check("foreign-keys"), "passed", "{folder}");
+        if folder == "custom" {
+            assert_eq!(r.check("backup-integrity"), "passed", "{}", r.debug());
+            assert_eq!(query(&r, "no order without a customer")["status"], "passed");
+        }
         if folder == "plain-gzip" {
             assert_eq!(t["source"]["compression"], "gzip");
         }
@@ -292,24 +344,19 @@ fn the_newest_dump_in_an_s3_bucket_restores_with_its_rto_and_rpo_measured() {
     upload(&endpoint, "nightly/shop-a.dump", older);
     upload(&endpoint, "nightly/notes.txt", b"not a backup".to_vec());
 
-    let path = scenario(
+    // The shipped example, pointed at this server and asked of this schema.
+    let endpoint_key = format!("endpoint = \"{endpoint}\"");
+    let invoices = format!("expect = \"== {NEWER_INVOICES}\"");
+    let path = PathBuf::from(common::variant(
+        "scenarios/restore-tests/pg-dump-s3.toml",
         "s3",
-        &pg_test(
-            "s3-nightly",
-            &format!(
-                "{{ url = \"s3://backups/nightly/\", endpoint = \"{endpoint}\", pattern = \"*.dump\" }}"
-            ),
-            &format!(
-                r#"checks = ["amcheck", "backup-integrity", "backup-age"]
-
-[[targets.db.queries]]
-name = "invoices"
-sql = "SELECT count(*) FROM invoice"
-expect = "== {NEWER_INVOICES}"
-"#
-            ),
-        ),
-    );
+        &[
+            ("s3://acme-backups/postgres/daily/", "s3://backups/nightly/"),
+            ("region = \"eu-west-1\"", &endpoint_key),
+            ("FROM orders\"", "FROM invoice\""),
+            ("expect = \">= 1000000\"", &invoices),
+        ],
+    ));
     // The keys come from a named AWS profile this time, as on a workstation; the other S3
     // tests give them in the environment.
     let aws = out_dir("s3-aws-profile");
@@ -335,6 +382,8 @@ expect = "== {NEWER_INVOICES}"
     assert_eq!(t["source"]["bytes"], newer.len() as u64);
     assert_eq!(t["source"]["sha256"], sum);
     assert_eq!(r.check("backup-integrity"), "passed");
+    assert_eq!(r.check("foreign-keys"), "passed");
+    assert_eq!(query(&r, "orders present")["status"], "passed");
     // The RPO is the dump's age from its own header, which lies within the second the test
     // started pg_dump in.
     let made = humantime::parse_rfc3339(t["source"]["made_at"].as_str().unwrap()).unwrap();
@@ -499,6 +548,12 @@ fn negative_controls_miss_naming_the_check_that_failed() {
             query(">= 1000000"),
             Some("query"),
         ),
+        (
+            "orphan-row",
+            &b.dir.join("orphan"),
+            "checks = [\"foreign-keys\"]".to_string(),
+            Some("foreign-keys"),
+        ),
     ] {
         let path = scenario(
             name,
@@ -532,7 +587,17 @@ fn negative_controls_miss_naming_the_check_that_failed() {
                     "{name}: the terminal says so: {}",
                     r.stdout()
                 );
+                common::assert_report_md_agrees(&r);
             }
+        }
+        if name == "orphan-row" {
+            // The one row the test inserted without its customer, named with its key.
+            assert_eq!(
+                r.check_detail("foreign-keys"),
+                "invoice_customer_fk: 1 row(s) of invoice reference a missing customer",
+                "{}",
+                r.debug()
+            );
         }
         common::assert_no_leftovers(r.run_id());
     }
@@ -672,7 +737,17 @@ expect = "{expect}"
 "#
         )
     };
-    let path = scenario("redis-rdb", &body("redis-rdb", "HLEN profile:1", "== 3"));
+    // The shipped example, pointed at this folder and asked of these keys.
+    let path = PathBuf::from(common::variant(
+        "scenarios/restore-tests/redis-rdb.toml",
+        "redis-rdb-example",
+        &[
+            ("\"/backups/redis\"", &format!("{dir:?}")),
+            ("expect = \">= 1000\"", "expect = \"== 301\""),
+            ("HLEN config:flags", "HLEN profile:1"),
+            ("expect = \">= 1\"", "expect = \"== 3\""),
+        ],
+    ));
     let r = run(&path, "redis-rdb-run", &h, &[]);
     assert_eq!(r.code(), Some(0), "{}", r.debug());
     let t = r.target();
@@ -682,6 +757,8 @@ expect = "{expect}"
     let made = humantime::parse_rfc3339(t["source"]["made_at"].as_str().unwrap()).unwrap();
     assert!(made <= saved && saved.duration_since(made).unwrap() < Duration::from_secs(30));
     assert_eq!(t["source"]["made_at_from"], "the RDB's ctime field");
+    assert_eq!(query(&r, "keys")["status"], "passed");
+    assert_eq!(query(&r, "feature flags loaded")["status"], "passed");
     common::assert_no_leftovers(r.run_id());
 
     let path = scenario("redis-write", &body("redis-write", "DEL session:1", "== 1"));
@@ -853,31 +930,26 @@ fn a_rabbitmq_definitions_export_imports_exactly_what_it_declares_and_its_messag
     .map(|(q, id)| line(q, *id))
     .collect();
     std::fs::write(dir.join("messages.jsonl"), messages).unwrap();
-    let path = scenario(
+    // The shipped example, pointed at this folder (the export and the messages beside it);
+    // its billing queue holds the 3 messages republished, and the audit queue is asked too.
+    let path = PathBuf::from(common::variant(
+        "scenarios/restore-tests/rabbitmq-definitions.toml",
         "rabbitmq-definitions",
-        &format!(
-            r#"schema = 1
-name = "rabbitmq-definitions"
-
-[targets.broker]
-kind = "rabbitmq"
-source = {{ path = {dir:?} }}
-restore = {{ from = "latest" }}
-checks = ["definitions"]
-objectives = {{ rto = "3m", rpo = "1h" }}
-
-[[targets.broker.queries]]
-name = "billing"
-queue = "shop/billing"
-expect = "== 3"
-
-[[targets.broker.queries]]
-name = "audit"
-queue = "audit"
-expect = "== 2"
-"#
-        ),
-    );
+        &[
+            (
+                "\"/backups/rabbitmq/definitions.json\"",
+                &format!("{dir:?}"),
+            ),
+            (
+                "name = \"billing queue declared (and empty after an import)\"",
+                "name = \"billing\"",
+            ),
+            (
+                "expect = \"== 0\"",
+                "expect = \"== 3\"\n\n[[targets.broker.queries]]\nname = \"audit\"\nqueue = \"audit\"\nexpect = \"== 2\"",
+            ),
+        ],
+    ));
     let r = run(
         &path,
         "rabbitmq-definitions-run",
@@ -888,6 +960,7 @@ expect = "== 2"
     let t = r.target();
     assert_eq!(t["source"]["format"], "rabbitmq-definitions");
     assert_eq!(r.check("definitions"), "passed");
+    assert_eq!(r.check("backup-age"), "passed");
     assert!(
         t["restore"]["reached"]
             .as_str()
@@ -909,6 +982,9 @@ struct PitrBackups {
     between: SystemTime,
     /// A folder holding `plain/`, a `pg_basebackup -Fp -X stream` made after all 1 500.
     plain: PathBuf,
+    /// The file of the index `invoice_pkey`, relative to the data directory
+    /// (`pg_relation_filepath`).
+    pkey_file: String,
 }
 
 fn pitr_backups() -> &'static PitrBackups {
@@ -938,6 +1014,13 @@ fn pitr_backups() -> &'static PitrBackups {
             "postgres",
             "psql -qc 'CREATE DATABASE shop' && psql -q -d shop -c 'CREATE TABLE invoice (id serial PRIMARY KEY, total int NOT NULL)'",
         );
+        let pkey_file = String::from_utf8(c.exec(
+            "postgres",
+            "psql -qAt -d shop -c \"SELECT pg_relation_filepath('invoice_pkey')\"",
+        ))
+        .unwrap()
+        .trim()
+        .to_string();
         c.exec("postgres", "pg_basebackup -D /tmp/base -Ft -z -X none -c fast");
         c.exec(
             "postgres",
@@ -976,6 +1059,7 @@ fn pitr_backups() -> &'static PitrBackups {
             wal: dir.join("wal"),
             between,
             plain: dir.join("plain-backups"),
+            pkey_file,
         }
     })
 }
@@ -1008,27 +1092,25 @@ fn a_base_backup_and_its_wal_from_s3_restore_to_a_time() {
         segments += 1;
     }
     let when = humantime::format_rfc3339_millis(p.between).to_string();
-    let path = scenario(
+    // The shipped example, pointed at this server and this time, asked of this schema (which
+    // declares no foreign key; pg_basebackup's manifest is checked instead).
+    let endpoint_key = format!("wal = \"s3://backups/pg/wal/\", endpoint = \"{endpoint}\"");
+    let path = PathBuf::from(common::variant(
+        "scenarios/restore-tests/pg-basebackup-s3.toml",
         "pitr-s3",
-        &format!(
-            r#"schema = 1
-name = "pitr-s3"
-
-[targets.db]
-kind = "postgres"
-source = {{ url = "s3://backups/pg/base/", wal = "s3://backups/pg/wal/", endpoint = "{endpoint}" }}
-restore = {{ from = "{when}" }}
-database = "shop"
-checks = ["amcheck", "pg-verifybackup"]
-objectives = {{ rto = "5m", rpo = "1h" }}
-
-[[targets.db.queries]]
-name = "invoices before the time"
-sql = "SELECT count(*) FROM invoice"
-expect = "== 1000"
-"#
-        ),
-    );
+        &[
+            ("s3://acme-backups/postgres/base/", "s3://backups/pg/base/"),
+            ("wal = \"s3://acme-backups/postgres/wal/\"", &endpoint_key),
+            ("2026-11-30T02:00:00Z", &when),
+            ("database = \"orders\"", "database = \"shop\""),
+            (
+                "checks = [\"amcheck\", \"foreign-keys\"]",
+                "checks = [\"amcheck\", \"pg-verifybackup\"]",
+            ),
+            ("FROM orders\"", "FROM invoice\""),
+            ("expect = \">= 1000000\"", "expect = \"== 1000\""),
+        ],
+    ));
     let env = s3_env(S3_SECRET);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let started = SystemTime::now();
@@ -1036,6 +1118,7 @@ expect = "== 1000"
     assert_eq!(r.code(), Some(0), "{}", r.debug());
     let t = r.target();
     assert_eq!(t["source"]["format"], "pg-base-tar");
+    assert_eq!(query(&r, "orders present")["status"], "passed");
     // The manifest pg_basebackup wrote beside the tar, against the unpacked files and the WAL.
     assert_eq!(r.check("pg-verifybackup"), "passed", "{}", r.debug());
     assert_eq!(t["source"]["wal"]["files"], segments);
@@ -1106,6 +1189,42 @@ expect = "== 1500"
     assert_eq!(r.code(), Some(1), "{}", r.debug());
     assert_eq!(r.check("pg-verifybackup"), "failed", "{}", r.debug());
     assert_eq!(r.check("amcheck"), "passed", "the data itself is whole");
+    common::assert_no_leftovers(r.run_id());
+
+    // The index `invoice_pkey` damaged in the copy: every page after its metapage zeroed, as a
+    // lost write of the storage would leave it. The server starts (nothing reads the index on
+    // the way), the table's rows are all there, and only pg_amcheck's descent into the B-tree
+    // can tell: it must fail, naming the index and what it found.
+    let damaged = out_dir("plain-base-damaged-index");
+    common::copy_tree(&p.plain, &damaged);
+    let index = damaged.join("plain").join(&p.pkey_file);
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert!(bytes.len() > 2 * 8192, "invoice_pkey has pages to damage");
+    bytes[8192..].fill(0);
+    std::fs::write(&index, bytes).unwrap();
+    let r = run(
+        &scenario(
+            "plain-base-damaged-index",
+            &body("plain-base-damaged-index", &damaged),
+        ),
+        "plain-base-damaged-index-run",
+        &h,
+        &[],
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.debug());
+    assert_eq!(r.report["outcome"], "missed");
+    assert_eq!(r.check("amcheck"), "failed", "{}", r.debug());
+    let detail = r.check_detail("amcheck");
+    assert!(
+        detail.contains("btree index \"shop.public.invoice_pkey\"") && detail.contains("zero page"),
+        "the detail names the index and the error: {detail}"
+    );
+    assert_eq!(
+        query(&r, "invoices")["status"],
+        "passed",
+        "the heap is whole"
+    );
+    common::assert_report_md_agrees(&r);
     common::assert_no_leftovers(r.run_id());
 }
 
@@ -1403,12 +1522,24 @@ expect = "== 1500"
         )
     };
     let h = history("pgbackrest");
-    let r = run(
-        &scenario("pgbackrest", &body("pgbackrest", &repo.dir)),
-        "pgbackrest-run",
-        &h,
-        &[],
-    );
+    // The shipped example, pointed at this repository and asked of this schema (which declares
+    // no foreign key to check).
+    let path = PathBuf::from(common::variant(
+        "scenarios/restore-tests/pg-pgbackrest.toml",
+        "pgbackrest",
+        &[
+            (
+                "{ path = \"/var/lib/pgbackrest\", stanza = \"main\" }",
+                &format!("{{ path = {:?}, stanza = \"shop\" }}", repo.dir),
+            ),
+            ("database = \"orders\"", "database = \"shop\""),
+            ("\"foreign-keys\", ", ""),
+            ("name = \"orders present\"", "name = \"invoices\""),
+            ("FROM orders\"", "FROM invoice\""),
+            ("expect = \">= 1000000\"", "expect = \"== 1500\""),
+        ],
+    ));
+    let r = run(&path, "pgbackrest-run", &h, &[]);
     assert_eq!(r.code(), Some(0), "{}", r.debug());
     let t = r.target();
     assert_eq!(t["source"]["format"], "pgbackrest");

@@ -81,6 +81,66 @@ fn shipped_scenarios_run_to_the_outcome_their_folder_promises() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Every shipped scenario, restore-test examples included, is run by a test CI runs: its path
+/// (`"scenarios/…toml"`) is named in this binary's code (comments aside) outside the tests
+/// marked `#[ignore]`, which CI does not run. A variant of it ([`crate::common::variant`]) with a smaller
+/// seed and shorter waits counts: it runs the file's own targets, checks and faults.
+#[test]
+fn every_shipped_scenario_is_run_by_a_test_ci_runs() {
+    let mut sources = String::new();
+    for entry in std::fs::read_dir(repo("tests/integration")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let code: String = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            sources.push_str(&without_ignored_tests(&code));
+        }
+    }
+    let mut files = shipped();
+    files.extend(in_folders(&["scenarios/restore-tests"]));
+    let unrun: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(repo("")).unwrap().display().to_string())
+        .filter(|rel| !sources.contains(&format!("\"{rel}\"")))
+        .collect();
+    assert!(
+        unrun.is_empty(),
+        "shipped scenarios no test CI runs names: {unrun:#?}"
+    );
+}
+
+/// `source` without the functions marked `#[ignore…]` (attribute to closing brace).
+fn without_ignored_tests(source: &str) -> String {
+    let mut kept = String::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("#[ignore") {
+        kept.push_str(&rest[..at]);
+        let body = rest[at..].find('{').map_or(rest.len(), |b| at + b);
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest[body..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = body + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
 /// The test scenarios named `*-every-kind` hold one target of every kind, so a new kind cannot
 /// be left out of the outages, secrets and logs they prove (ARCHITECTURE.md §10).
 #[test]

@@ -251,7 +251,11 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
         // Exit 2: corruption found; anything else: pg_amcheck itself failed.
         Ok(out) if out.exit_code == 2 => CheckResult::failed(
             check,
-            format!("pg_amcheck found corruption: {}", out.tail()),
+            format!(
+                "pg_amcheck found corruption: {}",
+                amcheck_findings(&String::from_utf8_lossy(&out.stdout))
+                    .unwrap_or_else(|| out.tail())
+            ),
         ),
         Ok(out) => CheckResult::failed(
             check,
@@ -259,6 +263,55 @@ pub(super) async fn amcheck(pg: &Postgres) -> CheckResult {
         ),
         Err(e) => CheckResult::unknown(check, format!("{e:#}")),
     }
+}
+
+/// How many damaged relations [`amcheck_findings`] names before it counts the rest.
+const AMCHECK_NAMED: usize = 3;
+
+/// What `pg_amcheck` found, one relation at a time: each relation it reports (a line such as
+/// `btree index "shop.public.invoice_pkey":`) with the first line it says about it (`index
+/// "invoice_pkey" contains unexpected zero page at block 1`), so that the detail names the
+/// damaged index or table and the error whatever else the output holds. `None` when the output
+/// names no relation.
+fn amcheck_findings(stdout: &str) -> Option<String> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for line in stdout.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            if let Some(relation) = line.trim_end().strip_suffix(':') {
+                found.push((relation.to_string(), String::new()));
+            }
+        } else if let Some((_, said)) = found.last_mut().filter(|(_, said)| said.is_empty()) {
+            let text = line.trim();
+            *said = text
+                .strip_prefix("ERROR:")
+                .map_or(text, str::trim_start)
+                .to_string();
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<String> = found
+        .iter()
+        .take(AMCHECK_NAMED)
+        .map(|(relation, said)| {
+            if said.is_empty() {
+                relation.clone()
+            } else {
+                format!("{relation}: {said}")
+            }
+        })
+        .collect();
+    if found.len() > AMCHECK_NAMED {
+        parts.push(format!(
+            "and {} more relation(s)",
+            found.len() - AMCHECK_NAMED
+        ));
+    }
+    Some(parts.join("; "))
 }
 
 /// `backup-age`: the newest recovery point at the fault is the newest archived WAL segment (in
@@ -282,4 +335,28 @@ pub(super) fn backup_age(pg: &Postgres, evidence: &Evidence<'_>) -> CheckResult 
         crate::checks::newest_backup_point(evidence)
     };
     crate::checks::backup_age(evidence, newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::amcheck_findings;
+
+    #[test]
+    fn amcheck_findings_name_each_relation_and_its_error() {
+        let out = "btree index \"shop.public.invoice_pkey\":\n    ERROR:  index \"invoice_pkey\" contains unexpected zero page at block 1\n    HINT:  Please REINDEX it.\nheap table \"shop.public.invoice\", block 0, offset 3:\n    xmin 7 precedes relation freeze threshold 0:700\n";
+        assert_eq!(
+            amcheck_findings(out).unwrap(),
+            "btree index \"shop.public.invoice_pkey\": index \"invoice_pkey\" contains unexpected zero page at block 1; \
+             heap table \"shop.public.invoice\", block 0, offset 3: xmin 7 precedes relation freeze threshold 0:700"
+        );
+        let many: String = (0..5)
+            .map(|i| format!("btree index \"db.public.i{i}\":\n    ERROR:  bad {i}\n"))
+            .collect();
+        assert_eq!(
+            amcheck_findings(&many).unwrap(),
+            "btree index \"db.public.i0\": bad 0; btree index \"db.public.i1\": bad 1; \
+             btree index \"db.public.i2\": bad 2; and 2 more relation(s)"
+        );
+        assert_eq!(amcheck_findings("pg_amcheck: error: no relations\n"), None);
+    }
 }
