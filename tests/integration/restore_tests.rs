@@ -793,6 +793,10 @@ fn a_redis_aof_folder_restores_under_its_own_name_and_a_torn_tail_is_caught() {
             "yes",
             "--appendfilename",
             "shop.aof",
+            // Every write in the file before its reply: under `everysec` a busy disk lets Redis
+            // postpone the write for up to 2 s after answering, and the copy below missed it.
+            "--appendfsync",
+            "always",
             "--dir",
             "/data",
         ],
