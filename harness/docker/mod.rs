@@ -252,7 +252,7 @@ impl Docker {
     }
 
     /// How to reach each target's serving container now: the contents of a kept run's
-    /// `connections.json`, passwords included (docs/outputs.md §8). A container that publishes
+    /// `connections.json`, passwords included (docs/outputs.md §1). A container that publishes
     /// no port (stopped, partitioned, removed) has `port` and `url` null.
     pub async fn connections(&self) -> serde_json::Value {
         let serving = self.serving.lock().expect("not poisoned").clone();

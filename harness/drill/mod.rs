@@ -268,7 +268,7 @@ where
     })
 }
 
-/// A kept run's logins to its containers, in the run folder (docs/outputs.md §8).
+/// A kept run's logins to its containers, in the run folder (docs/outputs.md §1).
 pub const CONNECTIONS: &str = "connections.json";
 
 /// Space a run folder needs, in MiB, unless `DRILLRIG_MIN_FREE_MB` says otherwise: backups,

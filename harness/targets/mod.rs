@@ -58,7 +58,7 @@ pub trait Site: Send + Sync {
     fn keep(&self);
 
     /// How to reach each target's serving container, passwords included: a kept run's
-    /// `connections.json` (docs/outputs.md §8). Nothing by default.
+    /// `connections.json` (docs/outputs.md §1). Nothing by default.
     async fn connections(&self) -> serde_json::Value {
         serde_json::json!({ "targets": {} })
     }
