@@ -34,8 +34,8 @@ case $kind in
     rabbitmq) scenario=rabbitmq-reset target=mq image=drillrig/rabbitmq:3.10-bookworm ;;
     *) echo "recovery-vs-shell: no kind $kind (postgres, redis, rabbitmq)" >&2; exit 2 ;;
 esac
-cargo build --release --quiet --bin drillrig --example republish
-bin=target/release/drillrig
+source benches/lib.sh
+bench_build republish
 work=$(mktemp -d /tmp/drillrig-bench.XXXXXX)
 container=""
 trap '[ -n "$container" ] && docker rm -f "$container" >/dev/null 2>&1; rm -rf "$work"' EXIT
@@ -121,7 +121,7 @@ rabbitmq_recovery() { # BACKUP_DIR
     ctl set_permissions -p "$vhost" bench '.*' '.*' '.*' >/dev/null
     depths=$work/depths
     AMQP_URI="amqp://bench:bench@127.0.0.1:$port/${vhost//\//%2f}" \
-        target/release/examples/republish "$messages" 120 >"$depths"
+        "$examples/republish" "$messages" 120 >"$depths"
     local checks=()
     (
         while read -r queue depth; do
@@ -160,7 +160,7 @@ printf '%-5s %14s %14s %14s\n' pair drillrig_ms shell_ms rto_ms
 : >"$work/drill"; : >"$work/shell"; : >"$work/rto"
 for i in $(seq 1 "$pairs"); do
     out=$work/run-$i
-    "$bin" run "scenarios/$scenario.toml" --out "$out" >"$work/log-$i" 2>&1 || {
+    "$bin" run "scenarios/$scenario.toml" --out "$out" --history none >"$work/log-$i" 2>&1 || {
         echo "drillrig run $i did not meet its objectives; see $work/log-$i" >&2; trap - EXIT; exit 1; }
     drill_ms=$(jq '.targets[0].rto | .recovered_at_ms - .restore_started_at_ms' "$out/report.json")
     rto_ms=$(jq '.targets[0].rto.achieved_ms' "$out/report.json")

@@ -10,8 +10,8 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "restore-scaling: needs jq" >&2; exit 2; }
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(10000 100000 1000000)
-cargo build --release --quiet --bin drillrig
-bin=target/release/drillrig
+source benches/lib.sh
+bench_build
 work=$(mktemp -d /tmp/drillrig-scaling.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -20,7 +20,7 @@ for rows in "${sizes[@]}"; do
     scenario=$work/pg-restore-scaling-$rows.toml
     sed "s/rows = 10000/rows = $rows/" benches/scenarios/pg-restore-scaling.toml >"$scenario"
     out=$work/run-$rows
-    "$bin" run "$scenario" --out "$out" >"$work/log-$rows" 2>&1 ||
+    "$bin" run "$scenario" --out "$out" --history none >"$work/log-$rows" 2>&1 ||
         { echo "the drill at $rows orders did not meet its objectives; see $work/log-$rows" >&2; trap - EXIT; exit 1; }
     jq -r --arg rows "$rows" '.targets[0] as $t
         | ($t.backups[] | select(.id == $t.restore.backup_id) | .size_bytes / 1e6) as $mb

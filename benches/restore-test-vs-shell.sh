@@ -23,9 +23,9 @@ rows=${1:-10000000}
 pairs=${2:-3}
 command -v jq >/dev/null || { echo "restore-test-vs-shell: needs jq" >&2; exit 2; }
 image=drillrig/postgres:15-bookworm
-cargo build --release --quiet --bin drillrig --example s3_get
-bin=target/release/drillrig
-get=target/release/examples/s3_get
+source benches/lib.sh
+bench_build s3_get
+get=$examples/s3_get
 work=$(mktemp -d /var/tmp/drillrig-bench.XXXXXX)
 containers=()
 cleanup() {

@@ -92,7 +92,10 @@ enum Command {
     },
     /// Remove containers, volumes and networks of drillrig runs whose process has exited
     /// (runs kept with DRILLRIG_KEEP included).
-    Gc,
+    Gc {
+        /// Only these runs (the run id of report.json), and only once their process has exited.
+        runs: Vec<String>,
+    },
     /// Print the JSON Schema of scenario files, for editors (docs/writing-scenarios.md §4).
     Schema,
 }
@@ -247,7 +250,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Validate { files } => validate(&files),
-            Command::Gc => gc().await,
+            Command::Gc { runs } => gc(&runs).await,
             Command::Schema => {
                 print!("{}", scenario::json_schema::scenario_schema_text());
                 Exit::Met
@@ -319,12 +322,17 @@ fn environment_error(e: &EnvironmentError) -> Exit {
     Exit::Environment
 }
 
-async fn gc() -> Exit {
+async fn gc(runs: &[String]) -> Exit {
     let api = match docker::connect().await {
         Ok(api) => api,
         Err(e) => return environment_error(&e),
     };
-    match docker::gc::collect(&api, true).await {
+    let removed = if runs.is_empty() {
+        docker::gc::collect(&api, true).await
+    } else {
+        docker::gc::collect_named(&api, runs).await
+    };
+    match removed {
         Ok(dead) if dead.is_empty() => {
             println!("nothing to remove");
             Exit::Met

@@ -16,6 +16,20 @@ pub fn write_atomically_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<()> {
+    write_atomically_mode(path, 0o644, fill)
+}
+
+/// Like [`write_atomically`], readable and writable by this user only (mode 0600): for the
+/// one output that holds secrets on purpose, a kept run's `connections.json`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_mode(path, 0o600, |out| out.write_all(bytes))
+}
+
+fn write_atomically_mode(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
     use std::io::Write as _;
     let dir = path
         .parent()
@@ -31,10 +45,11 @@ pub fn write_atomically_with(
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("write {}", path.display()))?;
-    // Reports are read by CI artefact uploads and other users: not the temp file's 0600.
+    // Reports are read by CI artefact uploads and other users: not the temp file's 0600,
+    // unless they hold secrets.
     use std::os::unix::fs::PermissionsExt as _;
     tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("write {}", path.display()))?;
     tmp.as_file()
         .sync_all()

@@ -143,6 +143,15 @@ pub async fn collect(api: &bollard::Docker, kept_too: bool) -> Result<Vec<DeadRu
     remove_where(api, |labels| collectable(labels, kept_too)).await
 }
 
+/// Removes the runs named (`drillrig gc RUN_ID...`), kept ones too, each only once its process
+/// has exited; every other run stays.
+pub async fn collect_named(api: &bollard::Docker, named: &[String]) -> Result<Vec<DeadRun>> {
+    remove_where(api, |labels| {
+        collectable(labels, true) && labels.get(RUN_LABEL).is_some_and(|run| named.contains(run))
+    })
+    .await
+}
+
 /// Removes every run `owner` created (the forced second interrupt).
 pub async fn remove_owned_by(api: &bollard::Docker, owner: &RunOwner) -> Result<Vec<DeadRun>> {
     let mine = |labels: &HashMap<String, String>| {

@@ -5,7 +5,7 @@
 pub mod gc;
 pub mod image;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -112,6 +112,38 @@ pub struct ContainerSpec {
     pub startup_timeout: Duration,
 }
 
+/// How a user reaches a target's service from the host: a kept run's `connections.json`.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The target's kind: `postgres`, `redis`, `rabbitmq`.
+    pub kind: &'static str,
+    pub user: String,
+    /// The run's generated password for the target.
+    pub password: String,
+    /// PostgreSQL's database, RabbitMQ's vhost, Redis's database number.
+    pub database: String,
+}
+
+impl Access {
+    /// The URL a client of the kind takes, on `127.0.0.1:port`.
+    fn url(&self, port: u16) -> String {
+        let Access {
+            kind,
+            user,
+            password,
+            database,
+        } = self;
+        let scheme = match *kind {
+            "postgres" => "postgresql",
+            "redis" => "redis",
+            _ => "amqp",
+        };
+        // RabbitMQ's vhost is one path segment: `/` is `%2F`.
+        let database = database.replace('%', "%25").replace('/', "%2F");
+        format!("{scheme}://{user}:{password}@127.0.0.1:{port}/{database}")
+    }
+}
+
 /// A container of this run.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -167,6 +199,8 @@ pub struct Docker {
     creations: TaskTracker,
     /// Where containers' logs are saved: at teardown, and before a container is removed early.
     logs_dir: PathBuf,
+    /// Per target, the container serving it now and how to log in: `connections.json`.
+    serving: Mutex<BTreeMap<String, (Container, Access)>>,
 }
 
 impl Docker {
@@ -197,6 +231,7 @@ impl Docker {
             network: Mutex::new(format!("drillrig-{run_id}")),
             creations: TaskTracker::new(),
             logs_dir,
+            serving: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -206,6 +241,43 @@ impl Docker {
 
     pub fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// `c` serves `target` now (the latest call for a target wins), reached with `access`.
+    pub fn serves(&self, target: &str, c: &Container, access: Access) {
+        self.serving
+            .lock()
+            .expect("not poisoned")
+            .insert(target.to_string(), (c.clone(), access));
+    }
+
+    /// How to reach each target's serving container now: the contents of a kept run's
+    /// `connections.json`, passwords included (docs/outputs.md §1). A container that publishes
+    /// no port (stopped, partitioned, removed) has `port` and `url` null.
+    pub async fn connections(&self) -> serde_json::Value {
+        let serving = self.serving.lock().expect("not poisoned").clone();
+        let mut targets = serde_json::Map::new();
+        for (target, (c, access)) in serving {
+            let port = self.host_port(&c).await.ok();
+            targets.insert(
+                target,
+                serde_json::json!({
+                    "kind": access.kind,
+                    "container": self.resource_name(&c.name),
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "user": access.user,
+                    "password": access.password,
+                    "database": access.database,
+                    "url": port.map(|p| access.url(p)),
+                }),
+            );
+        }
+        serde_json::json!({
+            "run_id": self.run_id,
+            "note": "the kept containers and their generated passwords: this file is private (0600) and is the only output that holds them",
+            "targets": targets,
+        })
     }
 
     fn resource_name(&self, name: &str) -> String {

@@ -216,6 +216,16 @@ where
             info!(
                 "keeping the run's containers (DRILLRIG_KEEP); remove them with `drillrig gc` once this process has exited"
             );
+            // How to reach them, passwords included: readable by this user only.
+            let connections = site.connections().await;
+            let path = dir.join(CONNECTIONS);
+            match serde_json::to_vec_pretty(&connections)
+                .map_err(anyhow::Error::new)
+                .and_then(|bytes| util::write_private(&path, &bytes))
+            {
+                Ok(()) => info!("how to connect to the kept containers: {}", path.display()),
+                Err(e) => warn!("cannot write {}: {e:#}", path.display()),
+            }
         } else {
             match tokio::time::timeout(Duration::from_secs(120), site.teardown()).await {
                 Ok(Ok(removed)) => info!("removed {removed}"),
@@ -257,6 +267,9 @@ where
         fix,
     })
 }
+
+/// A kept run's logins to its containers, in the run folder (docs/outputs.md §1).
+pub const CONNECTIONS: &str = "connections.json";
 
 /// Space a run folder needs, in MiB, unless `DRILLRIG_MIN_FREE_MB` says otherwise: backups,
 /// the ledger and the container logs go there.

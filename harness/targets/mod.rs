@@ -57,6 +57,12 @@ pub trait Site: Send + Sync {
     /// Leaves everything in place for inspection (`DRILLRIG_KEEP`).
     fn keep(&self);
 
+    /// How to reach each target's serving container, passwords included: a kept run's
+    /// `connections.json` (docs/outputs.md §1). Nothing by default.
+    async fn connections(&self) -> serde_json::Value {
+        serde_json::json!({ "targets": {} })
+    }
+
     /// Removes everything the run created; says what, for the log.
     async fn teardown(&self) -> Result<String>;
 }

@@ -143,10 +143,15 @@ pub struct Service {
     /// The `latency` fault's proxy, in front of every client connection when the target is
     /// proxied, and the port it listens on.
     proxy: Option<(crate::proxy::Proxy, watch::Sender<u16>)>,
+    /// Who a user logs in as, and into what: `(user, database)` (a kept run's
+    /// `connections.json`).
+    login: (&'static str, String),
 }
 
 impl Service {
-    pub fn new(env: TargetEnv, what: &'static str) -> Self {
+    /// `user` and `database`: what a user logs in as and into (PostgreSQL's database,
+    /// RabbitMQ's vhost, Redis's database number), for a kept run's `connections.json`.
+    pub fn new(env: TargetEnv, what: &'static str, user: &'static str, database: &str) -> Self {
         Service {
             containers: Containers::new(&env.spec.name),
             env,
@@ -154,6 +159,7 @@ impl Service {
             what,
             served: Default::default(),
             proxy: None,
+            login: (user, database.to_string()),
         }
     }
 
@@ -352,7 +358,16 @@ impl Service {
             let through = watch::channel(proxy.port()).0;
             self.proxy = Some((proxy, through));
         }
-        self.containers.start(&self.env.docker, spec).await
+        self.containers.start(&self.env.docker, spec).await?;
+        let access = crate::docker::Access {
+            kind: self.env.spec.kind.as_str(),
+            user: self.login.0.to_string(),
+            password: self.env.password.clone(),
+            database: self.login.1.clone(),
+        };
+        let c = self.containers.serving()?;
+        self.env.docker.serves(&self.env.spec.name, c, access);
+        Ok(())
     }
 
     /// The `latency` fault: from now on drillrig's proxy applies `toxics` to every connection

@@ -116,6 +116,10 @@ impl Site for DockerSite {
         self.docker.keep();
     }
 
+    async fn connections(&self) -> serde_json::Value {
+        self.docker.connections().await
+    }
+
     async fn teardown(&self) -> Result<String> {
         let removed = self.docker.teardown().await?;
         Ok(format!(

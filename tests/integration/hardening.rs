@@ -649,16 +649,36 @@ fn the_generated_passwords_appear_in_no_output_and_on_no_command_line() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let env_of = |container: &str, key: &str| -> String {
-        let env: Vec<String> =
-            serde_json::from_str(&inspect(container, "{{json .Config.Env}}")).unwrap_or_default();
-        env.iter()
-            .find_map(|e| e.strip_prefix(&format!("{key}=")).map(String::from))
-            .unwrap_or_else(|| panic!("{container} has no {key}"))
-    };
     let container = |target: &str| format!("drillrig-{}-{target}-1", run.run_id());
-    let pg = env_of(&container("pg"), "POSTGRES_PASSWORD");
-    let mq = env_of(&container("mq"), "RABBITMQ_DEFAULT_PASS");
+    // A kept run says how to reach its containers in connections.json, readable by its owner
+    // only: the one output that holds the passwords, on purpose.
+    let connections_path = run.dir.join("connections.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&connections_path)
+            .expect("a kept run writes connections.json")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "connections.json is private");
+    let connections: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&connections_path).unwrap()).unwrap();
+    let password_of = |target: &str| -> String {
+        connections["targets"][target]["password"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no password for {target}: {connections}"))
+            .to_string()
+    };
+    let (pg, redis, mq) = (password_of("pg"), password_of("cache"), password_of("mq"));
+    // The engine's whole view of each container shows none of them (no environment holds one).
+    for target in ["pg", "cache", "mq"] {
+        let all = inspect(&container(target), "{{json .}}");
+        assert!(all.contains("drillrig"), "inspected {target}");
+        for password in [&pg, &redis, &mq] {
+            assert!(
+                !all.contains(password.as_str()),
+                "docker inspect of {target} shows a password"
+            );
+        }
+    }
     // Redis reads its password from an ACL file written into the container before it starts.
     let acl = Command::new("docker")
         .args([
@@ -670,11 +690,7 @@ fn the_generated_passwords_appear_in_no_output_and_on_no_command_line() {
         .output()
         .unwrap();
     let acl = String::from_utf8_lossy(&acl.stdout).to_string();
-    let redis = acl
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix('>'))
-        .unwrap_or_else(|| panic!("no password in the ACL file: {acl:?}"))
-        .to_string();
+    assert!(acl.contains(&format!(">{redis} ")), "the ACL file: {acl:?}");
     let redis_command = inspect(&container("cache"), "{{json .Path}} {{json .Args}}");
     // Every service runs under the engine's init process, which reaps orphaned helpers.
     for target in ["pg", "cache", "mq"] {
@@ -706,7 +722,10 @@ fn the_generated_passwords_appear_in_no_output_and_on_no_command_line() {
         !redis_command.contains(passwords[1].1.as_str()) && redis_command.contains("--aclfile"),
         "the Redis command line: {redis_command}"
     );
-    let files = files_under(&run.dir);
+    let files: Vec<PathBuf> = files_under(&run.dir)
+        .into_iter()
+        .filter(|f| f != &connections_path)
+        .collect();
     assert!(
         files.iter().any(|f| f.ends_with("report.json"))
             && files

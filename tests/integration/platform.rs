@@ -111,12 +111,17 @@ fn stores(run: &Run) -> [BTreeSet<u64>; 3] {
         "seq:",
     );
     let mq = restored(run, "mq");
-    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &mq]);
-    let env: Vec<String> = serde_json::from_str(env.trim()).unwrap();
-    let password = env
-        .iter()
-        .find_map(|e| e.strip_prefix("RABBITMQ_DEFAULT_PASS="))
-        .unwrap()
+    // The broker's default user comes from a file drillrig wrote into the container.
+    let conf = exec(
+        &mq,
+        "root",
+        &["cat", "/etc/rabbitmq/conf.d/30-drillrig-user.conf"],
+    );
+    let password = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("default_pass = "))
+        .expect("the configuration holds the password")
+        .trim()
         .to_string();
     let port = docker(&["port", &mq, "5672/tcp"]);
     let port = port

@@ -107,6 +107,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 const DATABASE: &str = "drill";
 const PGDATA: &str = "/var/lib/postgresql/data";
 const PORT: u16 = 5432;
+/// The superuser's password, for the entrypoint's `POSTGRES_PASSWORD_FILE`.
+const PASSWORD_FILE: &str = "/etc/drillrig/postgres-password";
 /// Rows written by the round trip carry this status.
 const CANARY_STATUS: &str = "drillrig-canary";
 
@@ -227,7 +229,7 @@ impl Postgres {
             DATABASE
         };
         Postgres {
-            service: Service::new(env, "PostgreSQL"),
+            service: Service::new(env, "PostgreSQL", "postgres", database),
             customers,
             foreign_keys: Vec::new(),
             database: database.into(),
@@ -271,10 +273,9 @@ impl Postgres {
             name,
             image: self.service.env.image.clone(),
             env: vec![
-                (
-                    "POSTGRES_PASSWORD".into(),
-                    self.service.env.password.clone(),
-                ),
+                // The entrypoint reads the password from this file, written into the container
+                // before it starts: it is in no environment `docker inspect` shows.
+                ("POSTGRES_PASSWORD_FILE".into(), PASSWORD_FILE.into()),
                 // A restore test's scratch server starts with only `postgres`: the dump
                 // brings its own database.
                 (
@@ -297,7 +298,10 @@ impl Postgres {
             binds,
             entrypoint: None,
             copy_in: Vec::new(),
-            files: Vec::new(),
+            files: vec![(
+                PASSWORD_FILE.into(),
+                self.service.env.password.clone().into_bytes(),
+            )],
             hostname: None,
             // The drill bounds the whole step; this only keeps the engine's start from giving
             // up first.

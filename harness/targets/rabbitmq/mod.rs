@@ -89,6 +89,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 const DATA: &str = "/var/lib/rabbitmq";
 const PORT: u16 = 5672;
 const USER: &str = "drill";
+/// The default user, read by the broker with the rest of `conf.d` on its first start.
+const USER_CONF: &str = "/etc/rabbitmq/conf.d/30-drillrig-user.conf";
 /// RabbitMQ opens a connection and a confirm channel in two round trips.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The workload's routing key; the `orders` topology binds `order.#` to every queue.
@@ -295,7 +297,7 @@ impl RabbitMq {
             Topology::orders()
         };
         RabbitMq {
-            service: Service::new(env, "RabbitMQ"),
+            service: Service::new(env, "RabbitMQ", USER, &topology.vhost),
             topology,
             browsed: Default::default(),
             fetched: Default::default(),
@@ -336,20 +338,24 @@ impl RabbitMq {
         let spec = ContainerSpec {
             name,
             image: self.service.env.image.clone(),
-            env: vec![
-                ("RABBITMQ_DEFAULT_USER".into(), USER.into()),
-                (
-                    "RABBITMQ_DEFAULT_PASS".into(),
-                    self.service.env.password.clone(),
-                ),
-            ],
+            // The default user comes from a configuration file written into the container
+            // before it starts, not from RABBITMQ_DEFAULT_PASS: no environment `docker inspect`
+            // shows holds the password.
+            env: Vec::new(),
             cmd: Vec::new(),
             port: PORT,
             volume: Some((volume, DATA.into())),
             binds: Vec::new(),
             entrypoint: None,
             copy_in: Vec::new(),
-            files: Vec::new(),
+            files: vec![(
+                USER_CONF.into(),
+                format!(
+                    "default_user = {USER}\ndefault_pass = {}\n",
+                    self.service.env.password
+                )
+                .into_bytes(),
+            )],
             // The node name (rabbit@<hostname>) stays the same across restarts.
             hostname: Some(format!("drillrig-{}", self.service.env.spec.name)),
             startup_timeout: self.service.env.timeouts.provision

@@ -174,7 +174,7 @@ impl Redis {
             .cloned()
             .unwrap_or_default();
         Redis {
-            service: Service::new(env, "Redis"),
+            service: Service::new(env, "Redis", "default", "0"),
             options,
             artefact_check: Mutex::new(None),
         }
