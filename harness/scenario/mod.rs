@@ -384,6 +384,39 @@ impl<'a> Validator<'a> {
     }
 
     fn scenario(self, raw: RawScenario) -> Checked<Scenario> {
+        self.header(&raw)?;
+        let mut targets = self.targets(&raw)?;
+        let offsite = match &raw.offsite {
+            Some(o) => Some(self.offsite(o)?),
+            None => None,
+        };
+        let faults = self.faults(&raw, &targets, offsite.is_some())?;
+        let duration = self.duration(&raw, &faults)?;
+
+        for target in &targets {
+            self.restore_needs(target, &faults, &raw)?;
+        }
+        self.restore_order(&raw, &mut targets)?;
+        let platform = self.platform(&raw, &mut targets)?;
+        self.fit_to_faults(&faults, &mut targets)?;
+
+        Ok(Scenario {
+            path: self.at.path.to_path_buf(),
+            name: raw.name.get_ref().clone(),
+            description: raw.description,
+            duration,
+            seed: raw.drill.seed,
+            timeouts: self.timeouts(&raw.timeouts)?,
+            targets,
+            faults,
+            platform,
+            offsite,
+        })
+    }
+
+    /// The schema version this drillrig reads, a name fit for report folders, and at least
+    /// one target.
+    fn header(&self, raw: &RawScenario) -> Checked<()> {
         if *raw.schema.get_ref() != SCHEMA {
             return Err(self.at.error(
                 raw.schema.span(),
@@ -413,7 +446,11 @@ impl<'a> Validator<'a> {
                 "a scenario needs at least one target",
             ));
         }
+        Ok(())
+    }
 
+    /// Every target, checked; at most one of them carries a projection.
+    fn targets(&self, raw: &RawScenario) -> Checked<Vec<TargetSpec>> {
         let mut targets = Vec::new();
         for (name, target) in raw.targets.get_ref() {
             targets.push(self.target(name, target)?);
@@ -440,11 +477,17 @@ impl<'a> Validator<'a> {
                 "only one target of a scenario may carry a projection (the drill runs once per size)",
             ));
         }
+        Ok(targets)
+    }
 
-        let offsite = match &raw.offsite {
-            Some(o) => Some(self.offsite(o)?),
-            None => None,
-        };
+    /// Every fault, checked and in time order. A site is lost at most once, and after every
+    /// other fault.
+    fn faults(
+        &self,
+        raw: &RawScenario,
+        targets: &[TargetSpec],
+        has_offsite: bool,
+    ) -> Checked<Vec<FaultSpec>> {
         let mut faults = Vec::new();
         let site_losses: Vec<(usize, &Spanned<raw::RawFault>)> = raw
             .faults
@@ -474,75 +517,85 @@ impl<'a> Validator<'a> {
         }
         for (i, fault) in raw.faults.iter().enumerate() {
             if *fault.get_ref().kind.get_ref() == FaultKind::SiteLoss {
-                faults.extend(self.site_loss(i, fault.get_ref(), &targets, offsite.is_some())?);
+                faults.extend(self.site_loss(i, fault.get_ref(), targets, has_offsite)?);
             } else {
-                faults.push(self.fault(i, fault.get_ref(), &targets)?);
+                faults.push(self.fault(i, fault.get_ref(), targets)?);
             }
         }
         faults.sort_by_key(|f| f.at);
+        Ok(faults)
+    }
 
+    /// How long the drill runs: `drill.duration`, after every fault, or else a tail past the
+    /// last fault's end.
+    fn duration(&self, raw: &RawScenario, faults: &[FaultSpec]) -> Checked<Duration> {
         let last_fault = faults
             .iter()
             .map(|f| f.at + f.hold.unwrap_or_default())
             .max();
-        let duration = match &raw.drill.duration {
-            Some(d) => {
-                let duration = d.get_ref().0;
-                if let Some((i, f)) = raw
-                    .faults
-                    .iter()
-                    .enumerate()
-                    .find(|(_, f)| f.get_ref().at.get_ref().0 >= duration)
-                {
-                    return Err(self.at.error(
-                        f.get_ref().at.span(),
-                        format!("faults[{i}].at"),
-                        format!(
-                            "the fault fires at {} but the drill ends at {} (drill.duration)",
-                            humantime::format_duration(f.get_ref().at.get_ref().0),
-                            humantime::format_duration(duration)
-                        ),
-                    ));
-                }
-                if duration.is_zero() {
-                    return Err(self.at.error(
-                        d.span(),
-                        "drill.duration",
-                        "the drill needs a duration above zero",
-                    ));
-                }
-                duration
-            }
-            None => last_fault.map_or(DEFAULT_DURATION, |t| t + DEFAULT_TAIL),
+        let Some(d) = &raw.drill.duration else {
+            return Ok(last_fault.map_or(DEFAULT_DURATION, |t| t + DEFAULT_TAIL));
         };
-
-        for target in &targets {
-            self.restore_needs(target, &faults, &raw)?;
+        let duration = d.get_ref().0;
+        if let Some((i, f)) = raw
+            .faults
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.get_ref().at.get_ref().0 >= duration)
+        {
+            return Err(self.at.error(
+                f.get_ref().at.span(),
+                format!("faults[{i}].at"),
+                format!(
+                    "the fault fires at {} but the drill ends at {} (drill.duration)",
+                    humantime::format_duration(f.get_ref().at.get_ref().0),
+                    humantime::format_duration(duration)
+                ),
+            ));
         }
-        self.restore_order(&raw, &mut targets)?;
-        let platform = match &raw.platform {
-            None => None,
-            Some(p) => {
-                if let Some((name, t)) = raw.targets.get_ref().get_key_value(PLATFORM) {
-                    return Err(self.at.error(
-                        t.span(),
-                        format!("targets.{name}"),
-                        "with [platform], the report's platform row is named `platform`: give this target another name",
-                    ));
-                }
-                let p = p.get_ref();
-                let workload = match &p.workload {
-                    Some(w) => Some(self.platform_workload(w, &raw, &mut targets)?),
-                    None => None,
-                };
-                Some(PlatformObjectives {
-                    rto: p.rto.get_ref().0,
-                    rpo: p.rpo.get_ref().0,
-                    workload,
-                })
-            }
+        if duration.is_zero() {
+            return Err(self.at.error(
+                d.span(),
+                "drill.duration",
+                "the drill needs a duration above zero",
+            ));
+        }
+        Ok(duration)
+    }
+
+    /// `[platform]`: objectives for every target together, and its workload. No target may
+    /// take the platform row's name.
+    fn platform(
+        &self,
+        raw: &RawScenario,
+        targets: &mut [TargetSpec],
+    ) -> Checked<Option<PlatformObjectives>> {
+        let Some(p) = &raw.platform else {
+            return Ok(None);
         };
-        for t in &mut targets {
+        if let Some((name, t)) = raw.targets.get_ref().get_key_value(PLATFORM) {
+            return Err(self.at.error(
+                t.span(),
+                format!("targets.{name}"),
+                "with [platform], the report's platform row is named `platform`: give this target another name",
+            ));
+        }
+        let p = p.get_ref();
+        let workload = match &p.workload {
+            Some(w) => Some(self.platform_workload(w, raw, targets)?),
+            None => None,
+        };
+        Ok(Some(PlatformObjectives {
+            rto: p.rto.get_ref().0,
+            rpo: p.rpo.get_ref().0,
+            workload,
+        }))
+    }
+
+    /// Fits each target to its faults: a small volume to fill for `disk-full`, a proxy for
+    /// `latency`. A `write_p99` objective needs a `latency` fault to judge.
+    fn fit_to_faults(&self, faults: &[FaultSpec], targets: &mut [TargetSpec]) -> Checked<()> {
+        for t in targets {
             if faults
                 .iter()
                 .any(|f| f.target == t.name && f.kind == FaultKind::DiskFull)
@@ -561,19 +614,7 @@ impl<'a> Validator<'a> {
                 ));
             }
         }
-
-        Ok(Scenario {
-            path: self.at.path.to_path_buf(),
-            name: name.clone(),
-            description: raw.description,
-            duration,
-            seed: raw.drill.seed,
-            timeouts: self.timeouts(&raw.timeouts)?,
-            targets,
-            faults,
-            platform,
-            offsite,
-        })
+        Ok(())
     }
 
     /// `[offsite]`: one of `path` and `url`, a schedule, and the age recipient backups are
