@@ -3,7 +3,7 @@
 use tabled::settings::Style;
 use tabled::{Table, builder::Builder};
 
-use super::Report;
+use super::{Report, TargetReport};
 use crate::checks::CheckStatus;
 use crate::util::seconds;
 
@@ -31,84 +31,34 @@ pub fn terminal(r: &Report) -> String {
         out.push_str(&format!("{}: {e}\n", r.outcome.as_str()));
     }
 
+    out.push_str(&Table::from(objectives(r)).with(Style::sharp()).to_string());
+    out.push('\n');
+
+    let phases = phases(r);
+    if phases.count_records() > 1 {
+        out.push_str(&Table::from(phases).with(Style::sharp()).to_string());
+        out.push('\n');
+    }
+    for t in &r.targets {
+        if let Some(o) = &t.offsite {
+            out.push_str(&format!("offsite {}: {}\n", t.name, o.summary()));
+        }
+    }
+
+    let checks = checks(r);
+    if checks.count_records() > 1 {
+        out.push_str(&Table::from(checks).with(Style::sharp()).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Each target's objectives against what it achieved, then the platform's.
+fn objectives(r: &Report) -> Builder {
     let mut objectives = Builder::default();
     objectives.push_record(["target", "objective", "target", "achieved", "verdict"]);
     for t in &r.targets {
-        objectives.push_record([
-            t.name.clone(),
-            "RTO".into(),
-            seconds(t.rto.target_ms),
-            t.rto.achieved_ms.map_or("—".into(), seconds),
-            yes_no(t.rto.met).into(),
-        ]);
-        objectives.push_record([
-            t.name.clone(),
-            "RPO".into(),
-            seconds(t.rpo.target_ms),
-            t.rpo.achieved_ms.map_or("—".into(), seconds),
-            yes_no(t.rpo.met).into(),
-        ]);
-        if let Some(w) = &t.write_latency {
-            let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.1} ms"));
-            objectives.push_record([
-                t.name.clone(),
-                "write p99".into(),
-                w.objective
-                    .as_ref()
-                    .map_or("—".into(), |o| format!("{} ms", o.target_ms)),
-                format!(
-                    "{} during the fault ({} before, {} after); {} of {} unacknowledged",
-                    ms(w.objective
-                        .as_ref()
-                        .map_or(w.during.p99_ms, |o| o.achieved_ms)),
-                    ms(w.before.p99_ms),
-                    ms(w.after.p99_ms),
-                    w.during.unacknowledged,
-                    w.during.writes + w.during.unacknowledged
-                ),
-                w.objective
-                    .as_ref()
-                    .map_or(String::new(), |o| yes_no(o.met).into()),
-            ]);
-        }
-        if let Some(src) = &t.source {
-            objectives.push_record([
-                t.name.clone(),
-                "backup".into(),
-                String::new(),
-                format!(
-                    "{} ({}), made {}; {} bytes fetched at {} MB/s",
-                    src.fetched.object,
-                    src.fetched.format.describe(),
-                    src.fetched.made_at,
-                    src.fetched.bytes,
-                    src.mb_per_s
-                ),
-                String::new(),
-            ]);
-            if let Some(trend) = &src.trend {
-                objectives.push_record([
-                    t.name.clone(),
-                    "trend".into(),
-                    String::new(),
-                    trend.describe(),
-                    String::new(),
-                ]);
-            }
-            continue;
-        }
-        objectives.push_record([
-            t.name.clone(),
-            "lost writes".into(),
-            t.rpo.max_lost_writes.map_or("—".into(), |m| m.to_string()),
-            match (t.rpo.lost_writes, t.rpo.holes) {
-                (Some(lost), Some(holes)) => {
-                    format!("{lost} of {} (holes {holes})", t.rpo.acked_writes)
-                }
-                _ => super::unknown(t.rpo.unknown.as_deref()),
-            },
-            String::new(),
-        ]);
+        target_objectives(&mut objectives, t);
     }
     if let Some(p) = &r.platform {
         let by = |what: &Option<String>, how: &str| {
@@ -130,9 +80,91 @@ pub fn terminal(r: &Report) -> String {
             yes_no(p.rpo.met).into(),
         ]);
     }
-    out.push_str(&Table::from(objectives).with(Style::sharp()).to_string());
-    out.push('\n');
+    objectives
+}
 
+/// A target's rows: RTO, RPO and write p99; then the fetched backup and its trend for a
+/// restore test, or the lost writes for a drill.
+fn target_objectives(objectives: &mut Builder, t: &TargetReport) {
+    objectives.push_record([
+        t.name.clone(),
+        "RTO".into(),
+        seconds(t.rto.target_ms),
+        t.rto.achieved_ms.map_or("—".into(), seconds),
+        yes_no(t.rto.met).into(),
+    ]);
+    objectives.push_record([
+        t.name.clone(),
+        "RPO".into(),
+        seconds(t.rpo.target_ms),
+        t.rpo.achieved_ms.map_or("—".into(), seconds),
+        yes_no(t.rpo.met).into(),
+    ]);
+    if let Some(w) = &t.write_latency {
+        let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.1} ms"));
+        objectives.push_record([
+            t.name.clone(),
+            "write p99".into(),
+            w.objective
+                .as_ref()
+                .map_or("—".into(), |o| format!("{} ms", o.target_ms)),
+            format!(
+                "{} during the fault ({} before, {} after); {} of {} unacknowledged",
+                ms(w.objective
+                    .as_ref()
+                    .map_or(w.during.p99_ms, |o| o.achieved_ms)),
+                ms(w.before.p99_ms),
+                ms(w.after.p99_ms),
+                w.during.unacknowledged,
+                w.during.writes + w.during.unacknowledged
+            ),
+            w.objective
+                .as_ref()
+                .map_or(String::new(), |o| yes_no(o.met).into()),
+        ]);
+    }
+    if let Some(src) = &t.source {
+        objectives.push_record([
+            t.name.clone(),
+            "backup".into(),
+            String::new(),
+            format!(
+                "{} ({}), made {}; {} bytes fetched at {} MB/s",
+                src.fetched.object,
+                src.fetched.format.describe(),
+                src.fetched.made_at,
+                src.fetched.bytes,
+                src.mb_per_s
+            ),
+            String::new(),
+        ]);
+        if let Some(trend) = &src.trend {
+            objectives.push_record([
+                t.name.clone(),
+                "trend".into(),
+                String::new(),
+                trend.describe(),
+                String::new(),
+            ]);
+        }
+        return;
+    }
+    objectives.push_record([
+        t.name.clone(),
+        "lost writes".into(),
+        t.rpo.max_lost_writes.map_or("—".into(), |m| m.to_string()),
+        match (t.rpo.lost_writes, t.rpo.holes) {
+            (Some(lost), Some(holes)) => {
+                format!("{lost} of {} (holes {holes})", t.rpo.acked_writes)
+            }
+            _ => super::unknown(t.rpo.unknown.as_deref()),
+        },
+        String::new(),
+    ]);
+}
+
+/// Every target's recovery phases and how long each took.
+fn phases(r: &Report) -> Builder {
     let mut phases = Builder::default();
     phases.push_record(["target", "phase", "duration"]);
     for t in &r.targets {
@@ -140,16 +172,12 @@ pub fn terminal(r: &Report) -> String {
             phases.push_record([t.name.clone(), name.to_string(), seconds(ms)]);
         }
     }
-    if phases.count_records() > 1 {
-        out.push_str(&Table::from(phases).with(Style::sharp()).to_string());
-        out.push('\n');
-    }
-    for t in &r.targets {
-        if let Some(o) = &t.offsite {
-            out.push_str(&format!("offsite {}: {}\n", t.name, o.summary()));
-        }
-    }
+    phases
+}
 
+/// What failed or was checked: a failed restore, outages no fault caused, each target's
+/// checks, and the platform's cross-store check.
+fn checks(r: &Report) -> Builder {
     let mut checks = Builder::default();
     checks.push_record(["target", "check", "status", "detail"]);
     for t in &r.targets {
@@ -186,9 +214,5 @@ pub fn terminal(r: &Report) -> String {
             shorten(&c.summary()),
         ]);
     }
-    if checks.count_records() > 1 {
-        out.push_str(&Table::from(checks).with(Style::sharp()).to_string());
-        out.push('\n');
-    }
-    out
+    checks
 }

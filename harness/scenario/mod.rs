@@ -19,8 +19,8 @@ use toml::de::{DeTable, DeValue};
 use crate::spec::*;
 use raw::{HumanDuration, RawScenario, RawTarget};
 
-use crate::targets::capabilities;
 use crate::targets::schema::{KeyError, KindKeys};
+use crate::targets::{Capabilities, capabilities};
 
 /// The schema version this drillrig reads.
 pub const SCHEMA: i64 = 1;
@@ -384,6 +384,39 @@ impl<'a> Validator<'a> {
     }
 
     fn scenario(self, raw: RawScenario) -> Checked<Scenario> {
+        self.header(&raw)?;
+        let mut targets = self.targets(&raw)?;
+        let offsite = match &raw.offsite {
+            Some(o) => Some(self.offsite(o)?),
+            None => None,
+        };
+        let faults = self.faults(&raw, &targets, offsite.is_some())?;
+        let duration = self.duration(&raw, &faults)?;
+
+        for target in &targets {
+            self.restore_needs(target, &faults, &raw)?;
+        }
+        self.restore_order(&raw, &mut targets)?;
+        let platform = self.platform(&raw, &mut targets)?;
+        self.fit_to_faults(&faults, &mut targets)?;
+
+        Ok(Scenario {
+            path: self.at.path.to_path_buf(),
+            name: raw.name.get_ref().clone(),
+            description: raw.description,
+            duration,
+            seed: raw.drill.seed,
+            timeouts: self.timeouts(&raw.timeouts)?,
+            targets,
+            faults,
+            platform,
+            offsite,
+        })
+    }
+
+    /// The schema version this drillrig reads, a name fit for report folders, and at least
+    /// one target.
+    fn header(&self, raw: &RawScenario) -> Checked<()> {
         if *raw.schema.get_ref() != SCHEMA {
             return Err(self.at.error(
                 raw.schema.span(),
@@ -413,7 +446,11 @@ impl<'a> Validator<'a> {
                 "a scenario needs at least one target",
             ));
         }
+        Ok(())
+    }
 
+    /// Every target, checked; at most one of them carries a projection.
+    fn targets(&self, raw: &RawScenario) -> Checked<Vec<TargetSpec>> {
         let mut targets = Vec::new();
         for (name, target) in raw.targets.get_ref() {
             targets.push(self.target(name, target)?);
@@ -440,11 +477,17 @@ impl<'a> Validator<'a> {
                 "only one target of a scenario may carry a projection (the drill runs once per size)",
             ));
         }
+        Ok(targets)
+    }
 
-        let offsite = match &raw.offsite {
-            Some(o) => Some(self.offsite(o)?),
-            None => None,
-        };
+    /// Every fault, checked and in time order. A site is lost at most once, and after every
+    /// other fault.
+    fn faults(
+        &self,
+        raw: &RawScenario,
+        targets: &[TargetSpec],
+        has_offsite: bool,
+    ) -> Checked<Vec<FaultSpec>> {
         let mut faults = Vec::new();
         let site_losses: Vec<(usize, &Spanned<raw::RawFault>)> = raw
             .faults
@@ -474,75 +517,85 @@ impl<'a> Validator<'a> {
         }
         for (i, fault) in raw.faults.iter().enumerate() {
             if *fault.get_ref().kind.get_ref() == FaultKind::SiteLoss {
-                faults.extend(self.site_loss(i, fault.get_ref(), &targets, offsite.is_some())?);
+                faults.extend(self.site_loss(i, fault.get_ref(), targets, has_offsite)?);
             } else {
-                faults.push(self.fault(i, fault.get_ref(), &targets)?);
+                faults.push(self.fault(i, fault.get_ref(), targets)?);
             }
         }
         faults.sort_by_key(|f| f.at);
+        Ok(faults)
+    }
 
+    /// How long the drill runs: `drill.duration`, after every fault, or else a tail past the
+    /// last fault's end.
+    fn duration(&self, raw: &RawScenario, faults: &[FaultSpec]) -> Checked<Duration> {
         let last_fault = faults
             .iter()
             .map(|f| f.at + f.hold.unwrap_or_default())
             .max();
-        let duration = match &raw.drill.duration {
-            Some(d) => {
-                let duration = d.get_ref().0;
-                if let Some((i, f)) = raw
-                    .faults
-                    .iter()
-                    .enumerate()
-                    .find(|(_, f)| f.get_ref().at.get_ref().0 >= duration)
-                {
-                    return Err(self.at.error(
-                        f.get_ref().at.span(),
-                        format!("faults[{i}].at"),
-                        format!(
-                            "the fault fires at {} but the drill ends at {} (drill.duration)",
-                            humantime::format_duration(f.get_ref().at.get_ref().0),
-                            humantime::format_duration(duration)
-                        ),
-                    ));
-                }
-                if duration.is_zero() {
-                    return Err(self.at.error(
-                        d.span(),
-                        "drill.duration",
-                        "the drill needs a duration above zero",
-                    ));
-                }
-                duration
-            }
-            None => last_fault.map_or(DEFAULT_DURATION, |t| t + DEFAULT_TAIL),
+        let Some(d) = &raw.drill.duration else {
+            return Ok(last_fault.map_or(DEFAULT_DURATION, |t| t + DEFAULT_TAIL));
         };
-
-        for target in &targets {
-            self.restore_needs(target, &faults, &raw)?;
+        let duration = d.get_ref().0;
+        if let Some((i, f)) = raw
+            .faults
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.get_ref().at.get_ref().0 >= duration)
+        {
+            return Err(self.at.error(
+                f.get_ref().at.span(),
+                format!("faults[{i}].at"),
+                format!(
+                    "the fault fires at {} but the drill ends at {} (drill.duration)",
+                    humantime::format_duration(f.get_ref().at.get_ref().0),
+                    humantime::format_duration(duration)
+                ),
+            ));
         }
-        self.restore_order(&raw, &mut targets)?;
-        let platform = match &raw.platform {
-            None => None,
-            Some(p) => {
-                if let Some((name, t)) = raw.targets.get_ref().get_key_value(PLATFORM) {
-                    return Err(self.at.error(
-                        t.span(),
-                        format!("targets.{name}"),
-                        "with [platform], the report's platform row is named `platform`: give this target another name",
-                    ));
-                }
-                let p = p.get_ref();
-                let workload = match &p.workload {
-                    Some(w) => Some(self.platform_workload(w, &raw, &mut targets)?),
-                    None => None,
-                };
-                Some(PlatformObjectives {
-                    rto: p.rto.get_ref().0,
-                    rpo: p.rpo.get_ref().0,
-                    workload,
-                })
-            }
+        if duration.is_zero() {
+            return Err(self.at.error(
+                d.span(),
+                "drill.duration",
+                "the drill needs a duration above zero",
+            ));
+        }
+        Ok(duration)
+    }
+
+    /// `[platform]`: objectives for every target together, and its workload. No target may
+    /// take the platform row's name.
+    fn platform(
+        &self,
+        raw: &RawScenario,
+        targets: &mut [TargetSpec],
+    ) -> Checked<Option<PlatformObjectives>> {
+        let Some(p) = &raw.platform else {
+            return Ok(None);
         };
-        for t in &mut targets {
+        if let Some((name, t)) = raw.targets.get_ref().get_key_value(PLATFORM) {
+            return Err(self.at.error(
+                t.span(),
+                format!("targets.{name}"),
+                "with [platform], the report's platform row is named `platform`: give this target another name",
+            ));
+        }
+        let p = p.get_ref();
+        let workload = match &p.workload {
+            Some(w) => Some(self.platform_workload(w, raw, targets)?),
+            None => None,
+        };
+        Ok(Some(PlatformObjectives {
+            rto: p.rto.get_ref().0,
+            rpo: p.rpo.get_ref().0,
+            workload,
+        }))
+    }
+
+    /// Fits each target to its faults: a small volume to fill for `disk-full`, a proxy for
+    /// `latency`. A `write_p99` objective needs a `latency` fault to judge.
+    fn fit_to_faults(&self, faults: &[FaultSpec], targets: &mut [TargetSpec]) -> Checked<()> {
+        for t in targets {
             if faults
                 .iter()
                 .any(|f| f.target == t.name && f.kind == FaultKind::DiskFull)
@@ -561,19 +614,7 @@ impl<'a> Validator<'a> {
                 ));
             }
         }
-
-        Ok(Scenario {
-            path: self.at.path.to_path_buf(),
-            name: name.clone(),
-            description: raw.description,
-            duration,
-            seed: raw.drill.seed,
-            timeouts: self.timeouts(&raw.timeouts)?,
-            targets,
-            faults,
-            platform,
-            offsite,
-        })
+        Ok(())
     }
 
     /// `[offsite]`: one of `path` and `url`, a schedule, and the age recipient backups are
@@ -907,6 +948,56 @@ impl<'a> Validator<'a> {
     fn target(&self, name: &str, spanned: &Spanned<RawTarget>) -> Checked<TargetSpec> {
         let raw = spanned.get_ref();
         let key = |k: &str| format!("targets.{name}.{k}");
+        self.target_name(name, spanned)?;
+        let kind = *raw.kind.get_ref();
+        let caps = capabilities(kind);
+        if let Some(source) = &raw.source {
+            return self.sourced_target(name, raw, source);
+        }
+        self.no_restore_test_keys(raw, &key)?;
+
+        let keys = self.kind_keys(name, kind)?;
+        let dataset = self.dataset(raw.dataset.as_ref(), kind, caps, &key)?;
+        let rate = self.rate(raw.workload.as_ref(), caps, &key)?;
+        let backup = self.backup(raw.backup.as_ref(), kind, caps, &key)?;
+
+        let restore_raw = raw.restore.get_ref();
+        let restore = *restore_raw.from.get_ref();
+        if restore.from_backup() && backup.is_none() {
+            return Err(self.at.error(
+                restore_raw.from.span(),
+                key("restore.from"),
+                "restoring from a backup needs a `backup` for this target (or use `restart`)",
+            ));
+        }
+        let checks = self.drill_checks(&raw.checks, kind, caps, restore, backup, &key)?;
+        let objectives = self.drill_objectives(raw.objectives.get_ref(), &key)?;
+
+        let mut spec = TargetSpec {
+            name: name.to_string(),
+            kind,
+            image: raw.image.as_ref().map(|i| i.get_ref().clone()),
+            dataset,
+            rate,
+            backup,
+            restore,
+            checks,
+            objectives,
+            options: Arc::new(()),
+            volume_limit: None,
+            proxied: false,
+            restore_after: Vec::new(),
+            source: None,
+            queries: Vec::new(),
+            database: None,
+        };
+        spec.options = (caps.options)(&keys, &spec)
+            .map_err(|e| self.key_error(&format!("targets.{name}"), e))?;
+        Ok(spec)
+    }
+
+    /// A target name uses letters, digits, '-' and '_'.
+    fn target_name(&self, name: &str, spanned: &Spanned<RawTarget>) -> Checked<()> {
         if name.is_empty()
             || !name
                 .bytes()
@@ -918,11 +1009,11 @@ impl<'a> Validator<'a> {
                 "a target name uses letters, digits, '-' and '_'",
             ));
         }
-        let kind = *raw.kind.get_ref();
-        let caps = capabilities(kind);
-        if let Some(source) = &raw.source {
-            return self.sourced_target(name, raw, source);
-        }
+        Ok(())
+    }
+
+    /// A drill has no `queries` and no `database`: those belong to restore tests.
+    fn no_restore_test_keys(&self, raw: &RawTarget, key: &dyn Fn(&str) -> String) -> Checked<()> {
         if let Some(q) = raw.queries.first() {
             return Err(self.at.error(
                 q.span(),
@@ -937,119 +1028,147 @@ impl<'a> Validator<'a> {
                 "`database` names where a restore test's queries run: give the target a `source`",
             ));
         }
+        Ok(())
+    }
 
-        let keys = self.kind_keys(name, kind)?;
-
-        let dataset = match &raw.dataset {
-            None => Dataset {
+    /// The fixture a drill seeds, and how many rows; the kind's default when not given.
+    fn dataset(
+        &self,
+        raw: Option<&Spanned<raw::RawDataset>>,
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Dataset> {
+        let Some(d) = raw else {
+            return Ok(Dataset {
                 fixture: caps.fixtures[0].to_string(),
                 rows: caps.default_rows,
                 projection: None,
-            },
-            Some(d) => {
-                let d = d.get_ref();
-                let fixture = d.fixture.get_ref();
-                if !caps.fixtures.contains(&fixture.as_str()) {
-                    return Err(self.at.error(
-                        d.fixture.span(),
-                        key("dataset.fixture"),
-                        format!(
-                            "no {kind} fixture named {fixture:?} (fixtures: {})",
-                            caps.fixtures.join(", ")
-                        ),
-                    ));
-                }
-                let rows = *d.rows.get_ref();
-                if rows < 1 {
-                    return Err(self.at.error(
-                        d.rows.span(),
-                        key("dataset.rows"),
-                        format!("rows must be at least 1, got {rows}"),
-                    ));
-                }
-                let projection = match &d.projection {
-                    None => None,
-                    Some(p) => Some(self.projection(p.get_ref(), &key)?),
-                };
-                Dataset {
-                    fixture: fixture.clone(),
-                    rows: rows as u64,
-                    projection,
-                }
-            }
+            });
         };
-
-        let rate = match &raw.workload {
-            None => caps.default_rate,
-            Some(w) => {
-                let rate = *w.rate.get_ref();
-                u32::try_from(rate).map_err(|_| {
-                    self.at.error(
-                        w.rate.span(),
-                        key("workload.rate"),
-                        format!("rate must be between 0 and {}, got {rate}", u32::MAX),
-                    )
-                })?
-            }
-        };
-
-        let backup = match &raw.backup {
-            None => None,
-            Some(b) => {
-                let b = b.get_ref();
-                let method = *b.method.get_ref();
-                if !caps.backups.contains(&method) {
-                    return Err(self.at.error(
-                        b.method.span(),
-                        key("backup.method"),
-                        format!("backup method `{method}` is not available for {kind} targets (available: {})", list(caps.backups)),
-                    ));
-                }
-                let every = b.every.get_ref().0;
-                if every.is_zero() {
-                    return Err(self.at.error(
-                        b.every.span(),
-                        key("backup.every"),
-                        "backups need an interval above zero",
-                    ));
-                }
-                let archive_timeout = match &b.archive_timeout {
-                    Some(t) if !method.archives_wal() => {
-                        return Err(self.at.error(
-                            t.span(),
-                            key("backup.archive_timeout"),
-                            format!("backup method `{method}` archives no WAL; archive_timeout does not apply"),
-                        ));
-                    }
-                    Some(t) if t.get_ref().0 < Duration::from_secs(1) => {
-                        return Err(self.at.error(
-                            t.span(),
-                            key("backup.archive_timeout"),
-                            "PostgreSQL takes archive_timeout in whole seconds, at least 1s",
-                        ));
-                    }
-                    Some(t) => Some(t.get_ref().0),
-                    None => method.archives_wal().then_some(DEFAULT_ARCHIVE_TIMEOUT),
-                };
-                Some(BackupSpec {
-                    method,
-                    every,
-                    archive_timeout,
-                })
-            }
-        };
-
-        let restore_raw = raw.restore.get_ref();
-        let restore = *restore_raw.from.get_ref();
-        if restore.from_backup() && backup.is_none() {
+        let d = d.get_ref();
+        let fixture = d.fixture.get_ref();
+        if !caps.fixtures.contains(&fixture.as_str()) {
             return Err(self.at.error(
-                restore_raw.from.span(),
-                key("restore.from"),
-                "restoring from a backup needs a `backup` for this target (or use `restart`)",
+                d.fixture.span(),
+                key("dataset.fixture"),
+                format!(
+                    "no {kind} fixture named {fixture:?} (fixtures: {})",
+                    caps.fixtures.join(", ")
+                ),
             ));
         }
+        let rows = *d.rows.get_ref();
+        if rows < 1 {
+            return Err(self.at.error(
+                d.rows.span(),
+                key("dataset.rows"),
+                format!("rows must be at least 1, got {rows}"),
+            ));
+        }
+        let projection = match &d.projection {
+            None => None,
+            Some(p) => Some(self.projection(p.get_ref(), key)?),
+        };
+        Ok(Dataset {
+            fixture: fixture.clone(),
+            rows: rows as u64,
+            projection,
+        })
+    }
+
+    /// The workload's writes per second; the kind's default when not given.
+    fn rate(
+        &self,
+        raw: Option<&raw::RawWorkload>,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<u32> {
+        let Some(w) = raw else {
+            return Ok(caps.default_rate);
+        };
+        let rate = *w.rate.get_ref();
+        u32::try_from(rate).map_err(|_| {
+            self.at.error(
+                w.rate.span(),
+                key("workload.rate"),
+                format!("rate must be between 0 and {}, got {rate}", u32::MAX),
+            )
+        })
+    }
+
+    /// A drill's backups: a method the kind has, an interval above zero, and an
+    /// `archive_timeout` only where WAL is archived.
+    fn backup(
+        &self,
+        raw: Option<&Spanned<raw::RawBackup>>,
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Option<BackupSpec>> {
+        let Some(b) = raw else {
+            return Ok(None);
+        };
+        let b = b.get_ref();
+        let method = *b.method.get_ref();
+        if !caps.backups.contains(&method) {
+            return Err(self.at.error(
+                b.method.span(),
+                key("backup.method"),
+                format!(
+                    "backup method `{method}` is not available for {kind} targets (available: {})",
+                    list(caps.backups)
+                ),
+            ));
+        }
+        let every = b.every.get_ref().0;
+        if every.is_zero() {
+            return Err(self.at.error(
+                b.every.span(),
+                key("backup.every"),
+                "backups need an interval above zero",
+            ));
+        }
+        let archive_timeout = match &b.archive_timeout {
+            Some(t) if !method.archives_wal() => {
+                return Err(self.at.error(
+                    t.span(),
+                    key("backup.archive_timeout"),
+                    format!(
+                        "backup method `{method}` archives no WAL; archive_timeout does not apply"
+                    ),
+                ));
+            }
+            Some(t) if t.get_ref().0 < Duration::from_secs(1) => {
+                return Err(self.at.error(
+                    t.span(),
+                    key("backup.archive_timeout"),
+                    "PostgreSQL takes archive_timeout in whole seconds, at least 1s",
+                ));
+            }
+            Some(t) => Some(t.get_ref().0),
+            None => method.archives_wal().then_some(DEFAULT_ARCHIVE_TIMEOUT),
+        };
+        Ok(Some(BackupSpec {
+            method,
+            every,
+            archive_timeout,
+        }))
+    }
+
+    /// A drill's checks: each one the kind has, that its restore and backup can answer,
+    /// listed once. `seed` runs anyway and is not listed.
+    fn drill_checks(
+        &self,
+        raw: &[Spanned<CheckKind>],
+        kind: TargetKind,
+        caps: &Capabilities,
+        restore: RestorePoint,
+        backup: Option<BackupSpec>,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Vec<CheckKind>> {
         let mut checks = Vec::new();
-        for check in &raw.checks {
+        for check in raw {
             let c = *check.get_ref();
             if c == CheckKind::Seed {
                 return Err(self.at.error(
@@ -1112,8 +1231,15 @@ impl<'a> Validator<'a> {
             }
             checks.push(c);
         }
+        Ok(checks)
+    }
 
-        let o = raw.objectives.get_ref();
+    /// A drill's objectives: an RTO and a write p99 above zero, lost writes not negative.
+    fn drill_objectives(
+        &self,
+        o: &raw::RawObjectives,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Objectives> {
         let rto = o.rto.get_ref().0;
         if rto.is_zero() {
             return Err(self.at.error(
@@ -1139,33 +1265,12 @@ impl<'a> Validator<'a> {
                 )
             })?),
         };
-
-        let mut spec = TargetSpec {
-            name: name.to_string(),
-            kind,
-            image: raw.image.as_ref().map(|i| i.get_ref().clone()),
-            dataset,
-            rate,
-            backup,
-            restore,
-            checks,
-            objectives: Objectives {
-                rto,
-                rpo: o.rpo.get_ref().0,
-                max_lost_writes,
-                write_p99: o.write_p99.as_ref().map(|d| d.get_ref().0),
-            },
-            options: Arc::new(()),
-            volume_limit: None,
-            proxied: false,
-            restore_after: Vec::new(),
-            source: None,
-            queries: Vec::new(),
-            database: None,
-        };
-        spec.options = (caps.options)(&keys, &spec)
-            .map_err(|e| self.key_error(&format!("targets.{name}"), e))?;
-        Ok(spec)
+        Ok(Objectives {
+            rto,
+            rpo: o.rpo.get_ref().0,
+            max_lost_writes,
+            write_p99: o.write_p99.as_ref().map(|d| d.get_ref().0),
+        })
     }
 
     fn fault(&self, i: usize, raw: &raw::RawFault, targets: &[TargetSpec]) -> Checked<FaultSpec> {

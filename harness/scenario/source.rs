@@ -5,17 +5,18 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawQuery, RawSource, RawTarget};
+use super::raw::{RawObjectives, RawQuery, RawRestore, RawSource, RawTarget};
 use super::{Checked, Validator, list};
 use crate::spec::*;
-use crate::targets::capabilities;
+use crate::targets::schema::KindKeys;
+use crate::targets::{Capabilities, capabilities};
 
 /// `backup-age`'s bound when `source.max_age` is not given.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// `backup-size`'s bound when `source.size_tolerance` is not given.
 pub const DEFAULT_SIZE_TOLERANCE: f64 = 0.10;
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
     pub(super) fn sourced_target(
         &self,
         name: &str,
@@ -25,6 +26,51 @@ impl Validator<'_> {
         let key = |k: &str| format!("targets.{name}.{k}");
         let kind = *raw.kind.get_ref();
         let caps = capabilities(kind);
+        let keys = self.no_drill_keys(name, raw, source, &key)?;
+        let source = self.source(source, kind, caps, &key)?;
+        let restore = self.source_restore(raw.restore.get_ref(), &source, &key)?;
+        let checks = self.source_checks(&raw.checks, kind, caps, &key)?;
+        let queries = self.queries(&raw.queries, kind, caps, &key)?;
+        let database = self.database(raw.database.as_ref(), kind, caps, &key)?;
+        let objectives = self.source_objectives(raw.objectives.get_ref(), &key)?;
+
+        let mut spec = TargetSpec {
+            name: name.to_string(),
+            kind,
+            image: raw.image.as_ref().map(|i| i.get_ref().clone()),
+            dataset: Dataset {
+                fixture: String::new(),
+                rows: 0,
+                projection: None,
+            },
+            rate: 0,
+            backup: None,
+            restore,
+            checks,
+            objectives,
+            options: std::sync::Arc::new(()),
+            volume_limit: None,
+            proxied: false,
+            restore_after: Vec::new(),
+            source: Some(source),
+            queries,
+            database,
+        };
+        // A restore test gives its kind no keys: the kind's defaults.
+        spec.options = (caps.options)(&keys, &spec)
+            .map_err(|e| self.key_error(&format!("targets.{name}"), e))?;
+        Ok(spec)
+    }
+
+    /// A restore test takes none of a drill's keys: no `dataset`, `workload`, `backup`, and
+    /// none of the keys its kind owns. Returns those (empty) keys.
+    fn no_drill_keys(
+        &self,
+        name: &str,
+        raw: &RawTarget,
+        source: &Spanned<RawSource>,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<KindKeys<'a>> {
         let drill_only = [
             ("dataset", raw.dataset.as_ref().map(|d| d.span())),
             ("workload", raw.workload.as_ref().map(|w| w.rate.span())),
@@ -40,7 +86,7 @@ impl Validator<'_> {
             ));
         }
 
-        let keys = self.kind_keys(name, kind)?;
+        let keys = self.kind_keys(name, *raw.kind.get_ref())?;
         if let Some(k) = keys.names().first() {
             let full = key(k);
             return Err(self.at.error(
@@ -51,28 +97,20 @@ impl Validator<'_> {
                 ),
             ));
         }
+        Ok(keys)
+    }
 
+    /// Where the backup lives and how it is judged: its location, WAL archive, pattern,
+    /// size tolerance, maximum age, identity and stanza.
+    fn source(
+        &self,
+        source: &Spanned<RawSource>,
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<SourceSpec> {
         let s = source.get_ref();
-        let location = match (&s.path, &s.url) {
-            (Some(p), None) => {
-                if let Some(e) = &s.endpoint {
-                    return Err(self.at.error(
-                        e.span(),
-                        key("source.endpoint"),
-                        "`endpoint` is for an object store's `url`, not a `path`",
-                    ));
-                }
-                self.path(p.get_ref())
-            }
-            (None, Some(u)) => self.url(u, &key("source.url"), &s.endpoint, &s.region)?,
-            _ => {
-                return Err(self.at.error(
-                    source.span(),
-                    key("source"),
-                    "a source takes exactly one of `path` (a file or folder) and `url` (s3://…)",
-                ));
-            }
-        };
+        let location = self.source_location(source, key)?;
         let wal = match &s.wal {
             None => None,
             Some(w) if w.get_ref().contains("://") => {
@@ -98,30 +136,87 @@ impl Validator<'_> {
             .max_age
             .as_ref()
             .map_or(DEFAULT_MAX_AGE, |a| a.get_ref().0);
+        let stanza = self.stanza(s.stanza.as_ref(), kind, caps, key)?;
+        Ok(SourceSpec {
+            location,
+            wal,
+            pattern,
+            max_age,
+            size_tolerance,
+            identity: s.identity.as_ref().map(|i| match self.path(i.get_ref()) {
+                SourceLocation::Path(p) => p,
+                SourceLocation::Url { .. } => unreachable!("a path"),
+            }),
+            stanza,
+        })
+    }
 
-        let stanza = match &s.stanza {
-            Some(st) if !caps.source_keys.contains(&SourceKey::Stanza) => {
-                return Err(self.at.error(
-                    st.span(),
-                    key("source.stanza"),
-                    format!("`stanza` names a pgBackRest repository's stanza: {kind} targets take no stanza"),
-                ));
+    /// The backup's place: exactly one of `path` and `url`; `endpoint` only with a `url`.
+    fn source_location(
+        &self,
+        source: &Spanned<RawSource>,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<SourceLocation> {
+        let s = source.get_ref();
+        match (&s.path, &s.url) {
+            (Some(p), None) => {
+                if let Some(e) = &s.endpoint {
+                    return Err(self.at.error(
+                        e.span(),
+                        key("source.endpoint"),
+                        "`endpoint` is for an object store's `url`, not a `path`",
+                    ));
+                }
+                Ok(self.path(p.get_ref()))
             }
+            (None, Some(u)) => self.url(u, &key("source.url"), &s.endpoint, &s.region),
+            _ => Err(self.at.error(
+                source.span(),
+                key("source"),
+                "a source takes exactly one of `path` (a file or folder) and `url` (s3://…)",
+            )),
+        }
+    }
+
+    /// A pgBackRest repository's stanza, for kinds that take one.
+    fn stanza(
+        &self,
+        stanza: Option<&Spanned<String>>,
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Option<String>> {
+        match stanza {
+            Some(st) if !caps.source_keys.contains(&SourceKey::Stanza) => Err(self.at.error(
+                st.span(),
+                key("source.stanza"),
+                format!(
+                    "`stanza` names a pgBackRest repository's stanza: {kind} targets take no stanza"
+                ),
+            )),
             Some(st) if st.get_ref().is_empty() || st.get_ref().contains(['/', ' ']) => {
-                return Err(self.at.error(
+                Err(self.at.error(
                     st.span(),
                     key("source.stanza"),
                     format!("{:?} is not a stanza name", st.get_ref()),
-                ));
+                ))
             }
-            st => st.as_ref().map(|st| st.get_ref().clone()),
-        };
+            st => Ok(st.map(|st| st.get_ref().clone())),
+        }
+    }
 
-        let restore_raw = raw.restore.get_ref();
+    /// A restore test restores the newest backup, or the newest before a time when it has
+    /// WAL to replay (`wal` or a `stanza`).
+    fn source_restore(
+        &self,
+        restore_raw: &RawRestore,
+        source: &SourceSpec,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<RestorePoint> {
         let restore = *restore_raw.from.get_ref();
         match restore {
             RestorePoint::Latest => {}
-            RestorePoint::At(_) if wal.is_some() || stanza.is_some() => {}
+            RestorePoint::At(_) if source.wal.is_some() || source.stanza.is_some() => {}
             RestorePoint::At(_) => {
                 return Err(self.at.error(
                     restore_raw.from.span(),
@@ -140,9 +235,19 @@ impl Validator<'_> {
                 ));
             }
         }
+        Ok(restore)
+    }
 
+    /// A restore test's checks: each one its kind has for restore tests, listed once.
+    fn source_checks(
+        &self,
+        raw: &[Spanned<CheckKind>],
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Vec<CheckKind>> {
         let mut checks = Vec::new();
-        for check in &raw.checks {
+        for check in raw {
             let c = *check.get_ref();
             if !caps.source_checks.contains(&c) {
                 return Err(self.at.error(
@@ -163,9 +268,19 @@ impl Validator<'_> {
             }
             checks.push(c);
         }
+        Ok(checks)
+    }
 
+    /// The user's queries: each named once, at most one giving the RPO its point.
+    fn queries(
+        &self,
+        raw: &[Spanned<RawQuery>],
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Vec<QuerySpec>> {
         let mut queries: Vec<QuerySpec> = Vec::new();
-        for (i, q) in raw.queries.iter().enumerate() {
+        for (i, q) in raw.iter().enumerate() {
             let query = self.query(q, &key(&format!("queries[{i}]")), caps.query_key, kind)?;
             if query.freshness && queries.iter().any(|other| other.freshness) {
                 return Err(self.at.error(
@@ -183,20 +298,34 @@ impl Validator<'_> {
             }
             queries.push(query);
         }
-        let database = match &raw.database {
-            Some(d) if !caps.source_keys.contains(&SourceKey::Database) => {
-                return Err(self.at.error(
-                    d.span(),
-                    key("database"),
-                    format!(
-                        "`database` names the database a query runs in: {kind} targets take none"
-                    ),
-                ));
-            }
-            d => d.as_ref().map(|d| d.get_ref().clone()),
-        };
+        Ok(queries)
+    }
 
-        let o = raw.objectives.get_ref();
+    /// The database the queries run in, for kinds that have databases.
+    fn database(
+        &self,
+        raw: Option<&Spanned<String>>,
+        kind: TargetKind,
+        caps: &Capabilities,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Option<String>> {
+        match raw {
+            Some(d) if !caps.source_keys.contains(&SourceKey::Database) => Err(self.at.error(
+                d.span(),
+                key("database"),
+                format!("`database` names the database a query runs in: {kind} targets take none"),
+            )),
+            d => Ok(d.map(|d| d.get_ref().clone())),
+        }
+    }
+
+    /// A restore test's objectives: an RTO above zero and an RPO. With no workload there is
+    /// no write latency and no lost writes to judge.
+    fn source_objectives(
+        &self,
+        o: &RawObjectives,
+        key: &dyn Fn(&str) -> String,
+    ) -> Checked<Objectives> {
         let rto = o.rto.get_ref().0;
         if rto.is_zero() {
             return Err(self.at.error(
@@ -219,49 +348,12 @@ impl Validator<'_> {
                 "a restore test has no workload, so no writes to lose: its RPO is the backup's age",
             ));
         }
-
-        let mut spec = TargetSpec {
-            name: name.to_string(),
-            kind,
-            image: raw.image.as_ref().map(|i| i.get_ref().clone()),
-            dataset: Dataset {
-                fixture: String::new(),
-                rows: 0,
-                projection: None,
-            },
-            rate: 0,
-            backup: None,
-            restore,
-            checks,
-            objectives: Objectives {
-                rto,
-                rpo: o.rpo.get_ref().0,
-                max_lost_writes: None,
-                write_p99: None,
-            },
-            options: std::sync::Arc::new(()),
-            volume_limit: None,
-            proxied: false,
-            restore_after: Vec::new(),
-            source: Some(SourceSpec {
-                location,
-                wal,
-                pattern,
-                max_age,
-                size_tolerance,
-                identity: s.identity.as_ref().map(|i| match self.path(i.get_ref()) {
-                    SourceLocation::Path(p) => p,
-                    SourceLocation::Url { .. } => unreachable!("a path"),
-                }),
-                stanza,
-            }),
-            queries,
-            database,
-        };
-        // A restore test gives its kind no keys: the kind's defaults.
-        spec.options = (caps.options)(&keys, &spec)
-            .map_err(|e| self.key_error(&format!("targets.{name}"), e))?;
-        Ok(spec)
+        Ok(Objectives {
+            rto,
+            rpo: o.rpo.get_ref().0,
+            max_lost_writes: None,
+            write_p99: None,
+        })
     }
 
     /// A path; a relative one is read from the scenario file's folder.

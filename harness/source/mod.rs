@@ -167,6 +167,95 @@ pub async fn fetch(
         .into());
     }
     let entries = source.list().await?;
+    let entry = newest(source.as_ref(), spec, &entries, not_after, &label).await?;
+    let stored = dest.join(base(&entry.name));
+    let sha256 = source.download(&entry, &stored).await?;
+    let bytes = if entry.folder {
+        folder_size(&stored)
+    } else {
+        std::fs::metadata(&stored)?.len()
+    };
+    let head =
+        if entry.folder {
+            read_head(&folder_marker(&stored).ok_or_else(|| {
+                Unrestorable(format!("{} changed while it was fetched", entry.name))
+            })?)?
+        } else {
+            read_head(&stored)?
+        };
+    let encrypted = !entry.folder && is_age(&head);
+    let (stored, head) = if encrypted {
+        let plain = dest.join(format!("{}.decrypted", base(&entry.name)));
+        decrypt(&stored, &plain, spec.identity.as_deref(), &entry.name).await?;
+        let head = read_head(&plain)?;
+        (plain, head)
+    } else {
+        (stored, head)
+    };
+    let Some(sniffed) = format::sniff(&head, entry.folder) else {
+        return Err(Unrestorable(format!(
+            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, pg_basebackup tar or plain, a pgBackRest repository, Redis RDB or AOF folder, RabbitMQ definitions; gzip or zstd around files)",
+            entry.name
+        ))
+        .into());
+    };
+    let local = match sniffed.compression {
+        None => stored.clone(),
+        Some(c) => {
+            let out = dest.join(format!("{}.unwrapped", base(&entry.name)));
+            decompress(c, stored.clone(), out.clone()).await?;
+            out
+        }
+    };
+    let sidecar = match source.sidecar(&entry, &entries).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "{label}: cannot read the checksum sidecar of {}: {e:#}",
+                entry.name
+            );
+            None
+        }
+    };
+    let (made_at_time, made_at_from) = made_at(&sniffed, &entry);
+    let wal = match &spec.wal {
+        Some(w) => Some(fetch_wal(w, &dest.join("wal")).await?),
+        None => None,
+    };
+    let companion =
+        fetch_companion(source.as_ref(), sniffed.format, &entries, &entry, dest).await?;
+    let (companion, companion_path) = companion.unzip();
+    Ok(Fetched {
+        wal,
+        companion,
+        companion_path,
+        pgbackrest: None,
+        object: entry.name.clone(),
+        local,
+        format: sniffed.format,
+        encrypted,
+        compression: sniffed.compression,
+        bytes,
+        fetch_ms: started.elapsed().as_millis() as u64,
+        sha256,
+        modified: rfc(entry.modified),
+        made_at: rfc(made_at_time),
+        made_at_from: made_at_from.into(),
+        database: sniffed.database,
+        sidecar,
+        made_at_time,
+    })
+}
+
+/// The backup a restore test restores among `entries`: the newest matching the source's
+/// pattern (with `not_after`, the newest made by then).
+async fn newest(
+    source: &dyn Source,
+    spec: &SourceSpec,
+    entries: &[Entry],
+    not_after: Option<SystemTime>,
+    label: &str,
+) -> Result<Entry> {
     let pattern = spec
         .pattern
         .as_deref()
@@ -222,69 +311,31 @@ pub async fn fetch(
         ))
         .into());
     };
-    let stored = dest.join(base(&entry.name));
-    let sha256 = source.download(&entry, &stored).await?;
-    let bytes = if entry.folder {
-        folder_size(&stored)
-    } else {
-        std::fs::metadata(&stored)?.len()
-    };
-    let head =
-        if entry.folder {
-            read_head(&folder_marker(&stored).ok_or_else(|| {
-                Unrestorable(format!("{} changed while it was fetched", entry.name))
-            })?)?
-        } else {
-            read_head(&stored)?
-        };
-    let encrypted = !entry.folder && is_age(&head);
-    let (stored, head) = if encrypted {
-        let plain = dest.join(format!("{}.decrypted", base(&entry.name)));
-        decrypt(&stored, &plain, spec.identity.as_deref(), &entry.name).await?;
-        let head = read_head(&plain)?;
-        (plain, head)
-    } else {
-        (stored, head)
-    };
-    let Some(sniffed) = format::sniff(&head, entry.folder) else {
-        return Err(Unrestorable(format!(
-            "{} in {label} is no backup format drillrig knows (pg_dump custom, tar, directory or plain SQL, pg_dumpall, pg_basebackup tar or plain, a pgBackRest repository, Redis RDB or AOF folder, RabbitMQ definitions; gzip or zstd around files)",
-            entry.name
-        ))
-        .into());
-    };
-    let local = match sniffed.compression {
-        None => stored.clone(),
-        Some(c) => {
-            let out = dest.join(format!("{}.unwrapped", base(&entry.name)));
-            let (from, to) = (stored.clone(), out.clone());
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let mut r = c.reader(std::io::BufReader::new(std::fs::File::open(&from)?))?;
-                let mut w = std::io::BufWriter::new(std::fs::File::create(&to)?);
-                std::io::copy(&mut r, &mut w).map_err(|e| {
-                    Unrestorable(format!(
-                        "{} does not decompress ({c:?}): {e}",
-                        from.display()
-                    ))
-                })?;
-                w.flush()?;
-                Ok(())
-            })
-            .await??;
-            out
-        }
-    };
-    let sidecar = match source.sidecar(&entry, &entries).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(
-                "{label}: cannot read the checksum sidecar of {}: {e:#}",
-                entry.name
-            );
-            None
-        }
-    };
-    let (made_at_time, made_at_from) = match sniffed.made_at {
+    Ok(entry)
+}
+
+/// Removes compression `c` around `from` into `to`, off the async threads.
+async fn decompress(c: Compression, from: PathBuf, to: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut r = c.reader(std::io::BufReader::new(std::fs::File::open(&from)?))?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&to)?);
+        std::io::copy(&mut r, &mut w).map_err(|e| {
+            Unrestorable(format!(
+                "{} does not decompress ({c:?}): {e}",
+                from.display()
+            ))
+        })?;
+        w.flush()?;
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+/// When the backup was made, and where that time was read: the format's own record, else
+/// the file's (or the folder's newest file's) modification time.
+fn made_at(sniffed: &format::Sniffed, entry: &Entry) -> (SystemTime, &'static str) {
+    match sniffed.made_at {
         Some(t) => (
             t,
             match sniffed.format {
@@ -298,49 +349,33 @@ pub async fn fetch(
             "the modification time of the folder's newest file",
         ),
         None => (entry.modified, "the file's modification time"),
+    }
+}
+
+/// The file a format restores with (a base backup's `backup_manifest`), fetched from
+/// beside `entry` when it is there: its name and where it was stored.
+async fn fetch_companion(
+    source: &dyn Source,
+    format: Format,
+    entries: &[Entry],
+    entry: &Entry,
+    dest: &Path,
+) -> Result<Option<(String, PathBuf)>> {
+    let Some(wanted) = format.companion() else {
+        return Ok(None);
     };
-    let wal = match &spec.wal {
-        Some(w) => Some(fetch_wal(w, &dest.join("wal")).await?),
-        None => None,
-    };
-    let companion = match sniffed.format.companion() {
-        Some(wanted) => {
-            let dir = |name: &str| name.rsplit_once('/').map_or("", |(d, _)| d).to_string();
-            match entries
-                .iter()
-                .find(|e| !e.folder && base(&e.name) == wanted && dir(&e.name) == dir(&entry.name))
-            {
-                Some(c) => {
-                    let to = dest.join(wanted);
-                    source.download(c, &to).await?;
-                    Some((c.name.clone(), to))
-                }
-                None => None,
-            }
+    let dir = |name: &str| name.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+    match entries
+        .iter()
+        .find(|e| !e.folder && base(&e.name) == wanted && dir(&e.name) == dir(&entry.name))
+    {
+        Some(c) => {
+            let to = dest.join(wanted);
+            source.download(c, &to).await?;
+            Ok(Some((c.name.clone(), to)))
         }
-        None => None,
-    };
-    let (companion, companion_path) = companion.unzip();
-    Ok(Fetched {
-        wal,
-        companion,
-        companion_path,
-        pgbackrest: None,
-        object: entry.name.clone(),
-        local,
-        format: sniffed.format,
-        encrypted,
-        compression: sniffed.compression,
-        bytes,
-        fetch_ms: started.elapsed().as_millis() as u64,
-        sha256,
-        modified: rfc(entry.modified),
-        made_at: rfc(made_at_time),
-        made_at_from: made_at_from.into(),
-        database: sniffed.database,
-        sidecar,
-        made_at_time,
-    })
+        None => Ok(None),
+    }
 }
 
 /// Files of a pgBackRest repository fetched at once.
