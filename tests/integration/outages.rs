@@ -201,6 +201,30 @@ fn a_partition_cuts_each_service_off_until_it_rejoins_and_loses_nothing() {
     }
 }
 
+/// `(invoked, took)` in milliseconds of every write `target`'s ledger CSV says was acknowledged.
+fn acknowledged_writes(run: &Run, target: &str) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(run.dir.join(format!("ledger-{target}.csv")))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let (invoked, completed): (f64, f64) = (f[1].parse().ok()?, f[2].parse().ok()?);
+            (f[3] == "ok").then_some((invoked, completed - invoked))
+        })
+        .collect()
+}
+
+/// How long each of `writes` took that began after the fault slowed the link (5 ms of slack)
+/// and was acknowledged before its heal began.
+fn took_inside(writes: &[(f64, f64)], slowed: f64, healed: f64) -> Vec<f64> {
+    writes
+        .iter()
+        .filter(|w| w.0 > slowed + 5.0 && w.0 + w.1 < healed)
+        .map(|w| w.1)
+        .collect()
+}
+
 /// `latency`: 100 ms ± 20 ms each way through drillrig's proxy for 4 s. The ledger's own invoke
 /// and acknowledgement times show it: every write acknowledged inside the fault took at least
 /// two delayed chunks (160 ms), the writes before and after it far less; the report's
@@ -216,22 +240,8 @@ fn latency_slows_every_write_through_the_proxy_and_only_while_it_lasts() {
         fault["injected_at_ms"].as_f64().unwrap(),
         fault["heal_started_ms"].as_f64().unwrap(),
     );
-    // (invoked, took) of every acknowledged write, from the ledger CSV.
-    let writes: Vec<(f64, f64)> = std::fs::read_to_string(run.dir.join("ledger-pg.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let (invoked, completed): (f64, f64) = (f[1].parse().ok()?, f[2].parse().ok()?);
-            (f[3] == "ok").then_some((invoked, completed - invoked))
-        })
-        .collect();
-    let inside: Vec<f64> = writes
-        .iter()
-        .filter(|w| w.0 > slowed + 5.0 && w.0 + w.1 < healed)
-        .map(|w| w.1)
-        .collect();
+    let writes = acknowledged_writes(&run, "pg");
+    let inside = took_inside(&writes, slowed, healed);
     assert!(inside.len() > 5, "{} writes inside the fault", inside.len());
     assert!(
         inside.iter().all(|&ms| ms >= 160.0),
@@ -473,23 +483,7 @@ fn latency_slows_redis_and_rabbitmq_as_a_round_trip_from_the_host_measures() {
             .iter()
             .find(|t| t["name"] == target)
             .unwrap();
-        // (invoked, took) of every acknowledged write, from the ledger CSV.
-        let writes: Vec<(f64, f64)> =
-            std::fs::read_to_string(run.dir.join(format!("ledger-{target}.csv")))
-                .unwrap()
-                .lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split(',').collect();
-                    let (invoked, completed): (f64, f64) = (f[1].parse().ok()?, f[2].parse().ok()?);
-                    (f[3] == "ok").then_some((invoked, completed - invoked))
-                })
-                .collect();
-        let inside: Vec<f64> = writes
-            .iter()
-            .filter(|w| w.0 > slowed + 5.0 && w.0 + w.1 < healed)
-            .map(|w| w.1)
-            .collect();
+        let inside = took_inside(&acknowledged_writes(&run, target), slowed, healed);
         assert!(
             inside.len() > 5,
             "{target}: {} writes inside the fault",
