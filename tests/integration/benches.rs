@@ -7,12 +7,36 @@ use std::process::Command;
 
 use crate::common::{BIN, engine, repo};
 
+/// A command run as from the shell that ran `cargo test`: without the variables Cargo gives a
+/// test (`CARGO_PKG_*`, `LD_LIBRARY_PATH`, ...). A nested `cargo build` that sees them takes its
+/// dependencies for changed and recompiles them, ring and reqwest included, while every other
+/// test waits on Cargo's lock (minutes, measured).
+fn as_from_the_shell(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let cargos =
+            name.starts_with("CARGO") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR";
+        if cargos
+            || [
+                "LD_LIBRARY_PATH",
+                "RUST_TEST_THREADS",
+                "RUST_RECURSION_COUNT",
+            ]
+            .contains(&&*name)
+        {
+            command.env_remove(&*name);
+        }
+    }
+    command.current_dir(repo("."));
+    command
+}
+
 /// Runs `benches/<script> args...` from the repository; returns its stdout, failing the test
 /// with both streams if it fails.
 fn bench(script: &str, args: &[&str]) -> String {
-    let out = Command::new(repo("benches").join(script))
+    let out = as_from_the_shell(repo("benches").join(script))
         .args(args)
-        .current_dir(repo("."))
         .env("DRILLRIG", BIN)
         .output()
         .unwrap();
@@ -117,9 +141,8 @@ fn restore_scaling_prints_every_phase() {
 /// `cargo bench` in criterion's test mode: every benchmark runs once.
 #[test]
 fn cargo_bench_runs_in_test_mode() {
-    let out = Command::new(env!("CARGO"))
+    let out = as_from_the_shell(env!("CARGO"))
         .args(["bench", "--bench", "ledger", "--", "--test"])
-        .current_dir(repo("."))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
