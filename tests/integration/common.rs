@@ -388,19 +388,16 @@ pub fn resources_of(run_id: &str) -> Vec<String> {
     found.into_iter().collect()
 }
 
-/// Removes what run `run_id` left (its containers, then its networks and volumes), and nothing
-/// else: how a test cleans up a kept run without a `drillrig gc` that would collect other
-/// tests' kept runs too.
+/// Removes what run `run_id` left, and nothing else, with `drillrig gc RUN_ID`: how a test
+/// cleans up a kept run of its own (its process has exited) without collecting other tests'
+/// kept runs, which a bare `drillrig gc` would.
 pub fn remove_run(run_id: &str) {
-    for resource in resources_of(run_id) {
-        let (what, name) = resource.split_once(' ').unwrap();
-        let args: &[&str] = match what {
-            "container" => &["rm", "-f", "-v", name],
-            "network" => &["network", "rm", name],
-            _ => &["volume", "rm", "-f", name],
-        };
-        let _ = Command::new("docker").args(args).output();
-    }
+    let gc = Command::new(BIN).args(["gc", run_id]).output().unwrap();
+    assert!(
+        gc.status.success(),
+        "drillrig gc {run_id}: {}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
 }
 
 /// Runs the docker CLI; returns its stdout, panicking with its stderr if it fails.

@@ -220,8 +220,8 @@ fn restored_container(r: &Run) -> String {
         .unwrap_or_else(|| panic!("no kept container of {}", r.run_id()))
 }
 
-/// A run kept by `DRILLRIG_KEEP=always`; dropping it removes what the run left (its containers,
-/// then its networks and volumes), and nothing else.
+/// A run kept by `DRILLRIG_KEEP=always`; dropping it removes what the run left, and nothing else
+/// (`common::remove_run`).
 struct Kept(String);
 
 impl Drop for Kept {
