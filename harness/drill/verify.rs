@@ -136,7 +136,7 @@ impl Executor<'_> {
             .any(|c| c.name == CheckKind::Seed && c.status == CheckStatus::Failed);
         if seed_changed {
             let gone = checks::seed_gone(&seeded.facts, &read.seed_now);
-            rpo.reach_back_to_seed(ledger, &comparison, injected, seeded.at, gone);
+            rpo.reach_back_to_seed(ledger, &comparison, (t_fault, injected), seeded.at, gone);
         }
         // Damage to the backup chain is the reason the RPO was missed.
         rpo.explain_miss(restored.note.as_ref());

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::clock::Micros;
 use crate::spec::Objectives;
-use crate::workload::{Comparison, Ledger};
+use crate::workload::{Comparison, Ledger, WriteOutcome};
 
 /// A target's RPO: what it achieved, against its objective, and what the ledger says was lost.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -71,7 +71,7 @@ impl Rpo {
         workload_start: Micros,
     ) -> Rpo {
         let mut rpo = Rpo {
-            acked_writes: ledger.count(crate::workload::WriteOutcome::Ok),
+            acked_writes: ledger.count(WriteOutcome::Ok),
             last_acked_before_fault_seq: ledger.last_acked_before(injected).map(|w| w.seq),
             ..Rpo::unmeasured(objectives)
         };
@@ -115,13 +115,15 @@ impl Rpo {
 
     /// The seed did not come back as seeded: the loss reaches back past the workload, to the
     /// dataset's creation (`seeded_at`), and misses the objective whatever its size. When
-    /// nothing survived at all (`seed_gone` and no acknowledged write recovered), it is a total
-    /// loss.
+    /// nothing of the dataset as it stood when the fault began (`fault_began`) survived (`seed_gone`
+    /// and every write acknowledged before then lost), it is a total loss. A write acknowledged
+    /// while the fault was being injected may land after it (a write between a FLUSHALL and its
+    /// reply) and does not make the old dataset survive.
     pub fn reach_back_to_seed(
         &mut self,
         ledger: &Ledger,
         comparison: &Result<Comparison, String>,
-        injected: Micros,
+        (fault_began, injected): (Micros, Micros),
         seeded_at: Micros,
         seed_gone: bool,
     ) {
@@ -130,7 +132,13 @@ impl Rpo {
             .map_or(injected, |w| w.completed);
         self.achieved_ms = Some(until.saturating_sub(seeded_at) / 1000);
         self.met = false;
-        let nothing_survived = comparison.as_ref().is_ok_and(|c| c.recovered == 0);
+        let nothing_survived = comparison.as_ref().is_ok_and(|c| {
+            ledger
+                .writes()
+                .iter()
+                .filter(|w| w.outcome == WriteOutcome::Ok && w.completed < fault_began)
+                .all(|w| c.lost.binary_search(&w.seq).is_ok())
+        });
         self.total_loss = seed_gone && nothing_survived;
         let why = if self.total_loss {
             "total loss: nothing of the dataset survived, neither the seed nor any acknowledged write"
@@ -200,4 +208,48 @@ pub fn achieved(
         .and_then(|r| ledger.get(r))
         .map_or(workload_start, |w| w.completed);
     Duration::from_micros(a_max.completed.saturating_sub(prefix_end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Write, ledger::compare};
+
+    /// Writes 1..=3 acknowledged before the fault began (at 100 ms), write 4 while it was being
+    /// injected (until 120 ms); the seed is gone. `read` is what the restored target holds.
+    fn after_a_flush(read: &[u64]) -> Rpo {
+        let mut ledger = Ledger::new();
+        for (seq, at) in [(1, 10_000), (2, 50_000), (3, 90_000), (4, 110_000)] {
+            ledger.record(Write {
+                seq,
+                invoked: at - 1_000,
+                completed: at,
+                outcome: WriteOutcome::Ok,
+                digest: seq,
+            });
+        }
+        let read = read.iter().map(|&s| (s, s)).collect();
+        let comparison = Ok(compare(&ledger, &read));
+        let mut rpo = Rpo::default();
+        rpo.reach_back_to_seed(&ledger, &comparison, (100_000, 120_000), 0, true);
+        rpo
+    }
+
+    #[test]
+    fn a_write_landing_during_the_injection_does_not_make_the_old_dataset_survive() {
+        assert!(after_a_flush(&[]).total_loss);
+        assert!(after_a_flush(&[4]).total_loss);
+    }
+
+    #[test]
+    fn a_write_from_before_the_fault_that_survived_is_no_total_loss() {
+        let rpo = after_a_flush(&[2, 4]);
+        assert!(!rpo.total_loss);
+        assert!(!rpo.met);
+        assert!(
+            rpo.note
+                .unwrap()
+                .starts_with("the seeded data did not survive")
+        );
+    }
 }
