@@ -616,7 +616,7 @@ impl RestorePoint {
     /// Whether the recovery restores a backup (not `restart`, not `in-place`).
     pub fn from_backup(self) -> bool {
         match self {
-            RestorePoint::Restart | RestorePoint::InPlace => false,
+            RestorePoint::Restart | RestorePoint::InPlace | RestorePoint::Failover => false,
             RestorePoint::Latest | RestorePoint::BeforeFault | RestorePoint::At(_) => true,
         }
     }
@@ -626,6 +626,7 @@ impl RestorePoint {
         match self {
             RestorePoint::Restart => "restart".into(),
             RestorePoint::InPlace => "in-place".into(),
+            RestorePoint::Failover => "failover".into(),
             RestorePoint::Latest => "latest".into(),
             RestorePoint::BeforeFault => "before-fault".into(),
             RestorePoint::At(t) => humantime::format_rfc3339(t).to_string(),
@@ -640,6 +641,9 @@ pub enum RestorePoint {
     Restart,
     /// Nothing is restored: a temporary fault heals and the service must serve again by itself.
     InPlace,
+    /// Nothing is restored: a standby of the target's replication takes over as the new primary
+    /// (the kind's runbook promotion, or its own election).
+    Failover,
     /// The newest backup, restored into a fresh container.
     Latest,
     /// The newest recovery point before the fault.

@@ -280,6 +280,11 @@ impl Docker {
         })
     }
 
+    /// The name the run's other containers reach `c` by on the run's network.
+    pub fn dns_name(&self, c: &Container) -> String {
+        self.resource_name(&c.name)
+    }
+
     fn resource_name(&self, name: &str) -> String {
         format!("{}{name}", resource_prefix(&self.run_id))
     }

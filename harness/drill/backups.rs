@@ -226,7 +226,7 @@ pub fn choose_backup<'c>(
     clock: &Clock,
 ) -> Option<&'c Backup> {
     match point {
-        RestorePoint::Restart | RestorePoint::InPlace => None,
+        RestorePoint::Restart | RestorePoint::InPlace | RestorePoint::Failover => None,
         RestorePoint::Latest => catalog.last(),
         RestorePoint::BeforeFault => catalog
             .iter()

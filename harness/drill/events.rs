@@ -39,6 +39,8 @@ pub enum TargetEvent {
     Backup(BackupReport),
     /// The point `before-fault` restores to, captured before the first fault.
     RecoveryPoint(RecoveryPoint),
+    /// A replicated target's replication as it stood just before the first fault.
+    Replication(serde_json::Value),
     /// Shipping to the offsite repository began.
     ShippingStarted { location: String },
     /// A backup landed offsite.
@@ -126,6 +128,7 @@ fn apply(t: &mut TargetReport, event: TargetEvent) {
         TargetEvent::WorkloadStarted(at) => t.workload.started_ms = Some(at / 1000),
         TargetEvent::Backup(backup) => t.backups.push(backup),
         TargetEvent::RecoveryPoint(point) => t.restore.recovery_point = Some(point),
+        TargetEvent::Replication(at_fault) => t.replication = Some(at_fault),
         TargetEvent::ShippingStarted { location } => {
             t.offsite = Some(OffsiteReport {
                 location,

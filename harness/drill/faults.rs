@@ -120,6 +120,19 @@ impl Executor<'_> {
             self.site_loss_barrier.wait().await;
         }
         let hits_service = !f.kind.is_latent() && !f.kind.degrades() && outage.t_fault.is_none();
+        if hits_service && f.kind != FaultKind::SiteLoss {
+            // How far behind each standby was when the outage began (a single node has none).
+            let state = bounded(
+                &format!("read the replication of {name}"),
+                limit,
+                "timeouts.fault",
+                async { Ok(target.replication().await) },
+            )
+            .await?;
+            if let Some(state) = state {
+                self.events.target(name, TargetEvent::Replication(state));
+            }
+        }
         if hits_service && spec.restore.from_backup() && f.kind != FaultKind::SiteLoss {
             // The point `before-fault` restores to: the last moment the target was whole.
             outage.recovery_point = bounded(

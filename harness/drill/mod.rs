@@ -306,6 +306,7 @@ fn empty_report(t: &TargetSpec) -> TargetReport {
         source: None,
         offsite: None,
         write_latency: None,
+        replication: None,
         rto: Rto {
             target_ms: t.objectives.rto.as_millis() as u64,
             ..Rto::default()

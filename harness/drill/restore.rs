@@ -84,6 +84,26 @@ impl Executor<'_> {
                     error,
                 });
             }
+            RestorePoint::Failover => {
+                // A standby takes over; the target enters `reconnect` once it is promoted.
+                phases.enter(Phase::Promote);
+                let (restored, error) = match within(
+                    &step,
+                    limit,
+                    "timeouts.restore",
+                    target.fail_over(phases, limit),
+                )
+                .await?
+                {
+                    Ok(restored) => (restored, None),
+                    Err(e) => (Restored::default(), Some(format!("{e:#}"))),
+                };
+                return Ok(Restoration {
+                    backup: None,
+                    restored,
+                    error,
+                });
+            }
             point => point,
         };
         let Some(backup) = choose_backup(catalog, point, t_fault, &self.clock) else {

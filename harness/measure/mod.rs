@@ -91,6 +91,11 @@ pub enum Phase {
     Fetch,
     /// The service's own restore tool (and crash recovery or replay).
     Restore,
+    /// Failover: the most advanced standby chosen and promoted (a runbook's promotion or the
+    /// service's own election), the old primary fenced.
+    Promote,
+    /// Failover: the clients find the new primary and it takes writes.
+    Reconnect,
     /// Checks, ledger read-back and the fresh write round trip.
     Verify,
 }

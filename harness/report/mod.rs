@@ -247,6 +247,10 @@ pub struct TargetReport {
     /// Acknowledged-write latency before, during and after a `latency` fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_latency: Option<WriteLatency>,
+    /// A replicated target's replication just before the first fault: per standby, its state
+    /// and lag in bytes and seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<serde_json::Value>,
     /// The seed as recorded right after seeding: what the `seed` check compares with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<SeedReport>,
@@ -423,6 +427,10 @@ pub struct PhaseDurations {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub promote: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<u64>,
 }
 
@@ -437,6 +445,8 @@ impl PhaseDurations {
                 Phase::Provision => &mut p.provision,
                 Phase::Fetch => &mut p.fetch,
                 Phase::Restore => &mut p.restore,
+                Phase::Promote => &mut p.promote,
+                Phase::Reconnect => &mut p.reconnect,
                 Phase::Verify => &mut p.verify,
             };
             *slot = Some(slot.unwrap_or(0) + ms);
@@ -453,6 +463,8 @@ impl PhaseDurations {
             ("provision", self.provision),
             ("fetch", self.fetch),
             ("restore", self.restore),
+            ("promote", self.promote),
+            ("reconnect", self.reconnect),
             ("verify", self.verify),
         ]
         .into_iter()

@@ -1335,12 +1335,16 @@ impl<'a> Validator<'a> {
             ));
         }
         // A temporary fault heals by itself: nothing is restored, and nothing but a temporary
-        // fault may hit a target that restores nothing.
-        if kind.takes_hold() && target.restore != RestorePoint::InPlace {
+        // fault may hit a target that restores nothing. A replicated target failing over may
+        // also suffer one on the way (a standby paused before its primary dies).
+        if kind.takes_hold()
+            && target.restore != RestorePoint::InPlace
+            && target.restore != RestorePoint::Failover
+        {
             return Err(self.at.error(
                 raw.kind.span(),
                 key("kind"),
-                format!("fault `{kind}` heals by itself after `for`: target {name:?} must use restore.from = \"in-place\""),
+                format!("fault `{kind}` heals by itself after `for`: target {name:?} must use restore.from = \"in-place\" (or \"failover\")"),
             ));
         }
         if target.restore == RestorePoint::InPlace && !kind.takes_hold() && !kind.is_latent() {

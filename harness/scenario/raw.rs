@@ -326,9 +326,9 @@ impl JsonSchema for RestorePoint {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "What the restore recovers: `restart`, `in-place`, `latest`, `before-fault`, or an RFC 3339 timestamp (point-in-time recovery).",
+            "description": "What the restore recovers: `restart`, `in-place`, `failover` (a replicated target's standby takes over), `latest`, `before-fault`, or an RFC 3339 timestamp (point-in-time recovery).",
             "anyOf": [
-                { "type": "string", "enum": ["restart", "in-place", "latest", "before-fault"] },
+                { "type": "string", "enum": ["restart", "in-place", "failover", "latest", "before-fault"] },
                 { "type": "string", "format": "date-time" },
             ],
         })
@@ -342,19 +342,20 @@ impl<'de> Deserialize<'de> for RestorePoint {
             type Value = RestorePoint;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "`restart`, `in-place`, `latest`, `before-fault` or an RFC 3339 timestamp",
+                    "`restart`, `in-place`, `failover`, `latest`, `before-fault` or an RFC 3339 timestamp",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RestorePoint, E> {
                 match s {
                     "restart" => Ok(RestorePoint::Restart),
                     "in-place" => Ok(RestorePoint::InPlace),
+                    "failover" => Ok(RestorePoint::Failover),
                     "latest" => Ok(RestorePoint::Latest),
                     "before-fault" => Ok(RestorePoint::BeforeFault),
                     _ => humantime::parse_rfc3339(s).map(RestorePoint::At).map_err(|_| {
                         E::custom(format!(
                             "invalid restore point {s:?}: expected `restart`, `in-place`, \
-                             `latest`, `before-fault` or an RFC 3339 timestamp such as \"2026-11-21T10:00:00Z\""
+                             `failover`, `latest`, `before-fault` or an RFC 3339 timestamp such as \"2026-11-21T10:00:00Z\""
                         ))
                     }),
                 }

@@ -257,7 +257,7 @@ fn kind_specific_rules() {
     );
     assert_eq!(
         error_after("kind = \"drop-table\"", "kind = \"pause\""),
-        "s.toml:16:8: faults[0].kind: fault `pause` heals by itself after `for`: target \"pg\" must use restore.from = \"in-place\""
+        "s.toml:16:8: faults[0].kind: fault `pause` heals by itself after `for`: target \"pg\" must use restore.from = \"in-place\" (or \"failover\")"
     );
     let in_place = GOOD
         .replace("from = \"latest\"", "from = \"in-place\"")
@@ -1095,4 +1095,80 @@ fn the_platform_workload_names_a_store_of_each_kind_that_writes_nothing_of_its_o
         .expect_err("rate 0")
         .to_string();
     assert!(zero.contains("rate above zero"), "{zero}");
+}
+
+#[test]
+fn replication_and_failover_rules() {
+    let failover = |replication: &str, fault: &str| {
+        GOOD.replace(
+            "restore = { from = \"latest\" }",
+            &format!("{replication}restore = {{ from = \"failover\" }}"),
+        )
+        .replace(", \"row-counts\"", "")
+        .replace("kind = \"drop-table\"\nat = \"12s\"", fault)
+    };
+    let kill = "kind = \"kill\"\nat = \"12s\"";
+    let s = parse_text(&failover("replication = { standbys = 2, mode = \"sync\" }\n", kill))
+        .expect("a replicated target fails over");
+    let options = s.targets[0]
+        .options_of::<crate::targets::postgres::schema::PgOptions>()
+        .unwrap();
+    let replication = options.replication.unwrap();
+    assert_eq!(replication.standbys, 2);
+    assert_eq!(replication.mode, crate::targets::postgres::schema::Mode::Sync);
+    assert_eq!(s.targets[0].restore, RestorePoint::Failover);
+
+    // Nothing to promote without standbys.
+    assert_eq!(
+        parse_text(&failover("", kill)).unwrap_err().to_string(),
+        "s.toml:10:20: targets.pg.restore.from: restore.from = \"failover\" promotes a standby: give the target `replication = { standbys = 1 }`"
+    );
+    assert_eq!(
+        parse_text(&failover("replication = { standbys = 3 }\n", kill))
+            .unwrap_err()
+            .to_string(),
+        "s.toml:10:28: targets.pg.replication.standbys: a primary has 1 to 2 standbys here, not 3"
+    );
+    // An outage names a node the target has; a paused standby may heal before the failover.
+    let paused = "kind = \"pause\"\nnode = \"standby-1\"\nat = \"3s\"\nfor = \"2s\"\n\n[[faults]]\ntarget = \"pg\"\nkind = \"kill\"\nat = \"12s\"";
+    let s = parse_text(&failover("replication = { standbys = 1 }\n", paused)).unwrap();
+    assert_eq!(s.faults[0].aim.as_deref(), Some("standby-1"));
+    assert_eq!(s.faults[1].aim, None, "the primary by default");
+    let e = parse_text(&failover(
+        "replication = { standbys = 1 }\n",
+        &paused.replace("standby-1", "standby-2"),
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "s.toml:18:8: faults[0].node: fault `pause`: target \"pg\" has no node \"standby-2\" (its nodes: primary, standby-1)"
+    );
+    assert!(
+        parse_text(&GOOD.replace("at = \"12s\"", "at = \"12s\"\nnode = \"primary\""))
+            .unwrap_err()
+            .to_string()
+            .contains("does not take `node`"),
+        "drop-table hits no node"
+    );
+    // Kinds without replication have no failover.
+    let redis = r#"schema = 1
+name = "r"
+description = "r"
+
+[targets.cache]
+kind = "redis"
+workload = { rate = 10 }
+restore = { from = "failover" }
+checks = ["ledger"]
+objectives = { rto = "60s", rpo = "10s" }
+
+[[faults]]
+target = "cache"
+kind = "kill"
+at = "5s"
+"#;
+    assert_eq!(
+        parse_text(redis).unwrap_err().to_string(),
+        "s.toml:8:20: targets.cache.restore.from: restore.from = \"failover\" promotes a standby, and a redis target has no replication here yet"
+    );
 }

@@ -195,6 +195,10 @@ pub struct Restored {
     /// Damage found on the way and what it cost (a WAL gap, a target beyond reach…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A failover: how the primary was judged down, the standbys and their WAL positions, the
+    /// one promoted, and what became of the old primary and the other standbys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<serde_json::Value>,
     /// What drillrig replaced of the backup's own configuration so that the restored service
     /// does not act as the one it came from (`setting: backup's value -> drillrig's`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -264,6 +268,22 @@ pub trait Target: Send + Sync {
 
     /// Crash recovery in place: starts the same container on its own data, waits until ready.
     async fn restart(&mut self, timeout: Duration) -> Result<()>;
+
+    /// A replicated target's replication as it stands now (per standby: its state and how far
+    /// behind it is, in bytes and seconds), read just before the first fault hits; `None` for a
+    /// single node. Never fails: a state that cannot be read says why.
+    async fn replication(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Failover (`restore.from = "failover"`): once the primary is judged down, a standby takes
+    /// over as the new primary (the kind's runbook promotion, or its own election) and the
+    /// clients follow it; the old primary is fenced or rejoins. Enters the phases `promote` and
+    /// `reconnect` as it goes.
+    async fn fail_over(&mut self, phases: &mut RecoveryPhases, limit: Duration) -> Result<Restored> {
+        let _ = (phases, limit);
+        anyhow::bail!("this kind has no failover")
+    }
 
     /// The seeded dataset as it stands now: per dataset, the fixture's own rows (never the
     /// workload's) and a digest of them. Recorded after the seed, compared after the recovery.

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::spec::{FaultKind, KindOptions, TargetSpec};
+use crate::spec::{FaultKind, KindOptions, RestorePoint, TargetSpec};
 
 /// A problem with a kind's keys: the key (dotted, from the target's or the fault's table), and
 /// its place in the file when the kind knows it (else the scenario finds the key's place).
@@ -104,8 +104,23 @@ pub fn no_keys_schema(_: &mut SchemaGenerator) -> Schema {
 }
 
 /// For kinds whose targets take no keys of their own.
-pub fn no_options(_: &KindKeys<'_>, _: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {
+pub fn no_options(_: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {
+    no_failover(spec)?;
     Ok(Arc::new(()))
+}
+
+/// For kinds that have no replication yet: `restore.from = "failover"` has nothing to promote.
+pub fn no_failover(spec: &TargetSpec) -> Result<(), KeyError> {
+    if spec.restore == RestorePoint::Failover {
+        return Err(KeyError::at(
+            "restore.from",
+            format!(
+                "restore.from = \"failover\" promotes a standby, and a {} target has no replication here yet",
+                spec.kind
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A fault's aim among the fixture's `datasets` (the first by default), named by `key`

@@ -194,9 +194,10 @@ impl Service {
             .await
     }
 
-    /// The `kill` fault: SIGKILL to the serving container, which must then have stopped.
-    pub async fn kill(&self) -> Result<serde_json::Value> {
-        let c = self.containers.serving()?;
+    /// The `kill` fault: SIGKILL to the container of `node` (the serving one by default), which
+    /// must then have stopped.
+    pub async fn kill(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
         self.env.docker.kill(c, "SIGKILL").await?;
         Ok(serde_json::json!({
             "container": c.name,
@@ -210,8 +211,8 @@ impl Service {
     /// (PostgreSQL: SIGINT, a fast shutdown; Redis and RabbitMQ: SIGTERM) and waits up to 30 s
     /// for the service's own shutdown. The container must then have stopped; its exit code says
     /// whether the shutdown was clean.
-    pub async fn stop(&self) -> Result<serde_json::Value> {
-        let c = self.containers.serving()?;
+    pub async fn stop(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
         self.env.docker.stop(c, Duration::from_secs(30)).await?;
         Ok(serde_json::json!({
             "container": c.name,
@@ -222,8 +223,8 @@ impl Service {
 
     /// The `pause` fault: every process of the serving container frozen by the engine (the
     /// cgroup freezer), which must then report it paused. Connections stay open and unanswered.
-    pub async fn pause(&self) -> Result<serde_json::Value> {
-        let c = self.containers.serving()?;
+    pub async fn pause(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
         self.env.docker.pause(c).await?;
         if !self.env.docker.paused(c).await? {
             bail!("the engine does not report container {} paused", c.name);
@@ -232,8 +233,8 @@ impl Service {
     }
 
     /// Heals `pause`: the container thaws, and the engine must report it running again.
-    pub async fn unpause(&self) -> Result<serde_json::Value> {
-        let c = self.containers.serving()?;
+    pub async fn unpause(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
         self.env.docker.unpause(c).await?;
         if self.env.docker.paused(c).await? {
             bail!("container {} is still paused after unpause", c.name);
@@ -245,10 +246,10 @@ impl Service {
     /// also withdraws its published port, so every client of the drill is cut off (established
     /// connections break, new ones are refused) while the service runs on. The engine must then
     /// show the container on no network and publishing nothing.
-    pub async fn partition(&self) -> Result<serde_json::Value> {
-        let c = self.containers.serving()?;
+    pub async fn partition(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
         let docker = &self.env.docker;
-        let port = *self.port.borrow();
+        let port = docker.host_port(c).await?;
         docker.leave_network(c).await?;
         let networks = docker.networks_of(c).await?;
         if !networks.is_empty() {
@@ -265,11 +266,13 @@ impl Service {
 
     /// Heals `network-partition`: the container rejoins the run's network and publishes its
     /// port again (a new host port, which writers and probes follow).
-    pub async fn reconnect(&self) -> Result<serde_json::Value> {
-        let c = self.containers.serving()?;
+    pub async fn reconnect(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
         self.env.docker.join_network(c).await?;
         let port = self.env.docker.host_port(c).await?;
-        self.port.send_replace(port);
+        if self.containers.is_serving(c) {
+            self.port.send_replace(port);
+        }
         Ok(serde_json::json!({ "container": c.name, "host_port": port }))
     }
 
@@ -359,6 +362,11 @@ impl Service {
             self.proxy = Some((proxy, through));
         }
         self.containers.start(&self.env.docker, spec).await?;
+        self.announce()
+    }
+
+    /// Records how a user logs in to the serving container (a kept run's `connections.json`).
+    fn announce(&self) -> Result<()> {
         let access = crate::docker::Access {
             kind: self.env.spec.kind.as_str(),
             user: self.login.0.to_string(),
@@ -368,6 +376,29 @@ impl Service {
         let c = self.containers.serving()?;
         self.env.docker.serves(&self.env.spec.name, c, access);
         Ok(())
+    }
+
+    /// Starts `spec` beside the serving container (a standby): it serves no client until
+    /// [`Service::take_over`].
+    pub async fn start_peer(&mut self, spec: &ContainerSpec) -> Result<Container> {
+        let c = self.env.docker.start(spec).await?;
+        let volume = spec.volume.as_ref().map(|(v, _)| v.clone());
+        self.containers
+            .add_peer(c.clone(), volume.unwrap_or_default());
+        Ok(c)
+    }
+
+    /// Failover: the peer `name` serves from now on; the caller then waits until it is ready,
+    /// which publishes its port to every client.
+    pub fn take_over(&mut self, name: &str) -> Result<()> {
+        self.containers.promote(name)?;
+        self.announce()
+    }
+
+    /// Marks `c` as having served (its log counts for [`Service::log_lines`]).
+    pub fn served(&self, c: &Container) {
+        let mut served = self.served.lock().expect("not poisoned");
+        served.insert(c.name.clone());
     }
 
     /// The `latency` fault: from now on drillrig's proxy applies `toxics` to every connection
@@ -522,6 +553,8 @@ pub struct Containers {
     started: Vec<Container>,
     current: Option<Container>,
     volume: Option<String>,
+    /// Containers running beside the serving one (standbys), with their data volumes.
+    peers: Vec<(Container, String)>,
     generation: u32,
 }
 
@@ -532,6 +565,7 @@ impl Containers {
             started: Vec::new(),
             current: None,
             volume: None,
+            peers: Vec::new(),
             generation: 0,
         }
     }
@@ -568,10 +602,79 @@ impl Containers {
 
     /// Names the next container and creates its data volume: `(name, volume)`.
     pub async fn next(&mut self, docker: &Docker, limit: Option<u64>) -> Result<(String, String)> {
+        let name = format!("{}-{}", self.target, self.generation + 1);
+        self.named(docker, &name, limit).await
+    }
+
+    /// Names the container of a replicated target's `node` (`pg-primary`, `pg-standby-1`) and
+    /// creates its data volume: `(name, volume)`.
+    pub async fn next_node(
+        &mut self,
+        docker: &Docker,
+        node: &str,
+        limit: Option<u64>,
+    ) -> Result<(String, String)> {
+        let name = format!("{}-{node}", self.target);
+        self.named(docker, &name, limit).await
+    }
+
+    async fn named(
+        &mut self,
+        docker: &Docker,
+        name: &str,
+        limit: Option<u64>,
+    ) -> Result<(String, String)> {
         self.generation += 1;
-        let name = format!("{}-{}", self.target, self.generation);
         let volume = docker.create_volume(&format!("{name}-data"), limit).await?;
-        Ok((name, volume))
+        Ok((name.to_string(), volume))
+    }
+
+    /// The container of `node` (`standby-1`: the container named `<target>-standby-1`, serving
+    /// or not); `None` or `primary`: the serving container.
+    pub fn node(&self, node: Option<&str>) -> Result<&Container> {
+        let Some(node) = node.filter(|n| *n != "primary") else {
+            return self.serving();
+        };
+        let name = format!("{}-{node}", self.target);
+        self.current
+            .iter()
+            .chain(self.peers.iter().map(|(c, _)| c))
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("target {} has no node {node}", self.target))
+    }
+
+    /// Whether `c` is the serving container.
+    pub fn is_serving(&self, c: &Container) -> bool {
+        self.current.as_ref().is_some_and(|s| s.id == c.id)
+    }
+
+    /// The containers that run beside the serving one (a replicated target's standbys), with
+    /// their data volumes.
+    pub fn peers(&self) -> &[(Container, String)] {
+        &self.peers
+    }
+
+    /// A container started beside the serving one (a standby), with its data volume.
+    pub fn add_peer(&mut self, container: Container, volume: String) {
+        self.started.push(container.clone());
+        self.peers.push((container, volume));
+    }
+
+    /// Failover: the peer named `name` serves from now on, and the container that served
+    /// becomes a peer.
+    pub fn promote(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .peers
+            .iter()
+            .position(|(c, _)| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("target {} has no standby {name}", self.target))?;
+        let (container, volume) = self.peers.remove(i);
+        if let (Some(old), Some(old_volume)) = (self.current.take(), self.volume.take()) {
+            self.peers.push((old, old_volume));
+        }
+        self.current = Some(container);
+        self.volume = Some(volume);
+        Ok(())
     }
 
     /// Starts `spec`, which then serves the target with the volume it mounts.
@@ -599,11 +702,14 @@ impl Containers {
 #[async_trait::async_trait]
 impl super::Outages for Service {
     async fn inject(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        // An outage's aim is the node it hits (`standby-1`), as a replicated kind names it;
+        // `None`: the serving container.
+        let node = fault.aim.as_deref();
         match fault.kind {
-            FaultKind::Kill => self.kill().await,
-            FaultKind::Stop => self.stop().await,
-            FaultKind::Pause => self.pause().await,
-            FaultKind::NetworkPartition => self.partition().await,
+            FaultKind::Kill => self.kill(node).await,
+            FaultKind::Stop => self.stop(node).await,
+            FaultKind::Pause => self.pause(node).await,
+            FaultKind::NetworkPartition => self.partition(node).await,
             FaultKind::Latency => self.slow_down(fault.toxics.expect("validation sets the toxics")),
             FaultKind::VolumeLoss => self.lose_volume().await,
             other => bail!("fault {other} is no outage of a service"),
@@ -611,9 +717,12 @@ impl super::Outages for Service {
     }
 
     async fn heal(&mut self, fault: &FaultSpec) -> Result<serde_json::Value> {
+        // An outage's aim is the node it hits (`standby-1`), as a replicated kind names it;
+        // `None`: the serving container.
+        let node = fault.aim.as_deref();
         match fault.kind {
-            FaultKind::Pause => self.unpause().await,
-            FaultKind::NetworkPartition => self.reconnect().await,
+            FaultKind::Pause => self.unpause(node).await,
+            FaultKind::NetworkPartition => self.reconnect(node).await,
             FaultKind::Latency => self.speed_up(),
             other => bail!("fault {other} does not heal"),
         }

@@ -9,6 +9,8 @@ mod dump;
 mod faults;
 mod overrides;
 mod physical;
+mod replication;
+pub mod schema;
 mod source;
 
 use std::sync::Arc;
@@ -21,9 +23,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::service::{CONNECT_TIMEOUT, Connector, Service, Session, connect_to};
-use super::{
-    Capabilities, Outages, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv, schema,
-};
+use super::{Capabilities, Outages, RecoveryPoint, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
 use crate::docker::ContainerSpec;
@@ -70,17 +70,18 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupAge,
         CheckKind::WalContinuity,
     ],
-    target_keys: &[],
-    target_keys_schema: schema::no_keys_schema,
-    options: schema::no_options,
+    target_keys: schema::TARGET_KEYS,
+    target_keys_schema: schema::keys_schema,
+    options: schema::options,
     fault_keys: &[
         (FaultKind::CorruptDataFile, "relation"),
         (FaultKind::DropTable, "relation"),
+        (FaultKind::Kill, "node"),
+        (FaultKind::Stop, "node"),
+        (FaultKind::Pause, "node"),
+        (FaultKind::NetworkPartition, "node"),
     ],
-    aim: |_, key, value, _| match key {
-        Some(key) => schema::dataset_aim(value, CAPABILITIES.datasets, key, "table"),
-        None => Ok(None),
-    },
+    aim: schema::aim,
     source_checks: &[
         CheckKind::Amcheck,
         CheckKind::ForeignKeys,
@@ -358,7 +359,18 @@ enum Ready {
 #[async_trait]
 impl Target for Postgres {
     async fn provision(&mut self) -> Result<()> {
-        let (name, volume) = self.service.next_container().await?;
+        let replication = self.replication_options();
+        let (name, volume) = match replication {
+            Some(_) => {
+                let docker = self.service.env.docker.clone();
+                let limit = self.service.env.spec.volume_limit;
+                self.service
+                    .containers
+                    .next_node(&docker, "primary", limit)
+                    .await?
+            }
+            None => self.service.next_container().await?,
+        };
         let (cmd, binds) = if self.archives_wal() {
             let dir = self.archive_dir();
             physical::prepare_archive(&dir)?;
@@ -373,7 +385,11 @@ impl Target for Postgres {
         };
         let spec = self.container_spec(name, volume, cmd, binds);
         self.start_container(spec, Ready::Serving, self.service.env.timeouts.provision)
-            .await
+            .await?;
+        match replication {
+            Some(replication) => self.start_standbys(replication).await,
+            None => Ok(()),
+        }
     }
 
     async fn seed(&mut self) -> Result<()> {
@@ -444,6 +460,15 @@ impl Target for Postgres {
             asked_at_us,
             answered_at_us: self.service.env.clock.micros(),
         }))
+    }
+
+    async fn replication(&self) -> Option<serde_json::Value> {
+        self.replication_options()?;
+        Some(self.replication_state().await)
+    }
+
+    async fn fail_over(&mut self, phases: &mut RecoveryPhases, limit: Duration) -> Result<Restored> {
+        self.promote_standby(phases, limit).await
     }
 
     async fn restart(&mut self, limit: Duration) -> Result<()> {

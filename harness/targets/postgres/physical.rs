@@ -355,7 +355,10 @@ pub(super) async fn restore(
     });
     let mut target = None;
     let recovery_target = match request.point {
-        RestorePoint::Latest | RestorePoint::Restart | RestorePoint::InPlace => {
+        RestorePoint::Latest
+        | RestorePoint::Restart
+        | RestorePoint::InPlace
+        | RestorePoint::Failover => {
             "the end of the archive".to_string()
         }
         RestorePoint::BeforeFault => {

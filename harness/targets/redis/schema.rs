@@ -94,6 +94,7 @@ pub fn keys_schema(generator: &mut SchemaGenerator) -> Schema {
 /// Checks a Redis target's own keys against its common spec.
 pub fn options(keys: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {
     let raw: RawKeys = keys.parse()?;
+    crate::targets::schema::no_failover(spec)?;
     let defaults = Persistence::default();
     let persistence = match raw.persistence {
         None => defaults,
