@@ -148,6 +148,7 @@ impl Site for FakeSite {
             store: Arc::new(Mutex::new(Store::default())),
             seed: run.seed,
             clock: run.clock,
+            replicated: spec.restore == crate::spec::RestorePoint::Failover,
         };
         self.stores
             .lock()
@@ -237,6 +238,8 @@ struct FakeTarget {
     store: Arc<Mutex<Store>>,
     seed: u64,
     clock: Clock,
+    /// Has a standby to fail over to (`restore.from = "failover"`).
+    replicated: bool,
 }
 
 impl FakeTarget {
@@ -401,6 +404,33 @@ impl Target for FakeTarget {
         self.shared.step("restart").await?;
         self.store().up = true;
         Ok(())
+    }
+
+    /// A replicated fake: its standby is `lose_on_kill` writes behind the primary, so a kill
+    /// loses those writes (as the kill itself does) and the failover promotes what is left.
+    async fn replication(&self) -> Option<serde_json::Value> {
+        self.replicated.then(|| {
+            serde_json::json!({
+                "standbys": [{ "node": "standby-1", "behind_writes": self.shared.behaviour.lose_on_kill }]
+            })
+        })
+    }
+
+    async fn fail_over(
+        &mut self,
+        phases: &mut RecoveryPhases,
+        _limit: Duration,
+    ) -> Result<Restored> {
+        self.shared.step("fail-over").await?;
+        tokio::time::sleep(self.shared.behaviour.step_time).await;
+        phases.enter(Phase::Reconnect);
+        tokio::time::sleep(self.shared.behaviour.step_time).await;
+        self.store().up = true;
+        Ok(Restored {
+            recovery_target: Some("failover: promote standby-1".into()),
+            failover: Some(serde_json::json!({ "promoted": "standby-1" })),
+            ..Restored::default()
+        })
     }
 
     async fn serve_again(&mut self, _timeout: Duration) -> Result<()> {

@@ -294,6 +294,59 @@ async fn writes_the_fake_dropped_are_the_lost_ones_and_the_rpo_spans_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failover_promotes_and_reconnects_in_phases_and_counts_what_the_standby_lacked() {
+    let s = scenario(
+        r#"replication = { standbys = 1 }
+restore = { from = "failover" }
+checks = ["ledger"]"#,
+        r#"[[faults]]
+target = "db"
+kind = "kill"
+at = "2s""#,
+    );
+    let behaviour = Behaviour {
+        lose_on_kill: 4,
+        step_time: Duration::from_millis(500),
+        fault_time: Duration::from_millis(100),
+        ..Behaviour::default()
+    };
+    let ran = drill_plain(&s, behaviour).await;
+    assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);
+    let t = ran.target();
+    // The standby's lag, read before the kill, is in the report.
+    assert_eq!(t["replication"]["standbys"][0]["behind_writes"], 4);
+    assert_eq!(t["restore"]["from"], "failover");
+    assert_eq!(t["restore"]["failover"]["promoted"], "standby-1");
+    // Detect (the 100 ms kill), promote and reconnect (500 ms each), verify: they add up to
+    // the RTO.
+    let phases = &t["rto"]["phases"];
+    assert_eq!(phases["detect"], 100);
+    assert_eq!(phases["promote"], 500);
+    assert_eq!(phases["reconnect"], 500);
+    let sum: u64 = ["detect", "promote", "reconnect", "verify"]
+        .iter()
+        .map(|p| phases[p].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(t["rto"]["achieved_ms"], sum);
+    // What the standby lacked is lost, counted from the ledger.
+    assert_eq!(t["rpo"]["lost_writes"], 4);
+    assert_eq!(t["rpo"]["first_lost_seq"], ran.record.lost[0]);
+    let steps: Vec<&str> = ran.record.steps.iter().map(String::as_str).collect();
+    assert_eq!(
+        steps,
+        [
+            "provision",
+            "seed",
+            "kill",
+            "fault",
+            "fail-over",
+            "read-back",
+            "round-trip"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn backups_run_on_schedule_until_the_fault_and_the_latest_is_restored() {
     let ran = drill_plain(&volume_loss_and_restore(), Behaviour::default()).await;
     assert_eq!(ran.result.exit, Exit::Met, "{:#}", ran.report);

@@ -1108,14 +1108,20 @@ fn replication_and_failover_rules() {
         .replace("kind = \"drop-table\"\nat = \"12s\"", fault)
     };
     let kill = "kind = \"kill\"\nat = \"12s\"";
-    let s = parse_text(&failover("replication = { standbys = 2, mode = \"sync\" }\n", kill))
-        .expect("a replicated target fails over");
+    let s = parse_text(&failover(
+        "replication = { standbys = 2, mode = \"sync\" }\n",
+        kill,
+    ))
+    .expect("a replicated target fails over");
     let options = s.targets[0]
         .options_of::<crate::targets::postgres::schema::PgOptions>()
         .unwrap();
     let replication = options.replication.unwrap();
     assert_eq!(replication.standbys, 2);
-    assert_eq!(replication.mode, crate::targets::postgres::schema::Mode::Sync);
+    assert_eq!(
+        replication.mode,
+        crate::targets::postgres::schema::Mode::Sync
+    );
     assert_eq!(s.targets[0].restore, RestorePoint::Failover);
 
     // Nothing to promote without standbys.

@@ -280,7 +280,11 @@ pub trait Target: Send + Sync {
     /// over as the new primary (the kind's runbook promotion, or its own election) and the
     /// clients follow it; the old primary is fenced or rejoins. Enters the phases `promote` and
     /// `reconnect` as it goes.
-    async fn fail_over(&mut self, phases: &mut RecoveryPhases, limit: Duration) -> Result<Restored> {
+    async fn fail_over(
+        &mut self,
+        phases: &mut RecoveryPhases,
+        limit: Duration,
+    ) -> Result<Restored> {
         let _ = (phases, limit);
         anyhow::bail!("this kind has no failover")
     }

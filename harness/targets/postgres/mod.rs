@@ -467,7 +467,11 @@ impl Target for Postgres {
         Some(self.replication_state().await)
     }
 
-    async fn fail_over(&mut self, phases: &mut RecoveryPhases, limit: Duration) -> Result<Restored> {
+    async fn fail_over(
+        &mut self,
+        phases: &mut RecoveryPhases,
+        limit: Duration,
+    ) -> Result<Restored> {
         self.promote_standby(phases, limit).await
     }
 

@@ -358,9 +358,7 @@ pub(super) async fn restore(
         RestorePoint::Latest
         | RestorePoint::Restart
         | RestorePoint::InPlace
-        | RestorePoint::Failover => {
-            "the end of the archive".to_string()
-        }
+        | RestorePoint::Failover => "the end of the archive".to_string(),
         RestorePoint::BeforeFault => {
             let point = request
                 .recovery_point

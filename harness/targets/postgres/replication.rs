@@ -46,10 +46,10 @@ impl Postgres {
     pub(super) async fn start_standbys(&mut self, replication: Replication) -> Result<()> {
         let primary = self.service.containers.serving()?.clone();
         let docker = self.service.env.docker.clone();
-        let hba = format!(
-            "echo 'host replication all all scram-sha-256' >> {PGDATA}/pg_hba.conf"
-        );
-        let out = docker.exec(&primary, "postgres", &["sh", "-c", &hba]).await?;
+        let hba = format!("echo 'host replication all all scram-sha-256' >> {PGDATA}/pg_hba.conf");
+        let out = docker
+            .exec(&primary, "postgres", &["sh", "-c", &hba])
+            .await?;
         if out.exit_code != 0 {
             bail!("allow replication in {}: {}", primary.name, out.tail());
         }
@@ -378,7 +378,9 @@ impl Postgres {
                     Ok(Err(e)) => {
                         said.push(json!({ "container": c.name, "error": format!("{e:#}") }))
                     }
-                    Err(_) => said.push(json!({ "container": c.name, "error": "no answer within 2 s" })),
+                    Err(_) => {
+                        said.push(json!({ "container": c.name, "error": "no answer within 2 s" }))
+                    }
                 }
             }
             if let Some(best) = best {
@@ -425,7 +427,11 @@ impl Postgres {
             if !c.name.contains("-standby-") {
                 continue;
             }
-            let node = c.name.rsplit_once("-standby-").map(|(_, n)| n).unwrap_or("");
+            let node = c
+                .name
+                .rsplit_once("-standby-")
+                .map(|(_, n)| n)
+                .unwrap_or("");
             let slot = slot(&format!("standby-{node}"));
             let repointed = async {
                 let new = self.connect().await?;

@@ -81,7 +81,10 @@ pub fn options(keys: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOpt
             if !(1..=MAX_STANDBYS).contains(&r.standbys) {
                 return Err(KeyError::at(
                     "replication.standbys",
-                    format!("a primary has 1 to {MAX_STANDBYS} standbys here, not {}", r.standbys),
+                    format!(
+                        "a primary has 1 to {MAX_STANDBYS} standbys here, not {}",
+                        r.standbys
+                    ),
                 ));
             }
             if spec.source.is_some() {
@@ -104,7 +107,6 @@ pub fn options(keys: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOpt
     }
     Ok(Arc::new(PgOptions { replication }))
 }
-
 
 /// Checks a fault on a PostgreSQL target: the table a fault names, or the node an outage hits
 /// (`primary`, whichever node is primary when it fires, by default; `standby-1`, …). Returns the
