@@ -9,6 +9,7 @@ mod benches;
 mod common;
 mod drills;
 mod engine_clock;
+mod failover;
 mod hardening;
 mod layers;
 mod notify;

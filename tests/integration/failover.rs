@@ -1,0 +1,204 @@
+//! Replicated PostgreSQL recovered by failover: the shipped failover scenarios on real
+//! containers, each held to facts the test reads itself: rows on the promoted node, its
+//! timeline history file, its own `pg_stat_replication`, the old primary's state in the engine,
+//! and the ledger CSV.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Runs `sql` with psql in container `name` of run `run_id`; its rows, unaligned.
+fn psql(run_id: &str, name: &str, sql: &str) -> String {
+    docker(&[
+        "exec",
+        &format!("drillrig-{run_id}-{name}"),
+        "psql",
+        "-U",
+        "postgres",
+        "-d",
+        "drill",
+        "-Atc",
+        sql,
+    ])
+    .trim()
+    .to_string()
+}
+
+/// The workload's seqs the node holds.
+fn seqs_on(run_id: &str, name: &str) -> BTreeSet<u64> {
+    psql(run_id, name, "SELECT seq FROM orders WHERE seq IS NOT NULL")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+/// The acknowledged writes of the ledger CSV the promoted node lacks, counted by the test.
+fn lost_on(run: &Run, promoted: &str) -> (usize, usize) {
+    let present = seqs_on(run.run_id(), promoted);
+    let ledger = run.ledger_of("db");
+    let acked: Vec<u64> = ledger.iter().filter(|w| w.2 == "ok").map(|w| w.0).collect();
+    let lost = acked.iter().filter(|s| !present.contains(s)).count();
+    let marked = ledger.iter().filter(|w| w.3 == "yes").count();
+    assert_eq!(
+        lost, marked,
+        "the ledger CSV marks exactly the missing writes lost"
+    );
+    (lost, acked.len())
+}
+
+/// The old primary's container: stopped, with this exit code.
+fn assert_fenced(run: &Run) {
+    let state = docker(&[
+        "inspect",
+        "--format",
+        "{{.State.Running}} {{.State.ExitCode}}",
+        &format!("drillrig-{}-db-primary", run.run_id()),
+    ]);
+    assert_eq!(state.trim(), "false 137", "the killed primary stays down");
+    assert_eq!(
+        run.target()["restore"]["failover"]["old_primary"]["container"],
+        "db-primary"
+    );
+}
+
+/// The promoted node left recovery and began a new timeline: its history file is there.
+fn assert_promoted(run: &Run, promoted: &str) {
+    assert_eq!(run.target()["restore"]["failover"]["promoted"], promoted);
+    assert_eq!(
+        psql(run.run_id(), promoted, "SELECT pg_is_in_recovery()"),
+        "f"
+    );
+    let history = docker(&[
+        "exec",
+        &format!("drillrig-{}-{promoted}", run.run_id()),
+        "ls",
+        "/var/lib/postgresql/data/pg_wal",
+    ]);
+    assert!(
+        history.lines().any(|f| f == "00000002.history"),
+        "timeline 2 began on {promoted}: {history}"
+    );
+    let phases = &run.target()["rto"]["phases"];
+    for phase in ["detect", "promote", "reconnect", "verify"] {
+        assert!(phases[phase].is_u64(), "phase {phase}: {phases}");
+    }
+}
+
+/// Asynchronous streaming, the primary killed under 200 writes/s: the report's lost writes are
+/// exactly the acknowledged writes the promoted standby does not hold, counted by the test from
+/// the node and the ledger CSV.
+#[test]
+fn an_async_failover_loses_exactly_what_the_promoted_standby_lacks() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/pg-failover-async.toml",
+        "pg-failover-async",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let standby = &t["replication"]["standbys"][0];
+    assert_eq!(standby["node"], "standby-1");
+    assert_eq!(standby["state"], "streaming");
+    assert_eq!(standby["sync_state"], "async");
+    assert_promoted(&run, "db-standby-1");
+    assert_fenced(&run);
+    let (lost, acked) = lost_on(&run, "db-standby-1");
+    assert!(acked > 1000, "8 s at 200 writes/s: {acked}");
+    assert_eq!(t["rpo"]["lost_writes"], lost as u64);
+    assert_eq!(t["rpo"]["acked_writes"], acked as u64);
+    assert_report_md_agrees(&run);
+    remove_run(run.run_id());
+}
+
+/// Synchronous streaming to the first of two standbys: no acknowledged write is lost, the other
+/// standby follows the new primary onto its timeline (the new primary's own
+/// `pg_stat_replication` and the standby's WAL receiver say so), the old primary stays down.
+#[test]
+fn a_sync_failover_loses_nothing_and_the_other_standby_follows_the_new_primary() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/pg-failover-sync.toml",
+        "pg-failover-sync",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let standbys = t["replication"]["standbys"].as_array().unwrap();
+    assert_eq!(standbys[0]["sync_state"], "sync", "{standbys:?}");
+    assert_eq!(standbys[1]["sync_state"], "potential", "{standbys:?}");
+    let promoted = t["restore"]["failover"]["promoted"].as_str().unwrap();
+    assert_promoted(&run, promoted);
+    assert_fenced(&run);
+    let (lost, _) = lost_on(&run, promoted);
+    assert_eq!(
+        lost, 0,
+        "a synchronous standby holds every acknowledged write"
+    );
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    let other = if promoted == "db-standby-1" {
+        "db-standby-2"
+    } else {
+        "db-standby-1"
+    };
+    let slot = other.trim_start_matches("db-").replace('-', "_");
+    wait_for(
+        "the other standby to stream from the new primary",
+        Duration::from_secs(20),
+        || {
+            psql(
+                run.run_id(),
+                promoted,
+                "SELECT application_name, state FROM pg_stat_replication",
+            )
+            .lines()
+            .any(|l| l == format!("{slot}|streaming"))
+        },
+    );
+    assert_eq!(
+        psql(
+            run.run_id(),
+            other,
+            "SELECT received_tli FROM pg_stat_wal_receiver"
+        ),
+        "2"
+    );
+    remove_run(run.run_id());
+}
+
+/// Negative control: the synchronous standby frozen for 6 s before the primary dies. The ledger
+/// shows the writes standing still while it was frozen (the outage began there), the RTO
+/// objective is missed, and nothing acknowledged is lost.
+#[test]
+fn a_stalled_sync_standby_blocks_writes_and_misses_the_rto_losing_nothing() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/pg-failover-sync-stalled-standby.toml",
+        "pg-failover-sync-stalled-standby",
+        &[],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    let t = run.target();
+    assert_eq!(t["rto"]["met"], false);
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    let pause = &run.report["faults"][0];
+    assert_eq!(pause["details"]["container"], "db-standby-1");
+    let frozen = pause["injected_at_ms"].as_f64().unwrap();
+    let thawed = pause["heal_started_ms"].as_f64().unwrap();
+    // No write was acknowledged while the standby was frozen (the first half second aside:
+    // commits already flushed by the standby may still return).
+    let acked_while_frozen = run
+        .ledger_of("db")
+        .iter()
+        .filter(|w| w.2 == "ok" && w.1 > frozen + 500.0 && w.1 < thawed)
+        .count();
+    assert_eq!(
+        acked_while_frozen, 0,
+        "writes block on a frozen sync standby"
+    );
+    // The RTO counts from the pause: at least the 6 s it lasted.
+    assert_eq!(t["rto"]["fault_at_ms"], pause["started_ms"]);
+    assert!(t["rto"]["achieved_ms"].as_u64().unwrap() >= 6000);
+    assert_no_leftovers(run.run_id());
+}
