@@ -234,8 +234,21 @@ fn restore(md: &mut String, t: &TargetReport) {
     if let Some(reached) = &t.restore.restored.reached {
         let _ = writeln!(md, "Recovery: {reached}.\n");
     }
+    let failover = t.failover_summary();
+    if !failover.is_empty() {
+        md.push_str("Failover:\n\n");
+        for line in &failover {
+            let _ = writeln!(md, "- {line}");
+        }
+        md.push('\n');
+    }
     if let Some(note) = &t.restore.restored.note {
-        let _ = writeln!(md, "**Backup chain:** {note}.\n");
+        let label = if t.restore.restored.failover.is_some() {
+            "Note"
+        } else {
+            "Backup chain"
+        };
+        let _ = writeln!(md, "**{label}:** {note}.\n");
     }
     if !t.restore.restored.overrides.is_empty() {
         let _ = writeln!(

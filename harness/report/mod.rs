@@ -304,6 +304,71 @@ pub struct OffsiteReport {
     pub fetched: Option<crate::offsite::OffsiteFetch>,
 }
 
+impl TargetReport {
+    /// A failover in short lines: the standbys' lag at the fault, why the primary was judged
+    /// down and who was promoted, and what became of the old primary and the other standbys.
+    /// Empty when the target did not fail over.
+    pub fn failover_summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        if let Some(standbys) = self
+            .replication
+            .as_ref()
+            .and_then(|r| r["standbys"].as_array())
+        {
+            let each: Vec<String> = standbys
+                .iter()
+                .map(|s| {
+                    let behind = match s["behind_bytes"]["replayed"].as_i64() {
+                        Some(b) => format!("{b} B behind"),
+                        None => "lag unknown".into(),
+                    };
+                    let lag = s["lag_s"]["replay"]
+                        .as_f64()
+                        .map(|l| format!(", replay lag {l:.3} s"))
+                        .unwrap_or_default();
+                    format!(
+                        "{} {} {}, {behind}{lag}",
+                        text(&s["node"]),
+                        text(&s["state"]),
+                        text(&s["sync_state"])
+                    )
+                })
+                .collect();
+            lines.push(format!("replication at the fault: {}", each.join("; ")));
+        } else if let Some(error) = self.replication.as_ref().and_then(|r| r["error"].as_str()) {
+            lines.push(format!("replication at the fault: unknown ({error})"));
+        }
+        let Some(f) = &self.restore.restored.failover else {
+            return lines;
+        };
+        lines.push(format!(
+            "failover: {} judged down ({}); promoted {}",
+            text(&f["primary_down"]["container"]),
+            text(&f["primary_down"]["judged"]),
+            text(&f["promoted"])
+        ));
+        if f["old_primary"].is_object() {
+            lines.push(format!(
+                "old primary {}: fenced, {}",
+                text(&f["old_primary"]["container"]),
+                text(&f["old_primary"]["fenced"])
+            ));
+        }
+        for s in f["standbys_following"].as_array().into_iter().flatten() {
+            lines.push(match s["follows"].as_str() {
+                Some(new) => format!("{} follows {new}", text(&s["container"])),
+                None => format!(
+                    "{} follows no one: {}",
+                    text(&s["container"]),
+                    text(&s["error"])
+                ),
+            });
+        }
+        lines
+    }
+}
+
 impl OffsiteReport {
     /// One line: what landed and its shipping lag, what failed, and what the DR site fetched.
     pub fn summary(&self) -> String {

@@ -43,6 +43,9 @@ pub fn terminal(r: &Report) -> String {
         if let Some(o) = &t.offsite {
             out.push_str(&format!("offsite {}: {}\n", t.name, o.summary()));
         }
+        for line in t.failover_summary() {
+            out.push_str(&format!("{}: {line}\n", t.name));
+        }
     }
 
     let checks = checks(r);

@@ -286,7 +286,7 @@ impl Postgres {
         });
         Ok(Restored {
             recovery_target: Some(format!(
-                "failover: promote {name}, the standby that received the most WAL ({})",
+                "the standby that received the most WAL, {name} ({})",
                 format_lsn(received)
             )),
             reached: Some(format!("{name} is the primary, on timeline {timeline}")),
