@@ -343,12 +343,15 @@ impl TargetReport {
             return lines;
         };
         lines.push(format!(
-            "failover: {} judged down ({}); promoted {}",
-            text(&f["primary_down"]["container"]),
+            "failover: the primary{} judged down ({}); promoted {}",
+            f["primary_down"]["container"]
+                .as_str()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default(),
             text(&f["primary_down"]["judged"]),
             text(&f["promoted"])
         ));
-        if f["old_primary"].is_object() {
+        if f["old_primary"]["container"].is_string() {
             lines.push(format!(
                 "old primary {}: fenced, {}",
                 text(&f["old_primary"]["container"]),

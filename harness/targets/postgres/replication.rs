@@ -249,8 +249,12 @@ impl Postgres {
         let replication = self
             .replication_options()
             .ok_or_else(|| anyhow!("the target has no replication to fail over to"))?;
-        let old = self.service.containers.serving()?.clone();
-        let down = self.judge_down(&old).await?;
+        // A volume loss took the primary's container with it: nothing is left to judge or fence.
+        let old = self.service.containers.current().cloned();
+        let down = match &old {
+            Some(old) => self.judge_down(old).await?,
+            None => "its container and data volume are gone".to_string(),
+        };
         let (candidates, chosen) = self.choose_standby(limit).await?;
         let (name, received) = (chosen.0.name.clone(), chosen.1);
         let port = self.service.env.docker.host_port(&chosen.0).await?;
@@ -263,7 +267,10 @@ impl Postgres {
         if !promoted {
             bail!("pg_promote on {name} did not finish within 60 s");
         }
-        let fenced = self.fence(&old).await?;
+        let fenced = match &old {
+            Some(old) => self.fence(old).await?,
+            None => json!({ "container": null, "fenced": "nothing left to fence" }),
+        };
         phases.enter(Phase::Reconnect);
         self.service.take_over(&name)?;
         self.wait_ready(Ready::Promoted, limit).await?;
@@ -292,7 +299,7 @@ impl Postgres {
             reached: Some(format!("{name} is the primary, on timeline {timeline}")),
             note,
             failover: Some(json!({
-                "primary_down": { "container": old.name, "judged": down },
+                "primary_down": { "container": old.map(|c| c.name), "judged": down },
                 "standbys": candidates,
                 "promoted": name,
                 "timeline": timeline,
