@@ -325,7 +325,7 @@ impl TargetReport {
                     };
                     let lag = s["lag_s"]["replay"]
                         .as_f64()
-                        .map(|l| format!(", replay lag {l:.3} s"))
+                        .map(|l| format!(", replay lag {:.1} ms", l * 1000.0))
                         .unwrap_or_default();
                     format!(
                         "{} {} {}, {behind}{lag}",
