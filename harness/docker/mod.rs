@@ -542,6 +542,21 @@ impl Docker {
             .unwrap_or_default())
     }
 
+    /// `c`'s address on the run's network (what the run's other containers connect to).
+    pub async fn ip_of(&self, c: &Container) -> Result<String> {
+        let info = self
+            .api
+            .inspect_container(&c.id, None::<InspectContainerOptions>)
+            .await?;
+        let network = self.network();
+        info.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| anyhow!("container {} has no address on {network}", c.name))
+    }
+
     /// Whether the engine reports `c` paused (frozen by the cgroup freezer).
     pub async fn paused(&self, c: &Container) -> Result<bool> {
         Ok(self.inspect_state(c).await?.paused.unwrap_or(false))

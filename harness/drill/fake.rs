@@ -421,6 +421,7 @@ impl Target for FakeTarget {
         phases: &mut RecoveryPhases,
         _limit: Duration,
     ) -> Result<Restored> {
+        phases.enter(Phase::Promote);
         self.shared.step("fail-over").await?;
         tokio::time::sleep(self.shared.behaviour.step_time).await;
         phases.enter(Phase::Reconnect);

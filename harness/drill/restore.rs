@@ -85,8 +85,8 @@ impl Executor<'_> {
                 });
             }
             RestorePoint::Failover => {
-                // A standby takes over; the target enters `reconnect` once it is promoted.
-                phases.enter(Phase::Promote);
+                // A standby takes over: the target enters its phases (`promote` or `elect`,
+                // then `reconnect`) as it goes.
                 let (restored, error) = match within(
                     &step,
                     limit,

@@ -94,6 +94,8 @@ pub enum Phase {
     /// Failover: the most advanced standby chosen and promoted (a runbook's promotion or the
     /// service's own election), the old primary fenced.
     Promote,
+    /// Failover: the service's own election (Sentinel) until a new primary takes writes.
+    Elect,
     /// Failover: the clients find the new primary and it takes writes.
     Reconnect,
     /// Checks, ledger read-back and the fresh write round trip.

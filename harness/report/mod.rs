@@ -314,19 +314,29 @@ impl TargetReport {
         if let Some(standbys) = self
             .replication
             .as_ref()
-            .and_then(|r| r["standbys"].as_array())
+            .and_then(|r| r["standbys"].as_array().or(r["replicas"].as_array()))
         {
             let each: Vec<String> = standbys
                 .iter()
                 .map(|s| {
-                    let behind = match s["behind_bytes"]["replayed"].as_i64() {
-                        Some(b) => format!("{b} B behind"),
-                        None => "lag unknown".into(),
+                    // PostgreSQL says what each standby replayed; Redis what each replica
+                    // last acknowledged, and how long ago.
+                    let behind = match (
+                        s["behind_bytes"]["replayed"].as_i64(),
+                        s["behind_bytes"]["acknowledged"].as_i64(),
+                    ) {
+                        (Some(b), _) => format!("{b} B behind"),
+                        (None, Some(b)) => format!("{b} B behind what it acknowledged"),
+                        (None, None) => "lag unknown".into(),
                     };
-                    let lag = s["lag_s"]["replay"]
-                        .as_f64()
-                        .map(|l| format!(", replay lag {:.1} ms", l * 1000.0))
-                        .unwrap_or_default();
+                    let lag = match (
+                        s["lag_s"]["replay"].as_f64(),
+                        s["lag_s"]["since_ack"].as_f64(),
+                    ) {
+                        (Some(l), _) => format!(", replay lag {:.1} ms", l * 1000.0),
+                        (None, Some(l)) => format!(", last acknowledgement {l} s before"),
+                        (None, None) => String::new(),
+                    };
                     format!(
                         "{} {} {}, {behind}{lag}",
                         text(&s["node"]),
@@ -497,6 +507,8 @@ pub struct PhaseDurations {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub promote: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub elect: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<u64>,
@@ -514,6 +526,7 @@ impl PhaseDurations {
                 Phase::Fetch => &mut p.fetch,
                 Phase::Restore => &mut p.restore,
                 Phase::Promote => &mut p.promote,
+                Phase::Elect => &mut p.elect,
                 Phase::Reconnect => &mut p.reconnect,
                 Phase::Verify => &mut p.verify,
             };
@@ -532,6 +545,7 @@ impl PhaseDurations {
             ("fetch", self.fetch),
             ("restore", self.restore),
             ("promote", self.promote),
+            ("elect", self.elect),
             ("reconnect", self.reconnect),
             ("verify", self.verify),
         ]

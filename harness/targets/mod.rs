@@ -278,8 +278,9 @@ pub trait Target: Send + Sync {
 
     /// Failover (`restore.from = "failover"`): once the primary is judged down, a standby takes
     /// over as the new primary (the kind's runbook promotion, or its own election) and the
-    /// clients follow it; the old primary is fenced or rejoins. Enters the phases `promote` and
-    /// `reconnect` as it goes.
+    /// clients follow it; the old primary is fenced or rejoins. Enters the phases `promote` (a
+    /// runbook's promotion) or `elect` (the service's own election), then `reconnect`, as it
+    /// goes.
     async fn fail_over(
         &mut self,
         phases: &mut RecoveryPhases,

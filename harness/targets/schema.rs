@@ -147,3 +147,34 @@ pub fn dataset_aim(
         ),
     })
 }
+
+/// The node an outage of a replicated target hits (`node`): `None` for the primary, whichever
+/// node is primary when the fault fires (the default, and `"primary"`), else one of `nodes`
+/// (`None`: a single node, which has only its primary).
+pub fn node_aim(
+    fault: FaultKind,
+    value: Option<&Spanned<String>>,
+    spec: &TargetSpec,
+    nodes: Option<Vec<String>>,
+) -> Result<Option<String>, KeyError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let node = value.get_ref();
+    if node == "primary" {
+        return Ok(None);
+    }
+    let nodes = nodes.unwrap_or_else(|| vec!["primary".to_string()]);
+    if nodes.contains(node) {
+        return Ok(Some(node.clone()));
+    }
+    Err(KeyError {
+        key: "node".into(),
+        span: Some(value.span()),
+        message: format!(
+            "fault `{fault}`: target {:?} has no node {node:?} (its nodes: {})",
+            spec.name,
+            nodes.join(", ")
+        ),
+    })
+}

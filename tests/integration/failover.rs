@@ -202,3 +202,119 @@ fn a_stalled_sync_standby_blocks_writes_and_misses_the_rto_losing_nothing() {
     assert!(t["rto"]["achieved_ms"].as_u64().unwrap() >= 6000);
     assert_no_leftovers(run.run_id());
 }
+
+/// `redis-cli` with the target's password in container `name` of a kept run; its output.
+fn redis_cli(run: &Run, name: &str, args: &[&str]) -> String {
+    let connections: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.dir.join("connections.json")).unwrap()).unwrap();
+    let password = connections["targets"]["cache"]["password"]
+        .as_str()
+        .unwrap();
+    let container = format!("drillrig-{}-{name}", run.run_id());
+    let mut all = vec![
+        "exec",
+        container.as_str(),
+        "redis-cli",
+        "--no-auth-warning",
+        "-a",
+        password,
+    ];
+    all.extend_from_slice(args);
+    docker(&all).trim().to_string()
+}
+
+/// A container's address on the run's network, as the engine reports it.
+fn address_of(run: &Run, name: &str) -> String {
+    docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &format!("drillrig-{}-{name}", run.run_id()),
+    ])
+    .trim()
+    .to_string()
+}
+
+/// Redis with two replicas and three Sentinels, the primary killed: Sentinel itself names the
+/// replica drillrig reports promoted, that node says it is a master, the other replica follows
+/// it, and the lost writes are exactly the acknowledged writes whose keys the new primary lacks.
+#[test]
+fn sentinel_elects_a_replica_and_the_loss_is_what_it_lacked() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/redis-sentinel-failover.toml",
+        "redis-sentinel-failover",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    assert_eq!(t["replication"]["replicas"].as_array().unwrap().len(), 2);
+    let promoted = t["restore"]["failover"]["promoted"].as_str().unwrap();
+    let promoted = promoted.trim_start_matches("cache-").to_string();
+    assert!(promoted.starts_with("replica-"), "{promoted}");
+    for phase in ["detect", "elect", "reconnect", "verify"] {
+        assert!(
+            t["rto"]["phases"][phase].is_u64(),
+            "{phase}: {}",
+            t["rto"]["phases"]
+        );
+    }
+    // Sentinel's own answer, asked by the test.
+    let sentinel = docker(&[
+        "exec",
+        &format!("drillrig-{}-cache-sentinel-1", run.run_id()),
+        "redis-cli",
+        "-p",
+        "26379",
+        "SENTINEL",
+        "get-master-addr-by-name",
+        "drill",
+    ]);
+    let new_ip = address_of(&run, &format!("cache-{promoted}"));
+    assert_eq!(sentinel.lines().next(), Some(new_ip.as_str()), "{sentinel}");
+    let info = redis_cli(&run, &format!("cache-{promoted}"), &["INFO", "replication"]);
+    assert!(info.contains("role:master"), "{info}");
+    let other = if promoted == "replica-1" {
+        "replica-2"
+    } else {
+        "replica-1"
+    };
+    wait_for(
+        "the other replica to follow the new primary",
+        Duration::from_secs(20),
+        || {
+            let info = redis_cli(&run, &format!("cache-{other}"), &["INFO", "replication"]);
+            info.contains(&format!("master_host:{new_ip}"))
+                && info.contains("master_link_status:up")
+        },
+    );
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.ExitCode}}",
+            &format!("drillrig-{}-cache-primary", run.run_id()),
+        ])
+        .trim(),
+        "false 137"
+    );
+    // The keys on the new primary against the ledger CSV.
+    let keys = redis_cli(
+        &run,
+        &format!("cache-{promoted}"),
+        &["--scan", "--pattern", "seq:*"],
+    );
+    let present: BTreeSet<u64> = keys
+        .lines()
+        .map(|k| k.trim_start_matches("seq:").parse().unwrap())
+        .collect();
+    let ledger = run.ledger_of("cache");
+    let lost = ledger
+        .iter()
+        .filter(|w| w.2 == "ok" && !present.contains(&w.0))
+        .count();
+    assert_eq!(t["rpo"]["lost_writes"], lost as u64);
+    assert_eq!(lost, ledger.iter().filter(|w| w.3 == "yes").count());
+    assert_report_md_agrees(&run);
+    remove_run(run.run_id());
+}

@@ -246,6 +246,7 @@ impl Postgres {
         phases: &mut RecoveryPhases,
         limit: Duration,
     ) -> Result<Restored> {
+        phases.enter(Phase::Promote);
         let replication = self
             .replication_options()
             .ok_or_else(|| anyhow!("the target has no replication to fail over to"))?;

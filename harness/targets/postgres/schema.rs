@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::spec::{FaultKind, KindOptions, RestorePoint, TargetSpec, kebab_enum};
-use crate::targets::schema::{KeyError, KindKeys, dataset_aim};
+use crate::targets::schema::{KeyError, KindKeys, dataset_aim, node_aim};
 
 kebab_enum!(
     /// How a commit waits for the standbys.
@@ -118,38 +118,14 @@ pub fn aim(
     spec: &TargetSpec,
 ) -> Result<Option<String>, KeyError> {
     match key {
-        Some("node") => node_aim(fault, value, spec),
+        Some("node") => {
+            let nodes = spec
+                .options_of::<PgOptions>()
+                .and_then(|o| o.replication)
+                .map(|r| r.nodes());
+            node_aim(fault, value, spec, nodes)
+        }
         Some(key) => dataset_aim(value, super::CAPABILITIES.datasets, key, "table"),
         None => Ok(None),
     }
-}
-
-fn node_aim(
-    fault: FaultKind,
-    value: Option<&Spanned<String>>,
-    spec: &TargetSpec,
-) -> Result<Option<String>, KeyError> {
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    let node = value.get_ref();
-    if node == "primary" {
-        return Ok(None);
-    }
-    let nodes = spec
-        .options_of::<PgOptions>()
-        .and_then(|o| o.replication)
-        .map_or_else(|| vec!["primary".to_string()], |r| r.nodes());
-    if nodes.contains(node) {
-        return Ok(Some(node.clone()));
-    }
-    Err(KeyError {
-        key: "node".into(),
-        span: Some(value.span()),
-        message: format!(
-            "fault `{fault}`: target {:?} has no node {node:?} (its nodes: {})",
-            spec.name,
-            nodes.join(", ")
-        ),
-    })
 }

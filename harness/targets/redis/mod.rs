@@ -6,6 +6,7 @@
 //! `redis-server`, `redis-cli` and `redis-check-*` run inside containers, never on the host.
 
 mod files;
+mod replication;
 pub mod schema;
 
 use std::sync::Mutex;
@@ -64,7 +65,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     target_keys: schema::TARGET_KEYS,
     target_keys_schema: schema::keys_schema,
     options: schema::options,
-    fault_keys: &[(FaultKind::CorruptDataFile, "file")],
+    fault_keys: &[
+        (FaultKind::CorruptDataFile, "file"),
+        (FaultKind::Kill, "node"),
+        (FaultKind::Stop, "node"),
+        (FaultKind::Pause, "node"),
+        (FaultKind::NetworkPartition, "node"),
+    ],
     aim: schema::aim,
     source_checks: &[
         CheckKind::RedisCheck,
@@ -349,7 +356,18 @@ impl Redis {
 #[async_trait]
 impl Target for Redis {
     async fn provision(&mut self) -> Result<()> {
-        let (name, volume) = self.service.next_container().await?;
+        let replication = self.replication_options();
+        let (name, volume) = match replication {
+            Some(_) => {
+                let docker = self.service.env.docker.clone();
+                let limit = self.service.env.spec.volume_limit;
+                self.service
+                    .containers
+                    .next_node(&docker, "primary", limit)
+                    .await?
+            }
+            None => self.service.next_container().await?,
+        };
         let spec = self.container_spec(
             name,
             volume,
@@ -357,7 +375,24 @@ impl Target for Redis {
             Vec::new(),
         );
         self.start_container(spec, self.service.env.timeouts.provision)
-            .await
+            .await?;
+        match replication {
+            Some(r) => self.start_replicas(r).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn replication(&self) -> Option<serde_json::Value> {
+        self.replication_options()?;
+        Some(self.replication_state().await)
+    }
+
+    async fn fail_over(
+        &mut self,
+        phases: &mut RecoveryPhases,
+        limit: Duration,
+    ) -> Result<Restored> {
+        self.fail_over_to_replica(phases, limit).await
     }
 
     async fn seed(&mut self) -> Result<()> {

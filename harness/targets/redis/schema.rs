@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::spec::{BackupMethod, FaultKind, KindOptions, RestorePoint, TargetSpec, kebab_enum};
-use crate::targets::schema::{KeyError, KindKeys};
+use crate::targets::schema::{KeyError, KindKeys, node_aim};
 
 kebab_enum!(
     /// Redis `appendfsync`.
@@ -34,7 +34,30 @@ pub struct RedisOptions {
     pub persistence: Persistence,
     /// `redis-check-aof --fix` before a `restart`; what it drops is measured as loss.
     pub repair: bool,
+    pub replication: Option<Replication>,
 }
+
+/// Replicas of the primary, watched by Sentinel or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    pub replicas: u8,
+    /// 0 (a runbook's `REPLICAOF NO ONE`) or 3 (Sentinel elects the new primary).
+    pub sentinels: u8,
+    /// `min-replicas-to-write` on every node (`min-replicas-max-lag` 10 s).
+    pub min_replicas_to_write: u8,
+}
+
+impl Replication {
+    /// The data nodes' names, primary first: `primary`, `replica-1`, …
+    pub fn nodes(&self) -> Vec<String> {
+        std::iter::once("primary".to_string())
+            .chain((1..=self.replicas).map(|i| format!("replica-{i}")))
+            .collect()
+    }
+}
+
+/// The most replicas a target may have.
+pub const MAX_REPLICAS: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persistence {
@@ -63,6 +86,20 @@ struct RawKeys {
     persistence: Option<RawPersistence>,
     #[serde(default)]
     restore: RawRestore,
+    /// Replicas of the primary, with or without Sentinel; `restore.from = "failover"` promotes
+    /// one.
+    replication: Option<RawReplication>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    /// How many replicas (1 or 2).
+    replicas: u8,
+    /// 0 (a runbook promotes with `REPLICAOF NO ONE`) or 3 (Sentinel elects); default 3.
+    sentinels: Option<u8>,
+    /// `min-replicas-to-write` (default 0: the primary takes writes alone).
+    min_replicas_to_write: Option<u8>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -84,7 +121,7 @@ struct RawRestore {
 }
 
 /// The target keys Redis owns.
-pub const TARGET_KEYS: &[&str] = &["persistence", "restore.repair"];
+pub const TARGET_KEYS: &[&str] = &["persistence", "restore.repair", "replication"];
 
 /// The JSON Schema of [`TARGET_KEYS`], from the types that parse them.
 pub fn keys_schema(generator: &mut SchemaGenerator) -> Schema {
@@ -94,7 +131,16 @@ pub fn keys_schema(generator: &mut SchemaGenerator) -> Schema {
 /// Checks a Redis target's own keys against its common spec.
 pub fn options(keys: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {
     let raw: RawKeys = keys.parse()?;
-    crate::targets::schema::no_failover(spec)?;
+    let replication = match raw.replication {
+        None => None,
+        Some(r) => Some(replication(r, spec)?),
+    };
+    if spec.restore == RestorePoint::Failover && replication.is_none() {
+        return Err(KeyError::at(
+            "restore.from",
+            "restore.from = \"failover\" promotes a replica: give the target `replication = { replicas = 1 }`",
+        ));
+    }
     let defaults = Persistence::default();
     let persistence = match raw.persistence {
         None => defaults,
@@ -124,7 +170,48 @@ pub fn options(keys: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOpt
     Ok(Arc::new(RedisOptions {
         persistence,
         repair,
+        replication,
     }))
+}
+
+fn replication(r: RawReplication, spec: &TargetSpec) -> Result<Replication, KeyError> {
+    if !(1..=MAX_REPLICAS).contains(&r.replicas) {
+        return Err(KeyError::at(
+            "replication.replicas",
+            format!(
+                "a primary has 1 to {MAX_REPLICAS} replicas here, not {}",
+                r.replicas
+            ),
+        ));
+    }
+    let sentinels = r.sentinels.unwrap_or(3);
+    if sentinels != 0 && sentinels != 3 {
+        return Err(KeyError::at(
+            "replication.sentinels",
+            format!("0 (a runbook promotes) or 3 sentinels, not {sentinels}"),
+        ));
+    }
+    let min_replicas_to_write = r.min_replicas_to_write.unwrap_or(0);
+    if min_replicas_to_write > r.replicas {
+        return Err(KeyError::at(
+            "replication.min_replicas_to_write",
+            format!(
+                "{min_replicas_to_write} replicas cannot acknowledge writes when there are {}",
+                r.replicas
+            ),
+        ));
+    }
+    if spec.source.is_some() {
+        return Err(KeyError::at(
+            "replication",
+            "a restore test restores into one scratch server: it has no replication",
+        ));
+    }
+    Ok(Replication {
+        replicas: r.replicas,
+        sentinels,
+        min_replicas_to_write,
+    })
 }
 
 /// Checks a fault on a Redis target: the `file` a `corrupt-data-file` damages must be one the
@@ -150,6 +237,13 @@ pub fn aim(
                 spec.name
             ),
         ));
+    }
+    if key == Some("node") {
+        let nodes = spec
+            .options_of::<RedisOptions>()
+            .and_then(|o| o.replication)
+            .map(|r| r.nodes());
+        return node_aim(fault, value, spec, nodes);
     }
     if key.is_none() {
         return Ok(None);
