@@ -386,6 +386,25 @@ pub struct FaultSpec {
     pub artefact: Option<String>,
     /// `latency`: what drillrig's proxy does to the target's connections while it lasts.
     pub toxics: Option<Toxics>,
+    /// `network-partition`: what the node is cut off from.
+    pub isolate: Isolate,
+}
+
+kebab_enum!(
+    /// What a `network-partition` cuts its node off from.
+    Isolate {
+        /// Every client and every other node: off the run's network.
+        All = "all",
+        /// The target's other nodes only (its replicas and Sentinels); its clients still reach
+        /// it: the split-brain case.
+        Peers = "peers",
+    }
+);
+
+impl Default for Isolate {
+    fn default() -> Self {
+        Isolate::All
+    }
 }
 
 /// What the `latency` fault's proxy does to every connection, like Toxiproxy's toxics.

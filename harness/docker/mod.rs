@@ -109,6 +109,9 @@ pub struct ContainerSpec {
     /// secret reaches a service without crossing a command line.
     pub files: Vec<(String, Vec<u8>)>,
     pub hostname: Option<String>,
+    /// The container may change its own network stack (`CAP_NET_ADMIN`, inside its own network
+    /// namespace only): what a partition from its peers alone (`ip route … blackhole`) needs.
+    pub net_admin: bool,
     pub startup_timeout: Duration,
 }
 
@@ -397,6 +400,7 @@ impl Docker {
                 // child of an exec'd helper that dies by a signal is not the server's child, so
                 // PostgreSQL never takes it for a crashed backend and restarts every session.
                 init: Some(true),
+                cap_add: spec.net_admin.then(|| vec!["NET_ADMIN".to_string()]),
                 // Publish on loopback only, on a port the engine picks.
                 publish_all_ports: Some(false),
                 port_bindings: Some(HashMap::from([(

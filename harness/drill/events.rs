@@ -64,6 +64,8 @@ pub enum TargetEvent {
     Recovered(Box<Recovery>),
     /// Outages the service's own logs show that no fault caused.
     UnaskedOutages(Vec<String>),
+    /// After a failover: what became of the old nodes, more fields of `restore.failover`.
+    Settled(serde_json::Value),
 }
 
 /// What is known when a target's restore begins.
@@ -187,6 +189,18 @@ fn apply(t: &mut TargetReport, event: TargetEvent) {
             }
         }
         TargetEvent::UnaskedOutages(found) => t.unasked_outages = found,
+        TargetEvent::Settled(fields) => {
+            let failover = t
+                .restore
+                .restored
+                .failover
+                .get_or_insert_with(|| serde_json::json!({}));
+            if let (Some(into), serde_json::Value::Object(fields)) =
+                (failover.as_object_mut(), fields)
+            {
+                into.extend(fields);
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::events::{Events, RestoreBegins, TargetEvent};
-use super::stop::{Stop, classify, within};
+use super::stop::{Stop, bounded, classify, within};
 use super::verify::Restored;
 use super::workloads::{Chain, Workload, Writing};
 use crate::backup::Repository;
@@ -21,7 +21,7 @@ use crate::clock::{Clock, Micros};
 use crate::measure::{self, Phase, RecoveryPhases};
 use crate::offsite::Offsite;
 use crate::report::{LatencyObjective, WorkloadReport, WriteLatency};
-use crate::spec::{FaultKind, FaultSpec, Scenario, TargetSpec};
+use crate::spec::{FaultKind, FaultSpec, RestorePoint, Scenario, TargetSpec};
 use crate::targets::{Site, Target};
 use crate::workload::{Ledger, WriteOutcome};
 
@@ -178,6 +178,22 @@ impl Executor<'_> {
             workload_start,
         };
         self.verify(spec, target, restored).await?;
+        if spec.restore == RestorePoint::Failover {
+            // The RTO is measured: the old nodes rejoin or are fenced.
+            let span = self.events.begin("settle", Some(name));
+            let limit = self.scenario.timeouts.restore;
+            if let Some(settled) = bounded(
+                &format!("settle the topology of {name}"),
+                limit,
+                "timeouts.restore",
+                async { Ok(target.settle(limit).await) },
+            )
+            .await?
+            {
+                self.events.target(name, TargetEvent::Settled(settled));
+            }
+            self.events.end(span);
+        }
         let injected: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
         self.unasked_outages(spec, target, &injected).await
     }

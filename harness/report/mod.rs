@@ -361,12 +361,13 @@ impl TargetReport {
             text(&f["primary_down"]["judged"]),
             text(&f["promoted"])
         ));
-        if f["old_primary"]["container"].is_string() {
-            lines.push(format!(
-                "old primary {}: fenced, {}",
-                text(&f["old_primary"]["container"]),
-                text(&f["old_primary"]["fenced"])
-            ));
+        let old = &f["old_primary"];
+        match (old["container"].as_str(), old["rejoined"].as_str()) {
+            (Some(c), Some(how)) => lines.push(format!("old primary {c}: rejoined as {how}")),
+            (Some(c), None) => {
+                lines.push(format!("old primary {c}: fenced, {}", text(&old["fenced"])))
+            }
+            (None, _) => {}
         }
         for s in f["standbys_following"].as_array().into_iter().flatten() {
             lines.push(match s["follows"].as_str() {

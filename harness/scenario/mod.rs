@@ -693,6 +693,7 @@ impl<'a> Validator<'a> {
             ("jitter", raw.jitter.as_ref().map(|v| v.span())),
             ("bandwidth", raw.bandwidth.as_ref().map(|v| v.span())),
             ("reset", raw.reset.as_ref().map(|v| v.span())),
+            ("isolate", raw.isolate.as_ref().map(|v| v.span())),
         ];
         if let Some((k, Some(span))) = extra.into_iter().find(|(_, s)| s.is_some()) {
             return Err(self.at.error(
@@ -750,6 +751,7 @@ impl<'a> Validator<'a> {
                 aim: None,
                 artefact: None,
                 toxics: None,
+                isolate: crate::spec::Isolate::All,
             });
         }
         Ok(faults)
@@ -1412,6 +1414,26 @@ impl<'a> Validator<'a> {
         }
         let artefact = raw.artefact.as_ref().map(|a| a.get_ref().clone());
         let toxics = self.toxics(i, kind, raw)?;
+        let isolate = match &raw.isolate {
+            None => crate::spec::Isolate::All,
+            Some(v) if kind != FaultKind::NetworkPartition => {
+                return Err(self.at.error(
+                    v.span(),
+                    key("isolate"),
+                    format!("fault `{kind}` does not take `isolate`"),
+                ));
+            }
+            Some(v)
+                if *v.get_ref() == crate::spec::Isolate::Peers && !(caps.replicated)(target) =>
+            {
+                return Err(self.at.error(
+                    v.span(),
+                    key("isolate"),
+                    format!("isolate = \"peers\" cuts a node off from the target's other nodes, and target {name:?} has one node: give it `replication`"),
+                ));
+            }
+            Some(v) => *v.get_ref(),
+        };
         Ok(FaultSpec {
             target: name.clone(),
             kind,
@@ -1420,6 +1442,7 @@ impl<'a> Validator<'a> {
             aim,
             artefact,
             toxics,
+            isolate,
         })
     }
 

@@ -278,6 +278,9 @@ pub struct RawFault {
     /// `latency`: each connection is reset once it has been open this long during the fault.
     #[schemars(with = "Option<HumanDuration>")]
     pub reset: Option<Spanned<HumanDuration>>,
+    /// `network-partition`: `all` (default) or `peers` (the node's other nodes only).
+    #[schemars(with = "Option<crate::spec::Isolate>")]
+    pub isolate: Option<Spanned<crate::spec::Isolate>>,
 }
 
 /// A humantime duration string ("500ms", "5s", "2m").

@@ -85,6 +85,7 @@ fn a_good_file_becomes_domain_types() {
             aim: Some("orders".into()),
             artefact: None,
             toxics: None,
+            isolate: crate::spec::Isolate::All,
         }]
     );
     assert_eq!(s.timeouts, Timeouts::default());

@@ -105,6 +105,9 @@ pub struct Capabilities {
     pub fault_keys: &'static [(FaultKind, &'static str)],
     /// Checks a fault against a target of this kind; returns what it aims at.
     pub aim: schema::FaultAimFn,
+    /// Whether a target runs more than one node (its options say): a `network-partition` may
+    /// then cut a node off from its peers only.
+    pub replicated: fn(&TargetSpec) -> bool,
     /// The checks a restore test of the user's own backup (`source`) may run.
     pub source_checks: &'static [CheckKind],
     /// The backup formats a restore test of this kind restores; every format is one kind's.
@@ -264,6 +267,14 @@ pub trait Target: Send + Sync {
     /// Captures the point `before-fault` restores to; `None` where the kind has none.
     async fn recovery_point(&self) -> Result<Option<RecoveryPoint>> {
         Ok(None)
+    }
+
+    /// After a failover whose RTO is measured: brings the topology to its final shape (the old
+    /// primary rejoins as a replica, or is fenced) and says what became of each old node, as
+    /// fields of the report's `restore.failover`. Nothing by default.
+    async fn settle(&mut self, limit: Duration) -> Option<serde_json::Value> {
+        let _ = limit;
+        None
     }
 
     /// Crash recovery in place: starts the same container on its own data, waits until ready.

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::TargetEnv;
 use crate::docker::{Container, ContainerSpec, Docker};
-use crate::spec::{FaultKind, FaultSpec, Toxics};
+use crate::spec::{FaultKind, FaultSpec, Isolate, Toxics};
 
 /// How long a connection may take to open, unless the kind says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -262,6 +262,84 @@ impl Service {
             "container": c.name,
             "cut_from": ["the run's network", format!("host port {port}")],
         }))
+    }
+
+    /// `network-partition` with `isolate = "peers"`: the container of `node` can no longer
+    /// reach the target's other containers (its replicas, standbys, Sentinels): a blackhole
+    /// route to each of their addresses in its own network stack (replicated targets' containers
+    /// have `CAP_NET_ADMIN` for this), so no packet of it reaches
+    /// them, while its clients, who come through the published port from the host's side of
+    /// the bridge, still reach it. The container must then list every route.
+    pub async fn isolate_from_peers(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
+        let docker = &self.env.docker;
+        let mut cut = Vec::new();
+        for other in self
+            .containers
+            .current()
+            .into_iter()
+            .chain(self.containers.peers().iter().map(|(p, _)| p))
+            .filter(|o| o.id != c.id)
+        {
+            if let Ok(ip) = docker.ip_of(other).await {
+                cut.push((other.name.clone(), ip));
+            }
+        }
+        if cut.is_empty() {
+            bail!("{} has no peer to be cut off from", c.name);
+        }
+        for (_, ip) in &cut {
+            let route = format!("{ip}/32");
+            let out = docker
+                .exec(c, "root", &["ip", "route", "add", "blackhole", &route])
+                .await?;
+            if out.exit_code != 0 {
+                bail!("cut {} off from {ip}: {}", c.name, out.tail());
+            }
+        }
+        let routes = self.blackholes(c).await?;
+        if let Some((name, ip)) = cut.iter().find(|(_, ip)| !routes.contains(ip)) {
+            bail!("{} still has a route to {name} ({ip})", c.name);
+        }
+        Ok(serde_json::json!({
+            "container": c.name,
+            "isolate": "peers",
+            "cut_from": cut.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            "blackholes": routes,
+            "clients": format!("still reach it on host port {}", docker.host_port(c).await?),
+        }))
+    }
+
+    /// The addresses `c`'s own routing table sends nowhere.
+    async fn blackholes(&self, c: &Container) -> Result<Vec<String>> {
+        let out = self
+            .env
+            .docker
+            .exec(c, "root", &["ip", "route", "show", "type", "blackhole"])
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|ip| ip.trim_end_matches("/32").to_string())
+            .collect())
+    }
+
+    /// Heals `isolate = "peers"`: every blackhole route goes, and the container must list none.
+    pub async fn rejoin_peers(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let c = self.containers.node(node)?;
+        let routes = self.blackholes(c).await?;
+        for ip in &routes {
+            let route = format!("{ip}/32");
+            self.env
+                .docker
+                .exec(c, "root", &["ip", "route", "del", "blackhole", &route])
+                .await?;
+        }
+        let left = self.blackholes(c).await?;
+        if !left.is_empty() {
+            bail!("{} still cannot reach {left:?}", c.name);
+        }
+        Ok(serde_json::json!({ "container": c.name, "reachable_again": routes }))
     }
 
     /// Heals `network-partition`: the container rejoins the run's network and publishes its
@@ -709,6 +787,9 @@ impl super::Outages for Service {
             FaultKind::Kill => self.kill(node).await,
             FaultKind::Stop => self.stop(node).await,
             FaultKind::Pause => self.pause(node).await,
+            FaultKind::NetworkPartition if fault.isolate == Isolate::Peers => {
+                self.isolate_from_peers(node).await
+            }
             FaultKind::NetworkPartition => self.partition(node).await,
             FaultKind::Latency => self.slow_down(fault.toxics.expect("validation sets the toxics")),
             FaultKind::VolumeLoss => self.lose_volume().await,
@@ -722,6 +803,9 @@ impl super::Outages for Service {
         let node = fault.aim.as_deref();
         match fault.kind {
             FaultKind::Pause => self.unpause(node).await,
+            FaultKind::NetworkPartition if fault.isolate == Isolate::Peers => {
+                self.rejoin_peers(node).await
+            }
             FaultKind::NetworkPartition => self.reconnect(node).await,
             FaultKind::Latency => self.speed_up(),
             other => bail!("fault {other} does not heal"),

@@ -318,3 +318,68 @@ fn sentinel_elects_a_replica_and_the_loss_is_what_it_lacked() {
     assert_report_md_agrees(&run);
     remove_run(run.run_id());
 }
+
+/// Split brain: the Redis primary cut off from its replicas and Sentinels only (its clients
+/// still reach it) keeps acknowledging writes alone; Sentinel elects a replica, and once the
+/// partition heals turns the old primary into its replica, discarding what it took. The test
+/// reads the old primary's own account (a replica of the new one now), re-counts the lost
+/// writes on the new primary, and finds each acknowledged while the primary was cut off; the
+/// control held to no loss misses.
+#[test]
+fn a_split_brain_loses_what_the_deposed_primary_acknowledged_alone() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/redis-split-brain.toml",
+        "redis-split-brain",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let partition = &run.report["faults"][0];
+    assert_eq!(partition["details"]["isolate"], "peers");
+    assert_eq!(
+        partition["details"]["cut_from"].as_array().unwrap().len(),
+        5
+    );
+    let cut_at = partition["injected_at_ms"].as_f64().unwrap();
+    let healed = partition["heal_started_ms"].as_f64().unwrap();
+    let promoted = t["restore"]["failover"]["promoted"].as_str().unwrap();
+    // The old primary is a replica of the new one now, by its own account.
+    let old = redis_cli(&run, "cache-primary", &["INFO", "replication"]);
+    assert!(old.contains("role:slave"), "{old}");
+    assert!(
+        old.contains(&format!("master_host:{}", address_of(&run, promoted))),
+        "{old}"
+    );
+    assert!(t["restore"]["failover"]["old_primary"]["rejoined"].is_string());
+    // The lost writes, re-counted on the new primary.
+    let keys = redis_cli(&run, promoted, &["--scan", "--pattern", "seq:*"]);
+    let present: BTreeSet<u64> = keys
+        .lines()
+        .map(|k| k.trim_start_matches("seq:").parse().unwrap())
+        .collect();
+    let ledger = run.ledger_of("cache");
+    let lost: Vec<_> = ledger
+        .iter()
+        .filter(|w| w.2 == "ok" && !present.contains(&w.0))
+        .collect();
+    assert_eq!(t["rpo"]["lost_writes"], lost.len() as u64);
+    // The deposed primary acknowledged them while it was cut off: hundreds at 200 writes/s.
+    assert!(lost.len() > 500, "{} lost", lost.len());
+    assert!(
+        lost.iter()
+            .all(|w| w.1 > cut_at - 1000.0 && w.1 < healed + 1000.0),
+        "every lost write was acknowledged while the primary was cut off"
+    );
+    remove_run(run.run_id());
+
+    let control = drill(
+        "scenarios/controls/redis-split-brain-no-loss.toml",
+        "redis-split-brain-no-loss",
+        &[],
+    );
+    assert_eq!(control.code(), Some(1), "{}", control.debug());
+    assert_eq!(control.target()["rpo"]["met"], false);
+    assert!(control.target()["rpo"]["lost_writes"].as_u64().unwrap() > 0);
+    assert_no_leftovers(control.run_id());
+}

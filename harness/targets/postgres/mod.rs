@@ -82,6 +82,10 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         (FaultKind::NetworkPartition, "node"),
     ],
     aim: schema::aim,
+    replicated: |spec| {
+        spec.options_of::<schema::PgOptions>()
+            .is_some_and(|o| o.replication.is_some())
+    },
     source_checks: &[
         CheckKind::Amcheck,
         CheckKind::ForeignKeys,
@@ -304,6 +308,7 @@ impl Postgres {
                 self.service.env.password.clone().into_bytes(),
             )],
             hostname: None,
+            net_admin: self.replication_options().is_some(),
             // The drill bounds the whole step; this only keeps the engine's start from giving
             // up first.
             startup_timeout: self.service.env.timeouts.provision

@@ -418,6 +418,7 @@ pub(super) async fn restore(
         copy_in: Vec::new(),
         files: Vec::new(),
         hostname: None,
+        net_admin: false,
         startup_timeout: pg.service.env.timeouts.provision,
     };
     let docker = pg.service.env.docker.clone();

@@ -183,6 +183,7 @@ async fn replay(pg: &mut Postgres, f: &Fetched, phases: &mut RecoveryPhases) -> 
         copy_in: Vec::new(),
         files: Vec::new(),
         hostname: None,
+        net_admin: false,
         startup_timeout: pg.service.env.timeouts.provision,
     };
     let helper = docker.start(&loader).await?;

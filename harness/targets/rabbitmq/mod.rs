@@ -75,6 +75,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         Some(key) => schema::dataset_aim(value, CAPABILITIES.datasets, key, "queue"),
         None => Ok(None),
     },
+    replicated: |_| false,
     source_checks: &[
         CheckKind::Definitions,
         CheckKind::BackupIntegrity,
@@ -358,6 +359,7 @@ impl RabbitMq {
             )],
             // The node name (rabbit@<hostname>) stays the same across restarts.
             hostname: Some(format!("drillrig-{}", self.service.env.spec.name)),
+            net_admin: false,
             startup_timeout: self.service.env.timeouts.provision
                 + self.service.env.timeouts.restore,
         };

@@ -280,6 +280,7 @@ async fn helper(
         copy_in: Vec::new(),
         files: Vec::new(),
         hostname: None,
+        net_admin: false,
         startup_timeout: env.timeouts.provision,
     };
     env.docker.start(&spec).await
@@ -420,6 +421,7 @@ pub(super) async fn restore_source(
             copy_in: Vec::new(),
             files: Vec::new(),
             hostname: None,
+            net_admin: false,
             startup_timeout: r.service.env.timeouts.provision,
         })
         .await?;

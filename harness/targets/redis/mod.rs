@@ -73,6 +73,10 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         (FaultKind::NetworkPartition, "node"),
     ],
     aim: schema::aim,
+    replicated: |spec| {
+        spec.options_of::<RedisOptions>()
+            .is_some_and(|o| o.replication.is_some())
+    },
     source_checks: &[
         CheckKind::RedisCheck,
         CheckKind::BackupIntegrity,
@@ -171,6 +175,9 @@ pub struct Redis {
     /// A restore test's `redis-check-rdb` / `redis-check-aof` on the user's backup, run before
     /// the restore (a drill's runs when the checks do: [`files::check_backup`]).
     artefact_check: Mutex<Option<CheckResult>>,
+    /// After a failover, until it settles: the old primary, the promoted node's name and every
+    /// data node's address.
+    deposed: Mutex<Option<replication::Deposed>>,
 }
 
 impl Redis {
@@ -184,6 +191,7 @@ impl Redis {
             service: Service::new(env, "Redis", "default", "0"),
             options,
             artefact_check: Mutex::new(None),
+            deposed: Mutex::new(None),
         }
     }
 
@@ -250,6 +258,7 @@ impl Redis {
             copy_in,
             files: vec![(ACL_FILE.into(), self.acl().into_bytes())],
             hostname: None,
+            net_admin: self.replication_options().is_some(),
             startup_timeout: self.service.env.timeouts.provision
                 + self.service.env.timeouts.restore,
         }
@@ -393,6 +402,10 @@ impl Target for Redis {
         limit: Duration,
     ) -> Result<Restored> {
         self.fail_over_to_replica(phases, limit).await
+    }
+
+    async fn settle(&mut self, _limit: Duration) -> Option<serde_json::Value> {
+        self.settle_topology().await
     }
 
     async fn seed(&mut self) -> Result<()> {

@@ -34,6 +34,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a runbook waits for a node's answer before judging it down.
 const ANSWER: Duration = Duration::from_secs(2);
 
+/// The old primary, the promoted node's name and every data node's address, from a failover
+/// until it settles.
+pub(super) type Deposed = (Container, String, BTreeMap<String, String>);
+
 /// A connection to a Sentinel, which asks for no password.
 #[derive(Clone)]
 struct SentinelLogin;
@@ -158,6 +162,7 @@ impl Redis {
                     copy_in: Vec::new(),
                     files: vec![(SENTINEL_CONF.into(), conf.clone().into_bytes())],
                     hostname: None,
+                    net_admin: false,
                     startup_timeout: limit,
                 };
                 self.service.start_peer(&spec).await?;
@@ -362,41 +367,69 @@ impl Redis {
         let ips = self.addresses().await;
         let old = self.service.containers.current().cloned();
         let old_ip = old.as_ref().and_then(|c| ips.get(&c.name).cloned());
-        let (chosen, how) = if r.sentinels > 0 {
+        let (chosen, how, fenced) = if r.sentinels > 0 {
             phases.enter(Phase::Elect);
-            self.watch_election(old_ip.as_deref(), &ips, limit).await?
+            let (chosen, how) = self.watch_election(old_ip.as_deref(), &ips, limit).await?;
+            (chosen, how, None)
         } else {
             phases.enter(Phase::Promote);
-            self.promote_replica(old.as_ref(), &ips, limit).await?
-        };
-        let fenced = match &old {
-            Some(old) => self.fence(old, r.sentinels > 0).await?,
-            None => json!({ "container": null, "fenced": "nothing left to fence" }),
+            let (chosen, how) = self.promote_replica(old.as_ref(), &ips, limit).await?;
+            let fenced = match &old {
+                Some(old) => self.fence(old, false).await?,
+                None => json!({ "container": null, "fenced": "nothing left to fence" }),
+            };
+            (chosen, how, Some(fenced))
         };
         phases.enter(Phase::Reconnect);
         self.service.take_over(&chosen)?;
         self.wait_ready(limit).await?;
         let new = self.service.containers.serving()?.clone();
         self.service.served(&new);
-        let followers = self.followers(&ips).await;
+        *self.deposed.lock().expect("not poisoned") = old.clone().map(|c| (c, chosen.clone(), ips));
+        let mut failover = json!({
+            "primary_down": {
+                "container": old.map(|c| c.name),
+                "judged": how["judged"].clone(),
+            },
+            "how": how,
+            "promoted": chosen,
+        });
+        if let Some(fenced) = fenced {
+            failover["old_primary"] = fenced;
+        }
         Ok(Restored {
             recovery_target: Some(match r.sentinels {
                 0 => format!("the replica with the largest replication offset, {chosen}"),
                 n => format!("the replica {n} Sentinels elected, {chosen}"),
             }),
             reached: Some(format!("{chosen} is the primary")),
-            failover: Some(json!({
-                "primary_down": {
-                    "container": old.map(|c| c.name),
-                    "judged": how["judged"].clone(),
-                },
-                "how": how,
-                "promoted": chosen,
-                "old_primary": fenced,
-                "standbys_following": followers,
-            })),
+            failover: Some(failover),
             ..Restored::default()
         })
+    }
+
+    /// After the failover: under Sentinel, the old primary, if it runs, becomes a replica of
+    /// the new one (Sentinel turns it; asked for up to 10 s) or is fenced; and what each replica
+    /// follows now.
+    pub(super) async fn settle_topology(&mut self) -> Option<Value> {
+        let (old, chosen, ips) = self.deposed.lock().expect("not poisoned").take()?;
+        let sentinels = self.replication_options().is_some_and(|r| r.sentinels > 0);
+        let mut settled = json!({});
+        if sentinels {
+            let new_ip = ips.get(&chosen).cloned().unwrap_or_default();
+            settled["old_primary"] = if self.rejoined(&old, &new_ip).await {
+                json!({
+                    "container": old.name,
+                    "rejoined": format!("a replica of {chosen}: Sentinel turned it with REPLICAOF, and what it took alone is gone"),
+                })
+            } else {
+                self.fence(&old, true)
+                    .await
+                    .unwrap_or_else(|e| json!({ "container": old.name, "error": format!("{e:#}") }))
+            };
+        }
+        settled["standbys_following"] = self.followers(&ips).await.into();
+        Some(settled)
     }
 
     /// Asks every Sentinel for the primary's address until one names another node than the
@@ -573,6 +606,26 @@ impl Redis {
                 }
             }
         }
+    }
+
+    /// Whether the old primary, still running, became a replica of the new primary (at
+    /// `new_ip`) with its link up, as Sentinel makes a returning primary; asked for up to 10 s.
+    async fn rejoined(&self, old: &Container, new_ip: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if !matches!(self.service.env.docker.state(old).await, Ok((true, _))) {
+            return false;
+        }
+        while Instant::now() < deadline {
+            if let Ok(mut con) = self.on(old).await
+                && let Ok(info) = Self::info_replication_of(&mut con).await
+                && info.get("role").map(String::as_str) == Some("slave")
+                && info.get("master_host").map(String::as_str) == Some(new_ip)
+            {
+                return true;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        false
     }
 
     /// Fences the old primary: a container still running is killed and left stopped. Under
