@@ -33,6 +33,11 @@ pub struct Rpo {
     pub unknown: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lost_writes: Option<u64>,
+    /// Of the lost writes, those acknowledged after the fault's injection returned, which the
+    /// RPO's time span leaves out (a split brain's deposed primary acknowledged them alone);
+    /// absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_after_fault: Option<u64>,
     /// `r*`: the end of the recovered consistent prefix.
     pub recovered_prefix_seq: Option<u64>,
     /// `a_max`: the last write acknowledged before the fault.
@@ -97,6 +102,12 @@ impl Rpo {
         rpo.mismatched = Some(c.mismatched.len() as u64);
         rpo.failed_present = Some(c.failed_present.len() as u64);
         rpo.duplicates = Some(c.duplicates);
+        let after = c
+            .lost
+            .iter()
+            .filter(|&&seq| ledger.get(seq).is_some_and(|w| w.completed >= injected))
+            .count() as u64;
+        rpo.lost_after_fault = (after > 0).then_some(after);
         rpo.recovered_prefix_seq = c.r_star;
         if let Some(&first) = c.lost.first() {
             rpo.first_lost_seq = Some(first);

@@ -352,6 +352,11 @@ impl TargetReport {
         let Some(f) = &self.restore.restored.failover else {
             return lines;
         };
+        if let Some(after) = self.rpo.lost_after_fault {
+            lines.push(format!(
+                "{after} lost write(s) were acknowledged after the fault: by a primary that was no longer the one that counts"
+            ));
+        }
         lines.push(format!(
             "failover: the primary{} judged down ({}); promoted {}",
             f["primary_down"]["container"]

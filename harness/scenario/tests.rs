@@ -1176,6 +1176,59 @@ at = "5s"
 "#;
     assert_eq!(
         parse_text(redis).unwrap_err().to_string(),
-        "s.toml:8:20: targets.cache.restore.from: restore.from = \"failover\" promotes a standby, and a redis target has no replication here yet"
+        "s.toml:8:20: targets.cache.restore.from: restore.from = \"failover\" promotes a replica: give the target `replication = { replicas = 1 }`"
+    );
+    let replicated = redis.replace(
+        "restore = { from = \"failover\" }",
+        "replication = { replicas = 2, sentinels = 3 }\nrestore = { from = \"failover\" }",
+    );
+    let s = parse_text(&replicated).expect("a replicated Redis target fails over");
+    let r = s.targets[0]
+        .options_of::<crate::targets::redis::schema::RedisOptions>()
+        .unwrap()
+        .replication
+        .unwrap();
+    assert_eq!(
+        (r.replicas, r.sentinels, r.min_replicas_to_write),
+        (2, 3, 0)
+    );
+    assert_eq!(
+        parse_text(&replicated.replace("sentinels = 3", "sentinels = 2"))
+            .unwrap_err()
+            .to_string(),
+        "s.toml:8:43: targets.cache.replication.sentinels: 0 (a runbook promotes) or 3 sentinels, not 2"
+    );
+    // `isolate` belongs to partitions, and `peers` to targets that have peers.
+    let partition = "kind = \"network-partition\"\nisolate = \"peers\"\nat = \"5s\"\nfor = \"3s\"";
+    let s = parse_text(&replicated.replace("kind = \"kill\"\nat = \"5s\"", partition)).unwrap();
+    assert_eq!(s.faults[0].isolate, crate::spec::Isolate::Peers);
+    assert_eq!(
+        parse_text(&replicated.replace("at = \"5s\"", "isolate = \"peers\"\nat = \"5s\""))
+            .unwrap_err()
+            .to_string(),
+        "s.toml:16:11: faults[0].isolate: fault `kill` does not take `isolate`"
+    );
+    let single = GOOD
+        .replace(
+            "restore = { from = \"latest\" }",
+            "restore = { from = \"in-place\" }",
+        )
+        .replace(", \"row-counts\"", "")
+        .replace(
+            "kind = \"drop-table\"\nat = \"12s\"",
+            "kind = \"network-partition\"\nisolate = \"peers\"\nat = \"12s\"\nfor = \"2s\"",
+        );
+    assert_eq!(
+        parse_text(&single).unwrap_err().to_string(),
+        "s.toml:17:11: faults[0].isolate: isolate = \"peers\" cuts a node off from the target's other nodes, and target \"pg\" has one node: give it `replication`"
+    );
+    // RabbitMQ has no replication yet.
+    let mq = redis
+        .replace("kind = \"redis\"", "kind = \"rabbitmq\"")
+        .replace("[targets.cache]", "[targets.mq]")
+        .replace("target = \"cache\"", "target = \"mq\"");
+    assert_eq!(
+        parse_text(&mq).unwrap_err().to_string(),
+        "s.toml:8:20: targets.mq.restore.from: restore.from = \"failover\" promotes a standby, and a rabbitmq target has no replication here yet"
     );
 }

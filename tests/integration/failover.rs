@@ -363,6 +363,12 @@ fn a_split_brain_loses_what_the_deposed_primary_acknowledged_alone() {
         .filter(|w| w.2 == "ok" && !present.contains(&w.0))
         .collect();
     assert_eq!(t["rpo"]["lost_writes"], lost.len() as u64);
+    let after_cut = lost.iter().filter(|w| w.1 >= cut_at).count() as i64;
+    let reported = t["rpo"]["lost_after_fault"].as_i64().unwrap();
+    assert!(
+        (after_cut - reported).abs() <= 1,
+        "{after_cut} vs {reported}"
+    );
     // The deposed primary acknowledged them alone: from the cut (less the last second its
     // replicas had not acknowledged) until Sentinel demoted it after the heal; hundreds at
     // 200 writes/s.
@@ -393,4 +399,53 @@ fn a_split_brain_held_to_no_loss_misses() {
     assert_eq!(control.target()["rpo"]["met"], false);
     assert!(control.target()["rpo"]["lost_writes"].as_u64().unwrap() > 0);
     assert_no_leftovers(control.run_id());
+}
+
+/// Without Sentinels the runbook promotes: the replica whose own replication offset was the
+/// largest (as the report lists them) gets `REPLICAOF NO ONE`, and the other follows it.
+#[test]
+fn without_sentinels_the_runbook_promotes_the_replica_with_the_largest_offset() {
+    let _engine = engine();
+    let scenario = variant(
+        "scenarios/redis-sentinel-failover.toml",
+        "redis-runbook-failover",
+        &[
+            (
+                "name = \"redis-sentinel-failover\"",
+                "name = \"redis-runbook-failover\"",
+            ),
+            ("sentinels = 3", "sentinels = 0"),
+        ],
+    );
+    let run = drill(
+        &scenario,
+        "redis-runbook-failover",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let f = &t["restore"]["failover"];
+    let promoted = f["promoted"].as_str().unwrap();
+    let offsets = f["how"]["replicas"].as_array().unwrap();
+    let largest = offsets.iter().map(|r| r["offset"].as_i64().unwrap()).max();
+    let chosen = offsets.iter().find(|r| r["container"] == promoted).unwrap();
+    assert_eq!(chosen["offset"].as_i64(), largest, "{offsets:?}");
+    assert!(t["rto"]["phases"]["promote"].is_u64());
+    assert!(t["rto"]["phases"]["elect"].is_null());
+    assert!(redis_cli(&run, promoted, &["INFO", "replication"]).contains("role:master"));
+    let other = if promoted == "cache-replica-1" {
+        "cache-replica-2"
+    } else {
+        "cache-replica-1"
+    };
+    let new_ip = address_of(&run, promoted);
+    wait_for(
+        "the other replica to follow",
+        Duration::from_secs(20),
+        || {
+            redis_cli(&run, other, &["INFO", "replication"])
+                .contains(&format!("master_host:{new_ip}"))
+        },
+    );
+    remove_run(run.run_id());
 }
