@@ -401,11 +401,6 @@ kebab_enum!(
     }
 );
 
-impl Default for Isolate {
-    fn default() -> Self {
-        Isolate::All
-    }
-}
 
 /// What the `latency` fault's proxy does to every connection, like Toxiproxy's toxics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
