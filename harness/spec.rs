@@ -401,7 +401,6 @@ kebab_enum!(
     }
 );
 
-
 /// What the `latency` fault's proxy does to every connection, like Toxiproxy's toxics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Toxics {
