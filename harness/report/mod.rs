@@ -346,6 +346,24 @@ impl TargetReport {
                 })
                 .collect();
             lines.push(format!("replication at the fault: {}", each.join("; ")));
+        } else if let Some(queues) = self
+            .replication
+            .as_ref()
+            .and_then(|r| r["quorum_queues"].as_array())
+        {
+            for q in queues {
+                let members: Vec<String> = q["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| format!("{} {}", text(&m["Node Name"]), text(&m["Raft State"])))
+                    .collect();
+                lines.push(format!(
+                    "quorum queue {} at the fault: {}",
+                    text(&q["queue"]),
+                    members.join(", ")
+                ));
+            }
         } else if let Some(error) = self.replication.as_ref().and_then(|r| r["error"].as_str()) {
             lines.push(format!("replication at the fault: unknown ({error})"));
         }

@@ -1222,13 +1222,22 @@ at = "5s"
         parse_text(&single).unwrap_err().to_string(),
         "s.toml:17:11: faults[0].isolate: isolate = \"peers\" cuts a node off from the target's other nodes, and target \"pg\" has one node: give it `replication`"
     );
-    // RabbitMQ has no replication yet.
+    // RabbitMQ fails over as a cluster.
     let mq = redis
         .replace("kind = \"redis\"", "kind = \"rabbitmq\"")
         .replace("[targets.cache]", "[targets.mq]")
         .replace("target = \"cache\"", "target = \"mq\"");
     assert_eq!(
         parse_text(&mq).unwrap_err().to_string(),
-        "s.toml:8:20: targets.mq.restore.from: restore.from = \"failover\" promotes a standby, and a rabbitmq target has no replication here yet"
+        "s.toml:8:20: targets.mq.restore.from: restore.from = \"failover\" waits for the cluster to serve again: give the target `cluster = { nodes = 3 }`"
+    );
+    assert_eq!(
+        parse_text(&mq.replace(
+            "restore = { from = \"failover\" }",
+            "cluster = { nodes = 2 }\nrestore = { from = \"failover\" }"
+        ))
+        .unwrap_err()
+        .to_string(),
+        "s.toml:8:21: targets.mq.cluster.nodes: a cluster has 3 nodes here, not 2"
     );
 }

@@ -9,12 +9,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use schemars::{Schema, SchemaGenerator, json_schema};
+use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::spec::{FaultKind, KindOptions, RestorePoint, TargetSpec};
+use crate::spec::{FaultKind, KindOptions, TargetSpec};
 
 /// A problem with a kind's keys: the key (dotted, from the target's or the fault's table), and
 /// its place in the file when the kind knows it (else the scenario finds the key's place).
@@ -97,31 +97,6 @@ pub type FaultAimFn = fn(
 /// The JSON Schema of a kind's target keys, an object shaped as in the target's table (Redis:
 /// `persistence`, and `restore` holding `repair`); the generator inlines every subschema.
 pub type TargetKeysSchemaFn = fn(&mut SchemaGenerator) -> Schema;
-
-/// For kinds whose targets take no keys of their own.
-pub fn no_keys_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({ "type": "object", "properties": {} })
-}
-
-/// For kinds whose targets take no keys of their own.
-pub fn no_options(_: &KindKeys<'_>, spec: &TargetSpec) -> Result<Arc<dyn KindOptions>, KeyError> {
-    no_failover(spec)?;
-    Ok(Arc::new(()))
-}
-
-/// For kinds that have no replication yet: `restore.from = "failover"` has nothing to promote.
-pub fn no_failover(spec: &TargetSpec) -> Result<(), KeyError> {
-    if spec.restore == RestorePoint::Failover {
-        return Err(KeyError::at(
-            "restore.from",
-            format!(
-                "restore.from = \"failover\" promotes a standby, and a {} target has no replication here yet",
-                spec.kind
-            ),
-        ));
-    }
-    Ok(())
-}
 
 /// A fault's aim among the fixture's `datasets` (the first by default), named by `key`
 /// (`relation`: a table, `queue`: a queue), for faults that take it.

@@ -449,3 +449,90 @@ fn without_sentinels_the_runbook_promotes_the_replica_with_the_largest_offset() 
     );
     remove_run(run.run_id());
 }
+
+/// `rabbitmqctl` or `rabbitmq-queues` in container `name` of a kept run, JSON out.
+fn mq_json(run: &Run, name: &str, tool: &str, args: &[&str]) -> serde_json::Value {
+    let container = format!("drillrig-{}-{name}", run.run_id());
+    let mut all = vec!["exec", "-u", "rabbitmq", container.as_str(), tool];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--formatter", "json"]);
+    serde_json::from_str(&docker(&all)).unwrap()
+}
+
+/// A three-node RabbitMQ cluster loses node-2 under publish load: the quorum queue keeps every
+/// confirmed message (its depth, read by the test, holds the seed and every confirmed write),
+/// it has a leader again, and node-2, started again afterwards, is back in the cluster by
+/// `rabbitmqctl cluster_status`.
+#[test]
+fn a_quorum_queue_keeps_every_confirmed_message_when_one_of_three_nodes_dies() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/rabbitmq-quorum-node-loss.toml",
+        "rabbitmq-quorum-node-loss",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.debug());
+    let t = run.target();
+    let kill = &run.report["faults"][0];
+    assert_eq!(kill["details"]["container"], "mq-node-2");
+    assert_eq!(kill["details"]["exit_code"], 137);
+    let at_fault = &t["replication"]["quorum_queues"][0];
+    assert_eq!(at_fault["queue"], "orders.quorum");
+    assert_eq!(
+        at_fault["members"].as_array().unwrap().len(),
+        3,
+        "{at_fault}"
+    );
+    assert_eq!(t["rpo"]["lost_writes"], 0);
+    for phase in ["detect", "elect", "reconnect", "verify"] {
+        assert!(
+            t["rto"]["phases"][phase].is_u64(),
+            "{phase}: {}",
+            t["rto"]["phases"]
+        );
+    }
+    // The cluster's own account, after drillrig started node-2 again.
+    let status = mq_json(&run, "mq-node-1", "rabbitmqctl", &["cluster_status"]);
+    assert_eq!(
+        status["running_nodes"].as_array().unwrap().len(),
+        3,
+        "{status}"
+    );
+    assert!(t["restore"]["failover"]["old_primary"]["rejoined"].is_string());
+    let members = mq_json(
+        &run,
+        "mq-node-1",
+        "rabbitmq-queues",
+        &["quorum_status", "orders.quorum", "--vhost", "drill"],
+    );
+    let members = members.as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(
+        members
+            .iter()
+            .filter(|m| m["Raft State"] == "leader")
+            .count(),
+        1,
+        "{members:?}"
+    );
+    // Every confirmed write is in the quorum queue, beside the seed and what landed unconfirmed.
+    let queues = mq_json(
+        &run,
+        "mq-node-1",
+        "rabbitmqctl",
+        &["list_queues", "-p", "drill", "name", "messages"],
+    );
+    let depth = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "orders.quorum")
+        .unwrap()["messages"]
+        .as_u64()
+        .unwrap();
+    let confirmed = run.ledger_of("mq").iter().filter(|w| w.2 == "ok").count() as u64;
+    let landed_unconfirmed = t["rpo"]["unacked_present"].as_u64().unwrap()
+        + t["rpo"]["failed_present"].as_u64().unwrap();
+    assert_eq!(depth, 500 + confirmed + landed_unconfirmed);
+    remove_run(run.run_id());
+}

@@ -8,7 +8,9 @@
 //! checks and the ledger's read-back all see queue contents this way, so depths stay intact.
 //! `rabbitmqctl` runs inside the containers, never on the host.
 
+mod cluster;
 mod messages;
+pub mod schema;
 mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,10 +28,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::service::{Connector, Service, Session, connect_to};
-use super::{Capabilities, Outages, RestoreRequest, Restored, Target, TargetEnv, schema};
+use super::{Capabilities, Outages, RestoreRequest, Restored, Target, TargetEnv};
 use crate::backup::{Backup, Contents, FreshBackup};
 use crate::checks::{CheckResult, Evidence};
-use crate::docker::ContainerSpec;
 use crate::docker::image::DefaultImage;
 use crate::measure::{Prober, RecoveryPhases};
 use crate::source::format::Format;
@@ -67,15 +68,21 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         CheckKind::BackupSize,
         CheckKind::BackupAge,
     ],
-    target_keys: &[],
-    target_keys_schema: schema::no_keys_schema,
-    options: schema::no_options,
-    fault_keys: &[(FaultKind::DeleteQueue, "queue")],
-    aim: |_, key, value, _| match key {
-        Some(key) => schema::dataset_aim(value, CAPABILITIES.datasets, key, "queue"),
-        None => Ok(None),
+    target_keys: schema::TARGET_KEYS,
+    target_keys_schema: schema::keys_schema,
+    options: schema::options,
+    fault_keys: &[
+        (FaultKind::DeleteQueue, "queue"),
+        (FaultKind::Kill, "node"),
+        (FaultKind::Stop, "node"),
+        (FaultKind::Pause, "node"),
+        (FaultKind::NetworkPartition, "node"),
+    ],
+    aim: schema::aim,
+    replicated: |spec| {
+        spec.options_of::<schema::MqOptions>()
+            .is_some_and(|o| o.cluster.is_some())
     },
-    replicated: |_| false,
     source_checks: &[
         CheckKind::Definitions,
         CheckKind::BackupIntegrity,
@@ -125,6 +132,15 @@ struct Topology {
     exchange: String,
     /// The queues the workload's messages are routed to.
     queues: Vec<String>,
+    /// Those of them that are quorum queues.
+    quorum: Vec<String>,
+}
+
+impl Topology {
+    /// The quorum queues among the topology's queues.
+    fn quorum_queues(&self) -> Vec<String> {
+        self.quorum.clone()
+    }
 }
 
 impl Topology {
@@ -140,6 +156,15 @@ impl Topology {
             queues: defs["queues"]
                 .as_array()
                 .map(|q| q.iter().map(name).collect())
+                .unwrap_or_default(),
+            quorum: defs["queues"]
+                .as_array()
+                .map(|q| {
+                    q.iter()
+                        .filter(|q| q["arguments"]["x-queue-type"] == "quorum")
+                        .map(name)
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -293,6 +318,7 @@ impl RabbitMq {
                 vhost: "/".into(),
                 exchange: String::new(),
                 queues: Vec::new(),
+                quorum: Vec::new(),
             }
         } else {
             Topology::orders()
@@ -335,34 +361,17 @@ impl RabbitMq {
     }
 
     async fn start_container(&mut self) -> Result<()> {
-        let (name, volume) = self.service.next_container().await?;
-        let spec = ContainerSpec {
-            name,
-            image: self.service.env.image.clone(),
-            // The default user comes from a configuration file written into the container
-            // before it starts, not from RABBITMQ_DEFAULT_PASS: no environment `docker inspect`
-            // shows holds the password.
-            env: Vec::new(),
-            cmd: Vec::new(),
-            port: PORT,
-            volume: Some((volume, DATA.into())),
-            binds: Vec::new(),
-            entrypoint: None,
-            copy_in: Vec::new(),
-            files: vec![(
-                USER_CONF.into(),
-                format!(
-                    "default_user = {USER}\ndefault_pass = {}\n",
-                    self.service.env.password
-                )
-                .into_bytes(),
-            )],
-            // The node name (rabbit@<hostname>) stays the same across restarts.
-            hostname: Some(format!("drillrig-{}", self.service.env.spec.name)),
-            net_admin: false,
-            startup_timeout: self.service.env.timeouts.provision
-                + self.service.env.timeouts.restore,
+        let (name, volume) = match self.cluster_nodes() {
+            Some(_) => {
+                let docker = self.service.env.docker.clone();
+                self.service
+                    .containers
+                    .next_node(&docker, "node-1", None)
+                    .await?
+            }
+            None => self.service.next_container().await?,
         };
+        let spec = self.node_spec(name, volume);
         self.service.start(&spec).await?;
         self.wait_ready(self.service.env.timeouts.provision, false)
             .await
@@ -451,7 +460,28 @@ impl RabbitMq {
 #[async_trait]
 impl Target for RabbitMq {
     async fn provision(&mut self) -> Result<()> {
-        self.start_container().await
+        self.start_container().await?;
+        match self.cluster_nodes() {
+            Some(nodes) => self.start_cluster(nodes).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn replication(&self) -> Option<serde_json::Value> {
+        self.cluster_nodes()?;
+        Some(self.quorum_state().await)
+    }
+
+    async fn fail_over(
+        &mut self,
+        phases: &mut RecoveryPhases,
+        limit: Duration,
+    ) -> Result<Restored> {
+        self.fail_over_cluster(phases, limit).await
+    }
+
+    async fn settle(&mut self, limit: Duration) -> Option<serde_json::Value> {
+        self.settle_cluster(limit).await
     }
 
     async fn seed(&mut self) -> Result<()> {
