@@ -376,20 +376,20 @@ impl TargetReport {
             ));
         }
         lines.push(format!(
-            "failover: the primary{} judged down ({}); promoted {}",
+            "failover: {} judged down ({}); {} serves now",
             f["primary_down"]["container"]
                 .as_str()
-                .map(|c| format!(" {c}"))
-                .unwrap_or_default(),
+                .unwrap_or("the primary"),
             text(&f["primary_down"]["judged"]),
             text(&f["promoted"])
         ));
         let old = &f["old_primary"];
         match (old["container"].as_str(), old["rejoined"].as_str()) {
-            (Some(c), Some(how)) => lines.push(format!("old primary {c}: rejoined as {how}")),
-            (Some(c), None) => {
-                lines.push(format!("old primary {c}: fenced, {}", text(&old["fenced"])))
-            }
+            (Some(c), Some(how)) => lines.push(format!("{c}: rejoined, {how}")),
+            (Some(c), None) => match old["fenced"].as_str() {
+                Some(fenced) => lines.push(format!("{c}: fenced, {fenced}")),
+                None => lines.push(format!("{c}: {}", text(&old["error"]))),
+            },
             (None, _) => {}
         }
         for s in f["standbys_following"].as_array().into_iter().flatten() {

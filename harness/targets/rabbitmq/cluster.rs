@@ -372,7 +372,7 @@ impl RabbitMq {
         let how = match (&rejoined[0].1, &running) {
             (Ok(()), Ok(())) => json!({
                 "container": first.name,
-                "rejoined": format!("the cluster: started again on its own data, {} lists all {all} nodes running", serving.name),
+                "rejoined": format!("a member of the cluster again: started on its own data, {} lists all {all} nodes running", serving.name),
             }),
             (Err(e), _) | (_, Err(e)) => {
                 json!({ "container": first.name, "error": format!("{e:#}") })
