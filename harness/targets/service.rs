@@ -20,6 +20,13 @@ use crate::spec::{FaultKind, FaultSpec, Isolate, Toxics};
 /// How long a connection may take to open, unless the kind says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// When a wait inside a step bounded by `limit` gives up: a tenth of the limit early, so that
+/// what it waited for not happening is reported as a finding (a failover that found no new
+/// primary) rather than the step overrunning its timeout.
+pub fn give_up_within(limit: Duration) -> Instant {
+    Instant::now() + limit.mul_f64(0.9)
+}
+
 /// How a kind opens a connection (or a session on one) to the port a container publishes.
 #[async_trait]
 pub trait Connector: Clone + Send + Sync + 'static {

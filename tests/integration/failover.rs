@@ -536,3 +536,61 @@ fn a_quorum_queue_keeps_every_confirmed_message_when_one_of_three_nodes_dies() {
     assert_eq!(depth, 500 + confirmed + landed_unconfirmed);
     remove_run(run.run_id());
 }
+
+/// Negative control: two of three nodes lost. The quorum queue stops confirming (no write is
+/// confirmed from a second after the second kill), no leader is elected in time, the drill
+/// misses; once both nodes are back the queue holds at least the seed and every confirmed write.
+#[test]
+fn a_quorum_queue_without_a_majority_stops_confirming_and_loses_nothing_confirmed() {
+    let _engine = engine();
+    let run = drill(
+        "scenarios/controls/rabbitmq-quorum-majority-lost.toml",
+        "rabbitmq-quorum-majority-lost",
+        &[("DRILLRIG_KEEP", "always")],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.debug());
+    let t = run.target();
+    let error = t["restore"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("leader for every quorum queue"), "{error}");
+    assert_eq!(t["rto"]["met"], false);
+    let second = run.report["faults"][1]["injected_at_ms"].as_f64().unwrap();
+    let ledger = run.ledger_of("mq");
+    let confirmed_after = ledger
+        .iter()
+        .filter(|w| w.2 == "ok" && w.1 > second + 1000.0)
+        .count();
+    assert_eq!(
+        confirmed_after, 0,
+        "a queue without a majority confirms nothing"
+    );
+    // drillrig started both nodes again: the cluster runs, and nothing confirmed is gone.
+    let status = mq_json(&run, "mq-node-1", "rabbitmqctl", &["cluster_status"]);
+    assert_eq!(
+        status["running_nodes"].as_array().unwrap().len(),
+        3,
+        "{status}"
+    );
+    let confirmed = ledger.iter().filter(|w| w.2 == "ok").count() as u64;
+    let depth = |queue: &str| {
+        let queues = mq_json(
+            &run,
+            "mq-node-1",
+            "rabbitmqctl",
+            &["list_queues", "-p", "drill", "name", "messages"],
+        );
+        queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == queue)
+            .unwrap()["messages"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for(
+        "the quorum queue to answer again",
+        Duration::from_secs(30),
+        || depth("orders.quorum") >= 500 + confirmed,
+    );
+    remove_run(run.run_id());
+}

@@ -16,7 +16,7 @@ use super::{PGDATA, PORT, Postgres, Ready, error_line};
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phase, RecoveryPhases};
 use crate::targets::Restored;
-use crate::targets::service::connect_to;
+use crate::targets::service::{connect_to, give_up_within};
 
 /// The password file a standby replicates with, as written into its container, and where the
 /// server's user reads it (`PGPASSFILE`, which the WAL receiver inherits from the server).
@@ -344,7 +344,7 @@ impl Postgres {
     /// Asks every standby how much WAL it received and replayed, again every 100 ms until one
     /// answers; returns what each said and the one that received the most (the first such).
     async fn choose_standby(&self, limit: Duration) -> Result<(Vec<Value>, (Container, u64))> {
-        let deadline = Instant::now() + limit;
+        let deadline = give_up_within(limit);
         let docker = &self.service.env.docker;
         loop {
             let mut said = Vec::new();

@@ -17,7 +17,7 @@ use super::{DATA, PORT, RabbitMq, USER, USER_CONF};
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phase, RecoveryPhases};
 use crate::targets::Restored;
-use crate::targets::service::connect_to;
+use crate::targets::service::{connect_to, give_up_within};
 
 /// Where every node finds the cluster's Erlang cookie.
 const COOKIE: &str = "/var/lib/rabbitmq/.erlang.cookie";
@@ -263,18 +263,26 @@ impl RabbitMq {
         state
     }
 
-    /// Whether every quorum queue has a leader on a node that `c` lists running.
+    /// Whether every quorum queue has a leader on a node that `c` lists running, and a majority
+    /// of its members up: a member whose node is down reports its Raft state as `nodedown`,
+    /// and a leader left alone still calls itself leader for a while, though it can commit
+    /// nothing.
     async fn has_leaders(&self, c: &Container) -> Result<bool> {
         let running = self.running_nodes(c).await?;
         let quorum = self.quorum_on(c).await?;
         Ok(quorum.as_array().is_some_and(|queues| {
             queues.iter().all(|q| {
                 q["members"].as_array().is_some_and(|members| {
-                    members.iter().any(|m| {
-                        let state = m["Raft State"].as_str().unwrap_or_default();
+                    let up = |m: &&Value| {
                         let node = m["Node Name"].as_str().unwrap_or_default();
-                        state == "leader" && running.iter().any(|r| r == node)
-                    })
+                        m["Raft State"].is_string() && running.iter().any(|r| r == node)
+                    };
+                    let majority = members.iter().filter(up).count() * 2 > members.len();
+                    majority
+                        && members
+                            .iter()
+                            .filter(up)
+                            .any(|m| m["Raft State"] == "leader")
                 })
             })
         }))
@@ -290,7 +298,7 @@ impl RabbitMq {
     ) -> Result<Restored> {
         phases.enter(Phase::Elect);
         let docker = self.service.env.docker.clone();
-        let deadline = Instant::now() + limit;
+        let deadline = give_up_within(limit);
         let began = Instant::now();
         let (lost, chosen) = loop {
             let mut lost = Vec::new();

@@ -19,7 +19,7 @@ use super::{PORT, Redis};
 use crate::docker::{Container, ContainerSpec};
 use crate::measure::{Phase, RecoveryPhases};
 use crate::targets::Restored;
-use crate::targets::service::{CONNECT_TIMEOUT, Connector, connect_to};
+use crate::targets::service::{CONNECT_TIMEOUT, Connector, connect_to, give_up_within};
 
 /// Sentinel's name for the primary it watches.
 const MASTER: &str = "drill";
@@ -440,7 +440,7 @@ impl Redis {
         ips: &BTreeMap<String, String>,
         limit: Duration,
     ) -> Result<(String, Value)> {
-        let deadline = Instant::now() + limit;
+        let deadline = give_up_within(limit);
         let sentinels = self.peers_named("-sentinel-");
         let began = Instant::now();
         loop {
@@ -514,7 +514,7 @@ impl Redis {
             Some(old) => self.judge_down(old).await?,
             None => "its container and data volume are gone".into(),
         };
-        let deadline = Instant::now() + limit;
+        let deadline = give_up_within(limit);
         let replicas = self.peers_named("-replica-");
         let (said, best) = loop {
             let mut said = Vec::new();
