@@ -321,6 +321,7 @@ mod tests {
                 acked_writes: 10,
                 lost_writes: Some(0),
                 lost_writes_unknown: None,
+                failover: None,
                 phases: vec![],
                 checks,
             }],

@@ -146,6 +146,9 @@ const MIGRATIONS: &[Step] = &[
         postgres: "ALTER TABLE targets ALTER COLUMN lost_writes DROP NOT NULL;
         ALTER TABLE targets ADD COLUMN lost_writes_unknown TEXT;",
     },
+    // 6: a failover in short lines (the lag at the fault, who was judged down and who serves
+    // now, what became of the old nodes, what a deposed primary acknowledged alone).
+    Step::Both("ALTER TABLE targets ADD COLUMN failover TEXT;"),
 ];
 
 /// The schema version this drillrig writes.
@@ -376,8 +379,10 @@ impl History {
                 .execute(
                     "INSERT INTO targets (run_id, target, kind, image, dataset_rows, \
                      rto_achieved_ms, rto_target_ms, rto_met, rpo_achieved_ms, rpo_target_ms, \
-                     rpo_met, acked_writes, lost_writes, backup_bytes, lost_writes_unknown) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                     rpo_met, acked_writes, lost_writes, backup_bytes, lost_writes_unknown, \
+                     failover) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16)",
                     &[
                         run.run_id.as_str().into(),
                         t.target.as_str().into(),
@@ -394,6 +399,7 @@ impl History {
                         t.lost_writes.into(),
                         t.backup_bytes.into(),
                         t.lost_writes_unknown.clone().into(),
+                        t.failover.clone().into(),
                     ],
                 )
                 .await?;
@@ -519,12 +525,12 @@ impl History {
             .query(
                 "SELECT run_id, target, kind, image, dataset_rows, rto_achieved_ms, \
                  rto_target_ms, rto_met, rpo_achieved_ms, rpo_target_ms, rpo_met, acked_writes, \
-                 lost_writes, backup_bytes, lost_writes_unknown FROM targets \
+                 lost_writes, backup_bytes, lost_writes_unknown, failover FROM targets \
                  ORDER BY run_id, target",
                 &[],
                 &[
                     Text, Text, Text, Text, Int, Int, Int, Bool, Int, Int, Bool, Int, Int, Int,
-                    Text,
+                    Text, Text,
                 ],
             )
             .await?
@@ -551,6 +557,7 @@ impl History {
                     acked_writes: r[11].int().unwrap_or(0),
                     lost_writes: r[12].int(),
                     lost_writes_unknown: r[14].text(),
+                    failover: r[15].text(),
                     phases: Vec::new(),
                     checks: Vec::new(),
                 },

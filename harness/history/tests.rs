@@ -27,6 +27,10 @@ pub(crate) fn sample_run(run_id: &str, scenario: &str, started_at: &str, rto_ms:
             acked_writes: 1_500,
             lost_writes: Some(12),
             lost_writes_unknown: None,
+            failover: Some(
+                "failover: db-primary judged down (its container stopped); db-standby-1 serves now"
+                    .into(),
+            ),
             phases: vec![
                 ("detect".into(), 100),
                 ("provision".into(), 800),
@@ -133,8 +137,9 @@ async fn a_history_from_a_newer_drillrig_is_refused() {
 async fn schema_5_rebuilds_the_targets_table_keeping_every_row_and_cascade() {
     let dir = tempfile::tempdir().unwrap();
     let old = History::open_at(&location(&dir), 4).await.unwrap();
-    // Version 4 wrote every run with a count of lost writes.
-    let run = sample_run("r1", "pg-kill", "2026-11-21T10:00:00Z", 3_000);
+    // Version 4 wrote every run with a count of lost writes, and knew no failover.
+    let mut run = sample_run("r1", "pg-kill", "2026-11-21T10:00:00Z", 3_000);
+    run.targets[0].failover = None;
     old.backend
         .batch(
             "INSERT INTO runs VALUES ('r1', 'pg-kill', 'scenarios/pg-kill.toml', \

@@ -27,6 +27,8 @@ pub struct TargetOutcome {
     /// Why the loss could not be counted, in a short phrase ("the restore failed").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_writes_unknown: Option<String>,
+    /// A failover in short lines joined by "; " ([`crate::report::TargetReport::failover_summary`]).
+    pub failover: Option<String>,
     /// `(phase, ms)` in recovery order; they add up to the RTO.
     pub phases: Vec<(String, i64)>,
     pub checks: Vec<CheckOutcome>,
@@ -145,6 +147,7 @@ impl TargetReport {
             acked_writes: ms(t.rpo.acked_writes),
             lost_writes: t.rpo.lost_writes.map(ms),
             lost_writes_unknown: t.rpo.unknown.clone(),
+            failover: Some(t.failover_summary().join("; ")).filter(|f| !f.is_empty()),
             phases: t
                 .rto
                 .phases
@@ -180,6 +183,7 @@ impl PlatformReport {
                 .lost_writes
                 .is_none()
                 .then(|| "a store's loss could not be counted".to_string()),
+            failover: None,
             phases: Vec::new(),
             checks: p
                 .cross_store
