@@ -40,6 +40,7 @@ fn past_run(i: usize, scenario: &str, rto_ms: i64) -> RunRecord {
             acked_writes: 2_000,
             lost_writes: Some(10),
             lost_writes_unknown: None,
+            failover: None,
             phases: vec![
                 ("detect".into(), 200),
                 ("provision".into(), 900),
