@@ -404,8 +404,8 @@ impl Target for Redis {
         self.fail_over_to_replica(phases, limit).await
     }
 
-    async fn settle(&mut self, _limit: Duration) -> Option<serde_json::Value> {
-        self.settle_topology().await
+    async fn settle(&mut self, limit: Duration) -> Option<serde_json::Value> {
+        self.settle_topology(limit).await
     }
 
     async fn seed(&mut self) -> Result<()> {

@@ -33,6 +33,10 @@ const FAILOVER_TIMEOUT_MS: u64 = 10_000;
 const POLL: Duration = Duration::from_millis(100);
 /// How long a runbook waits for a node's answer before judging it down.
 const ANSWER: Duration = Duration::from_secs(2);
+/// How long a returning old primary is watched for Sentinel's `REPLICAOF`: a Sentinel converts
+/// it once it has been up for 8 s and said `role:master` for 8 s, learned from an `INFO` it asks
+/// a replica for every 10 s: up to about 18 s after the heal.
+const REJOIN: Duration = Duration::from_secs(30);
 
 /// The old primary, the promoted node's name and every data node's address, from a failover
 /// until it settles.
@@ -411,13 +415,13 @@ impl Redis {
     /// After the failover: under Sentinel, the old primary, if it runs, becomes a replica of
     /// the new one (Sentinel turns it; asked for up to 10 s) or is fenced; and what each replica
     /// follows now.
-    pub(super) async fn settle_topology(&mut self) -> Option<Value> {
+    pub(super) async fn settle_topology(&mut self, limit: Duration) -> Option<Value> {
         let (old, chosen, ips) = self.deposed.lock().expect("not poisoned").take()?;
         let sentinels = self.replication_options().is_some_and(|r| r.sentinels > 0);
         let mut settled = json!({});
         if sentinels {
             let new_ip = ips.get(&chosen).cloned().unwrap_or_default();
-            settled["old_primary"] = if self.rejoined(&old, &new_ip).await {
+            settled["old_primary"] = if self.rejoined(&old, &new_ip, limit).await {
                 json!({
                     "container": old.name,
                     "rejoined": format!("a replica of {chosen}: Sentinel turned it with REPLICAOF, and what it took alone is gone"),
@@ -609,9 +613,10 @@ impl Redis {
     }
 
     /// Whether the old primary, still running, became a replica of the new primary (at
-    /// `new_ip`) with its link up, as Sentinel makes a returning primary; asked for up to 10 s.
-    async fn rejoined(&self, old: &Container, new_ip: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// `new_ip`), as Sentinel makes a returning primary; asked for up to [`REJOIN`] (within 90 %
+    /// of the step's `limit`).
+    async fn rejoined(&self, old: &Container, new_ip: &str, limit: Duration) -> bool {
+        let deadline = (Instant::now() + REJOIN).min(give_up_within(limit));
         if !matches!(self.service.env.docker.state(old).await, Ok((true, _))) {
             return false;
         }
